@@ -1,0 +1,87 @@
+"""A fitted model on disk: the joblib file plus a JSON manifest beside it.
+
+The manifest says what made the model (backbones, weights hashes, feature dims, classifier
+and params, training data fingerprint, CV score, library versions) and holds the SHA-256
+of the joblib file. joblib files are pickles and loading one runs code, so the hash is
+checked before anything is unpickled: load only models you trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from feature_extractor.errors import ModelBundleError
+from feature_extractor.provenance import FORMAT_VERSION, sha256_file
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def manifest_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+@dataclass
+class ModelBundle:
+    estimator: Any
+    manifest: dict
+    path: Path
+
+
+def save_bundle(estimator: Any, manifest: dict, model_path: str | Path) -> ModelBundle:
+    """Write the model and its manifest; each lands complete or not at all (temp + rename)."""
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_model = model_path.with_name(model_path.name + ".tmp")
+    joblib.dump(estimator, tmp_model)
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "model_file": model_path.name,
+                "model_sha256": sha256_file(tmp_model)}
+    tmp_manifest = manifest_path(model_path).with_name(manifest_path(model_path).name + ".tmp")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp_model, model_path)
+    os.replace(tmp_manifest, manifest_path(model_path))
+    return ModelBundle(estimator, manifest, model_path)
+
+
+def read_manifest(model_path: str | Path) -> dict:
+    path = manifest_path(model_path)
+    if not Path(model_path).is_file():
+        raise ModelBundleError(f"model file not found: {model_path}")
+    if not path.is_file():
+        raise ModelBundleError(f"model manifest not found: {path} (it must sit beside {model_path})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelBundleError(f"cannot read model manifest {path}: {exc}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelBundleError(f"{path} has manifest format {manifest.get('format_version')!r}; this "
+                               f"version reads format {FORMAT_VERSION}. Refit the model.")
+    return manifest
+
+
+def load_bundle(model_path: str | Path) -> ModelBundle:
+    """Load a model after checking its file against the manifest's SHA-256."""
+    model_path = Path(model_path)
+    manifest = read_manifest(model_path)
+    actual = sha256_file(model_path)
+    if actual != manifest.get("model_sha256"):
+        raise ModelBundleError(
+            f"refusing to load {model_path}: its SHA-256 ({actual[:16]}...) does not match the "
+            f"manifest ({str(manifest.get('model_sha256'))[:16]}...). The file was changed or "
+            "replaced; model files are pickles and loading one runs code.")
+    return ModelBundle(joblib.load(model_path), manifest, model_path)
+
+
+def latest_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
+    """The most recently fitted model (by manifest time) in ``models_dir``."""
+    folder = Path(models_dir)
+    manifests = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    models = [p.with_suffix(".joblib") for p in manifests if p.with_suffix(".joblib").is_file()]
+    if not models:
+        raise ModelBundleError(f"no fitted model in {folder}/; run `python cli.py fit` first "
+                               "or pass --model PATH")
+    return models[-1]

@@ -1,0 +1,117 @@
+"""fit: from a labeled dataset and cached features to a saved, tuned model.
+
+Trains on train+val of the official split (all labeled images when there is no split);
+the test split is never read here. Hyperparameters are chosen by patient-grouped CV.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from feature_extractor.backbones import get_backbone
+from feature_extractor.dataset import Dataset, Record, load_dataset, with_keys
+from feature_extractor.errors import CovidCTError, FeatureCacheError
+from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
+from feature_extractor.weights import NONE, NONE_WARNING, WeightsChoice, resolve_weights
+
+from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
+from .features import BackboneFeatures, available_backbones, feature_matrix, select_cache
+from .models import make_classifier
+from .tuning import tune
+
+TRAIN_SPLITS = ("train", "val")
+
+
+def training_records(dataset: Dataset) -> tuple[list[Record], list[str]]:
+    """Labeled records to train on, and which splits they came from."""
+    labeled = [r for r in dataset.records if r.label is not None]
+    if dataset.has_split:
+        return [r for r in labeled if r.split in TRAIN_SPLITS], list(TRAIN_SPLITS)
+    return labeled, ["all"]
+
+
+def data_fingerprint(records: Sequence[Record]) -> str:
+    return fingerprint(f"{r.key}:{r.label}" for r in records)
+
+
+def _weights_filter(choice: WeightsChoice | None, backbone: str) -> tuple[str | None, str | None]:
+    if choice is None:
+        return None, None
+    if choice.source == NONE:
+        return NONE, None
+    return choice.source, resolve_weights(backbone, choice, offline=True).sha256
+
+
+def resolve_sources(records: Sequence[Record], features_dir: str | Path,
+                    backbones: Sequence[str] | None = None,
+                    weights: Mapping[str, WeightsChoice] | None = None) -> list[BackboneFeatures]:
+    """The cache to use for each backbone; all backbones with caches when none are named."""
+    keys = [r.key for r in records]
+    if backbones:
+        names = [get_backbone(b).name for b in backbones]
+    else:
+        names = [b for b in available_backbones(features_dir)
+                 if _covers(features_dir, b, keys)]
+        if not names:
+            raise FeatureCacheError(f"no cached features in {features_dir}/ cover the training "
+                                    "images; run: python cli.py extract --backbone NAME")
+    weights = weights or {}
+    return [select_cache(features_dir, name, keys, *_weights_filter(weights.get(name), name))
+            for name in dict.fromkeys(names)]
+
+
+def _covers(features_dir, backbone, keys) -> bool:
+    try:
+        select_cache(features_dir, backbone, keys)
+        return True
+    except FeatureCacheError:
+        return False
+
+
+def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None,
+              features_dir: str | Path = "features", model_path: str | Path | None = None,
+              weights: Mapping[str, WeightsChoice] | None = None, cv_folds: int = 5,
+              random_state: int = 0) -> ModelBundle:
+    dataset = load_dataset(data)
+    records, splits = training_records(dataset)
+    records = with_keys(records)
+    unreadable = [r for r in records if r.error]
+    if unreadable:
+        raise CovidCTError(f"{len(unreadable)} training images cannot be read, e.g. "
+                           f"{unreadable[0].path}: {unreadable[0].error}")
+    if not records:
+        raise CovidCTError(f"no labeled training images in {data}")
+    sources = resolve_sources(records, features_dir, backbones, weights)
+    X = feature_matrix(records, sources)
+    y = np.array([r.label for r in records], dtype=int)
+    groups = np.array([r.group for r in records])
+    estimator, grid = make_classifier(clf, y, random_state)
+    result = tune(estimator, grid, X, y, groups, cv_folds, random_state)
+    described = [s.describe() for s in sources]
+    manifest = {
+        "created": utc_now(),
+        "command": command_line(),
+        "classifier": clf,
+        "params": result.best_params,
+        "threshold": 0.5,
+        "backbones": described,
+        "feature_dim": int(X.shape[1]),
+        "training": {
+            "data": str(Path(data).resolve()), "layout": dataset.layout, "splits": splits,
+            "n_images": len(records), "n_covid": int(np.sum(y == 1)),
+            "n_noncovid": int(np.sum(y == 0)), "n_groups": int(len(np.unique(groups))),
+            "grouping": "patient" if dataset.has_patients else "image",
+            "fingerprint": data_fingerprint(records)},
+        "cv": {"scheme": f"StratifiedGroupKFold(n_splits={result.n_folds}, shuffle=True, "
+                         f"random_state={random_state}) grouped by "
+                         f"{'patient' if dataset.has_patients else 'image'}",
+               "scoring": "roc_auc", "auc": result.cv_auc, "auc_std": result.cv_auc_std,
+               "candidates": result.candidates},
+        "versions": library_versions(),
+    }
+    if any(b["weights_source"] == NONE for b in described):
+        manifest["warning"] = NONE_WARNING
+    path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{clf}.joblib"
+    return save_bundle(result.estimator, manifest, path)

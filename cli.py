@@ -1,0 +1,264 @@
+"""covidct: screen chest CT images for COVID-19 with deep features.
+
+A thin layer: it parses options, calls feature_extractor/ and classifiers/, and turns domain
+errors into one message and a non-zero exit. Exit codes: 0 done; 1 error (message printed,
+nothing or only part written); 2 bad command-line usage; 3 done, but some files could not be
+read (their reasons are in the output).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from feature_extractor.errors import CovidCTError
+
+EXIT_ERROR, EXIT_PARTIAL = 1, 3
+DEFAULT_DATA = "data/COVID-CT"
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("covidct-features")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class DomainErrorGroup(click.Group):
+    """Turns every domain error into one clear line and exit code 1, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CovidCTError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+def default_data() -> str:
+    return os.environ.get("COVIDCT_DATA") or DEFAULT_DATA
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int) -> Iterator:
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
+                           show_eta=True) as bar:
+        yield bar.update
+
+
+def _weights(options: tuple[str, ...], backbones: list[str]) -> dict:
+    from feature_extractor.weights import parse_weights_options
+
+    return parse_weights_options(options, backbones)
+
+
+def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
+    for path, reason in list(failed.items())[:limit]:
+        click.echo(f"  {path}: {reason}", err=True)
+    if len(failed) > limit:
+        click.echo(f"  ... and {len(failed) - limit} more", err=True)
+
+
+data_option = click.option("--data", type=click.Path(path_type=Path), default=default_data,
+                           show_default="$COVIDCT_DATA or data/COVID-CT",
+                           help="COVID-CT folder, folder with COVID/ and NonCOVID/, or CSV manifest "
+                                "(path,label[,patient,split]).")
+features_option = click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
+                               default="features", show_default=True, help="Feature cache folder.")
+weights_option = click.option(
+    "--weights", "weights", multiple=True, metavar="imagenet|none|FILE|NAME=FILE",
+    help="Weights: imagenet (default; keras' download and cache in $KERAS_HOME/models), none "
+         "(random init, tests only), FILE for one backbone, or NAME=FILE per backbone. Repeatable.")
+batch_option = click.option("--batch-size", type=click.IntRange(1, 4096), default=32,
+                            show_default=True, help="Images per forward pass.")
+offline_option = click.option("--offline", is_flag=True, default=None,
+                              help="Never download weights (also: COVIDCT_OFFLINE=1).")
+
+
+@click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="covidct")
+def main() -> None:
+    """Screen chest CT images for COVID-19 with frozen ImageNet CNN features.
+
+    \b
+    Typical use:
+      covidct extract --backbone mobilenetv2     # CNN features -> features/*.h5
+      covidct fit --clf xgboost                  # tuned by patient-grouped CV
+      covidct evaluate                           # metrics on the official test split
+      covidct predict scans/                     # -> predictions.csv
+
+    Research use only, not for clinical diagnosis.
+    """
+
+
+@main.command()
+def backbones() -> None:
+    """List the registered backbones and whether their ImageNet weights are here offline."""
+    from feature_extractor.backbones import BACKBONES
+    from feature_extractor.weights import imagenet_file, keras_models_dir
+
+    click.echo(f"ImageNet weights are looked up in keras' cache: {keras_models_dir()}/ "
+               "(set KERAS_HOME to change it)\n")
+    header = f"{'name':<15} {'input':>7} {'dim':>5}  {'offline':<7}  imagenet weights file"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for spec in BACKBONES.values():
+        here = "yes" if imagenet_file(spec).is_file() else "no"
+        size = f"{spec.input_size[0]}x{spec.input_size[1]}"
+        click.echo(f"{spec.name:<15} {size:>7} {spec.feature_dim:>5}  {here:<7}  {spec.imagenet_file}")
+    click.echo("\n'no': keras downloads the file on first use (needs internet), or pass "
+               "--weights NAME=FILE.")
+
+
+@main.command()
+@click.option("--backbone", "-b", "backbone_names", multiple=True, required=True,
+              help="Backbone name (see `backbones`). Repeatable.")
+@data_option
+@weights_option
+@features_option
+@batch_option
+@offline_option
+def extract(backbone_names, data, weights, features_dir, batch_size, offline) -> None:
+    """Extract CNN features of every image of a dataset into the feature cache.
+
+    Images already cached (same bytes, same backbone and weights) are not run again.
+    """
+    from feature_extractor.dataset import load_dataset
+    from feature_extractor.extract import FeatureExtractor
+
+    names = list(backbone_names)
+    choices = _weights(weights, names)
+    dataset = load_dataset(data)
+    click.echo(f"{len(dataset.records)} images in {data} ({dataset.layout} layout)")
+    any_failed = False
+    for name in dict.fromkeys(choices):
+        extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline)
+        extractor.weights  # fail on unavailable weights before a progress bar is drawn
+        with progress_bar(f"{name:<14}", len(dataset.records)) as update:
+            report = extractor.extract(dataset.records, update)
+        click.echo(report.summary())
+        if report.weights.source == "none":
+            click.secho("  warning: weights=none is random init; these features are for tests only",
+                        fg="yellow", err=True)
+        if report.failed:
+            any_failed = True
+            _report_failures(report.failed)
+    if any_failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.option("--clf", type=click.Choice(["svm", "rf", "xgboost", "logreg"]), required=True,
+              help="Classifier.")
+@click.option("--backbone", "-b", "backbone_names", multiple=True,
+              help="Backbone(s) whose features are concatenated. Default: every backbone with "
+                   "cached features for the training images.")
+@data_option
+@features_option
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to save the model.  [default: models/<clf>.joblib]")
+@click.option("--weights", "weights", multiple=True, metavar="NAME=imagenet|none|FILE",
+              help="Pick the cache of these weights when several exist. Repeatable.")
+@click.option("--cv-folds", type=click.IntRange(2, 20), default=5, show_default=True,
+              help="Patient-grouped CV folds for tuning.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+def fit(clf, backbone_names, data, features_dir, model_path, weights, cv_folds, seed) -> None:
+    """Train a classifier on cached features of the training images (train+val split).
+
+    Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
+    """
+    from classifiers.train import fit_model
+
+    names = list(backbone_names)
+    choices = _weights(weights, names) if weights else None
+    if weights and not names:
+        raise click.BadParameter("name the backbones with --backbone when using --weights",
+                                 param_hint="--weights")
+    bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed)
+    m = bundle.manifest
+    t = m["training"]
+    click.echo(f"trained {clf} on {t['n_images']} images ({t['n_covid']} COVID, "
+               f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
+               f"splits: {'+'.join(t['splits'])})")
+    click.echo(f"features: {' + '.join(b['name'] for b in m['backbones'])} ({m['feature_dim']} dims)")
+    click.echo(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f} with {m['params']}")
+    click.echo(f"saved {bundle.path} and {bundle.path.with_suffix('.json')}")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file.  [default: the most recently fitted in models/]")
+@data_option
+@click.option("--split", default="test", show_default=True,
+              help="Split to evaluate when the data has the official split.")
+@features_option
+@weights_option
+@batch_option
+@offline_option
+def evaluate(model_path, data, split, features_dir, weights, batch_size, offline) -> None:
+    """Metrics of a model on held-out labeled images (default: the official test split)."""
+    from classifiers.bundle import read_manifest
+    from classifiers.evaluation import evaluate_model
+
+    choices = None
+    if weights:
+        from classifiers.bundle import latest_model
+
+        manifest = read_manifest(model_path or latest_model())
+        choices = _weights(weights, [b["name"] for b in manifest["backbones"]])
+    report = evaluate_model(data, model_path, split, features_dir=features_dir,
+                            batch_size=batch_size, weights=choices, progress=progress_bar,
+                            offline=offline)
+    click.echo(f"model {report.model_path} on {report.data} split={report.split} "
+               f"(n={sum(report.n.values())}: {report.n['COVID']} COVID, "
+               f"{report.n['NonCOVID']} NonCOVID; threshold {report.threshold})")
+    click.echo(report.table())
+    if report.errors:
+        _report_failures(report.errors)
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file.  [default: the most recently fitted in models/]")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
+              show_default=True, help="CSV with columns path,p_covid,label,error.")
+@features_option
+@weights_option
+@batch_option
+@offline_option
+def predict(folder, model_path, out, features_dir, weights, batch_size, offline) -> None:
+    """Predict COVID probabilities for every image under FOLDER (recursively).
+
+    Exit code 3 when some files could not be read: they still get a row, with the reason
+    in the `error` column.
+    """
+    from classifiers.bundle import latest_model, read_manifest
+    from classifiers.predict import predict_folder, write_predictions_csv
+
+    choices = None
+    if weights:
+        manifest = read_manifest(model_path or latest_model())
+        choices = _weights(weights, [b["name"] for b in manifest["backbones"]])
+    report = predict_folder(folder, model_path, features_dir=features_dir, batch_size=batch_size,
+                            weights=choices, progress=progress_bar, offline=offline)
+    write_predictions_csv(report.rows, out)
+    click.echo(report.summary())
+    click.echo(f"wrote {out}")
+    if report.n_failed:
+        _report_failures({r.path: r.error for r in report.rows if r.error})
+        sys.exit(EXIT_PARTIAL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""Frozen ImageNet CNNs turn CT images into cached feature vectors.
+
+Importing this package does not import TensorFlow; only building a backbone does.
+"""
+from .backbones import BACKBONES, BackboneSpec, get_backbone
+from .dataset import Dataset, Record, load_dataset, load_unlabeled
+from .errors import CovidCTError
+from .weights import WeightsChoice, parse_weights_options
+
+__all__ = ["BACKBONES", "BackboneSpec", "CovidCTError", "Dataset", "Record", "WeightsChoice",
+           "get_backbone", "load_dataset", "load_unlabeled", "parse_weights_options"]

@@ -1,0 +1,88 @@
+"""Registry of frozen ImageNet CNNs from keras.applications.
+
+Each entry knows its constructor, input size, ``preprocess_input``, feature dimension and
+the file name keras caches its ImageNet weights under. Specs are plain data so listing
+backbones does not import TensorFlow; :func:`build_model` imports it when a CNN must run.
+Features are the global-average-pooled output of the last conv block (include_top=False).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import UnknownBackboneError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    module: str                 # keras.applications.<module>: holds preprocess_input
+    constructor: str            # keras.applications.<module>.<constructor>
+    input_size: tuple[int, int]  # (height, width)
+    feature_dim: int
+    imagenet_file: str          # keras' cache file name for include_top=False weights
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> str:
+        return f"keras.applications.{self.module}.preprocess_input"
+
+
+def _spec(name, module, constructor, size, dim, fname, **kwargs) -> BackboneSpec:
+    return BackboneSpec(name, module, constructor, (size, size), dim, fname, kwargs)
+
+
+_TF_NOTOP = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
+    _spec("vgg16", "vgg16", "VGG16", 224, 512, "vgg16" + _TF_NOTOP),
+    _spec("vgg19", "vgg19", "VGG19", 224, 512, "vgg19" + _TF_NOTOP),
+    _spec("resnet50", "resnet", "ResNet50", 224, 2048, "resnet50" + _TF_NOTOP),
+    _spec("resnet101", "resnet", "ResNet101", 224, 2048, "resnet101" + _TF_NOTOP),
+    _spec("densenet121", "densenet", "DenseNet121", 224, 1024, "densenet121" + _TF_NOTOP),
+    _spec("densenet169", "densenet", "DenseNet169", 224, 1664, "densenet169" + _TF_NOTOP),
+    _spec("inceptionv3", "inception_v3", "InceptionV3", 299, 2048, "inception_v3" + _TF_NOTOP),
+    _spec("xception", "xception", "Xception", 299, 2048, "xception" + _TF_NOTOP),
+    _spec("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 1280, "efficientnetb0_notop.h5"),
+    _spec("mobilenet", "mobilenet", "MobileNet", 224, 1024, "mobilenet_1_0_224_tf_no_top.h5",
+          alpha=1.0),
+    # MobileNet at width 0.25: small and fast; its keras file is real and works offline
+    # from ../shared/keras (see README), which makes it the pretrained backbone of the tests.
+    _spec("mobilenet025", "mobilenet", "MobileNet", 224, 256, "mobilenet_2_5_224_tf_no_top.h5",
+          alpha=0.25),
+    _spec("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 1280,
+          "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", alpha=1.0),
+)}
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in BACKBONES:
+        raise UnknownBackboneError(
+            f"unknown backbone {name!r}; valid names: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[key]
+
+
+def build_model(spec: BackboneSpec, weights: str | None,
+                input_size: tuple[int, int] | None = None) -> Any:
+    """Build the frozen, avg-pooled keras model. ``weights``: "imagenet", a file, or None.
+
+    ``input_size`` overrides the spec's size (small inputs make fast tests).
+    """
+    from .tf_runtime import device_name
+
+    device_name()  # quiet TF import and GPU set-up before keras touches the devices
+    import keras
+
+    height, width = input_size or spec.input_size
+    constructor = getattr(keras.applications, spec.constructor)
+    model = constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
+                        pooling="avg", **spec.kwargs)
+    model.trainable = False
+    return model
+
+
+def preprocess_function(spec: BackboneSpec) -> Callable:
+    import keras
+
+    return getattr(keras.applications, spec.module).preprocess_input

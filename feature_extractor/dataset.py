@@ -1,0 +1,234 @@
+"""Find the images of a dataset and what is known about each: label, patient, split.
+
+Three labeled layouts are understood, tried in this order:
+
+(a) COVID-CT (UCSD-AI4H): ``CT_COVID/``, ``CT_NonCOVID/``, ``Data-split/`` with the official
+    train/val/test lists, and the MetaInfo CSVs that give patient ids;
+(b) one subfolder per class: ``COVID/`` and ``NonCOVID/`` (also ``CT_COVID``/``CT_NonCOVID``,
+    any case, '-' or '_' ignored);
+(c) a CSV manifest with columns ``path,label`` and optional ``patient,split``; relative
+    paths are taken from the CSV's folder.
+
+Any folder can also be read unlabeled (for predict): every image file under it.
+Labels: 1 = COVID, 0 = NonCOVID.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import DatasetError
+from .images import IMAGE_SUFFIXES
+from .provenance import sha256_file
+
+COVID, NONCOVID = 1, 0
+LABEL_NAMES = {COVID: "COVID", NONCOVID: "NonCOVID"}
+SPLITS = ("train", "val", "test")
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+CANDIDATE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image file and what is known about it. ``key`` is the SHA-256 of its bytes."""
+
+    path: str
+    label: int | None = None
+    patient: str | None = None
+    split: str | None = None
+    key: str | None = None
+    error: str | None = None
+
+    @property
+    def group(self) -> str:
+        """Grouping unit for splits and CV: the patient when known, else the image itself."""
+        return self.patient or f"image:{self.key or self.path}"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: str
+    layout: str  # "covid-ct" | "class-folders" | "manifest" | "unlabeled"
+    records: tuple[Record, ...]
+
+    @property
+    def has_split(self) -> bool:
+        return any(r.split for r in self.records)
+
+    @property
+    def has_patients(self) -> bool:
+        return any(r.patient for r in self.records)
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_CLASS_DIRS = {"covid": COVID, "ctcovid": COVID, "noncovid": NONCOVID, "ctnoncovid": NONCOVID}
+
+
+def parse_label(value: str) -> int:
+    text = _norm(str(value))
+    if text in ("1", "covid", "ctcovid", "positive", "pos", "true", "yes"):
+        return COVID
+    if text in ("0", "noncovid", "ctnoncovid", "negative", "neg", "false", "no"):
+        return NONCOVID
+    raise DatasetError(f"unknown label {value!r}: use 1/COVID or 0/NonCOVID")
+
+
+def list_image_files(folder: str | Path) -> list[str]:
+    """Image-like files under ``folder``, recursively, sorted; hidden files skipped.
+
+    Symlinked folders are not followed, so a symlink loop cannot hang the walk.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in CANDIDATE_SUFFIXES:
+                found.append(os.path.join(dirpath, name))
+    return sorted(found)
+
+
+def _read_split_lists(split_dir: Path) -> dict[tuple[int, str], str]:
+    """(label, file name) -> split, from Data-split/{COVID,NonCOVID}/{split}CT_*.txt."""
+    result = {}
+    for label, sub, suffix in ((COVID, "COVID", "CT_COVID"), (NONCOVID, "NonCOVID", "CT_NonCOVID")):
+        for split in SPLITS:
+            path = split_dir / sub / f"{split}{suffix}.txt"
+            if not path.is_file():
+                raise DatasetError(f"official split file missing: {path}")
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    result[(label, line.strip())] = split
+    return result
+
+
+def _read_patients(root: Path) -> dict[tuple[int, str], str]:
+    """(label, file name) -> patient id from the MetaInfo CSVs, prefixed by class so that
+    'Patient 1' of one table cannot merge with a patient of the other."""
+    result = {}
+    sources = ((COVID, "COVID-CT-MetaInfo.csv", "File name", "Patient ID", "covid"),
+               (NONCOVID, "NonCOVID-CT-MetaInfo.csv", "image name", "patient id", "noncovid"))
+    for label, fname, name_col, patient_col, prefix in sources:
+        path = root / fname
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            for row in csv.DictReader(fh):
+                name, patient = (row.get(name_col) or "").strip(), (row.get(patient_col) or "").strip()
+                if name and patient:
+                    result[(label, name)] = f"{prefix}/{patient}"
+    return result
+
+
+def _find_class_dirs(root: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for child in sorted(root.iterdir()):
+        label = _CLASS_DIRS.get(_norm(child.name)) if child.is_dir() else None
+        if label is not None:
+            if label in found:
+                raise DatasetError(f"two folders for class {LABEL_NAMES[label]} in {root}: "
+                                   f"{found[label].name} and {child.name}")
+            found[label] = child
+    return found
+
+
+def _load_class_folders(root: Path, class_dirs: dict[int, Path], with_split: bool) -> Dataset:
+    splits = _read_split_lists(root / "Data-split") if with_split else {}
+    patients = _read_patients(root) if with_split else {}
+    records = []
+    for label, folder in sorted(class_dirs.items()):
+        for path in list_image_files(folder):
+            name = os.path.relpath(path, folder)
+            records.append(Record(path=path, label=label, patient=patients.get((label, name)),
+                                  split=splits.get((label, name))))
+    layout = "covid-ct" if with_split else "class-folders"
+    return Dataset(root=str(root), layout=layout, records=tuple(records))
+
+
+def load_manifest(csv_path: str | Path) -> Dataset:
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    records = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = {(c or "").strip().lower(): c for c in (reader.fieldnames or [])}
+        if "path" not in columns:
+            raise DatasetError(f"{csv_path}: a manifest needs a 'path' column "
+                               f"(and 'label'; optional 'patient', 'split'); found {list(columns)}")
+        for line_no, row in enumerate(reader, start=2):
+            def get(col: str) -> str:
+                return (row.get(columns[col]) or "").strip() if col in columns else ""
+            if not get("path"):
+                continue
+            path = Path(get("path"))
+            label_text = get("label")
+            try:
+                label = parse_label(label_text) if label_text else None
+            except DatasetError as exc:
+                raise DatasetError(f"{csv_path}, line {line_no}: {exc}") from None
+            split = get("split").lower() or None
+            if split is not None and split not in SPLITS:
+                raise DatasetError(f"{csv_path}, line {line_no}: split {split!r} is not one of {SPLITS}")
+            records.append(Record(path=str(path if path.is_absolute() else base / path),
+                                  label=label, patient=get("patient") or None, split=split))
+    if not records:
+        raise DatasetError(f"{csv_path}: the manifest lists no images")
+    return Dataset(root=str(base), layout="manifest", records=tuple(records))
+
+
+def load_unlabeled(folder: str | Path) -> Dataset:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"not a folder: {folder}")
+    files = list_image_files(folder)
+    if not files:
+        raise DatasetError(f"no image files (.png, .jpg, .tif, .dcm, ...) found under {folder}")
+    return Dataset(root=str(folder), layout="unlabeled", records=tuple(Record(path=p) for p in files))
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Load a labeled dataset from a folder (layouts a, b) or a CSV manifest (c)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return load_manifest(path)
+    if not path.exists():
+        raise DatasetError(
+            f"data not found: {path}. Point --data (or $COVIDCT_DATA) at the COVID-CT folder, "
+            "a folder with COVID/ and NonCOVID/ subfolders, or a CSV manifest (path,label).")
+    if not path.is_dir():
+        raise DatasetError(f"{path} is neither a folder nor a .csv manifest")
+    class_dirs = _find_class_dirs(path)
+    if len(class_dirs) != 2:
+        raise DatasetError(
+            f"{path} is not a labeled dataset: expected subfolders COVID/ and NonCOVID/ "
+            "(or CT_COVID/ and CT_NonCOVID/), or pass a CSV manifest with columns path,label")
+    with_split = (path / "Data-split").is_dir()
+    dataset = _load_class_folders(path, class_dirs, with_split)
+    if not dataset.records:
+        raise DatasetError(f"no image files found in {class_dirs[COVID]} or {class_dirs[NONCOVID]}")
+    return dataset
+
+
+def with_keys(records: Iterable[Record]) -> list[Record]:
+    """Fill in each record's SHA-256 key; a file that cannot be read gets ``error`` instead."""
+    out = []
+    for rec in records:
+        if rec.key or rec.error:
+            out.append(rec)
+            continue
+        try:
+            out.append(replace(rec, key=sha256_file(rec.path)))
+        except OSError as exc:
+            out.append(replace(rec, error=f"cannot read file: {exc.strerror or exc}"))
+    return out
+
+
+def select_split(records: Sequence[Record], splits: Iterable[str]) -> list[Record]:
+    wanted = set(splits)
+    return [r for r in records if r.split in wanted]

@@ -1,0 +1,183 @@
+"""Turn records into cached feature vectors with a frozen backbone.
+
+Only images whose SHA-256 is not in the cache are decoded and run through the CNN; when all
+are cached no model is built (and, with file or imagenet weights, TensorFlow is not imported).
+Decoding runs in a thread pool one batch ahead of inference, so the CNN is kept busy.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backbones import BackboneSpec, get_backbone, preprocess_function
+from .cache import CacheRow, FeatureCache
+from .dataset import Record, with_keys
+from .images import ImageDecodeError, decode_image
+from .provenance import command_line
+from .tf_runtime import device_name
+from .weights import (IMAGENET, NONE, NONE_WARNING, ResolvedWeights, WeightsChoice,
+                      build_with_weights, resolve_weights)
+
+Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+@dataclass
+class ExtractionReport:
+    backbone: str
+    cache_path: str
+    weights: ResolvedWeights
+    records: list[Record]          # with keys; unreadable or undecodable ones carry .error
+    n_cached: int = 0
+    n_new: int = 0
+    device: str | None = None      # None when no CNN ran
+    seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed)
+
+    def summary(self) -> str:
+        text = f"{self.backbone}: {self.n_cached} cached, {self.n_new} new"
+        if self.failed:
+            text += f", {self.n_failed} failed"
+        text += f" -> {self.cache_path}"
+        if self.device:
+            text += f" ({self.device}, {self.seconds:.1f} s)"
+        return text
+
+
+def cache_identity(spec: BackboneSpec, weights: ResolvedWeights,
+                   input_size: tuple[int, int] | None = None) -> dict:
+    height, width = input_size or spec.input_size
+    return {"backbone": spec.name, "weights_source": weights.source,
+            "weights_sha256": weights.sha256, "input_height": height, "input_width": width,
+            "preprocessing": spec.preprocessing, "pooling": "avg", "precision": "float32",
+            "crop": "none"}
+
+
+class FeatureExtractor:
+    """A frozen backbone with its weights, reading and filling one feature cache.
+
+    Parameters
+    ----------
+    backbone : registry name (see ``python cli.py backbones``).
+    weights : WeightsChoice; default imagenet (keras' download and cache).
+    features_dir : folder of the HDF5 caches, default ``features``.
+    batch_size : images per forward pass, default 32.
+    input_size : (height, width) override of the backbone's size; for fast tests.
+    offline : never try to download weights (default: $COVIDCT_OFFLINE).
+    """
+
+    def __init__(self, backbone: str, weights: WeightsChoice | None = None,
+                 features_dir: str | Path = "features", batch_size: int = 32,
+                 input_size: tuple[int, int] | None = None, offline: bool | None = None):
+        self.spec = get_backbone(backbone)
+        self.weights_choice = weights or WeightsChoice(IMAGENET)
+        self.features_dir = Path(features_dir)
+        self.batch_size = max(1, int(batch_size))
+        self.input_size = tuple(input_size) if input_size else self.spec.input_size
+        self.offline = offline
+        self._model = None
+        self._weights: ResolvedWeights | None = None
+
+    @property
+    def weights(self) -> ResolvedWeights:
+        """Resolved weights, hashed; builds the model only when the hash needs it."""
+        if self._weights is None:
+            weights = resolve_weights(self.spec, self.weights_choice, self.offline)
+            self._weights = weights
+            if weights.sha256 is None:  # imagenet to download, or random init to hash
+                self._ensure_model()
+        return self._weights
+
+    def _ensure_model(self):
+        if self._model is None:
+            self._model, self._weights = build_with_weights(self.spec, self._weights, self.input_size)
+        return self._model
+
+    def open_cache(self) -> FeatureCache:
+        provenance = {"command": command_line(), "weights_path": self.weights.path,
+                      "feature_dim": self.spec.feature_dim}
+        if self.weights.source == NONE:
+            provenance["warning"] = NONE_WARNING
+        return FeatureCache.open_or_create(self.features_dir, cache_identity(
+            self.spec, self.weights, self.input_size), self.spec.feature_dim, provenance)
+
+    def extract(self, records: Sequence[Record], progress: Progress | None = None) -> ExtractionReport:
+        """Make sure every readable record has features in the cache."""
+        start = time.perf_counter()
+        records = with_keys(records)
+        cache = self.open_cache()
+        report = ExtractionReport(self.spec.name, str(cache.path), self.weights, records)
+        index = cache.key_index()
+        todo: dict[str, Record] = {}
+        for rec in records:
+            if rec.error:
+                continue
+            if rec.key in index:
+                report.n_cached += 1
+            else:
+                todo.setdefault(rec.key, rec)  # identical bytes are extracted once
+        n_unreadable = sum(1 for r in records if r.error)
+        if progress and report.n_cached + n_unreadable:
+            progress(report.n_cached + n_unreadable)
+        if todo:
+            report.device = device_name()
+            failed_keys = self._run(list(todo.values()), cache, progress)
+            report.n_new = sum(1 for r in records if not r.error and r.key in todo
+                               and r.key not in failed_keys)
+            report.records = [replace(r, error=failed_keys[r.key])
+                              if not r.error and r.key in failed_keys else r for r in records]
+        report.failed = {r.path: r.error for r in report.records if r.error}
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _run(self, todo: list[Record], cache: FeatureCache, progress: Progress | None) -> dict[str, str]:
+        """Extract and append ``todo``; returns key -> reason for images that failed."""
+        model = self._ensure_model()
+        preprocess = preprocess_function(self.spec)
+        size = self.input_size
+        batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        failed: dict[str, str] = {}
+
+        def load(rec: Record):
+            try:
+                with open(rec.path, "rb") as fh:
+                    return decode_image(fh.read(), size)
+            except ImageDecodeError as exc:
+                return str(exc)
+            except OSError as exc:
+                return f"cannot read file: {exc.strerror or exc}"
+
+        workers = max(2, min(8, os.cpu_count() or 2))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: list[Future] = [pool.submit(load, r) for r in batches[0]] if batches else []
+            for i, batch in enumerate(batches):
+                loaded = [f.result() for f in pending]
+                if i + 1 < len(batches):  # decode the next batch while the CNN runs
+                    pending = [pool.submit(load, r) for r in batches[i + 1]]
+                good = [(r, a) for r, a in zip(batch, loaded) if isinstance(a, np.ndarray)]
+                failed.update({r.key: a for r, a in zip(batch, loaded) if isinstance(a, str)})
+                if good:
+                    x = preprocess(np.stack([a for _, a in good]).astype(np.float32))
+                    feats = np.asarray(model.predict_on_batch(x), dtype=np.float32)
+                    cache.append([CacheRow(r.key, f, r.path, r.label, r.patient, r.split)
+                                  for (r, _), f in zip(good, feats)])
+                if progress:
+                    progress(len(batch))
+        return failed
+
+
+def extract_features(records: Sequence[Record], backbone: str, weights: WeightsChoice | None = None,
+                     features_dir: str | Path = "features", batch_size: int = 32,
+                     progress: Progress | None = None, **kwargs) -> ExtractionReport:
+    """One-call form of :class:`FeatureExtractor`."""
+    extractor = FeatureExtractor(backbone, weights, features_dir, batch_size, **kwargs)
+    return extractor.extract(records, progress)
