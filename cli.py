@@ -50,6 +50,9 @@ def default_data() -> str:
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator:
+    if not sys.stderr.isatty():  # logs and pipes get the summary lines only
+        yield lambda n: None
+        return
     with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True,
                            show_eta=True) as bar:
         yield bar.update

@@ -44,7 +44,11 @@ class ResolvedWeights:
 
     @property
     def keras_argument(self) -> str | None:
-        return {IMAGENET: IMAGENET, FILE: self.path, NONE: None}[self.source]
+        """What the keras constructor gets: a file once we have one (keras reads KERAS_HOME
+        only at import), "imagenet" only to make keras download it."""
+        if self.source == NONE:
+            return None
+        return self.path if self.sha256 else IMAGENET
 
 
 def offline_mode() -> bool:

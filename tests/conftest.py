@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_class_folders, make_covidct_layout
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("COVIDCT_SHARED", REPO.parent / "shared"))
+SHARED_DATA = SHARED / "data" / "covid-ct"
+SHARED_MODELS = SHARED / "keras" / "models"
+MOBILENETV2_FILE = SHARED_MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5"
+MOBILENET025_KERAS_FILE = SHARED_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test downloads weights or reads the user's keras cache or data."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("COVIDCT_OFFLINE", "1")
+    monkeypatch.delenv("COVIDCT_DATA", raising=False)
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    return make_class_folders(tmp_path / "data")
+
+
+@pytest.fixture
+def covidct_layout(tmp_path) -> Path:
+    return make_covidct_layout(tmp_path / "covid-ct")
+
+
+def needs_shared(*paths: Path):
+    missing = [p for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"shared data/weights absent: {missing}")

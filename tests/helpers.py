@@ -1,0 +1,69 @@
+"""Synthetic CT-like images and datasets that tests build themselves."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def ct_like(seed: int, covid: bool, size: int = 64) -> Image.Image:
+    """A grey disc ('body') with two dark ellipses ('lungs'); COVID ones get bright blotches,
+    so classes are learnable even from random-init features."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.full((size, size), 20.0)
+    img[(yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.2] = 150
+    for cx in (0.33, 0.67):
+        img[((yy - 0.5) / 0.3) ** 2 + ((xx - cx) / 0.13) ** 2 < 1] = 40
+    if covid:
+        for _ in range(6):
+            cy, cx = rng.uniform(0.3, 0.7), rng.choice([0.33, 0.67]) + rng.uniform(-0.05, 0.05)
+            img[((yy - cy) ** 2 + (xx - cx) ** 2) < 0.004] = 230
+    img += rng.normal(0, 8, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L")
+
+
+def make_class_folders(root: Path, n_per_class: int = 8, size: int = 64, covid_dir: str = "COVID",
+                       noncovid_dir: str = "NonCOVID", seed: int = 0) -> Path:
+    """root/COVID/*.png and root/NonCOVID/*.jpg with CT-like images."""
+    for label, sub, ext in ((1, covid_dir, ".png"), (0, noncovid_dir, ".jpg")):
+        folder = root / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            ct_like(seed * 1000 + label * 100 + i, bool(label), size).save(folder / f"img{i}{ext}")
+    return root
+
+
+def make_covidct_layout(root: Path, n_patients: int = 12, per_patient: int = 2, size: int = 64) -> Path:
+    """A small replica of the COVID-CT layout: class folders, MetaInfo CSVs, Data-split lists
+    (NonCOVID ones with CRLF, as upstream), split by patient 6:3:3."""
+    splits = ["train"] * (n_patients // 2) + ["val"] * (n_patients // 4)
+    splits += ["test"] * (n_patients - len(splits))
+    lists: dict[tuple[str, str], list[str]] = {}
+    (root / "CT_COVID").mkdir(parents=True)
+    (root / "CT_NonCOVID").mkdir(parents=True)
+    with open(root / "COVID-CT-MetaInfo.csv", "w", newline="") as cf, \
+            open(root / "NonCOVID-CT-MetaInfo.csv", "w", newline="") as nf:
+        cw, nw = csv.writer(cf), csv.writer(nf)
+        cw.writerow(["File name", "Patient ID", "Age"])
+        nw.writerow(["", "image name", "patient id"])
+        for p in range(n_patients):
+            for j in range(per_patient):
+                cname = f"paper{p}-fig{j}.png"
+                img = ct_like(p * 10 + j, True, size)
+                # Like upstream: some COVID ".png" files hold JPEG bytes.
+                img.save(root / "CT_COVID" / cname, format="JPEG" if j == 0 else "PNG")
+                cw.writerow([cname, f"Patient {p}", 40])
+                lists.setdefault(("COVID", splits[p]), []).append(cname)
+                nname = f"{p}%{j}.jpg"
+                ct_like(5000 + p * 10 + j, False, size).save(root / "CT_NonCOVID" / nname)
+                nw.writerow([p * 10 + j, nname, f"crawled_patient_{p}"])
+                lists.setdefault(("NonCOVID", splits[p]), []).append(nname)
+    for (cls, split), names in lists.items():
+        folder = root / "Data-split" / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        sep = "\r\n" if cls == "NonCOVID" else "\n"
+        (folder / f"{split}CT_{cls}.txt").write_bytes(sep.join(names).encode())
+    return root

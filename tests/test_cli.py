@@ -1,0 +1,97 @@
+"""The command line end to end on a small synthetic COVID-CT replica (weights=none)."""
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.helpers import ct_like, make_covidct_layout
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws")
+    data = make_covidct_layout(root / "covid-ct", n_patients=12, per_patient=2)
+    result = CliRunner().invoke(cli.main, ["extract", "-b", "mobilenetv2", "--weights", "none",
+                                           "--data", str(data), "--features-dir", str(root / "features"),
+                                           "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    return root, data, result.output
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_extract_reports_and_reuses_cache(workspace):
+    root, data, first = workspace
+    assert "48 images" in first and "0 cached, 48 new" in first
+    again = run("extract", "-b", "mobilenetv2", "--weights", "none", "--data", data,
+                "--features-dir", root / "features")
+    assert again.exit_code == 0 and "48 cached, 0 new" in again.output
+
+
+@pytest.mark.parametrize("clf", ["svm", "rf", "xgboost", "logreg"])
+def test_fit_writes_model_and_manifest(workspace, clf):
+    root, data, _ = workspace
+    model = root / "models" / f"{clf}.joblib"
+    result = run("fit", "--clf", clf, "--data", data, "--features-dir", root / "features",
+                 "--model", model, "--cv-folds", "3")
+    assert result.exit_code == 0, result.output
+    assert "CV AUC" in result.output and model.is_file()
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    assert manifest["classifier"] == clf
+    assert manifest["training"]["splits"] == ["train", "val"]
+    assert manifest["training"]["n_images"] == 36  # 9 of 12 patients x 2 classes x 2 slices
+    assert manifest["training"]["grouping"] == "patient"
+    (bb,) = manifest["backbones"]
+    assert bb["name"] == "mobilenetv2" and bb["weights_source"] == "none" and len(bb["weights_sha256"]) == 64
+    assert bb["feature_dim"] == 1280 and "versions" in manifest and "RANDOM INIT" in manifest["warning"]
+
+
+def test_evaluate_and_predict(workspace, tmp_path):
+    root, data, _ = workspace
+    model = root / "models" / "eval.joblib"
+    assert run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features",
+               "--model", model, "--cv-folds", "3").exit_code == 0
+    result = run("evaluate", "--model", model, "--data", data, "--features-dir", root / "features")
+    assert result.exit_code == 0, result.output
+    assert "split=test" in result.output and "roc_auc" in result.output
+
+    folder = tmp_path / "scans"
+    (folder / "deeper").mkdir(parents=True)
+    ct_like(1, True).save(folder / "a.png")
+    ct_like(2, False).save(folder / "deeper" / "b 50%.jpg")
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "pred.csv"
+    result = run("predict", folder, "--model", model, "--out", out, "--features-dir", root / "features")
+    assert result.exit_code == 3, result.output  # documented: done, some files unreadable
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [r["path"].split("/")[-1] for r in rows] == ["a.png", "bad.png", "b 50%.jpg"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 2 and all(0 <= float(r["p_covid"]) <= 1 for r in good)
+    assert all(r["label"] in ("COVID", "NonCOVID") for r in good)
+    bad = next(r for r in rows if r["error"])
+    assert bad["p_covid"] == "" and "corrupt" in bad["error"] or "recognised" in bad["error"]
+
+
+def test_user_mistakes_are_one_line_errors(workspace, tmp_path):
+    root, data, _ = workspace
+    for args, message in [
+        (["extract", "-b", "alexnet", "--data", data], "valid names"),
+        (["fit", "--clf", "svm", "--data", tmp_path / "nowhere"], "data not found"),
+        (["fit", "--clf", "svm", "--data", data, "--features-dir", tmp_path / "empty"], "extract"),
+        (["predict", data, "--model", tmp_path / "none.joblib"], "model file not found"),
+    ]:
+        result = run(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_help_reads_well():
+    for sub in ([], ["extract"], ["fit"], ["predict"], ["evaluate"], ["backbones"]):
+        result = run(*sub, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+    listing = run("backbones")
+    assert listing.exit_code == 0 and "mobilenetv2" in listing.output and "offline" in listing.output

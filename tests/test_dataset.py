@@ -1,0 +1,94 @@
+import os
+
+import pytest
+
+from feature_extractor.dataset import (COVID, NONCOVID, list_image_files, load_dataset,
+                                       load_unlabeled, with_keys)
+from feature_extractor.errors import DatasetError
+from tests.helpers import ct_like, make_class_folders
+
+
+def test_covidct_layout_reads_split_and_patients(covidct_layout):
+    ds = load_dataset(covidct_layout)
+    assert ds.layout == "covid-ct" and len(ds.records) == 48
+    assert {r.split for r in ds.records} == {"train", "val", "test"}
+    assert all(r.patient for r in ds.records)
+    # COVID "Patient 1" and NonCOVID "crawled_patient_1" never merge
+    assert all(r.patient.startswith("covid/" if r.label == COVID else "noncovid/") for r in ds.records)
+    # the official split is patient-level: no patient in two splits
+    splits_of = {}
+    for r in ds.records:
+        splits_of.setdefault(r.patient, set()).add(r.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    # CRLF split lists are parsed: every NonCOVID image has a split
+    assert all(r.split for r in ds.records if r.label == NONCOVID)
+
+
+def test_missing_split_file_is_a_clear_error(covidct_layout):
+    (covidct_layout / "Data-split" / "COVID" / "valCT_COVID.txt").unlink()
+    with pytest.raises(DatasetError, match="valCT_COVID.txt"):
+        load_dataset(covidct_layout)
+
+
+@pytest.mark.parametrize("covid_dir, noncovid_dir", [("COVID", "NonCOVID"), ("ct_covid", "CT_NONCOVID"),
+                                                     ("covid", "non-covid")])
+def test_class_folders_any_case(tmp_path, covid_dir, noncovid_dir):
+    root = make_class_folders(tmp_path / "d", 3, covid_dir=covid_dir, noncovid_dir=noncovid_dir)
+    ds = load_dataset(root)
+    assert ds.layout == "class-folders"
+    assert sorted(r.label for r in ds.records) == [0, 0, 0, 1, 1, 1]
+    assert not ds.has_split and not ds.has_patients
+
+
+def test_csv_manifest_with_relative_paths(class_folders):
+    manifest = class_folders / "manifest.csv"
+    manifest.write_text("path,label,patient,split\n"
+                        "COVID/img0.png,COVID,p1,train\n"
+                        "NonCOVID/img0.jpg,0,p2,test\n", encoding="utf-8")
+    ds = load_dataset(manifest)
+    assert ds.layout == "manifest"
+    assert [(r.label, r.patient, r.split) for r in ds.records] == [(1, "p1", "train"), (0, "p2", "test")]
+    assert all(os.path.isfile(r.path) for r in ds.records)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("file,label\na.png,1\n", "'path' column"),
+    ("path,label\na.png,maybe\n", "line 2: unknown label"),
+    ("path,label,split\na.png,1,holdout\n", "split 'holdout'"),
+])
+def test_bad_manifests(tmp_path, content, match):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(content)
+    with pytest.raises(DatasetError, match=match):
+        load_dataset(manifest)
+
+
+def test_not_a_dataset(tmp_path):
+    (tmp_path / "random").mkdir()
+    with pytest.raises(DatasetError, match="COVID/ and NonCOVID/"):
+        load_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="data not found"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_unlabeled_folder_is_recursive_and_survives_symlink_loops(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    ct_like(0, True).save(tmp_path / "a" / "x.png")
+    ct_like(1, False).save(tmp_path / "a" / "b" / "y.JPG")
+    (tmp_path / "a" / "notes.txt").write_text("ignored")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "b" / "loop")
+    files = list_image_files(tmp_path)
+    assert [os.path.relpath(f, tmp_path) for f in files] == ["a/b/y.JPG", "a/x.png"]
+    assert len(load_unlabeled(tmp_path).records) == 2
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no image files"):
+        load_unlabeled(tmp_path)
+
+
+def test_keys_are_content_hashes(tmp_path):
+    ct_like(0, True).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())
+    recs = with_keys(load_unlabeled(tmp_path).records)
+    assert recs[0].key == recs[1].key and len(recs[0].key) == 64

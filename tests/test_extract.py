@@ -1,0 +1,78 @@
+import sys
+
+import numpy as np
+import pytest
+
+from feature_extractor.dataset import load_dataset, load_unlabeled
+from feature_extractor.extract import FeatureExtractor
+from feature_extractor.weights import WeightsChoice
+
+SMALL = (64, 64)  # random-init tests need no full-size input
+
+
+def extractor(features_dir, **kw):
+    return FeatureExtractor("mobilenetv2", WeightsChoice("none"), features_dir, batch_size=8,
+                            input_size=SMALL, **kw)
+
+
+def test_extract_then_reuse_cache(tmp_path, class_folders):
+    records = load_dataset(class_folders).records
+    first = extractor(tmp_path / "f").extract(records)
+    assert (first.n_new, first.n_cached, first.n_failed) == (16, 0, 0)
+    assert first.device.startswith(("CPU", "GPU"))
+    again = extractor(tmp_path / "f")
+    second = again.extract(records)
+    assert (second.n_new, second.n_cached) == (0, 16)
+    assert second.device is None and second.cache_path == first.cache_path
+    from feature_extractor.cache import FeatureCache
+    feats = FeatureCache(first.cache_path).read([r.key for r in second.records])
+    assert feats.shape == (16, 1280) and feats.dtype == np.float32
+    assert np.isfinite(feats).all() and feats.std(axis=0).max() > 0
+
+
+def test_random_init_is_reproducible(tmp_path, class_folders):
+    """weights=none is seeded, so a second model writes to (and matches) the same cache."""
+    records = load_dataset(class_folders).records[:4]
+    a = extractor(tmp_path / "a").extract(records)
+    b = extractor(tmp_path / "b").extract(records)
+    assert a.weights.sha256 == b.weights.sha256
+    from feature_extractor.cache import FeatureCache
+    keys = [r.key for r in a.records]
+    np.testing.assert_allclose(FeatureCache(a.cache_path).read(keys),
+                               FeatureCache(b.cache_path).read(keys), atol=1e-6)
+
+
+def test_new_images_are_appended_and_bad_ones_reported(tmp_path, class_folders):
+    ex = extractor(tmp_path / "f")
+    records = load_dataset(class_folders).records
+    ex.extract(records[:5])
+    (class_folders / "COVID" / "broken.png").write_bytes(b"not an image")
+    (class_folders / "COVID" / "empty.png").write_bytes(b"")
+    report = ex.extract(load_unlabeled(class_folders).records)
+    assert (report.n_cached, report.n_new, report.n_failed) == (5, 11, 2)
+    assert "not a recognised image format" in report.failed[str(class_folders / "COVID" / "broken.png")]
+    assert "empty file" in report.failed[str(class_folders / "COVID" / "empty.png")]
+
+
+def test_renamed_file_is_not_reextracted(tmp_path, class_folders):
+    records = load_dataset(class_folders).records
+    extractor(tmp_path / "f").extract(records)
+    src = class_folders / "COVID" / "img0.png"
+    src.rename(class_folders / "COVID" / "renamed.png")
+    report = extractor(tmp_path / "f").extract(load_unlabeled(class_folders).records)
+    assert report.n_new == 0 and report.n_cached == 16
+
+
+def test_cached_extract_with_file_weights_builds_no_model(tmp_path, class_folders):
+    """With a weights file and everything cached, no CNN is built."""
+    records = load_dataset(class_folders).records[:3]
+    ex = extractor(tmp_path / "f")
+    ex.extract(records)
+    weights_file = tmp_path / "w.weights.h5"
+    ex._model.save_weights(weights_file)
+    kw = dict(batch_size=8, input_size=SMALL)
+    first = FeatureExtractor("mobilenetv2", WeightsChoice("file", str(weights_file)), tmp_path / "g", **kw)
+    first.extract(records)
+    second = FeatureExtractor("mobilenetv2", WeightsChoice("file", str(weights_file)), tmp_path / "g", **kw)
+    report = second.extract(records)
+    assert report.n_cached == 3 and second._model is None and report.device is None

@@ -1,0 +1,100 @@
+"""Real data, real pretrained weights: a patient-level subset of COVID-CT from ../shared.
+
+Skipped cleanly when ../shared (or $COVIDCT_SHARED) is absent.
+"""
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from feature_extractor.dataset import load_dataset
+from feature_extractor.extract import FeatureExtractor
+from feature_extractor.weights import WeightsChoice
+from tests.conftest import MOBILENET025_KERAS_FILE, MOBILENETV2_FILE, SHARED, SHARED_DATA, needs_shared
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def subset_manifest(path, every_train=3, every_test=2):
+    """Every n-th patient of the official train+val and test splits: fewer images, still
+    patient-level, so test patients are never seen in training."""
+    ds = load_dataset(SHARED_DATA)
+    chosen = []
+    for splits, every in ((("train", "val"), every_train), (("test",), every_test)):
+        patients = sorted({r.patient for r in ds.records if r.split in splits})
+        keep = set(patients[::every])
+        chosen += [r for r in ds.records if r.split in splits and r.patient in keep]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "patient", "split"])
+        for r in chosen:
+            writer.writerow([r.path, r.label, r.patient, r.split])
+    return chosen
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+@needs_shared(SHARED_DATA, MOBILENETV2_FILE)
+def test_pretrained_mobilenetv2_end_to_end(tmp_path):
+    manifest = tmp_path / "subset.csv"
+    chosen = subset_manifest(manifest)
+    n_train = sum(r.split in ("train", "val") for r in chosen)
+    n_test = len(chosen) - n_train
+    feats = tmp_path / "features"
+    weights = f"mobilenetv2={MOBILENETV2_FILE}"
+
+    first = run("extract", "-b", "mobilenetv2", "--weights", weights, "--data", manifest, "--features-dir", feats)
+    assert first.exit_code == 0, first.output
+    assert f"0 cached, {len(chosen)} new" in first.output
+    again = run("extract", "-b", "mobilenetv2", "--weights", weights, "--data", manifest, "--features-dir", feats)
+    assert f"{len(chosen)} cached, 0 new" in again.output
+
+    model = tmp_path / "models" / "svm.joblib"
+    fit = run("fit", "--clf", "svm", "--data", manifest, "--features-dir", feats, "--model", model)
+    assert fit.exit_code == 0, fit.output
+    assert f"on {n_train} images" in fit.output
+
+    ev = run("evaluate", "--model", model, "--data", manifest, "--features-dir", feats)
+    assert ev.exit_code == 0, ev.output
+    metrics = dict(line.split()[:2] for line in ev.output.splitlines()
+                   if line.split() and line.split()[0] in ("accuracy", "roc_auc"))
+    # Held-out patients, real features: clearly better than chance (full data gives ~0.85 AUC).
+    assert float(metrics["roc_auc"]) > 0.70 and float(metrics["accuracy"]) > 0.60, ev.output
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    test_images = [r for r in chosen if r.split == "test"][:6]
+    for i, r in enumerate(test_images):
+        shutil.copy(r.path, scans / f"scan {i}%.png")  # new names: found in the cache by content
+    out = tmp_path / "pred.csv"
+    pred = run("predict", scans, "--model", model, "--out", out, "--features-dir", feats)
+    assert pred.exit_code == 0, pred.output
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert len(rows) == len(test_images) and not any(r["error"] for r in rows)
+    assert all(0.0 <= float(r["p_covid"]) <= 1.0 for r in rows)
+    assert n_test > 50
+
+
+@needs_shared(SHARED_DATA, MOBILENET025_KERAS_FILE)
+def test_imagenet_weights_found_offline_in_keras_home(tmp_path, monkeypatch):
+    """weights=imagenet with KERAS_HOME pointing at the shared keras folder: keras' own
+    unmodified file is used offline, and equals passing the same file explicitly."""
+    monkeypatch.setenv("KERAS_HOME", str(SHARED / "keras"))
+    records = load_dataset(SHARED_DATA).records[:4]
+    kw = dict(features_dir=tmp_path / "f", batch_size=4, offline=True)
+    via_cache = FeatureExtractor("mobilenet025", WeightsChoice("imagenet"), **kw)
+    via_file = FeatureExtractor("mobilenet025", WeightsChoice("file", str(MOBILENET025_KERAS_FILE)), **kw)
+    random = FeatureExtractor("mobilenet025", WeightsChoice("none"), **kw)
+    reports = [e.extract(records) for e in (via_cache, via_file, random)]
+    assert via_cache.weights.sha256 == via_file.weights.sha256
+    from feature_extractor.cache import FeatureCache
+    keys = [r.key for r in reports[0].records]
+    a, b, c = (FeatureCache(r.cache_path).read(keys) for r in reports)
+    assert a.shape == (4, 256)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(a, c, atol=1e-3)  # pretrained features are not random-init ones
