@@ -77,7 +77,10 @@ class FeatureCache:
             fh.attrs["feature_dim"] = feature_dim
             fh.attrs["format_version"] = FORMAT_VERSION
             fh.attrs["created"] = utc_now()
-            fh.attrs["provenance"] = json.dumps({"versions": library_versions(), **(provenance or {})})
+            versions = library_versions()
+            for package in ("tensorflow", "keras"):
+                fh.attrs[f"{package}_version"] = versions.get(package, "unknown")
+            fh.attrs["provenance"] = json.dumps({"versions": versions, **(provenance or {})})
             fh.create_dataset("features", shape=(0, feature_dim), maxshape=(None, feature_dim),
                               dtype="float32", chunks=(min(256, max(1, 65536 // feature_dim)), feature_dim))
             fh.create_dataset("key", shape=(0,), maxshape=(None,), dtype="S64", chunks=(1024,))

@@ -24,7 +24,7 @@ def test_append_and_read_in_requested_order(tmp_path):
     np.testing.assert_array_equal(cache.read(keys)[:, 0], [4, 0, 2, 0])
     with h5py.File(cache.path) as fh:
         assert fh.attrs["backbone"] == "vgg16" and fh.attrs["weights_sha256"] == "ab" * 32
-        assert "numpy" in fh.attrs["provenance"]
+        assert "numpy" in fh.attrs["provenance"] and fh.attrs["keras_version"]
         assert list(fh["label"][:]) == [0, 1, 0, 1, 0]
         assert fh["patient"][1].decode() == "p1"
 
