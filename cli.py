@@ -160,8 +160,14 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline) ->
 
 
 @main.command()
-@click.option("--clf", type=click.Choice(["svm", "rf", "xgboost", "logreg"]), required=True,
-              help="Classifier.")
+@click.option("--clf", type=click.Choice(["svm", "rf", "xgboost", "logreg", "stack"]), required=True,
+              help="Classifier; stack = every backbone x every --base classifier, with a logistic "
+                   "meta-learner on their out-of-fold probabilities.")
+@click.option("--base", default="svm,rf,xgboost", show_default=True, metavar="CLF,CLF,...",
+              help="Base classifiers of the stack.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Pick the decision threshold on out-of-fold training predictions to reach "
+                   "this COVID recall (e.g. 0.95). Default threshold: 0.5.")
 @click.option("--backbone", "-b", "backbone_names", multiple=True,
               help="Backbone(s) whose features are concatenated. Default: every backbone with "
                    "cached features for the training images.")
@@ -174,7 +180,8 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline) ->
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-grouped CV folds for tuning.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-def fit(clf, backbone_names, data, features_dir, model_path, weights, cv_folds, seed) -> None:
+def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
+        cv_folds, seed) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -186,14 +193,24 @@ def fit(clf, backbone_names, data, features_dir, model_path, weights, cv_folds, 
     if weights and not names:
         raise click.BadParameter("name the backbones with --backbone when using --weights",
                                  param_hint="--weights")
-    bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed)
+    bases = [b.strip() for b in base.split(",") if b.strip()]
+    bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed,
+                       bases, target_sensitivity)
     m = bundle.manifest
     t = m["training"]
     click.echo(f"trained {clf} on {t['n_images']} images ({t['n_covid']} COVID, "
                f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
                f"splits: {'+'.join(t['splits'])})")
     click.echo(f"features: {' + '.join(b['name'] for b in m['backbones'])} ({m['feature_dim']} dims)")
-    click.echo(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f} with {m['params']}")
+    for b in m["cv"].get("base_models", []):
+        click.echo(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
+                   f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
+    params = "" if clf == "stack" else f" with {m['params']}"
+    click.echo(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}")
+    choice = m["threshold_choice"]
+    if choice["rule"] != "default":
+        click.echo(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
+                   f"{choice['oof_sensitivity']:.3f}, specificity {choice['oof_specificity']:.3f})")
     click.echo(f"saved {bundle.path} and {bundle.path.with_suffix('.json')}")
 
 
@@ -201,30 +218,47 @@ def fit(clf, backbone_names, data, features_dir, model_path, weights, cv_folds, 
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Model file.  [default: the most recently fitted in models/]")
 @data_option
-@click.option("--split", default="test", show_default=True,
-              help="Split to evaluate when the data has the official split.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+              help="Split to evaluate when the data has the official split (other data: all images).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where metrics.json, report.md and the plots go.  [default: reports/<model>-<split>]")
+@click.option("--cv", "cv_folds", type=click.IntRange(2, 20), default=None,
+              help="Also refit the model's configuration in K patient-grouped folds of train+val "
+                   "and report mean +- sd.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000, show_default=True,
+              help="Bootstrap resamples for the 95% CIs.")
 @features_option
 @weights_option
 @batch_option
 @offline_option
-def evaluate(model_path, data, split, features_dir, weights, batch_size, offline) -> None:
-    """Metrics of a model on held-out labeled images (default: the official test split)."""
-    from classifiers.bundle import read_manifest
-    from classifiers.evaluation import evaluate_model
+def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir, weights, batch_size,
+             offline) -> None:
+    """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
+    Default: the official test split. With --data pointing at another labeled folder
+    (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check).
+    """
+    from classifiers.bundle import latest_model, read_manifest
+    from classifiers.evaluation import evaluate_model
+    from classifiers.reporting import write_report
+
+    model_path = model_path or latest_model()
     choices = None
     if weights:
-        from classifiers.bundle import latest_model
-
-        manifest = read_manifest(model_path or latest_model())
+        manifest = read_manifest(model_path)
         choices = _weights(weights, [b["name"] for b in manifest["backbones"]])
     report = evaluate_model(data, model_path, split, features_dir=features_dir,
                             batch_size=batch_size, weights=choices, progress=progress_bar,
-                            offline=offline)
+                            offline=offline, n_boot=n_boot, cv_folds=cv_folds)
+    n = report.n
     click.echo(f"model {report.model_path} on {report.data} split={report.split} "
-               f"(n={sum(report.n.values())}: {report.n['COVID']} COVID, "
-               f"{report.n['NonCOVID']} NonCOVID; threshold {report.threshold})")
+               f"(n={n['images']}: {n['COVID']} COVID, {n['NonCOVID']} NonCOVID"
+               + (f", {n['patients']} patients" if n.get("patients") else "")
+               + f"; threshold {report.threshold:.3f})")
     click.echo(report.table())
+    out_dir = report_dir or Path("reports") / f"{Path(model_path).stem}-{report.split}"
+    files = write_report(report, out_dir)
+    click.echo(f"wrote {files['metrics']}, {files['report']} and 3 plots in {out_dir}/")
     if report.errors:
         _report_failures(report.errors)
         sys.exit(EXIT_PARTIAL)

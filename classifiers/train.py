@@ -18,10 +18,13 @@ from feature_extractor.weights import NONE, NONE_WARNING, WeightsChoice, resolve
 
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import BackboneFeatures, available_backbones, feature_matrix, select_cache
-from .models import make_classifier
+from .models import CLASSIFIERS, make_classifier
+from .stacking import DEFAULT_BASE, StackedEnsemble
+from .thresholds import threshold_for_sensitivity
 from .tuning import tune
 
 TRAIN_SPLITS = ("train", "val")
+STACK = "stack"
 
 
 def training_records(dataset: Dataset) -> tuple[list[Record], list[str]]:
@@ -62,6 +65,21 @@ def resolve_sources(records: Sequence[Record], features_dir: str | Path,
             for name in dict.fromkeys(names)]
 
 
+def _fit_stack(X, y, groups, described, base, cv_folds, random_state):
+    """One block of columns per backbone, each with every base classifier."""
+    unknown = [b for b in base if b not in CLASSIFIERS]
+    if unknown:
+        raise CovidCTError(f"unknown base classifier(s) {unknown}; valid: {', '.join(CLASSIFIERS)}")
+    bounds = np.cumsum([0] + [b["feature_dim"] for b in described])
+    blocks = [(b["name"], int(a), int(z)) for b, a, z in zip(described, bounds[:-1], bounds[1:])]
+    stack = StackedEnsemble(blocks=blocks, base=tuple(base), n_splits=cv_folds,
+                            random_state=random_state).fit(X, y, groups)
+    report = {"auc": stack.cv_auc_, "auc_std": stack.cv_auc_std_, "base_models": stack.base_reports_,
+              "meta_learner": "LogisticRegression on logits of out-of-fold base probabilities",
+              "meta_weights": stack.meta_weights()}
+    return stack, report, stack.oof_
+
+
 def _covers(features_dir, backbone, keys) -> bool:
     try:
         select_cache(features_dir, backbone, keys)
@@ -73,7 +91,13 @@ def _covers(features_dir, backbone, keys) -> bool:
 def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None,
               features_dir: str | Path = "features", model_path: str | Path | None = None,
               weights: Mapping[str, WeightsChoice] | None = None, cv_folds: int = 5,
-              random_state: int = 0) -> ModelBundle:
+              random_state: int = 0, base: Sequence[str] = DEFAULT_BASE,
+              target_sensitivity: float | None = None) -> ModelBundle:
+    """Train ``clf`` (one of CLASSIFIERS, or "stack") and save it with its manifest.
+
+    ``base``: the stack's base classifiers. ``target_sensitivity``: choose the decision
+    threshold on out-of-fold predictions to reach this COVID recall (default: 0.5).
+    """
     dataset = load_dataset(data)
     records, splits = training_records(dataset)
     records = with_keys(records)
@@ -87,31 +111,41 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
     X = feature_matrix(records, sources)
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])
-    estimator, grid = make_classifier(clf, y, random_state)
-    result = tune(estimator, grid, X, y, groups, cv_folds, random_state)
     described = [s.describe() for s in sources]
+    if clf == STACK:
+        estimator, cv_report, oof = _fit_stack(X, y, groups, described, base, cv_folds, random_state)
+        params = {k: v for k, v in estimator.get_params().items() if k != "blocks"}
+    else:
+        model, grid = make_classifier(clf, y, random_state)
+        result = tune(model, grid, X, y, groups, cv_folds, random_state)
+        estimator, params, oof = result.estimator, result.best_params, result.oof
+        cv_report = {"auc": result.cv_auc, "auc_std": result.cv_auc_std, "n_folds": result.n_folds,
+                     "candidates": result.candidates}
+    grouping = "patient" if dataset.has_patients else "image"
+    threshold = {"threshold": 0.5, "rule": "default"}
+    if target_sensitivity is not None:
+        threshold = {**threshold_for_sensitivity(y, oof, target_sensitivity),
+                     "rule": "target sensitivity on out-of-fold predictions of the training images"}
     manifest = {
         "created": utc_now(),
         "command": command_line(),
         "classifier": clf,
-        "params": result.best_params,
-        "threshold": 0.5,
+        "params": params,
+        "threshold": threshold["threshold"],
+        "threshold_choice": threshold,
         "backbones": described,
         "feature_dim": int(X.shape[1]),
         "training": {
             "data": str(Path(data).resolve()), "layout": dataset.layout, "splits": splits,
             "n_images": len(records), "n_covid": int(np.sum(y == 1)),
             "n_noncovid": int(np.sum(y == 0)), "n_groups": int(len(np.unique(groups))),
-            "grouping": "patient" if dataset.has_patients else "image",
-            "fingerprint": data_fingerprint(records)},
-        "cv": {"scheme": f"StratifiedGroupKFold(n_splits={result.n_folds}, shuffle=True, "
-                         f"random_state={random_state}) grouped by "
-                         f"{'patient' if dataset.has_patients else 'image'}",
-               "scoring": "roc_auc", "auc": result.cv_auc, "auc_std": result.cv_auc_std,
-               "candidates": result.candidates},
+            "grouping": grouping, "fingerprint": data_fingerprint(records)},
+        "cv": {"scheme": f"StratifiedGroupKFold(n_splits={cv_folds}, shuffle=True, "
+                         f"random_state={random_state}) grouped by {grouping}",
+               "scoring": "roc_auc", **cv_report},
         "versions": library_versions(),
     }
     if any(b["weights_source"] == NONE for b in described):
         manifest["warning"] = NONE_WARNING
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{clf}.joblib"
-    return save_bundle(result.estimator, manifest, path)
+    return save_bundle(estimator, manifest, path)

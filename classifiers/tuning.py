@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold, cross_val_predict
 
-from feature_extractor.errors import CovidCTError
+from feature_extractor.errors import TrainingDataError
 
 
 @dataclass
@@ -33,7 +33,7 @@ def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5,
                   random_state: int = 0) -> StratifiedGroupKFold:
     n_groups = min(len(np.unique(groups[y == c])) for c in (0, 1))
     if n_groups < 2:
-        raise CovidCTError("training needs at least 2 patients of each class for cross-validation")
+        raise TrainingDataError("training needs at least 2 patients of each class for cross-validation")
     return StratifiedGroupKFold(n_splits=min(n_splits, n_groups), shuffle=True,
                                 random_state=random_state)
 
@@ -47,7 +47,7 @@ def tune(estimator: BaseEstimator, grid: dict[str, list], X: np.ndarray, y: np.n
          n_jobs: int | None = None) -> TuningResult:
     """Pick the grid point with the best mean held-out AUC, then refit it on everything."""
     if set(np.unique(y)) != {0, 1}:
-        raise CovidCTError("training needs labeled images of both classes (COVID and NonCOVID)")
+        raise TrainingDataError("training needs labeled images of both classes (COVID and NonCOVID)")
     cv = grouped_folds(y, groups, n_splits, random_state)
     splits = list(cv.split(X, y, groups))
     held_out = [test for _, test in splits]

@@ -21,6 +21,10 @@ class DatasetError(CovidCTError):
     """A data folder or manifest that cannot be read as a dataset."""
 
 
+class TrainingDataError(CovidCTError, ValueError):
+    """Training data a classifier cannot learn from (one class, too few patients)."""
+
+
 class FeatureCacheError(CovidCTError):
     """Cached features are missing, ambiguous or inconsistent."""
 

@@ -95,3 +95,50 @@ def test_help_reads_well():
         assert result.exit_code == 0 and "Usage" in result.output
     listing = run("backbones")
     assert listing.exit_code == 0 and "mobilenetv2" in listing.output and "offline" in listing.output
+
+
+def test_stack_then_evaluate_writes_report(workspace, tmp_path):
+    root, data, _ = workspace
+    model = root / "models" / "stack.joblib"
+    fit = run("fit", "--clf", "stack", "--base", "logreg,svm", "--data", data, "--features-dir",
+              root / "features", "--model", model, "--cv-folds", "3", "--target-sensitivity", "0.9")
+    assert fit.exit_code == 0, fit.output
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    bases = manifest["cv"]["base_models"]
+    assert [(b["block"], b["classifier"]) for b in bases] == [("mobilenetv2", "logreg"), ("mobilenetv2", "svm")]
+    assert all("cv_auc" in b and "meta_weight" in b for b in bases)
+    assert set(manifest["cv"]["meta_weights"]) == {"mobilenetv2/logreg", "mobilenetv2/svm", "intercept"}
+    assert manifest["threshold_choice"]["oof_sensitivity"] >= 0.9
+
+    out = tmp_path / "report"
+    ev = run("evaluate", "--model", model, "--data", data, "--features-dir", root / "features",
+             "--report-dir", out, "--cv", "2", "--bootstrap", "200")
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"):
+        assert set(metrics[key]) == {"value", "ci_low", "ci_high"}
+    assert metrics["split"] == "test" and metrics["n"]["images"] == 12
+    assert metrics["threshold"] == manifest["threshold"]
+    assert metrics["data"]["fingerprint"] and metrics["model"]["classifier"] == "stack"
+    assert metrics["bootstrap"]["unit"] == "patient" and set(metrics["patient_level"]) == {"mean", "max"}
+    assert metrics["cv"]["n_folds"] == 2
+    assert "Research use only" in (out / "report.md").read_text()
+    for png in ("roc.png", "calibration.png", "confusion_matrix.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
+
+
+def test_evaluate_on_external_class_folders(workspace, tmp_path):
+    """evaluate --data OTHER_FOLDER with COVID/ and NonCOVID/: all its images, image bootstrap."""
+    from tests.helpers import make_class_folders
+
+    root, data, _ = workspace
+    model = root / "models" / "ext.joblib"
+    assert run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features",
+               "--model", model, "--cv-folds", "3").exit_code == 0
+    other = make_class_folders(tmp_path / "external", n_per_class=5, seed=7)
+    ev = run("evaluate", "--model", model, "--data", other, "--features-dir", root / "features",
+             "--report-dir", tmp_path / "r", "--bootstrap", "200")
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["n"]["images"] == 10
+    assert metrics["data"]["layout"] == "class-folders" and metrics["bootstrap"]["unit"] == "image"

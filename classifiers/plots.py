@@ -1,0 +1,75 @@
+"""Evaluation plots as PNG files: ROC curve, calibration curve, confusion matrix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed (servers, CI)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, out: Path, title: str, auc_ci: tuple[float, float] | None = None,
+             threshold: float | None = None) -> Path:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fpr, tpr, thresholds = roc_curve(y, p)
+    auc = roc_auc_score(y, p)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    label = f"AUC {auc:.3f}" + (f" (95% CI {auc_ci[0]:.3f}-{auc_ci[1]:.3f})" if auc_ci else "")
+    ax.plot(fpr, tpr, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    if threshold is not None:
+        pred = p >= threshold
+        ax.plot(np.mean(pred[y == 0]), np.mean(pred[y == 1]), "o", color="crimson",
+                label=f"threshold {threshold:.2f}")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def plot_calibration(y: np.ndarray, p: np.ndarray, out: Path, title: str, n_bins: int = 10) -> Path:
+    from sklearn.calibration import calibration_curve
+
+    plt = _pyplot()
+    frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), dpi=120, sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    ax.plot(mean_pred, frac_pos, "o-", lw=2, label="model")
+    ax.set(ylabel="fraction of COVID images", title=title, ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    bins = np.linspace(0, 1, n_bins + 1)
+    hist.hist([p[y == 0], p[y == 1]], bins=bins, label=["NonCOVID", "COVID"], stacked=True)
+    hist.set(xlabel="predicted P(COVID)", ylabel="images", xlim=(0, 1))
+    hist.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_confusion(matrix: list[list[int]], out: Path, title: str) -> Path:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=120)
+    ConfusionMatrixDisplay(np.array(matrix), display_labels=["NonCOVID", "COVID"]).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format="d")
+    ax.set_title(title)
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    _pyplot().close(fig)
+    return out

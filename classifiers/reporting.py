@@ -1,0 +1,85 @@
+"""Write an evaluation to a folder: metrics.json, report.md and the three plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .evaluation import METRICS, EvaluationReport
+from .plots import plot_calibration, plot_confusion, plot_roc
+
+PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png"}
+
+
+def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{report.manifest.get('classifier')} on {report.split} (n={report.n['images']})"
+    auc = report.metrics["roc_auc"]
+    files = {
+        "roc": plot_roc(report.y, report.p, out_dir / PLOTS["roc"], f"ROC: {title}",
+                        (auc["ci_low"], auc["ci_high"]), report.threshold),
+        "calibration": plot_calibration(report.y, report.p, out_dir / PLOTS["calibration"],
+                                        f"Calibration: {title}"),
+        "confusion": plot_confusion(report.confusion, out_dir / PLOTS["confusion"],
+                                    f"threshold {report.threshold:.2f}"),
+    }
+    files["metrics"] = out_dir / "metrics.json"
+    files["metrics"].write_text(json.dumps(report.to_json(), indent=2, default=_json_default) + "\n")
+    files["report"] = out_dir / "report.md"
+    files["report"].write_text(markdown(report), encoding="utf-8")
+    return files
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value)}")
+
+
+def markdown(report: EvaluationReport) -> str:
+    m = report.manifest
+    backbones = ", ".join(f"{b['name']} ({b['weights_source']}, sha256 {str(b['weights_sha256'])[:12]})"
+                          for b in m.get("backbones", []))
+    training = m.get("training", {})
+    n = report.n
+    lines = [
+        f"# Evaluation: {m.get('classifier')} on {report.split}",
+        "",
+        "_Research use only, not for clinical diagnosis._",
+        "",
+        f"- model: `{report.model_path}` (sha256 {str(m.get('model_sha256'))[:16]}, fitted {m.get('created')})",
+        f"- features: {backbones}",
+        f"- trained on: {training.get('n_images')} images, splits {'+'.join(training.get('splits', []))} "
+        f"of `{training.get('data')}`",
+        f"- evaluated on: `{report.data}` ({report.layout}), split **{report.split}**: {n['images']} images "
+        f"({n['COVID']} COVID, {n['NonCOVID']} NonCOVID"
+        + (f", {n['patients']} patients" if n.get("patients") else "") + ")",
+        f"- data fingerprint: `{report.data_fingerprint[:16]}`; threshold {report.threshold:.3f}",
+        f"- CIs: 95% percentile bootstrap, {report.bootstrap['n']} resamples of "
+        f"{report.bootstrap['unit']}s",
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for name in METRICS:
+        v = report.metrics[name]
+        lines.append(f"| {name} | {v['value']:.3f} | {v['ci_low']:.3f} - {v['ci_high']:.3f} |")
+    (tn, fp), (fn, tp) = report.confusion
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+              "| | NonCOVID | COVID |", "|---|---|---|",
+              f"| NonCOVID | {tn} | {fp} |", f"| COVID | {fn} | {tp} |"]
+    if report.patient_level:
+        lines += ["", "Patient level (a patient's score is the mean or max of its slices):", "",
+                  "| aggregation | accuracy | sensitivity | specificity | AUC (95% CI) |", "|---|---|---|---|---|"]
+        for how, pm in report.patient_level.items():
+            lines.append(f"| {how} | {pm['accuracy']['value']:.3f} | {pm['sensitivity']['value']:.3f} | "
+                         f"{pm['specificity']['value']:.3f} | {pm['roc_auc']['value']:.3f} "
+                         f"({pm['roc_auc']['ci_low']:.3f} - {pm['roc_auc']['ci_high']:.3f}) |")
+    if report.cv:
+        lines += ["", f"{report.cv['n_folds']}-fold patient-grouped CV on {'+'.join(report.cv['splits'])} "
+                  "(model configuration refit per fold):", "", "| metric | mean | sd |", "|---|---|---|"]
+        lines += [f"| {k} | {v['mean']:.3f} | {v['sd']:.3f} |" for k, v in report.cv["metrics"].items()]
+    if report.errors:
+        lines += ["", f"{len(report.errors)} images could not be read and are not counted."]
+    lines += ["", "![ROC](roc.png) ![Calibration](calibration.png) ![Confusion matrix](confusion_matrix.png)", ""]
+    return "\n".join(lines)
