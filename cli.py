@@ -83,6 +83,12 @@ weights_option = click.option(
          "(random init, tests only), FILE for one backbone, or NAME=FILE per backbone. Repeatable.")
 batch_option = click.option("--batch-size", type=click.IntRange(1, 4096), default=32,
                             show_default=True, help="Images per forward pass.")
+pooling_option = click.option(
+    "--pooling", type=click.Choice(["avg", "avgmax", "multiscale"]), default="avg", show_default=True,
+    help="avg: global average of the last conv block; avgmax: average and max; multiscale: "
+         "average of the last activation at each of the last 3 resolutions.")
+tta_option = click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+                          help="Test-time augmentation: flip = mean of image and mirror features.")
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 
@@ -129,8 +135,10 @@ def backbones() -> None:
 @weights_option
 @features_option
 @batch_option
+@pooling_option
+@tta_option
 @offline_option
-def extract(backbone_names, data, weights, features_dir, batch_size, offline) -> None:
+def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, offline) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone and weights) are not run again.
@@ -144,7 +152,8 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline) ->
     click.echo(f"{len(dataset.records)} images in {data} ({dataset.layout} layout)")
     any_failed = False
     for name in dict.fromkeys(choices):
-        extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline)
+        extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline,
+                                     pooling=pooling, augment=tta)
         extractor.weights  # fail on unavailable weights before a progress bar is drawn
         with progress_bar(f"{name:<14}", len(dataset.records)) as update:
             report = extractor.extract(dataset.records, update)
@@ -180,8 +189,12 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline) ->
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-grouped CV folds for tuning.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--pooling", type=click.Choice(["avg", "avgmax", "multiscale"]), default=None,
+              help="Use features of this pooling when several are cached.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
+              help="Use features of this test-time augmentation when several are cached.")
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed) -> None:
+        cv_folds, seed, pooling, tta) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -195,7 +208,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
                                  param_hint="--weights")
     bases = [b.strip() for b in base.split(",") if b.strip()]
     bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed,
-                       bases, target_sensitivity)
+                       bases, target_sensitivity, pooling, tta)
     m = bundle.manifest
     t = m["training"]
     click.echo(f"trained {clf} on {t['n_images']} images ({t['n_covid']} COVID, "

@@ -26,37 +26,39 @@ class BackboneFeatures:
                 "weights_sha256": attrs["weights_sha256"], "feature_dim": int(attrs["feature_dim"]),
                 "input_size": [int(attrs["input_height"]), int(attrs["input_width"])],
                 "preprocessing": attrs["preprocessing"], "pooling": attrs["pooling"],
+                "augment": attrs.get("augment", "none"),
                 "precision": attrs["precision"], "crop": attrs["crop"],
                 "weights_path": json.loads(attrs.get("provenance", "{}")).get("weights_path"),
                 "cache_file": self.cache.path.name}
 
 
 def select_cache(features_dir: str | Path, backbone: str, keys: Sequence[str],
-                 weights_source: str | None = None,
-                 weights_sha256: str | None = None) -> BackboneFeatures:
-    """The one cache of ``backbone`` that covers all ``keys`` (optionally with given weights)."""
-    candidates = list_caches(features_dir, backbone)
-    if weights_source:
-        candidates = [c for c in candidates if c.attrs.get("weights_source") == weights_source]
-    if weights_sha256:
-        candidates = [c for c in candidates if c.attrs.get("weights_sha256") == weights_sha256]
-    wanted = set(keys)
+                 **wanted: str | None) -> BackboneFeatures:
+    """The one cache of ``backbone`` that covers all ``keys``.
+
+    ``wanted``: identity fields the cache must have (weights_source, weights_sha256,
+    pooling, augment, ...); None means any.
+    """
+    candidates = [c for c in list_caches(features_dir, backbone)
+                  if all(v is None or str(c.attrs.get(k)) == str(v) for k, v in wanted.items())]
+    want = set(keys)
     covering, best_partial = [], 0
     for cache in candidates:
-        n_have = len(wanted & cache.key_index().keys())
+        n_have = len(want & cache.key_index().keys())
         best_partial = max(best_partial, n_have)
-        if n_have == len(wanted):
+        if n_have == len(want):
             covering.append(cache)
     if not covering:
+        settings = ", ".join(f"{k}={v}" for k, v in wanted.items() if v is not None)
         raise FeatureCacheError(
-            f"no cached {backbone} features for all {len(wanted)} images in {features_dir}/ "
-            f"(best cache has {best_partial}); run: python cli.py extract --backbone {backbone} "
-            "--data <the same data>")
-    sources = {(c.attrs["weights_source"], c.attrs["weights_sha256"]) for c in covering}
-    if len(sources) > 1:
-        listing = "; ".join(f"{c.path.name} ({c.attrs['weights_source']})" for c in covering)
-        raise FeatureCacheError(f"several {backbone} caches with different weights cover these "
-                                f"images: {listing}. Choose one with --weights {backbone}=...")
+            f"no cached {backbone} features{f' ({settings})' if settings else ''} for all "
+            f"{len(want)} images in {features_dir}/ (best cache has {best_partial}); run: "
+            f"python cli.py extract --backbone {backbone} --data <the same data>")
+    if len(covering) > 1:
+        listing = "; ".join(f"{c.path.name} (weights {c.attrs['weights_source']}, pooling "
+                            f"{c.attrs['pooling']}, tta {c.attrs.get('augment')})" for c in covering)
+        raise FeatureCacheError(f"several {backbone} caches cover these images: {listing}. "
+                                "Choose with --weights, --pooling or --tta.")
     return BackboneFeatures(backbone, covering[0])
 
 

@@ -66,7 +66,8 @@ def extractor_for(entry: dict, features_dir: str | Path, batch_size: int,
     choice = override or WeightsChoice(entry["weights_source"],
                                        entry.get("weights_path") if entry["weights_source"] == FILE else None)
     extractor = FeatureExtractor(entry["name"], choice, features_dir, batch_size,
-                                 input_size=tuple(entry["input_size"]), offline=offline)
+                                 input_size=tuple(entry["input_size"]), offline=offline,
+                                 pooling=entry["pooling"], augment=entry.get("augment", "none"))
     sha = extractor.weights.sha256
     if sha != entry["weights_sha256"]:
         raise ModelBundleError(

@@ -39,29 +39,31 @@ def data_fingerprint(records: Sequence[Record]) -> str:
     return fingerprint(f"{r.key}:{r.label}" for r in records)
 
 
-def _weights_filter(choice: WeightsChoice | None, backbone: str) -> tuple[str | None, str | None]:
+def _weights_filter(choice: WeightsChoice | None, backbone: str) -> dict[str, str | None]:
     if choice is None:
-        return None, None
+        return {}
     if choice.source == NONE:
-        return NONE, None
-    return choice.source, resolve_weights(backbone, choice, offline=True).sha256
+        return {"weights_source": NONE}
+    return {"weights_source": choice.source,
+            "weights_sha256": resolve_weights(backbone, choice, offline=True).sha256}
 
 
 def resolve_sources(records: Sequence[Record], features_dir: str | Path,
                     backbones: Sequence[str] | None = None,
-                    weights: Mapping[str, WeightsChoice] | None = None) -> list[BackboneFeatures]:
+                    weights: Mapping[str, WeightsChoice] | None = None,
+                    pooling: str | None = None, augment: str | None = None) -> list[BackboneFeatures]:
     """The cache to use for each backbone; all backbones with caches when none are named."""
     keys = [r.key for r in records]
+    settings = {"pooling": pooling, "augment": augment}
     if backbones:
         names = [get_backbone(b).name for b in backbones]
     else:
-        names = [b for b in available_backbones(features_dir)
-                 if _covers(features_dir, b, keys)]
+        names = [b for b in available_backbones(features_dir) if _covers(features_dir, b, keys, settings)]
         if not names:
             raise FeatureCacheError(f"no cached features in {features_dir}/ cover the training "
                                     "images; run: python cli.py extract --backbone NAME")
     weights = weights or {}
-    return [select_cache(features_dir, name, keys, *_weights_filter(weights.get(name), name))
+    return [select_cache(features_dir, name, keys, **settings, **_weights_filter(weights.get(name), name))
             for name in dict.fromkeys(names)]
 
 
@@ -80,9 +82,9 @@ def _fit_stack(X, y, groups, described, base, cv_folds, random_state):
     return stack, report, stack.oof_
 
 
-def _covers(features_dir, backbone, keys) -> bool:
+def _covers(features_dir, backbone, keys, settings) -> bool:
     try:
-        select_cache(features_dir, backbone, keys)
+        select_cache(features_dir, backbone, keys, **settings)
         return True
     except FeatureCacheError:
         return False
@@ -92,11 +94,13 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
               features_dir: str | Path = "features", model_path: str | Path | None = None,
               weights: Mapping[str, WeightsChoice] | None = None, cv_folds: int = 5,
               random_state: int = 0, base: Sequence[str] = DEFAULT_BASE,
-              target_sensitivity: float | None = None) -> ModelBundle:
+              target_sensitivity: float | None = None, pooling: str | None = None,
+              augment: str | None = None) -> ModelBundle:
     """Train ``clf`` (one of CLASSIFIERS, or "stack") and save it with its manifest.
 
     ``base``: the stack's base classifiers. ``target_sensitivity``: choose the decision
     threshold on out-of-fold predictions to reach this COVID recall (default: 0.5).
+    ``pooling``/``augment``: which cached features to use when several exist.
     """
     dataset = load_dataset(data)
     records, splits = training_records(dataset)
@@ -107,7 +111,7 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
                            f"{unreadable[0].path}: {unreadable[0].error}")
     if not records:
         raise CovidCTError(f"no labeled training images in {data}")
-    sources = resolve_sources(records, features_dir, backbones, weights)
+    sources = resolve_sources(records, features_dir, backbones, weights, pooling, augment)
     X = feature_matrix(records, sources)
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])

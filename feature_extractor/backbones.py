@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UnknownBackboneError
+from .errors import CovidCTError, UnknownBackboneError
 
 
 @dataclass(frozen=True)
@@ -63,23 +63,57 @@ def get_backbone(name: str) -> BackboneSpec:
     return BACKBONES[key]
 
 
-def build_model(spec: BackboneSpec, weights: str | None,
-                input_size: tuple[int, int] | None = None) -> Any:
-    """Build the frozen, avg-pooled keras model. ``weights``: "imagenet", a file, or None.
+POOLINGS = ("avg", "avgmax", "multiscale")
 
-    ``input_size`` overrides the spec's size (small inputs make fast tests).
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise CovidCTError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    return pooling
+
+
+def build_model(spec: BackboneSpec, weights: str | None,
+                input_size: tuple[int, int] | None = None, pooling: str = "avg") -> Any:
+    """Build the frozen keras model. ``weights``: "imagenet", a file, or None.
+
+    ``pooling``: "avg" (global average of the last conv block), "avgmax" (average and max
+    of it, concatenated), "multiscale" (global average of the last activation at each of the
+    last three spatial resolutions, concatenated). ``input_size`` overrides the spec's size
+    (small inputs make fast tests).
     """
     from .tf_runtime import device_name
 
+    check_pooling(pooling)
     device_name()  # quiet TF import and GPU set-up before keras touches the devices
     import keras
 
     height, width = input_size or spec.input_size
     constructor = getattr(keras.applications, spec.constructor)
     model = constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
-                        pooling="avg", **spec.kwargs)
+                        pooling="avg" if pooling == "avg" else None, **spec.kwargs)
+    if pooling != "avg":
+        maps = [model.output] if pooling == "avgmax" else _last_per_resolution(model, 3)
+        pooled = [keras.layers.GlobalAveragePooling2D()(m) for m in maps]
+        if pooling == "avgmax":
+            pooled.append(keras.layers.GlobalMaxPooling2D()(model.output))
+        model = keras.Model(model.inputs, keras.layers.Concatenate()(pooled), name=f"{spec.name}_{pooling}")
     model.trainable = False
     return model
+
+
+def _last_per_resolution(model: Any, n: int) -> list:
+    """Outputs of the last layer at each of the last ``n`` spatial resolutions.
+
+    Padding layers are skipped: their odd sizes are not a stage of the network.
+    """
+    last: dict[int, Any] = {}
+    for layer in model.layers:
+        if type(layer).__name__ in ("ZeroPadding2D", "Cropping2D", "InputLayer"):
+            continue
+        shape = layer.output.shape
+        if len(shape) == 4:
+            last[shape[1]] = layer.output
+    return list(last.values())[-n:]
 
 
 def preprocess_function(spec: BackboneSpec) -> Callable:

@@ -1,7 +1,7 @@
 """The feature cache: one HDF5 file per setting that changes the numbers.
 
 A file's identity is everything that changes a feature vector: backbone, weights SHA-256,
-input size, preprocessing, pooling, precision and crop. Its name carries a short hash of
+input size, preprocessing, pooling, test-time augmentation, precision and crop. Its name carries a short hash of
 that identity; its attributes carry the identity in full plus provenance (library versions,
 when, by which command). Rows are keyed by the SHA-256 of the image bytes, so a renamed or
 moved file is found again and a changed one is extracted anew.
@@ -25,7 +25,7 @@ from .errors import FeatureCacheError
 from .provenance import FORMAT_VERSION, library_versions, utc_now
 
 IDENTITY_FIELDS = ("backbone", "weights_source", "weights_sha256", "input_height",
-                   "input_width", "preprocessing", "pooling", "precision", "crop")
+                   "input_width", "preprocessing", "pooling", "augment", "precision", "crop")
 _STR = h5py.string_dtype("utf-8")
 
 

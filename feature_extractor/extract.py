@@ -15,9 +15,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backbones import BackboneSpec, get_backbone, preprocess_function
-from .cache import CacheRow, FeatureCache
+from .backbones import BackboneSpec, check_pooling, get_backbone, preprocess_function
+from .cache import CacheRow, FeatureCache, cache_file_name
 from .dataset import Record, with_keys
+from .errors import CovidCTError
 from .images import ImageDecodeError, decode_image
 from .provenance import command_line
 from .tf_runtime import device_name
@@ -53,13 +54,17 @@ class ExtractionReport:
         return text
 
 
+AUGMENTS = ("none", "flip")
+
+
 def cache_identity(spec: BackboneSpec, weights: ResolvedWeights,
-                   input_size: tuple[int, int] | None = None) -> dict:
+                   input_size: tuple[int, int] | None = None, pooling: str = "avg",
+                   augment: str = "none") -> dict:
     height, width = input_size or spec.input_size
     return {"backbone": spec.name, "weights_source": weights.source,
             "weights_sha256": weights.sha256, "input_height": height, "input_width": width,
-            "preprocessing": spec.preprocessing, "pooling": "avg", "precision": "float32",
-            "crop": "none"}
+            "preprocessing": spec.preprocessing, "pooling": pooling, "augment": augment,
+            "precision": "float32", "crop": "none"}
 
 
 class FeatureExtractor:
@@ -73,17 +78,24 @@ class FeatureExtractor:
     batch_size : images per forward pass, default 32.
     input_size : (height, width) override of the backbone's size; for fast tests.
     offline : never try to download weights (default: $COVIDCT_OFFLINE).
+    pooling : "avg" (default), "avgmax" or "multiscale"; see ``backbones.build_model``.
+    augment : "none" (default) or "flip": features averaged over the image and its mirror.
     """
 
     def __init__(self, backbone: str, weights: WeightsChoice | None = None,
                  features_dir: str | Path = "features", batch_size: int = 32,
-                 input_size: tuple[int, int] | None = None, offline: bool | None = None):
+                 input_size: tuple[int, int] | None = None, offline: bool | None = None,
+                 pooling: str = "avg", augment: str = "none"):
         self.spec = get_backbone(backbone)
         self.weights_choice = weights or WeightsChoice(IMAGENET)
         self.features_dir = Path(features_dir)
         self.batch_size = max(1, int(batch_size))
         self.input_size = tuple(input_size) if input_size else self.spec.input_size
         self.offline = offline
+        self.pooling = check_pooling(pooling)
+        if augment not in AUGMENTS:
+            raise CovidCTError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTS)}")
+        self.augment = augment
         self._model = None
         self._weights: ResolvedWeights | None = None
 
@@ -99,16 +111,28 @@ class FeatureExtractor:
 
     def _ensure_model(self):
         if self._model is None:
-            self._model, self._weights = build_with_weights(self.spec, self._weights, self.input_size)
+            self._model, self._weights = build_with_weights(self.spec, self._weights, self.input_size,
+                                                            self.pooling)
         return self._model
 
+    @property
+    def feature_dim(self) -> int:
+        """Known from the spec for avg/avgmax; multiscale needs the model's graph."""
+        if self.pooling == "avg":
+            return self.spec.feature_dim
+        if self.pooling == "avgmax":
+            return 2 * self.spec.feature_dim
+        return int(self._ensure_model().output_shape[-1])
+
     def open_cache(self) -> FeatureCache:
-        provenance = {"command": command_line(), "weights_path": self.weights.path,
-                      "feature_dim": self.spec.feature_dim}
+        identity = cache_identity(self.spec, self.weights, self.input_size, self.pooling, self.augment)
+        existing = FeatureCache(self.features_dir / cache_file_name(identity))
+        if existing.path.exists():  # no model needed to know its width
+            return FeatureCache.open_or_create(self.features_dir, identity, existing.attrs["feature_dim"])
+        provenance = {"command": command_line(), "weights_path": self.weights.path}
         if self.weights.source == NONE:
             provenance["warning"] = NONE_WARNING
-        return FeatureCache.open_or_create(self.features_dir, cache_identity(
-            self.spec, self.weights, self.input_size), self.spec.feature_dim, provenance)
+        return FeatureCache.open_or_create(self.features_dir, identity, self.feature_dim, provenance)
 
     def extract(self, records: Sequence[Record], progress: Progress | None = None) -> ExtractionReport:
         """Make sure every readable record has features in the cache."""
@@ -168,6 +192,9 @@ class FeatureExtractor:
                 if good:
                     x = preprocess(np.stack([a for _, a in good]).astype(np.float32))
                     feats = np.asarray(model.predict_on_batch(x), dtype=np.float32)
+                    if self.augment == "flip":
+                        mirrored = np.ascontiguousarray(x[:, :, ::-1, :])
+                        feats = (feats + np.asarray(model.predict_on_batch(mirrored), np.float32)) / 2
                     cache.append([CacheRow(r.key, f, r.path, r.label, r.patient, r.split)
                                   for (r, _), f in zip(good, feats)])
                 if progress:

@@ -6,7 +6,7 @@ from feature_extractor.cache import CacheRow, FeatureCache, list_caches
 from feature_extractor.errors import FeatureCacheError
 
 IDENTITY = {"backbone": "vgg16", "weights_source": "file", "weights_sha256": "ab" * 32,
-            "input_height": 224, "input_width": 224, "preprocessing": "p", "pooling": "avg",
+            "input_height": 224, "input_width": 224, "preprocessing": "p", "pooling": "avg", "augment": "none",
             "precision": "float32", "crop": "none"}
 
 

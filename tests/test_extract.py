@@ -76,3 +76,33 @@ def test_cached_extract_with_file_weights_builds_no_model(tmp_path, class_folder
     second = FeatureExtractor("mobilenetv2", WeightsChoice("file", str(weights_file)), tmp_path / "g", **kw)
     report = second.extract(records)
     assert report.n_cached == 3 and second._model is None and report.device is None
+
+
+@pytest.mark.parametrize("pooling, dim", [("avgmax", 2560), ("multiscale", None)])
+def test_pooling_variants_have_their_own_cache(tmp_path, class_folders, pooling, dim):
+    records = load_dataset(class_folders).records[:3]
+    base = extractor(tmp_path / "f").extract(records)
+    ex = FeatureExtractor("mobilenetv2", WeightsChoice("none"), tmp_path / "f", batch_size=8,
+                          input_size=(96, 96), pooling=pooling)
+    report = ex.extract(records)
+    assert report.cache_path != base.cache_path and report.n_new == 3
+    from feature_extractor.cache import FeatureCache
+    feats = FeatureCache(report.cache_path).read([r.key for r in report.records])
+    if dim:
+        assert feats.shape == (3, dim)
+    else:  # three resolutions of MobileNetV2 (its 1280-wide head is the last)
+        assert feats.shape[1] > 1280 and ex.feature_dim == feats.shape[1]
+
+
+def test_flip_tta_is_mirror_invariant(tmp_path):
+    from PIL import ImageOps
+    from tests.helpers import ct_like
+    img = ct_like(3, True, 64)
+    img.save(tmp_path / "a.png")
+    ImageOps.mirror(img).save(tmp_path / "b.png")
+    ex = FeatureExtractor("mobilenetv2", WeightsChoice("none"), tmp_path / "f", batch_size=2,
+                          input_size=SMALL, augment="flip")
+    report = ex.extract(load_unlabeled(tmp_path).records)
+    from feature_extractor.cache import FeatureCache
+    a, b = FeatureCache(report.cache_path).read([r.key for r in report.records])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Accuracy benchmark on the COVID-CT official patient-level split.
+
+Every backbone whose real ImageNet weights are available offline here x {svm, rf, xgboost,
+logreg}, plus the stack over all of them. Model selection (hyperparameters, stack weights)
+uses train+val only, by patient-grouped CV; each model reads the test split once, at the end.
+Prints a table and writes it into BENCHMARKS.md (between the accuracy markers).
+
+    .venv/bin/python bench/accuracy.py            # or: make bench-accuracy
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("COVIDCT_SHARED", REPO.parent / "shared"))
+# keras' own MobileNet-0.25 file sits in $SHARED/keras/models: `imagenet` then works offline.
+os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
+
+from classifiers.evaluation import evaluate_model  # noqa: E402
+from classifiers.train import fit_model  # noqa: E402
+from feature_extractor.dataset import load_dataset  # noqa: E402
+from feature_extractor.extract import FeatureExtractor  # noqa: E402
+from feature_extractor.weights import WeightsChoice, imagenet_file  # noqa: E402
+from feature_extractor.backbones import get_backbone  # noqa: E402
+
+MODELS = SHARED / "keras" / "models"
+OFFLINE_WEIGHTS = {  # backbone -> weights we can load without internet
+    "mobilenetv2": WeightsChoice("file", str(MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5")),
+    "mobilenet": WeightsChoice("file", str(MODELS / "mobilenet_v1_1.0_224_imagenet_from_coral_quant_no_top.h5")),
+    "mobilenet025": WeightsChoice("imagenet"),
+}
+CLASSIFIERS = ("svm", "rf", "xgboost", "logreg")
+ANCHORS = [
+    ("DenseNet-169 baseline, fine-tuned (Zhao et al.)", "0.847", "0.854", "0.919"),
+    ("Self-Trans (He et al.)", "0.86", "0.85", "0.94"),
+    ("SVM on MobileNet v1 avg-pooled features (reported here before)", "~0.78", "", "~0.85"),
+    ("target for the stack with offline backbones", ">= 0.86", "", ">= 0.94"),
+]
+START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
+
+
+def available() -> dict[str, WeightsChoice]:
+    out = {}
+    for name, choice in OFFLINE_WEIGHTS.items():
+        path = Path(choice.path) if choice.path else imagenet_file(get_backbone(name))
+        if path.is_file():
+            out[name] = choice
+    return out
+
+
+def ci(metric: dict) -> str:
+    return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct"))
+    parser.add_argument("--features-dir", default=REPO / "features")
+    parser.add_argument("--models-dir", default=REPO / "bench" / "out" / "models")
+    parser.add_argument("--out", default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--classifiers", default=",".join(CLASSIFIERS))
+    args = parser.parse_args()
+    classifiers = args.classifiers.split(",")
+    weights = available()
+    if not weights or not Path(args.data).is_dir():
+        print(f"skipped: needs the dataset ({args.data}) and offline weights in {MODELS}")
+        return 0
+    dataset = load_dataset(args.data)
+    for name, choice in weights.items():
+        report = FeatureExtractor(name, choice, args.features_dir, batch_size=32, offline=True).extract(dataset.records)
+        print(report.summary(), flush=True)
+
+    rows = []
+
+    def run(label: str, clf: str, backbones: list[str], **kw) -> None:
+        start = time.perf_counter()
+        model = Path(args.models_dir) / f"{label.replace(' + ', '+')}-{clf}.joblib"
+        bundle = fit_model(args.data, clf, backbones, args.features_dir, model,
+                           {b: weights[b] for b in backbones}, **kw)
+        ev = evaluate_model(args.data, model, "test", features_dir=args.features_dir,
+                            n_boot=args.bootstrap, offline=True)
+        m = ev.metrics
+        rows.append((label, clf, f"{bundle.manifest['cv']['auc']:.3f}", ci(m["accuracy"]), ci(m["f1"]),
+                     ci(m["roc_auc"]), f"{time.perf_counter() - start:.0f}"))
+        print(" | ".join(rows[-1]), flush=True)
+
+    for name in weights:
+        for clf in classifiers:
+            run(name, clf, [name])
+    everything = list(weights)
+    run(" + ".join(everything), "stack", everything, base=tuple(classifiers))
+
+    header = ("features", "classifier", "CV AUC (train+val)", "test accuracy [95% CI]",
+              "test F1 [95% CI]", "test AUC [95% CI]", "fit+eval s")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "Anchors (published or earlier numbers, for scale):", "",
+              "| model | accuracy | F1 | AUC |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ANCHORS]
+    n = dataset.records
+    section = "\n".join([
+        START, "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, by `.venv/bin/python bench/accuracy.py`. Test split: "
+        f"{sum(r.split == 'test' for r in n)} images of "
+        f"{len({r.patient for r in n if r.split == 'test'})} patients; CIs are 95% patient "
+        f"bootstrap ({args.bootstrap} resamples). CV AUC: patient-grouped 5-fold on train+val.", "",
+        *lines, "", END])
+    print("\n" + section)
+    out = Path(args.out)
+    text = out.read_text() if out.exists() else "# Benchmarks\n\n## Accuracy\n\n"
+    if START in text and END in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    out.write_text(text)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""Which features and models to use, decided by patient-grouped CV on train+val only.
+
+For every offline backbone: pooling (avg, avgmax, multiscale) x test-time flip, each scored
+with logistic regression, SVM and PCA+SVM; then per-backbone vs concatenated stacking on the
+best variant. The test split is not read. Prints a table and writes it into BENCHMARKS.md.
+
+    .venv/bin/python bench/feature_variants.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from accuracy import SHARED, available  # noqa: E402  (sets KERAS_HOME for the offline file)
+
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.svm import SVC  # noqa: E402
+
+from classifiers.features import feature_matrix, select_cache  # noqa: E402
+from classifiers.models import make_classifier  # noqa: E402
+from classifiers.stacking import StackedEnsemble  # noqa: E402
+from classifiers.train import training_records  # noqa: E402
+from classifiers.tuning import tune  # noqa: E402
+from feature_extractor.dataset import load_dataset, with_keys  # noqa: E402
+from feature_extractor.extract import FeatureExtractor  # noqa: E402
+
+VARIANTS = [("avg", "none"), ("avgmax", "none"), ("multiscale", "none"), ("avg", "flip"),
+            ("multiscale", "flip")]
+START, END = "<!-- variants:start -->", "<!-- variants:end -->"
+
+
+def pca_svm():
+    model = make_pipeline(StandardScaler(), PCA(n_components=0.95, svd_solver="full", random_state=0),
+                          SVC(kernel="rbf", class_weight="balanced"))
+    return model, {"svc__C": [0.3, 1.0, 3.0, 10.0]}
+
+
+def main() -> int:
+    data = os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct")
+    features_dir = REPO / "features"
+    weights = available()
+    if not weights or not Path(data).is_dir():
+        print("skipped: needs the dataset and offline weights")
+        return 0
+    dataset = load_dataset(data)
+    records, _ = training_records(dataset)
+    records = with_keys(records)
+    keys = [r.key for r in records]
+    y = np.array([r.label for r in records])
+    groups = np.array([r.group for r in records])
+    rows, best = [], {}
+    for name, choice in weights.items():
+        for pooling, augment in VARIANTS:
+            FeatureExtractor(name, choice, features_dir, offline=True, pooling=pooling,
+                             augment=augment).extract(dataset.records)
+            src = select_cache(features_dir, name, keys, pooling=pooling, augment=augment,
+                               weights_source=choice.source)
+            X = feature_matrix(records, [src])
+            scores = {}
+            for clf, factory in (("logreg", lambda: make_classifier("logreg")),
+                                 ("svm", lambda: make_classifier("svm")), ("pca+svm", pca_svm)):
+                model, grid = factory()
+                result = tune(model, grid, X, y, groups)
+                scores[clf] = (result.cv_auc, result.cv_auc_std)
+            rows.append((name, pooling, augment, X.shape[1], scores))
+            top = max(s[0] for s in scores.values())
+            if top > best.get(name, (0,))[0]:
+                best[name] = (top, pooling, augment, src)
+            print(name, pooling, augment, X.shape[1],
+                  {k: f"{m:.3f}+-{s:.3f}" for k, (m, s) in scores.items()}, flush=True)
+
+    # per-backbone vs concatenated stacking, on each backbone's best variant
+    sources = [best[n][3] for n in weights]
+    X = feature_matrix(records, sources)
+    bounds = np.cumsum([0] + [s.cache.attrs["feature_dim"] for s in sources])
+    blocks = [(s.backbone, int(a), int(b)) for s, a, b in zip(sources, bounds[:-1], bounds[1:])]
+    stack_rows = []
+    for label, blk in (("per-backbone blocks", blocks), ("one concatenated block", None)):
+        for base in (("svm", "logreg"), ("svm", "rf", "xgboost", "logreg")):
+            start = time.perf_counter()
+            stack = StackedEnsemble(blocks=blk, base=base).fit(X, y, groups)
+            stack_rows.append((label, "+".join(base), stack.cv_auc_, stack.cv_auc_std_,
+                               time.perf_counter() - start))
+            print(stack_rows[-1], flush=True)
+
+    lines = [START, "",
+             f"Patient-grouped 5-fold CV AUC on train+val ({len(y)} images, "
+             f"{len(np.unique(groups))} patients); the test split is not read. "
+             "`.venv/bin/python bench/feature_variants.py`", "",
+             "| backbone | pooling | flip TTA | dims | logreg | SVM | PCA(95%)+SVM |", "|---|---|---|---|---|---|---|"]
+    for name, pooling, augment, dim, s in rows:
+        cells = [f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in ("logreg", "svm", "pca+svm")]
+        lines.append(f"| {name} | {pooling} | {augment} | {dim} | " + " | ".join(cells) + " |")
+    lines += ["", "Stacking on each backbone's best variant ("
+              + ", ".join(f"{n}: {best[n][1]}/{best[n][2]}" for n in weights) + "):", "",
+              "| blocks | base models | CV AUC | fit s |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {m:.3f} ± {s:.3f} | {t:.0f} |" for a, b, m, s, t in stack_rows]
+    section = "\n".join(lines + ["", END])
+    print("\n" + section)
+    out = REPO / "BENCHMARKS.md"
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    if START in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## Feature variants (grouped CV, no test data)\n\n" + section + "\n"
+    out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
