@@ -137,14 +137,17 @@ def backbones() -> None:
 @batch_option
 @pooling_option
 @tta_option
+@click.option("--window", default="-600,1500", show_default=True, metavar="LEVEL,WIDTH",
+              help="DICOM window in HU applied before the CNN (lungs: -600,1500).")
 @offline_option
-def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, offline) -> None:
+def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, window, offline) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone and weights) are not run again.
     """
     from feature_extractor.dataset import load_dataset
     from feature_extractor.extract import FeatureExtractor
+    from feature_extractor.images import parse_window
 
     names = list(backbone_names)
     choices = _weights(weights, names)
@@ -153,7 +156,7 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
     any_failed = False
     for name in dict.fromkeys(choices):
         extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline,
-                                     pooling=pooling, augment=tta)
+                                     pooling=pooling, augment=tta, window=parse_window(window))
         extractor.weights  # fail on unavailable weights before a progress bar is drawn
         with progress_bar(f"{name:<14}", len(dataset.records)) as update:
             report = extractor.extract(dataset.records, update)

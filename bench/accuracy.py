@@ -46,6 +46,16 @@ ANCHORS = [
 START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
 
 
+def machine() -> str:
+    """CPU model and core count, for the tables."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def available() -> dict[str, WeightsChoice]:
     out = {}
     for name, choice in OFFLINE_WEIGHTS.items():
@@ -67,6 +77,9 @@ def main() -> int:
     parser.add_argument("--out", default=REPO / "BENCHMARKS.md")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--classifiers", default=",".join(CLASSIFIERS))
+    # Chosen by bench/feature_variants.py on train+val grouped CV (not on test).
+    parser.add_argument("--pooling", default="multiscale", choices=["avg", "avgmax", "multiscale"])
+    parser.add_argument("--tta", default="flip", choices=["none", "flip"])
     args = parser.parse_args()
     classifiers = args.classifiers.split(",")
     weights = available()
@@ -75,7 +88,8 @@ def main() -> int:
         return 0
     dataset = load_dataset(args.data)
     for name, choice in weights.items():
-        report = FeatureExtractor(name, choice, args.features_dir, batch_size=32, offline=True).extract(dataset.records)
+        report = FeatureExtractor(name, choice, args.features_dir, batch_size=32, offline=True,
+                                  pooling=args.pooling, augment=args.tta).extract(dataset.records)
         print(report.summary(), flush=True)
 
     rows = []
@@ -84,7 +98,8 @@ def main() -> int:
         start = time.perf_counter()
         model = Path(args.models_dir) / f"{label.replace(' + ', '+')}-{clf}.joblib"
         bundle = fit_model(args.data, clf, backbones, args.features_dir, model,
-                           {b: weights[b] for b in backbones}, **kw)
+                           {b: weights[b] for b in backbones}, pooling=args.pooling,
+                           augment=args.tta, **kw)
         ev = evaluate_model(args.data, model, "test", features_dir=args.features_dir,
                             n_boot=args.bootstrap, offline=True)
         m = ev.metrics
@@ -108,11 +123,13 @@ def main() -> int:
     n = dataset.records
     section = "\n".join([
         START, "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, by `.venv/bin/python bench/accuracy.py`. Test split: "
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, "
+        f"by `.venv/bin/python bench/accuracy.py` (`make bench-accuracy`). Test split: "
         f"{sum(r.split == 'test' for r in n)} images of "
         f"{len({r.patient for r in n if r.split == 'test'})} patients; CIs are 95% patient "
-        f"bootstrap ({args.bootstrap} resamples). CV AUC: patient-grouped 5-fold on train+val.", "",
+        f"bootstrap ({args.bootstrap} resamples). CV AUC: patient-grouped 5-fold on train+val. "
+        f"Features: pooling `{args.pooling}`, TTA `{args.tta}` (chosen by grouped CV in "
+        "bench/feature_variants.py).", "",
         *lines, "", END])
     print("\n" + section)
     out = Path(args.out)

@@ -26,7 +26,7 @@ class BackboneFeatures:
                 "weights_sha256": attrs["weights_sha256"], "feature_dim": int(attrs["feature_dim"]),
                 "input_size": [int(attrs["input_height"]), int(attrs["input_width"])],
                 "preprocessing": attrs["preprocessing"], "pooling": attrs["pooling"],
-                "augment": attrs.get("augment", "none"),
+                "augment": attrs.get("augment", "none"), "window": attrs.get("window"),
                 "precision": attrs["precision"], "crop": attrs["crop"],
                 "weights_path": json.loads(attrs.get("provenance", "{}")).get("weights_path"),
                 "cache_file": self.cache.path.name}

@@ -16,6 +16,7 @@ import numpy as np
 from feature_extractor.cache import FeatureCache, printable_path
 from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
 from feature_extractor.errors import ModelBundleError
+from feature_extractor.images import DEFAULT_WINDOW, parse_window, window_label
 from feature_extractor.extract import ExtractionReport, FeatureExtractor, Progress
 from feature_extractor.weights import FILE, WeightsChoice
 
@@ -67,7 +68,8 @@ def extractor_for(entry: dict, features_dir: str | Path, batch_size: int,
                                        entry.get("weights_path") if entry["weights_source"] == FILE else None)
     extractor = FeatureExtractor(entry["name"], choice, features_dir, batch_size,
                                  input_size=tuple(entry["input_size"]), offline=offline,
-                                 pooling=entry["pooling"], augment=entry.get("augment", "none"))
+                                 pooling=entry["pooling"], augment=entry.get("augment", "none"),
+                                 window=parse_window(entry.get("window") or window_label(DEFAULT_WINDOW)))
     sha = extractor.weights.sha256
     if sha != entry["weights_sha256"]:
         raise ModelBundleError(

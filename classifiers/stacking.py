@@ -23,6 +23,7 @@ from .models import make_classifier
 from .tuning import fold_aucs, grouped_folds, tune
 
 DEFAULT_BASE = ("svm", "rf", "xgboost")
+META_CS = (0.01, 0.1, 1.0, 10.0)
 _EPS = 1e-6
 
 
@@ -43,17 +44,19 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         Base classifiers (see ``classifiers.models.CLASSIFIERS``), trained on every block.
     n_splits : int, default 5
         Patient-grouped CV folds for tuning and for the out-of-fold probabilities.
-    meta_C : float, default 1.0
-        Inverse regularisation of the meta-learner.
+    meta_C : float or "auto", default "auto"
+        Inverse regularisation of the meta-learner; "auto" picks it from META_CS by grouped
+        CV on the out-of-fold base probabilities (cheap: only the meta-learner is refit).
     random_state : int, default 0
 
     Learned attributes: ``classes_``, ``base_models_`` (list of (block, clf, estimator)),
     ``base_reports_`` (CV AUC and params of each), ``meta_`` (the fitted meta-learner),
-    ``oof_`` (out-of-fold P(positive) of the whole stack), ``cv_auc_``, ``cv_auc_std_``.
+    ``oof_`` (out-of-fold P(positive) of the whole stack), ``cv_auc_``, ``cv_auc_std_``,
+    ``meta_C_`` (the regularisation used).
     """
 
     def __init__(self, blocks: Sequence[tuple[str, int, int]] | None = None,
-                 base: Sequence[str] = DEFAULT_BASE, n_splits: int = 5, meta_C: float = 1.0,
+                 base: Sequence[str] = DEFAULT_BASE, n_splits: int = 5, meta_C: float | str = "auto",
                  random_state: int = 0):
         self.blocks = blocks
         self.base = base
@@ -88,14 +91,20 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
                                            "cv_auc": result.cv_auc, "cv_auc_std": result.cv_auc_std})
                 oof.append(result.oof)
         Z = _logit(np.column_stack(oof))
-        self.meta_ = LogisticRegression(C=self.meta_C).fit(Z, y_enc)
-        # The stack's own out-of-fold probabilities, for honest thresholds and scores.
+        # The stack's own out-of-fold probabilities, for choosing meta_C, honest thresholds
+        # and scores.
         cv = grouped_folds(y_enc, groups, self.n_splits, self.random_state)
         splits = list(cv.split(Z, y_enc, groups))
-        self.oof_ = cross_val_predict(LogisticRegression(C=self.meta_C), Z, y_enc, cv=splits,
-                                      method="predict_proba")[:, 1]
-        aucs = fold_aucs(y_enc, self.oof_, [test for _, test in splits])
+        held_out = [test for _, test in splits]
+        best = None
+        for C in (META_CS if self.meta_C == "auto" else (float(self.meta_C),)):
+            p = cross_val_predict(LogisticRegression(C=C), Z, y_enc, cv=splits, method="predict_proba")[:, 1]
+            aucs = fold_aucs(y_enc, p, held_out)
+            if best is None or aucs.mean() > best[1].mean():
+                best = (C, aucs, p)
+        self.meta_C_, aucs, self.oof_ = best
         self.cv_auc_, self.cv_auc_std_ = float(aucs.mean()), float(aucs.std())
+        self.meta_ = LogisticRegression(C=self.meta_C_).fit(Z, y_enc)
         for report, weight in zip(self.base_reports_, self.meta_.coef_[0]):
             report["meta_weight"] = float(weight)
         return self
@@ -126,4 +135,4 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
     def meta_weights(self) -> dict[str, float]:
         check_is_fitted(self, "meta_")
         weights = {f"{r['block']}/{r['classifier']}": r["meta_weight"] for r in self.base_reports_}
-        return {**weights, "intercept": float(self.meta_.intercept_[0])}
+        return {**weights, "intercept": float(self.meta_.intercept_[0]), "C": float(self.meta_C_)}

@@ -17,9 +17,9 @@ import numpy as np
 
 from .backbones import BackboneSpec, check_pooling, get_backbone, preprocess_function
 from .cache import CacheRow, FeatureCache, cache_file_name
-from .dataset import Record, with_keys
+from .dataset import DICOM_SUFFIXES, Record, with_keys
 from .errors import CovidCTError
-from .images import ImageDecodeError, decode_image
+from .images import DEFAULT_WINDOW, ImageDecodeError, decode_image, window_label
 from .provenance import command_line
 from .tf_runtime import device_name
 from .weights import (IMAGENET, NONE, NONE_WARNING, ResolvedWeights, WeightsChoice,
@@ -59,12 +59,12 @@ AUGMENTS = ("none", "flip")
 
 def cache_identity(spec: BackboneSpec, weights: ResolvedWeights,
                    input_size: tuple[int, int] | None = None, pooling: str = "avg",
-                   augment: str = "none") -> dict:
+                   augment: str = "none", window: tuple[float, float] = DEFAULT_WINDOW) -> dict:
     height, width = input_size or spec.input_size
     return {"backbone": spec.name, "weights_source": weights.source,
             "weights_sha256": weights.sha256, "input_height": height, "input_width": width,
             "preprocessing": spec.preprocessing, "pooling": pooling, "augment": augment,
-            "precision": "float32", "crop": "none"}
+            "precision": "float32", "crop": "none", "window": window_label(window)}
 
 
 class FeatureExtractor:
@@ -80,12 +80,14 @@ class FeatureExtractor:
     offline : never try to download weights (default: $COVIDCT_OFFLINE).
     pooling : "avg" (default), "avgmax" or "multiscale"; see ``backbones.build_model``.
     augment : "none" (default) or "flip": features averaged over the image and its mirror.
+    window : DICOM (level, width) in HU, default (-600, 1500).
     """
 
     def __init__(self, backbone: str, weights: WeightsChoice | None = None,
                  features_dir: str | Path = "features", batch_size: int = 32,
                  input_size: tuple[int, int] | None = None, offline: bool | None = None,
-                 pooling: str = "avg", augment: str = "none"):
+                 pooling: str = "avg", augment: str = "none",
+                 window: tuple[float, float] = DEFAULT_WINDOW):
         self.spec = get_backbone(backbone)
         self.weights_choice = weights or WeightsChoice(IMAGENET)
         self.features_dir = Path(features_dir)
@@ -96,6 +98,7 @@ class FeatureExtractor:
         if augment not in AUGMENTS:
             raise CovidCTError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTS)}")
         self.augment = augment
+        self.window = tuple(float(v) for v in window)
         self._model = None
         self._weights: ResolvedWeights | None = None
 
@@ -125,7 +128,8 @@ class FeatureExtractor:
         return int(self._ensure_model().output_shape[-1])
 
     def open_cache(self) -> FeatureCache:
-        identity = cache_identity(self.spec, self.weights, self.input_size, self.pooling, self.augment)
+        identity = cache_identity(self.spec, self.weights, self.input_size, self.pooling, self.augment,
+                                  self.window)
         existing = FeatureCache(self.features_dir / cache_file_name(identity))
         if existing.path.exists():  # no model needed to know its width
             return FeatureCache.open_or_create(self.features_dir, identity, existing.attrs["feature_dim"])
@@ -140,25 +144,23 @@ class FeatureExtractor:
         records = with_keys(records)
         cache = self.open_cache()
         report = ExtractionReport(self.spec.name, str(cache.path), self.weights, records)
-        index = cache.key_index()
-        todo: dict[str, Record] = {}
-        for rec in records:
-            if rec.error:
-                continue
-            if rec.key in index:
-                report.n_cached += 1
-            else:
-                todo.setdefault(rec.key, rec)  # identical bytes are extracted once
+        todo, report.n_cached = _split_cached(records, cache.key_index())
         n_unreadable = sum(1 for r in records if r.error)
-        if progress and report.n_cached + n_unreadable:
+        if todo or cache.has_pending():
+            with cache.lock():  # one writer per cache; a second extract waits here
+                todo, report.n_cached = _split_cached(records, cache.key_index())
+                if progress and report.n_cached + n_unreadable:
+                    progress(report.n_cached + n_unreadable)
+                if todo:
+                    report.device = device_name()
+                    failed_keys = self._run(list(todo.values()), cache, progress)
+                    report.n_new = sum(1 for r in records if not r.error and r.key in todo
+                                       and r.key not in failed_keys)
+                    report.records = [replace(r, error=failed_keys[r.key])
+                                      if not r.error and r.key in failed_keys else r for r in records]
+                cache.consolidate()
+        elif progress:
             progress(report.n_cached + n_unreadable)
-        if todo:
-            report.device = device_name()
-            failed_keys = self._run(list(todo.values()), cache, progress)
-            report.n_new = sum(1 for r in records if not r.error and r.key in todo
-                               and r.key not in failed_keys)
-            report.records = [replace(r, error=failed_keys[r.key])
-                              if not r.error and r.key in failed_keys else r for r in records]
         report.failed = {r.path: r.error for r in report.records if r.error}
         report.seconds = time.perf_counter() - start
         return report
@@ -174,7 +176,8 @@ class FeatureExtractor:
         def load(rec: Record):
             try:
                 with open(rec.path, "rb") as fh:
-                    return decode_image(fh.read(), size)
+                    return decode_image(fh.read(), size, self.window,
+                                        dicom_hint=Path(rec.path).suffix.lower() in DICOM_SUFFIXES)
             except ImageDecodeError as exc:
                 return str(exc)
             except OSError as exc:
@@ -200,6 +203,20 @@ class FeatureExtractor:
                 if progress:
                     progress(len(batch))
         return failed
+
+
+def _split_cached(records: Sequence[Record], index: dict[str, int]) -> tuple[dict[str, Record], int]:
+    """Images still to extract (one per distinct key) and how many records are cached."""
+    todo: dict[str, Record] = {}
+    n_cached = 0
+    for rec in records:
+        if rec.error:
+            continue
+        if rec.key in index:
+            n_cached += 1
+        else:
+            todo.setdefault(rec.key, rec)  # identical bytes are extracted once
+    return todo, n_cached
 
 
 def extract_features(records: Sequence[Record], backbone: str, weights: WeightsChoice | None = None,

@@ -2,6 +2,8 @@
 
 The format is detected from the bytes, never from the file name: 34 COVID-CT files named
 .png hold JPEG data. Every mode (L, RGB, RGBA, P, 16-bit, float) ends up as 8-bit RGB.
+DICOM slices are converted to Hounsfield units (RescaleSlope/Intercept) and windowed to
+the lungs (level -600, width 1500 by default) before the same path.
 """
 from __future__ import annotations
 
@@ -16,6 +18,54 @@ from .errors import CovidCTError
 MIN_SIDE = 8  # smaller than this carries no anatomy; resizing it up would only invent pixels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+DEFAULT_WINDOW = (-600.0, 1500.0)  # (level, width) in HU: the usual lung window
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """'LEVEL,WIDTH' in HU, e.g. '-600,1500'."""
+    try:
+        level, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise CovidCTError(f"window {text!r}: write LEVEL,WIDTH in HU, e.g. -600,1500") from None
+    if width <= 0:
+        raise CovidCTError(f"window {text!r}: the width must be positive")
+    return level, width
+
+
+def window_label(window: tuple[float, float]) -> str:
+    return f"{window[0]:g},{window[1]:g}"
+
+
+def is_dicom(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _dicom_to_image(data: bytes, window: tuple[float, float]) -> Image.Image:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        raise ImageDecodeError(f"unreadable DICOM: {exc}") from None
+    if "PixelData" not in ds:
+        raise ImageDecodeError("DICOM file has no pixel data")
+    try:
+        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as exc:  # pydicom raises many kinds for missing codecs / bad data
+        raise ImageDecodeError(f"cannot decode DICOM pixel data: {exc}") from None
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if samples == 3:  # secondary capture in colour: already display values
+        arr = arr[arr.shape[0] // 2] if arr.ndim == 4 else arr
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    if arr.ndim == 3:  # multi-frame: the middle slice
+        arr = arr[arr.shape[0] // 2]
+    hu = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    level, width = window
+    scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        scaled = 255.0 - scaled
+    return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
 
 
 class ImageDecodeError(CovidCTError):
@@ -41,13 +91,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+def decode_image(data: bytes, size: tuple[int, int] | None = None,
+                 window: tuple[float, float] = DEFAULT_WINDOW, dicom_hint: bool = False) -> np.ndarray:
     """Decode bytes to a uint8 array of shape (height, width, 3), resized to ``size``.
 
-    ``size`` is (height, width). Raises ImageDecodeError with a specific reason.
+    ``size`` is (height, width); ``window`` the DICOM (level, width) in HU; ``dicom_hint``
+    reads files without the DICM preamble (named .dcm) as DICOM too. Raises ImageDecodeError
+    with a specific reason.
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    if is_dicom(data) or dicom_hint:
+        rgb = _dicom_to_image(data, window)
+        if min(rgb.size) < MIN_SIDE:
+            raise ImageDecodeError(f"image too small ({rgb.width}x{rgb.height} px; need at least "
+                                   f"{MIN_SIDE} px a side)")
+        return _resized(to_rgb(rgb), size)
     try:
         with warnings.catch_warnings():
             # A declared size over PIL's limit is treated as a decompression bomb.
@@ -67,6 +126,10 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray
         raise ImageDecodeError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"truncated or corrupt image data: {exc}") from None
+    return _resized(rgb, size)
+
+
+def _resized(rgb: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and (rgb.height, rgb.width) != tuple(size):
         rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)

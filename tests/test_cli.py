@@ -107,7 +107,7 @@ def test_stack_then_evaluate_writes_report(workspace, tmp_path):
     bases = manifest["cv"]["base_models"]
     assert [(b["block"], b["classifier"]) for b in bases] == [("mobilenetv2", "logreg"), ("mobilenetv2", "svm")]
     assert all("cv_auc" in b and "meta_weight" in b for b in bases)
-    assert set(manifest["cv"]["meta_weights"]) == {"mobilenetv2/logreg", "mobilenetv2/svm", "intercept"}
+    assert set(manifest["cv"]["meta_weights"]) == {"mobilenetv2/logreg", "mobilenetv2/svm", "intercept", "C"}
     assert manifest["threshold_choice"]["oof_sensitivity"] >= 0.9
 
     out = tmp_path / "report"
