@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,8 @@ class FeatureCache:
         if not rows:
             return
         self.pending_dir.mkdir(exist_ok=True)
-        final = self.pending_dir / f"{utc_now().replace(':', '')}-{uuid.uuid4().hex}.npz"
+        # Names sort in append order, so consolidation keeps rows in the order they came.
+        final = self.pending_dir / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, **_rows_to_columns(rows))
