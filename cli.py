@@ -8,6 +8,7 @@ read (their reasons are in the output).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -95,7 +96,8 @@ offline_option = click.option("--offline", is_flag=True, default=None,
 
 @click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "--version", prog_name="covidct")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Also log what the library is doing.")
+def main(verbose: bool) -> None:
     """Screen chest CT images for COVID-19 with frozen ImageNet CNN features.
 
     \b
@@ -107,6 +109,8 @@ def main() -> None:
 
     Research use only, not for clinical diagnosis.
     """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
 @main.command()
