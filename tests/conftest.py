@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from tests.helpers import make_class_folders, make_covidct_layout
 
@@ -34,3 +35,17 @@ def covidct_layout(tmp_path) -> Path:
 def needs_shared(*paths: Path):
     missing = [p for p in paths if not p.exists()]
     return pytest.mark.skipif(bool(missing), reason=f"shared data/weights absent: {missing}")
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """A small COVID-CT replica with mobilenetv2 (weights=none) features extracted once."""
+    import cli
+
+    root = tmp_path_factory.mktemp("ws")
+    data = make_covidct_layout(root / "covid-ct", n_patients=12, per_patient=2)
+    result = CliRunner().invoke(cli.main, ["extract", "-b", "mobilenetv2", "--weights", "none",
+                                           "--data", str(data), "--features-dir", str(root / "features"),
+                                           "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    return root, data, result.output

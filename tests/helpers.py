@@ -67,3 +67,46 @@ def make_covidct_layout(root: Path, n_patients: int = 12, per_patient: int = 2, 
         sep = "\r\n" if cls == "NonCOVID" else "\n"
         (folder / f"{split}CT_{cls}.txt").write_bytes(sep.join(names).encode())
     return root
+
+
+def make_dicom(path: Path, hu: np.ndarray | None, slope: float = 1.0, intercept: float = -1024.0,
+               photometric: str = "MONOCHROME2") -> Path:
+    """A CT DICOM file storing ``hu`` as int16 raw values (raw = (hu - intercept) / slope);
+    ``hu=None`` writes one without pixel data."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if hu is not None:
+        raw = np.round((hu - intercept) / slope).astype(np.int16)
+        ds.Rows, ds.Columns = raw.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = raw.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def decompression_bomb_png(path: Path, side: int = 100_000) -> Path:
+    """A tiny PNG whose header declares side x side pixels."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes of header fields
+    ihdr[4:12] = struct.pack(">II", side, side)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path

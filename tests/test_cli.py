@@ -9,17 +9,6 @@ import cli
 from tests.helpers import ct_like, make_covidct_layout
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ws")
-    data = make_covidct_layout(root / "covid-ct", n_patients=12, per_patient=2)
-    result = CliRunner().invoke(cli.main, ["extract", "-b", "mobilenetv2", "--weights", "none",
-                                           "--data", str(data), "--features-dir", str(root / "features"),
-                                           "--batch-size", "16"])
-    assert result.exit_code == 0, result.output
-    return root, data, result.output
-
-
 def run(*args):
     return CliRunner().invoke(cli.main, [str(a) for a in args])
 
