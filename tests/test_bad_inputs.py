@@ -124,3 +124,18 @@ def test_sixteen_bit_tiff_goes_through(tmp_path):
 def test_dicom_named_dcm_without_preamble_error_is_specific():
     with pytest.raises(ImageDecodeError, match="DICOM"):
         decode_image(b"\x00" * 64, dicom_hint=True)
+
+
+def test_model_refuses_other_weights(model, tmp_path):
+    """Features from weights other than the training ones are refused, by SHA-256."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    other = keras.applications.MobileNetV2(include_top=False, weights=None, pooling="avg")
+    weights_file = tmp_path / "other.weights.h5"
+    other.save_weights(weights_file)
+    ct_like(1, True).save(tmp_path / "a.png")
+    root, path = model
+    result = CliRunner().invoke(cli.main, ["predict", str(tmp_path), "--model", str(path), "--features-dir",
+                                           str(root / "features"), "--weights", f"mobilenetv2={weights_file}"])
+    assert result.exit_code == 1 and "SHA-256" in result.output and "Traceback" not in result.output
