@@ -139,3 +139,26 @@ def test_model_refuses_other_weights(model, tmp_path):
     result = CliRunner().invoke(cli.main, ["predict", str(tmp_path), "--model", str(path), "--features-dir",
                                            str(root / "features"), "--weights", f"mobilenetv2={weights_file}"])
     assert result.exit_code == 1 and "SHA-256" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_each_bad_kind_has_its_own_reason(tmp_path, name):
+    """One case per test, through the same read-and-decode steps extract uses."""
+    from pathlib import Path
+
+    from feature_extractor.dataset import DICOM_SUFFIXES, load_unlabeled, with_keys
+
+    make, reason = BAD[name]
+    make(tmp_path / name)
+    ct_like(0, True).save(tmp_path / "good.png")
+    records = {Path(r.path).name: r for r in with_keys(load_unlabeled(tmp_path).records)}
+    rec = records[name]
+    if rec.error:  # unreadable before decoding
+        message = rec.error
+    else:
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(Path(rec.path).read_bytes(), (32, 32),
+                         dicom_hint=Path(rec.path).suffix in DICOM_SUFFIXES)
+        message = str(info.value)
+    assert reason in message
+    assert not records["good.png"].error
