@@ -305,9 +305,13 @@ def list_caches(features_dir: str | Path, backbone: str | None = None) -> list[F
     for path in sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True):
         cache = FeatureCache(path)
         try:
-            name = cache.attrs.get("backbone")
+            attrs = cache.attrs
         except FeatureCacheError:
             continue
-        if backbone is None or name == backbone:
+        if any(field not in attrs for field in IDENTITY_FIELDS):
+            log.info("ignoring %s: written by an older version (its identity lacks %s)", path.name,
+                     [f for f in IDENTITY_FIELDS if f not in attrs])
+            continue
+        if backbone is None or attrs.get("backbone") == backbone:
             caches.append(cache)
     return caches

@@ -88,3 +88,13 @@ def test_lock_is_exclusive_across_processes(tmp_path):
     holder.communicate("release\n")  # the holder exits, releasing the lock
     with cache.lock():
         pass
+
+
+def test_caches_of_an_older_version_are_ignored(tmp_path):
+    current = FeatureCache.open_or_create(tmp_path, IDENTITY, 4)
+    old = tmp_path / "vgg16-file-old.h5"
+    with h5py.File(old, "w") as fh:  # no "window" attribute: made before it was part of the identity
+        for k, v in IDENTITY.items():
+            if k != "window":
+                fh.attrs[k] = v
+    assert [c.path for c in list_caches(tmp_path, "vgg16")] == [current.path]
