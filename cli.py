@@ -65,6 +65,15 @@ def _weights(options: tuple[str, ...], backbones: list[str]) -> dict:
     return parse_weights_options(options, backbones)
 
 
+def _model_weights(options: tuple[str, ...], model_path: Path) -> dict | None:
+    """--weights overrides for the backbones a saved model uses (None: the model's own)."""
+    if not options:
+        return None
+    from classifiers.bundle import read_manifest
+
+    return _weights(options, [b["name"] for b in read_manifest(model_path)["backbones"]])
+
+
 def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
     for path, reason in list(failed.items())[:limit]:
         click.echo(f"  {path}: {reason}", err=True)
@@ -258,17 +267,13 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
     Default: the official test split. With --data pointing at another labeled folder
     (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check).
     """
-    from classifiers.bundle import latest_model, read_manifest
+    from classifiers.bundle import latest_model
     from classifiers.evaluation import evaluate_model
     from classifiers.reporting import write_report
 
     model_path = model_path or latest_model()
-    choices = None
-    if weights:
-        manifest = read_manifest(model_path)
-        choices = _weights(weights, [b["name"] for b in manifest["backbones"]])
-    report = evaluate_model(data, model_path, split, features_dir=features_dir,
-                            batch_size=batch_size, weights=choices, progress=progress_bar,
+    report = evaluate_model(data, model_path, split, features_dir=features_dir, batch_size=batch_size,
+                            weights=_model_weights(weights, model_path), progress=progress_bar,
                             offline=offline, n_boot=n_boot, cv_folds=cv_folds)
     n = report.n
     click.echo(f"model {report.model_path} on {report.data} split={report.split} "
@@ -300,15 +305,13 @@ def predict(folder, model_path, out, features_dir, weights, batch_size, offline)
     Exit code 3 when some files could not be read: they still get a row, with the reason
     in the `error` column.
     """
-    from classifiers.bundle import latest_model, read_manifest
+    from classifiers.bundle import latest_model
     from classifiers.predict import predict_folder, write_predictions_csv
 
-    choices = None
-    if weights:
-        manifest = read_manifest(model_path or latest_model())
-        choices = _weights(weights, [b["name"] for b in manifest["backbones"]])
+    model_path = model_path or latest_model()
     report = predict_folder(folder, model_path, features_dir=features_dir, batch_size=batch_size,
-                            weights=choices, progress=progress_bar, offline=offline)
+                            weights=_model_weights(weights, model_path), progress=progress_bar,
+                            offline=offline)
     write_predictions_csv(report.rows, out)
     click.echo(report.summary())
     click.echo(f"wrote {out}")

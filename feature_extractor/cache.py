@@ -243,6 +243,8 @@ class FeatureCache:
         self._write_atomically(attrs, columns)
         for path in pending:
             path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: another writer's batch arrived
+            self.pending_dir.rmdir()
         return len(seen) - n_before
 
     def _write_atomically(self, attrs: dict, columns: dict[str, np.ndarray]) -> None:
