@@ -132,15 +132,20 @@ def main() -> int:
         "bench/feature_variants.py).", "",
         *lines, "", END])
     print("\n" + section)
-    out = Path(args.out)
+    for out in (Path(args.out), REPO / "README.md"):  # README shows the same table
+        write_section(out, section)
+        print(f"wrote {out}")
+    return 0
+
+
+def write_section(out: Path, section: str) -> None:
+    """Replace the text between the accuracy markers (append it when they are absent)."""
     text = out.read_text() if out.exists() else "# Benchmarks\n\n## Accuracy\n\n"
     if START in text and END in text:
         text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     out.write_text(text)
-    print(f"\nwrote {out}")
-    return 0
 
 
 if __name__ == "__main__":
