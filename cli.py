@@ -91,6 +91,10 @@ weights_option = click.option(
     "--weights", "weights", multiple=True, metavar="imagenet|none|FILE|NAME=FILE",
     help="Weights: imagenet (default; keras' download and cache in $KERAS_HOME/models), none "
          "(random init, tests only), FILE for one backbone, or NAME=FILE per backbone. Repeatable.")
+model_weights_option = click.option(
+    "--weights", "weights", multiple=True, metavar="NAME=FILE|imagenet",
+    help="Where to find the weights the model was trained with, when not where they were "
+         "(checked by SHA-256). Default: the model's own. Repeatable.")
 batch_option = click.option("--batch-size", type=click.IntRange(1, 4096), default=32,
                             show_default=True, help="Images per forward pass.")
 pooling_option = click.option(
@@ -257,7 +261,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000, show_default=True,
               help="Bootstrap resamples for the 95% CIs.")
 @features_option
-@weights_option
+@model_weights_option
 @batch_option
 @offline_option
 def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir, weights, batch_size,
@@ -296,7 +300,7 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
               show_default=True, help="CSV with columns path,p_covid,label,error.")
 @features_option
-@weights_option
+@model_weights_option
 @batch_option
 @offline_option
 def predict(folder, model_path, out, features_dir, weights, batch_size, offline) -> None:
