@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from .errors import DatasetError
 from .images import IMAGE_SUFFIXES
@@ -227,8 +227,3 @@ def with_keys(records: Iterable[Record]) -> list[Record]:
         except OSError as exc:
             out.append(replace(rec, error=f"cannot read file: {exc.strerror or exc}"))
     return out
-
-
-def select_split(records: Sequence[Record], splits: Iterable[str]) -> list[Record]:
-    wanted = set(splits)
-    return [r for r in records if r.split in wanted]

@@ -217,11 +217,3 @@ def _split_cached(records: Sequence[Record], index: dict[str, int]) -> tuple[dic
         else:
             todo.setdefault(rec.key, rec)  # identical bytes are extracted once
     return todo, n_cached
-
-
-def extract_features(records: Sequence[Record], backbone: str, weights: WeightsChoice | None = None,
-                     features_dir: str | Path = "features", batch_size: int = 32,
-                     progress: Progress | None = None, **kwargs) -> ExtractionReport:
-    """One-call form of :class:`FeatureExtractor`."""
-    extractor = FeatureExtractor(backbone, weights, features_dir, batch_size, **kwargs)
-    return extractor.extract(records, progress)

@@ -17,10 +17,6 @@ _TRACKED_PACKAGES = ("tensorflow", "keras", "scikit-learn", "xgboost", "numpy", 
                      "pillow", "joblib", "covidct-features")
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

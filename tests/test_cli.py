@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.helpers import ct_like, make_covidct_layout
+from tests.helpers import ct_like
 
 
 def run(*args):
