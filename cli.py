@@ -156,8 +156,12 @@ def backbones() -> None:
 @tta_option
 @click.option("--window", default="-600,1500", show_default=True, metavar="LEVEL,WIDTH",
               help="DICOM window in HU applied before the CNN (lungs: -600,1500).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed"]), default="fp32",
+              show_default=True, help="Inference precision: bf16 for CPUs with AVX512-BF16/AMX, "
+                                      "mixed (float16) for GPUs. Cached separately.")
 @offline_option
-def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, window, offline) -> None:
+def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, window, precision,
+            offline) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone and weights) are not run again.
@@ -173,7 +177,8 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
     any_failed = False
     for name in dict.fromkeys(choices):
         extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline,
-                                     pooling=pooling, augment=tta, window=parse_window(window))
+                                     pooling=pooling, augment=tta, window=parse_window(window),
+                                     precision=precision)
         extractor.weights  # fail on unavailable weights before a progress bar is drawn
         with progress_bar(f"{name:<14}", len(dataset.records)) as update:
             report = extractor.extract(dataset.records, update)
@@ -213,8 +218,10 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
               help="Use features of this pooling when several are cached.")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
               help="Use features of this test-time augmentation when several are cached.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed"]), default=None,
+              help="Use features of this precision when several are cached.")
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, pooling, tta) -> None:
+        cv_folds, seed, pooling, tta, precision) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -228,7 +235,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
                                  param_hint="--weights")
     bases = [b.strip() for b in base.split(",") if b.strip()]
     bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed,
-                       bases, target_sensitivity, pooling, tta)
+                       bases, target_sensitivity, pooling, tta, precision)
     m = bundle.manifest
     t = m["training"]
     click.echo(f"trained {clf} on {t['n_images']} images ({t['n_covid']} COVID, "

@@ -58,7 +58,7 @@ def select_cache(features_dir: str | Path, backbone: str, keys: Sequence[str],
         listing = "; ".join(f"{c.path.name} (weights {c.attrs['weights_source']}, pooling "
                             f"{c.attrs['pooling']}, tta {c.attrs.get('augment')})" for c in covering)
         raise FeatureCacheError(f"several {backbone} caches cover these images: {listing}. "
-                                "Choose with --weights, --pooling or --tta.")
+                                "Choose with --weights, --pooling, --tta or --precision.")
     return BackboneFeatures(backbone, covering[0])
 
 

@@ -13,6 +13,7 @@ from typing import Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
+from feature_extractor.backbones import PRECISIONS
 from feature_extractor.cache import FeatureCache, printable_path
 from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
 from feature_extractor.errors import ModelBundleError
@@ -61,6 +62,11 @@ def _no_progress(label: str, total: int) -> ContextManager[Progress]:
     return contextlib.nullcontext(lambda n: None)
 
 
+def precision_option(identity_value: str) -> str:
+    """The --precision name of a cache identity's precision value."""
+    return next((k for k, (v, _) in PRECISIONS.items() if v == identity_value), "fp32")
+
+
 def extractor_for(entry: dict, features_dir: str | Path, batch_size: int,
                   override: WeightsChoice | None = None, offline: bool | None = None) -> FeatureExtractor:
     """The extractor that reproduces a model's features for one backbone, checked by hash."""
@@ -69,7 +75,8 @@ def extractor_for(entry: dict, features_dir: str | Path, batch_size: int,
     extractor = FeatureExtractor(entry["name"], choice, features_dir, batch_size,
                                  input_size=tuple(entry["input_size"]), offline=offline,
                                  pooling=entry["pooling"], augment=entry.get("augment", "none"),
-                                 window=parse_window(entry.get("window") or window_label(DEFAULT_WINDOW)))
+                                 window=parse_window(entry.get("window") or window_label(DEFAULT_WINDOW)),
+                                 precision=precision_option(entry.get("precision", "float32")))
     sha = extractor.weights.sha256
     if sha != entry["weights_sha256"]:
         raise ModelBundleError(

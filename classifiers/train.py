@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from feature_extractor.backbones import get_backbone
+from feature_extractor.backbones import PRECISIONS, get_backbone
 from feature_extractor.dataset import Dataset, Record, load_dataset, with_keys
 from feature_extractor.errors import CovidCTError, FeatureCacheError
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
@@ -51,10 +51,12 @@ def _weights_filter(choice: WeightsChoice | None, backbone: str) -> dict[str, st
 def resolve_sources(records: Sequence[Record], features_dir: str | Path,
                     backbones: Sequence[str] | None = None,
                     weights: Mapping[str, WeightsChoice] | None = None,
-                    pooling: str | None = None, augment: str | None = None) -> list[BackboneFeatures]:
+                    pooling: str | None = None, augment: str | None = None,
+                    precision: str | None = None) -> list[BackboneFeatures]:
     """The cache to use for each backbone; all backbones with caches when none are named."""
     keys = [r.key for r in records]
-    settings = {"pooling": pooling, "augment": augment}
+    settings = {"pooling": pooling, "augment": augment,
+                "precision": PRECISIONS[precision][0] if precision else None}
     if backbones:
         names = [get_backbone(b).name for b in backbones]
     else:
@@ -95,12 +97,12 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
               weights: Mapping[str, WeightsChoice] | None = None, cv_folds: int = 5,
               random_state: int = 0, base: Sequence[str] = DEFAULT_BASE,
               target_sensitivity: float | None = None, pooling: str | None = None,
-              augment: str | None = None) -> ModelBundle:
+              augment: str | None = None, precision: str | None = None) -> ModelBundle:
     """Train ``clf`` (one of CLASSIFIERS, or "stack") and save it with its manifest.
 
     ``base``: the stack's base classifiers. ``target_sensitivity``: choose the decision
     threshold on out-of-fold predictions to reach this COVID recall (default: 0.5).
-    ``pooling``/``augment``: which cached features to use when several exist.
+    ``pooling``/``augment``/``precision``: which cached features to use when several exist.
     """
     dataset = load_dataset(data)
     records, splits = training_records(dataset)
@@ -111,7 +113,7 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
                            f"{unreadable[0].path}: {unreadable[0].error}")
     if not records:
         raise CovidCTError(f"no labeled training images in {data}")
-    sources = resolve_sources(records, features_dir, backbones, weights, pooling, augment)
+    sources = resolve_sources(records, features_dir, backbones, weights, pooling, augment, precision)
     X = feature_matrix(records, sources)
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])

@@ -64,6 +64,15 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 POOLINGS = ("avg", "avgmax", "multiscale")
+# precision option -> (cache identity value, keras dtype policy)
+PRECISIONS = {"fp32": ("float32", "float32"), "bf16": ("bfloat16", "mixed_bfloat16"),
+              "mixed": ("mixed_float16", "mixed_float16")}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise CovidCTError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    return precision
 
 
 def check_pooling(pooling: str) -> str:
@@ -73,13 +82,15 @@ def check_pooling(pooling: str) -> str:
 
 
 def build_model(spec: BackboneSpec, weights: str | None,
-                input_size: tuple[int, int] | None = None, pooling: str = "avg") -> Any:
+                input_size: tuple[int, int] | None = None, pooling: str = "avg",
+                precision: str = "fp32") -> Any:
     """Build the frozen keras model. ``weights``: "imagenet", a file, or None.
 
     ``pooling``: "avg" (global average of the last conv block), "avgmax" (average and max
     of it, concatenated), "multiscale" (global average of the last activation at each of the
-    last three spatial resolutions, concatenated). ``input_size`` overrides the spec's size
-    (small inputs make fast tests).
+    last three spatial resolutions, concatenated). ``precision``: "fp32", "bf16" (bfloat16
+    compute with float32 weights: CPUs with AVX512-BF16/AMX) or "mixed" (float16 compute: GPUs).
+    ``input_size`` overrides the spec's size (small inputs make fast tests).
     """
     from .tf_runtime import device_name
 
@@ -89,14 +100,20 @@ def build_model(spec: BackboneSpec, weights: str | None,
 
     height, width = input_size or spec.input_size
     constructor = getattr(keras.applications, spec.constructor)
-    model = constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
-                        pooling="avg" if pooling == "avg" else None, **spec.kwargs)
-    if pooling != "avg":
-        maps = [model.output] if pooling == "avgmax" else _last_per_resolution(model, 3)
-        pooled = [keras.layers.GlobalAveragePooling2D()(m) for m in maps]
-        if pooling == "avgmax":
-            pooled.append(keras.layers.GlobalMaxPooling2D()(model.output))
-        model = keras.Model(model.inputs, keras.layers.Concatenate()(pooled), name=f"{spec.name}_{pooling}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[check_precision(precision)][1])  # for this build only
+    try:
+        model = constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
+                            pooling="avg" if pooling == "avg" else None, **spec.kwargs)
+        if pooling != "avg":
+            maps = [model.output] if pooling == "avgmax" else _last_per_resolution(model, 3)
+            pooled = [keras.layers.GlobalAveragePooling2D()(m) for m in maps]
+            if pooling == "avgmax":
+                pooled.append(keras.layers.GlobalMaxPooling2D()(model.output))
+            model = keras.Model(model.inputs, keras.layers.Concatenate()(pooled),
+                                name=f"{spec.name}_{pooling}")
+    finally:
+        keras.config.set_dtype_policy(previous)
     model.trainable = False
     return model
 

@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backbones import BackboneSpec, check_pooling, get_backbone, preprocess_function
+from .backbones import (PRECISIONS, BackboneSpec, check_pooling, check_precision, get_backbone,
+                        preprocess_function)
 from .cache import CacheRow, FeatureCache, cache_file_name
 from .dataset import DICOM_SUFFIXES, Record, with_keys
 from .errors import CovidCTError
@@ -59,12 +60,13 @@ AUGMENTS = ("none", "flip")
 
 def cache_identity(spec: BackboneSpec, weights: ResolvedWeights,
                    input_size: tuple[int, int] | None = None, pooling: str = "avg",
-                   augment: str = "none", window: tuple[float, float] = DEFAULT_WINDOW) -> dict:
+                   augment: str = "none", window: tuple[float, float] = DEFAULT_WINDOW,
+                   precision: str = "fp32") -> dict:
     height, width = input_size or spec.input_size
     return {"backbone": spec.name, "weights_source": weights.source,
             "weights_sha256": weights.sha256, "input_height": height, "input_width": width,
             "preprocessing": spec.preprocessing, "pooling": pooling, "augment": augment,
-            "precision": "float32", "crop": "none", "window": window_label(window)}
+            "precision": PRECISIONS[precision][0], "crop": "none", "window": window_label(window)}
 
 
 class FeatureExtractor:
@@ -81,13 +83,14 @@ class FeatureExtractor:
     pooling : "avg" (default), "avgmax" or "multiscale"; see ``backbones.build_model``.
     augment : "none" (default) or "flip": features averaged over the image and its mirror.
     window : DICOM (level, width) in HU, default (-600, 1500).
+    precision : "fp32" (default), "bf16" (CPUs with AVX512-BF16/AMX) or "mixed" (float16, GPUs).
     """
 
     def __init__(self, backbone: str, weights: WeightsChoice | None = None,
                  features_dir: str | Path = "features", batch_size: int = 32,
                  input_size: tuple[int, int] | None = None, offline: bool | None = None,
                  pooling: str = "avg", augment: str = "none",
-                 window: tuple[float, float] = DEFAULT_WINDOW):
+                 window: tuple[float, float] = DEFAULT_WINDOW, precision: str = "fp32"):
         self.spec = get_backbone(backbone)
         self.weights_choice = weights or WeightsChoice(IMAGENET)
         self.features_dir = Path(features_dir)
@@ -99,6 +102,7 @@ class FeatureExtractor:
             raise CovidCTError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTS)}")
         self.augment = augment
         self.window = tuple(float(v) for v in window)
+        self.precision = check_precision(precision)
         self._model = None
         self._weights: ResolvedWeights | None = None
 
@@ -115,7 +119,7 @@ class FeatureExtractor:
     def _ensure_model(self):
         if self._model is None:
             self._model, self._weights = build_with_weights(self.spec, self._weights, self.input_size,
-                                                            self.pooling)
+                                                            self.pooling, self.precision)
         return self._model
 
     @property
@@ -129,7 +133,7 @@ class FeatureExtractor:
 
     def open_cache(self) -> FeatureCache:
         identity = cache_identity(self.spec, self.weights, self.input_size, self.pooling, self.augment,
-                                  self.window)
+                                  self.window, self.precision)
         existing = FeatureCache(self.features_dir / cache_file_name(identity))
         if existing.path.exists():  # no model needed to know its width
             return FeatureCache.open_or_create(self.features_dir, identity, existing.attrs["feature_dim"])

@@ -143,7 +143,8 @@ def resolve_weights(backbone: str | BackboneSpec, choice: WeightsChoice,
 
 
 def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
-                       input_size: tuple[int, int] | None = None, pooling: str = "avg"):
+                       input_size: tuple[int, int] | None = None, pooling: str = "avg",
+                       precision: str = "fp32"):
     """Build the backbone with its weights; returns (model, weights with sha256 filled in).
 
     Download failures and unusable files become WeightsUnavailableError with a fix.
@@ -154,10 +155,10 @@ def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
         import keras
 
         keras.utils.set_random_seed(RANDOM_SEED)
-        model = build_model(spec, None, input_size, pooling)
+        model = build_model(spec, None, input_size, pooling, precision)
         return model, ResolvedWeights(NONE, None, _hash_model_weights(model))
     try:
-        model = build_model(spec, weights.keras_argument, input_size, pooling)
+        model = build_model(spec, weights.keras_argument, input_size, pooling, precision)
     except Exception as exc:  # keras raises bare Exception for download failures
         reason = " ".join(str(exc).split())[:300]
         if weights.source == IMAGENET and weights.sha256 is None:

@@ -105,3 +105,17 @@ def test_flip_tta_is_mirror_invariant(tmp_path):
     from feature_extractor.cache import FeatureCache
     a, b = FeatureCache(report.cache_path).read([r.key for r in report.records])
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_features_are_cached_apart_and_close_to_fp32(tmp_path, class_folders):
+    records = load_dataset(class_folders).records[:4]
+    fp32 = extractor(tmp_path / "f").extract(records)
+    ex = FeatureExtractor("mobilenetv2", WeightsChoice("none"), tmp_path / "f", batch_size=8,
+                          input_size=SMALL, precision="bf16")
+    bf16 = ex.extract(records)
+    assert bf16.cache_path != fp32.cache_path and bf16.weights.sha256 == fp32.weights.sha256
+    from feature_extractor.cache import FeatureCache
+    keys = [r.key for r in fp32.records]
+    a, b = FeatureCache(fp32.cache_path).read(keys), FeatureCache(bf16.cache_path).read(keys)
+    assert b.dtype == np.float32 and FeatureCache(bf16.cache_path).attrs["precision"] == "bfloat16"
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98  # bfloat16 keeps ~3 significant digits
