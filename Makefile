@@ -21,7 +21,7 @@ BACKBONES := -b mobilenetv2 -b mobilenet
 FEATURES := --pooling multiscale --tta flip
 CLASSIFIERS := svm logreg rf xgboost
 
-.PHONY: venv test demo bench-accuracy bench-variants clean
+.PHONY: venv test demo bench-accuracy bench-variants bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-accuracy: venv
 
 bench-variants: venv
 	$(BIN)/python bench/feature_variants.py
+
+bench-pipeline: venv
+	$(BIN)/python bench/pipeline.py
+
+bench-throughput: venv
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf features/*.h5 models predictions.csv .pytest_cache
