@@ -106,6 +106,29 @@ def naive(name: str, records: list[Record], model, repeats: int) -> float:
     return statistics.median(rates)
 
 
+def bf16_accuracy_check(data: Path, features_dir: Path) -> list[tuple[str, str, str]]:
+    """Test AUC of the same SVM on fp32 vs bf16 features of real pretrained MobileNet v1."""
+    from accuracy import OFFLINE_WEIGHTS
+    from classifiers.evaluation import evaluate_model
+    from classifiers.train import fit_model
+
+    choice = OFFLINE_WEIGHTS["mobilenet"]
+    if not Path(choice.path).is_file():
+        return []
+    dataset = load_dataset(data)
+    rows = []
+    for precision in ("fp32", "bf16"):
+        FeatureExtractor("mobilenet", choice, features_dir, offline=True,
+                         precision=precision).extract(dataset.records)
+        model = features_dir / f"svm-{precision}.joblib"
+        fit_model(data, "svm", ["mobilenet"], features_dir, model, {"mobilenet": choice},
+                  precision=precision, pooling="avg", augment="none")
+        m = evaluate_model(data, model, "test", features_dir=features_dir, n_boot=200, offline=True).metrics
+        rows.append((precision, f"{m['roc_auc']['value']:.4f}", f"{m['accuracy']['value']:.4f}"))
+        print("bf16 check", rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=48)
@@ -131,6 +154,8 @@ def main() -> int:
         rows.append(row)
         print(" | ".join(row), flush=True)
 
+    auc_rows = bf16_accuracy_check(data, Path(tempfile.mkdtemp()))
+
     header = ("backbone", "GFLOP/img", "naive img/s", "ours fp32 img/s", "ours/naive",
               "ours GFLOP/s", "of fp32 matmul", "ours bf16 img/s", "bf16/fp32")
     lines = [START, "", f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by "
@@ -142,6 +167,11 @@ def main() -> int:
              "(threaded decode one batch ahead, compiled predict_on_batch, cache write).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if auc_rows:
+        lines += ["", "Does bf16 change the answers? The same SVM on real pretrained MobileNet v1 "
+                  "(avg-pooled) features, official split:", "",
+                  "| precision | test AUC | test accuracy |", "|---|---|---|"]
+        lines += [f"| {p} | {a} | {c} |" for p, a, c in auc_rows]
     section = "\n".join(lines + ["", END])
     print("\n" + section)
     out = REPO / "BENCHMARKS.md"
