@@ -4,6 +4,9 @@ Skipped cleanly when ../shared (or $COVIDCT_SHARED) is absent.
 """
 import csv
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from feature_extractor.weights import WeightsChoice
 from tests.conftest import MOBILENET025_KERAS_FILE, MOBILENETV2_FILE, SHARED, SHARED_DATA, needs_shared
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def subset_manifest(path, every_train=3, every_test=2):
@@ -53,6 +57,13 @@ def test_pretrained_mobilenetv2_end_to_end(tmp_path):
     assert f"0 cached, {len(chosen)} new" in first.output
     again = run("extract", "-b", "mobilenetv2", "--weights", weights, "--data", manifest, "--features-dir", feats)
     assert f"{len(chosen)} cached, 0 new" in again.output
+    # ... and a fully cached extract in a fresh process never imports TensorFlow.
+    probe = ("import runpy, sys\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_path(sys.argv[0], "
+             "run_name='__main__')\nexcept SystemExit:\n    pass\nprint('TF_LOADED', 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(REPO / "cli.py"), "extract", "-b", "mobilenetv2",
+                           "--weights", weights, "--data", str(manifest), "--features-dir", str(feats)],
+                          capture_output=True, text=True, timeout=120)
+    assert "cached, 0 new" in proc.stdout and "TF_LOADED False" in proc.stdout, proc.stdout + proc.stderr
 
     model = tmp_path / "models" / "svm.joblib"
     fit = run("fit", "--clf", "svm", "--data", manifest, "--features-dir", feats, "--model", model)
