@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("COVIDCT_SHARED", REPO.parent / "shared"))
-# keras' own MobileNet-0.25 file sits in $SHARED/keras/models: `imagenet` then works offline.
-os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
+from common import MODELS, REPO, SHARED, machine, write_marked_section
 
 from classifiers.evaluation import evaluate_model  # noqa: E402
 from classifiers.train import fit_model  # noqa: E402
@@ -30,7 +25,6 @@ from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.weights import WeightsChoice, imagenet_file  # noqa: E402
 from feature_extractor.backbones import get_backbone  # noqa: E402
 
-MODELS = SHARED / "keras" / "models"
 OFFLINE_WEIGHTS = {  # backbone -> weights we can load without internet
     "mobilenetv2": WeightsChoice("file", str(MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5")),
     "mobilenet": WeightsChoice("file", str(MODELS / "mobilenet_v1_1.0_224_imagenet_from_coral_quant_no_top.h5")),
@@ -44,16 +38,6 @@ ANCHORS = [
     ("target for the stack with offline backbones", ">= 0.86", "", ">= 0.94"),
 ]
 START, END = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
-
-
-def machine() -> str:
-    """CPU model and core count, for the tables."""
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def available() -> dict[str, WeightsChoice]:
@@ -133,19 +117,9 @@ def main() -> int:
         *lines, "", END])
     print("\n" + section)
     for out in (Path(args.out), REPO / "README.md"):  # README shows the same table
-        write_section(out, section)
+        write_marked_section(out, section, "Accuracy")
         print(f"wrote {out}")
     return 0
-
-
-def write_section(out: Path, section: str) -> None:
-    """Replace the text between the accuracy markers (append it when they are absent)."""
-    text = out.read_text() if out.exists() else "# Benchmarks\n\n## Accuracy\n\n"
-    if START in text and END in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    out.write_text(text)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from accuracy import SHARED, available  # noqa: E402  (sets KERAS_HOME for the offline file)
+from common import REPO, SHARED, write_marked_section
+from accuracy import available  # noqa: E402
 
 import numpy as np  # noqa: E402
 from sklearn.calibration import CalibratedClassifierCV  # noqa: E402
@@ -107,13 +105,7 @@ def main() -> int:
     lines += [f"| {a} | {b} | {m:.3f} ± {s:.3f} | {t:.0f} |" for a, b, m, s, t in stack_rows]
     section = "\n".join(lines + ["", END])
     print("\n" + section)
-    out = REPO / "BENCHMARKS.md"
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Feature variants (grouped CV, no test data)\n\n" + section + "\n"
-    out.write_text(text)
+    write_marked_section(REPO / "BENCHMARKS.md", section, "Feature variants (grouped CV, no test data)")
     return 0
 
 

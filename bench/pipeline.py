@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-from accuracy import MODELS, SHARED, machine  # noqa: E402
+from common import MODELS, REPO, SHARED, machine, write_marked_section
 
 CLI = [sys.executable, str(REPO / "cli.py")]
 BACKBONES = {  # the three with real offline weights here
@@ -96,18 +94,8 @@ def main() -> int:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     section = "\n".join(lines + ["", END])
     print("\n" + section)
-    out = REPO / "BENCHMARKS.md"
-    text = out.read_text()
-    if START not in text:
-        text = text.rstrip() + "\n\n## Pipeline: wall time and memory\n\n" + START + "\n" + END + "\n"
-        out.write_text(text)
-    write_section_between(out, section)
+    write_marked_section(REPO / "BENCHMARKS.md", section, "Pipeline: wall time and memory")
     return 0
-
-
-def write_section_between(out: Path, section: str) -> None:
-    text = out.read_text()
-    out.write_text(text[:text.index(START)] + section + text[text.index(END) + len(END):])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""What the benchmark scripts share: paths, the machine's name, and writing their tables."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("COVIDCT_SHARED", REPO.parent / "shared"))
+MODELS = SHARED / "keras" / "models"
+# keras' own MobileNet-0.25 file sits in $SHARED/keras/models: `imagenet` then works offline.
+os.environ.setdefault("KERAS_HOME", str(SHARED / "keras"))
+
+
+def machine() -> str:
+    """CPU model and core count, for the tables."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def write_marked_section(out: Path, section: str, heading: str) -> None:
+    """Replace the text between the section's marker lines (its first and last line) in
+    ``out``; append it under ``heading`` when the markers are not there yet."""
+    lines = section.strip().splitlines()
+    start, end = lines[0], lines[-1]
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[:text.index(start)] + section.strip() + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + f"\n\n## {heading}\n\n" + section.strip() + "\n"
+    out.write_text(text)
