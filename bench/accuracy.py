@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, write_marked_section
+from common import MODELS, REPO, SHARED, machine, markdown_table, write_marked_section
 
 from classifiers.evaluation import evaluate_model  # noqa: E402
 from classifiers.train import fit_model  # noqa: E402
@@ -99,8 +99,7 @@ def main() -> int:
 
     header = ("features", "classifier", "CV AUC (train+val)", "test accuracy [95% CI]",
               "test F1 [95% CI]", "test AUC [95% CI]", "fit+eval s")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = markdown_table(header, rows)
     lines += ["", "Anchors (published or earlier numbers, for scale):", "",
               "| model | accuracy | F1 | AUC |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ANCHORS]

@@ -35,3 +35,9 @@ def write_marked_section(out: Path, section: str, heading: str) -> None:
     else:
         text = text.rstrip() + f"\n\n## {heading}\n\n" + section.strip() + "\n"
     out.write_text(text)
+
+
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Lines of a markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, write_marked_section
+from common import MODELS, REPO, SHARED, machine, markdown_table, write_marked_section
 
 CLI = [sys.executable, str(REPO / "cli.py")]
 BACKBONES = {  # the three with real offline weights here
@@ -90,8 +90,7 @@ def main() -> int:
     lines = [START, "", f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by "
              "`.venv/bin/python bench/pipeline.py` (`make bench-pipeline`). Each step is a fresh "
              "`cli.py` process; peak memory is the process's maximum RSS.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+             *markdown_table(header, rows)]
     section = "\n".join(lines + ["", END])
     print("\n" + section)
     write_marked_section(REPO / "BENCHMARKS.md", section, "Pipeline: wall time and memory")

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, machine, write_marked_section
+from common import REPO, SHARED, machine, markdown_table, write_marked_section
 
 import numpy as np  # noqa: E402
 
@@ -162,8 +162,7 @@ def main() -> int:
              f"{ceiling['fp32']:.0f} GFLOP/s, bf16 {ceiling['bf16']:.0f} GFLOP/s. 'naive' opens "
              "one image and calls model.predict on a batch of 1; 'ours' is FeatureExtractor.extract "
              "(threaded decode one batch ahead, compiled predict_on_batch, cache write).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+             *markdown_table(header, rows)]
     if auc_rows:
         lines += ["", "Does bf16 change the answers? The same SVM on real pretrained MobileNet v1 "
                   "(avg-pooled) features, official split:", "",

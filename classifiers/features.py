@@ -39,15 +39,18 @@ def select_cache(features_dir: str | Path, backbone: str, keys: Sequence[str],
     ``wanted``: identity fields the cache must have (weights_source, weights_sha256,
     pooling, augment, ...); None means any.
     """
-    candidates = [c for c in list_caches(features_dir, backbone)
-                  if all(v is None or str(c.attrs.get(k)) == str(v) for k, v in wanted.items())]
+    candidates = []
+    for cache in list_caches(features_dir, backbone):
+        attrs = cache.attrs  # one read per file: each access opens the HDF5 file
+        if all(v is None or str(attrs.get(k)) == str(v) for k, v in wanted.items()):
+            candidates.append((cache, attrs))
     want = set(keys)
     covering, best_partial = [], 0
-    for cache in candidates:
+    for cache, attrs in candidates:
         n_have = len(want & cache.key_index().keys())
         best_partial = max(best_partial, n_have)
         if n_have == len(want):
-            covering.append(cache)
+            covering.append((cache, attrs))
     if not covering:
         settings = ", ".join(f"{k}={v}" for k, v in wanted.items() if v is not None)
         raise FeatureCacheError(
@@ -55,11 +58,11 @@ def select_cache(features_dir: str | Path, backbone: str, keys: Sequence[str],
             f"{len(want)} images in {features_dir}/ (best cache has {best_partial}); run: "
             f"python cli.py extract --backbone {backbone} --data <the same data>")
     if len(covering) > 1:
-        listing = "; ".join(f"{c.path.name} (weights {c.attrs['weights_source']}, pooling "
-                            f"{c.attrs['pooling']}, tta {c.attrs.get('augment')})" for c in covering)
+        listing = "; ".join(f"{c.path.name} (weights {a['weights_source']}, pooling {a['pooling']}, "
+                            f"tta {a.get('augment')})" for c, a in covering)
         raise FeatureCacheError(f"several {backbone} caches cover these images: {listing}. "
                                 "Choose with --weights, --pooling, --tta or --precision.")
-    return BackboneFeatures(backbone, covering[0])
+    return BackboneFeatures(backbone, covering[0][0])
 
 
 def available_backbones(features_dir: str | Path) -> list[str]:

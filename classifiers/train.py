@@ -57,16 +57,24 @@ def resolve_sources(records: Sequence[Record], features_dir: str | Path,
     keys = [r.key for r in records]
     settings = {"pooling": pooling, "augment": augment,
                 "precision": PRECISIONS[precision][0] if precision else None}
-    if backbones:
-        names = [get_backbone(b).name for b in backbones]
-    else:
-        names = [b for b in available_backbones(features_dir) if _covers(features_dir, b, keys, settings)]
-        if not names:
-            raise FeatureCacheError(f"no cached features in {features_dir}/ cover the training "
-                                    "images; run: python cli.py extract --backbone NAME")
     weights = weights or {}
-    return [select_cache(features_dir, name, keys, **settings, **_weights_filter(weights.get(name), name))
-            for name in dict.fromkeys(names)]
+
+    def select(name: str) -> BackboneFeatures:
+        return select_cache(features_dir, name, keys, **settings, **_weights_filter(weights.get(name), name))
+
+    if backbones:
+        return [select(name) for name in dict.fromkeys(get_backbone(b).name for b in backbones)]
+    sources = []
+    for name in available_backbones(features_dir):
+        try:  # the backbones whose caches cover the training images
+            covering = select_cache(features_dir, name, keys, **settings)
+        except FeatureCacheError:
+            continue
+        sources.append(select(name) if name in weights else covering)
+    if not sources:
+        raise FeatureCacheError(f"no cached features in {features_dir}/ cover the training "
+                                "images; run: python cli.py extract --backbone NAME")
+    return sources
 
 
 def _fit_stack(X, y, groups, described, base, cv_folds, random_state):
@@ -82,14 +90,6 @@ def _fit_stack(X, y, groups, described, base, cv_folds, random_state):
               "meta_learner": "LogisticRegression on logits of out-of-fold base probabilities",
               "meta_weights": stack.meta_weights()}
     return stack, report, stack.oof_
-
-
-def _covers(features_dir, backbone, keys, settings) -> bool:
-    try:
-        select_cache(features_dir, backbone, keys, **settings)
-        return True
-    except FeatureCacheError:
-        return False
 
 
 def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None,
