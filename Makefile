@@ -21,7 +21,7 @@ BACKBONES := -b mobilenetv2 -b mobilenet
 FEATURES := --pooling multiscale --tta flip
 CLASSIFIERS := svm logreg rf xgboost
 
-.PHONY: venv test demo bench-accuracy bench-variants bench-pipeline bench-throughput clean
+.PHONY: venv test demo bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,12 +50,18 @@ demo: venv
 	$(CLI) evaluate --model models/stack.joblib --data $(DATA) --report-dir reports/stack-test
 	@echo "== predict every image under $(DATA) with the stack (training images included)"
 	$(CLI) predict $(DATA) --model models/stack.joblib --out predictions.csv
+	@echo "== HTML report of the stack on the test split: heatmaps for the first 24 rows (mistakes first)"
+	$(CLI) report --model models/stack.joblib --data $(DATA) --out reports/stack-test.html --heatmaps 24
 
 bench-accuracy: venv
 	$(BIN)/python bench/accuracy.py
 
 bench-variants: venv
 	$(BIN)/python bench/feature_variants.py
+
+bench-crop: venv
+	$(BIN)/python bench/lung_crop.py
+	$(BIN)/python bench/explanations.py
 
 bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py
@@ -64,4 +70,4 @@ bench-throughput: venv
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf features/*.h5 models predictions.csv .pytest_cache
+	rm -rf features/*.h5 models reports predictions.csv heatmaps .pytest_cache

@@ -74,6 +74,19 @@ def _model_weights(options: tuple[str, ...], model_path: Path) -> dict | None:
     return _weights(options, [b["name"] for b in read_manifest(model_path)["backbones"]])
 
 
+def _check_crop(crop: str | None, model_path: Path) -> None:
+    """--crop on predict/evaluate only confirms the model's own crop."""
+    if crop is None:
+        return
+    from classifiers.bundle import read_manifest
+    from classifiers.predict import crop_option
+
+    trained = {crop_option(b.get("crop")) for b in read_manifest(model_path)["backbones"]}
+    if trained != {crop}:
+        raise CovidCTError(f"{model_path} was trained with --crop {'/'.join(sorted(trained))}, not "
+                           f"--crop {crop}; fit a model on features extracted with --crop {crop}")
+
+
 def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
     for path, reason in list(failed.items())[:limit]:
         click.echo(f"  {path}: {reason}", err=True)
@@ -103,6 +116,14 @@ pooling_option = click.option(
          "average of the last activation at each of the last 3 resolutions.")
 tta_option = click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
                           help="Test-time augmentation: flip = mean of image and mirror features.")
+crop_option = click.option(
+    "--crop", type=click.Choice(["none", "lungs"]), default="none", show_default=True,
+    help="lungs: crop each slice to its lung field and black out the rest (text, arrows, bed), "
+         "so the model cannot learn the image source; full image, with a warning, where no "
+         "lungs are found. Cached separately.")
+model_crop_option = click.option(
+    "--crop", type=click.Choice(["none", "lungs"]), default=None,
+    help="Check that the model was trained with this crop (the model's own crop is always used).")
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 
@@ -159,9 +180,10 @@ def backbones() -> None:
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed"]), default="fp32",
               show_default=True, help="Inference precision: bf16 for CPUs with AVX512-BF16/AMX, "
                                       "mixed (float16) for GPUs. Cached separately.")
+@crop_option
 @offline_option
 def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, window, precision,
-            offline) -> None:
+            crop, offline) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone and weights) are not run again.
@@ -178,7 +200,7 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
     for name in dict.fromkeys(choices):
         extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline,
                                      pooling=pooling, augment=tta, window=parse_window(window),
-                                     precision=precision)
+                                     precision=precision, crop=crop)
         extractor.weights  # fail on unavailable weights before a progress bar is drawn
         with progress_bar(f"{name:<14}", len(dataset.records)) as update:
             report = extractor.extract(dataset.records, update)
@@ -186,6 +208,10 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
         if report.weights.source == "none":
             click.secho("  warning: weights=none is random init; these features are for tests only",
                         fg="yellow", err=True)
+        if report.crop_fallbacks:
+            click.secho(f"  warning: no plausible lungs found in {len(report.crop_fallbacks)} images; "
+                        "their full image was used:", fg="yellow", err=True)
+            _report_failures(report.crop_fallbacks, limit=5)
         if report.failed:
             any_failed = True
             _report_failures(report.failed)
@@ -220,8 +246,10 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
               help="Use features of this test-time augmentation when several are cached.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed"]), default=None,
               help="Use features of this precision when several are cached.")
+@click.option("--crop", type=click.Choice(["none", "lungs"]), default=None,
+              help="Use features of this crop when several are cached.")
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, pooling, tta, precision) -> None:
+        cv_folds, seed, pooling, tta, precision, crop) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -235,13 +263,14 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
                                  param_hint="--weights")
     bases = [b.strip() for b in base.split(",") if b.strip()]
     bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed,
-                       bases, target_sensitivity, pooling, tta, precision)
+                       bases, target_sensitivity, pooling, tta, precision, crop)
     m = bundle.manifest
     t = m["training"]
     click.echo(f"trained {clf} on {t['n_images']} images ({t['n_covid']} COVID, "
                f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
                f"splits: {'+'.join(t['splits'])})")
-    click.echo(f"features: {' + '.join(b['name'] for b in m['backbones'])} ({m['feature_dim']} dims)")
+    click.echo(f"features: {' + '.join(b['name'] for b in m['backbones'])} ({m['feature_dim']} dims, "
+               f"crop {m['backbones'][0]['crop']})")
     for b in m["cv"].get("base_models", []):
         click.echo(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
                    f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
@@ -270,9 +299,10 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @features_option
 @model_weights_option
 @batch_option
+@model_crop_option
 @offline_option
 def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir, weights, batch_size,
-             offline) -> None:
+             crop, offline) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
@@ -283,6 +313,7 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
     from classifiers.reporting import write_report
 
     model_path = model_path or latest_model()
+    _check_crop(crop, model_path)
     report = evaluate_model(data, model_path, split, features_dir=features_dir, batch_size=batch_size,
                             weights=_model_weights(weights, model_path), progress=progress_bar,
                             offline=offline, n_boot=n_boot, cv_folds=cv_folds)
@@ -306,28 +337,100 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
               help="Model file.  [default: the most recently fitted in models/]")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
               show_default=True, help="CSV with columns path,p_covid,label,error.")
+@click.option("--explain", is_flag=True,
+              help="Also write one PNG per image: the slice with a heatmap of the regions that "
+                   "raised P(COVID). Slow on CPU: about 50 forward passes per image and backbone.")
+@click.option("--explain-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the heatmap PNGs go.  [default: heatmaps/ beside --out]")
+@click.option("--explain-method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion",
+              show_default=True, help="occlusion: any classifier, the stack too; gradcam: linear "
+                                      "heads (logreg) only, one backward pass.")
 @features_option
 @model_weights_option
 @batch_option
+@model_crop_option
 @offline_option
-def predict(folder, model_path, out, features_dir, weights, batch_size, offline) -> None:
+def predict(folder, model_path, out, explain, explain_dir, explain_method, features_dir, weights,
+            batch_size, crop, offline) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
     in the `error` column.
     """
-    from classifiers.bundle import latest_model
+    from classifiers.bundle import latest_model, load_bundle
     from classifiers.predict import predict_folder, write_predictions_csv
 
     model_path = model_path or latest_model()
+    _check_crop(crop, model_path)
+    model_weights = _model_weights(weights, model_path)
+    explainer = None
+    if explain:  # fail on an unsuitable method before the long part
+        from classifiers.explain import ModelExplainer
+
+        explainer = ModelExplainer(load_bundle(model_path), features_dir, batch_size, model_weights,
+                                   offline, explain_method)
     report = predict_folder(folder, model_path, features_dir=features_dir, batch_size=batch_size,
-                            weights=_model_weights(weights, model_path), progress=progress_bar,
-                            offline=offline)
+                            weights=model_weights, progress=progress_bar, offline=offline)
+    if explainer is not None:
+        from classifiers.explain import explain_records
+
+        explain_dir = explain_dir or Path(out).parent / "heatmaps"
+        readable = [r for r in report.rows if not r.error]
+        with progress_bar("explain       ", len(readable)) as update:
+            written = explain_records(explainer, [r.path for r in readable], explain_dir, folder,
+                                      float(report.manifest.get("threshold", 0.5)), update)
+        for row in readable:
+            row.heatmap = written.get(row.path)
+        click.echo(f"wrote {len(written)} {explain_method} heatmaps in {explain_dir}/")
     write_predictions_csv(report.rows, out)
     click.echo(report.summary())
     click.echo(f"wrote {out}")
     if report.n_failed:
         _report_failures({r.path: r.error for r in report.rows if r.error})
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file.  [default: the most recently fitted in models/]")
+@data_option
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+              help="Split to report when the data has the official split.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="report.html",
+              show_default=True, help="The HTML file (self-contained: images and script inline).")
+@click.option("--heatmaps", type=click.IntRange(0), default=50, show_default=True,
+              help="Explain the first N rows of the table (misclassified first); 0: none. About "
+                   "2 s per image and backbone on a laptop CPU.")
+@click.option("--explain-method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion",
+              show_default=True, help="occlusion: any classifier; gradcam: linear heads (logreg) only.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000, show_default=True,
+              help="Bootstrap resamples for the 95% CIs.")
+@features_option
+@model_weights_option
+@batch_option
+@offline_option
+def report(model_path, data, split, out, heatmaps, explain_method, n_boot, features_dir, weights,
+           batch_size, offline) -> None:
+    """One self-contained HTML report: model card, metrics with CIs, plots, and every image
+    with its thumbnail, heatmap and prediction (misclassified first).
+
+    --data: labeled data (as for evaluate) gives metrics; a plain folder of slices gives
+    predictions only.
+    """
+    from classifiers.bundle import latest_model
+    from classifiers.html_report import collect, write_html_report
+
+    model_path = model_path or latest_model()
+    content = collect(model_path, data, split, features_dir, batch_size, _model_weights(weights, model_path),
+                      offline, heatmaps, explain_method, n_boot, progress_bar)
+    path = write_html_report(content, out)
+    n_wrong = sum(r.misclassified for r in content.rows)
+    n_heat = sum(1 for r in content.rows if r.heatmap)
+    errors = {r.path: r.error for r in content.rows if r.error}
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(content.rows)} images, "
+               f"{n_wrong} misclassified, {n_heat} heatmaps")
+    if errors:
+        _report_failures(errors)
         sys.exit(EXIT_PARTIAL)
 
 

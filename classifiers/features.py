@@ -10,7 +10,7 @@ import numpy as np
 
 from feature_extractor.cache import FeatureCache, list_caches
 from feature_extractor.dataset import Record
-from feature_extractor.errors import FeatureCacheError
+from feature_extractor.errors import AmbiguousCacheError, FeatureCacheError
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,10 @@ def select_cache(features_dir: str | Path, backbone: str, keys: Sequence[str],
             f"python cli.py extract --backbone {backbone} --data <the same data>")
     if len(covering) > 1:
         listing = "; ".join(f"{c.path.name} (weights {a['weights_source']}, pooling {a['pooling']}, "
-                            f"tta {a.get('augment')})" for c, a in covering)
-        raise FeatureCacheError(f"several {backbone} caches cover these images: {listing}. "
-                                "Choose with --weights, --pooling, --tta or --precision.")
+                            f"tta {a.get('augment')}, precision {a.get('precision')}, crop {a.get('crop')})"
+                            for c, a in covering)
+        raise AmbiguousCacheError(f"several {backbone} caches cover these images: {listing}. "
+                                "Choose with --weights, --pooling, --tta, --precision or --crop.")
     return BackboneFeatures(backbone, covering[0][0])
 
 

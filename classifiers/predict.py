@@ -19,6 +19,7 @@ from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.images import DEFAULT_WINDOW, parse_window, window_label
 from feature_extractor.extract import ExtractionReport, FeatureExtractor, Progress
+from feature_extractor.lung_crop import LUNG_CROP_VERSION
 from feature_extractor.weights import FILE, WeightsChoice
 
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, latest_model, load_bundle
@@ -26,6 +27,7 @@ from .features import BackboneFeatures, feature_matrix
 
 ProgressFactory = Callable[[str, int], ContextManager[Progress]]
 CSV_COLUMNS = ("path", "p_covid", "label", "error")
+HEATMAP_COLUMN = "heatmap"  # added when predictions are explained
 
 
 @dataclass
@@ -34,6 +36,7 @@ class PredictionRow:
     p_covid: float | None = None
     label: str | None = None
     error: str | None = None
+    heatmap: str | None = None  # PNG written by --explain
 
 
 @dataclass
@@ -67,6 +70,16 @@ def precision_option(identity_value: str) -> str:
     return next((k for k, (v, _) in PRECISIONS.items() if v == identity_value), "fp32")
 
 
+def crop_option(identity_value: str | None) -> str:
+    """The --crop name of a cache identity's crop value; refuses another crop algorithm."""
+    if identity_value in (None, "none"):
+        return "none"
+    if identity_value == LUNG_CROP_VERSION:
+        return "lungs"
+    raise ModelBundleError(f"the model was trained on features cropped by {identity_value!r}; this "
+                           f"version crops with {LUNG_CROP_VERSION!r}: refit the model with --crop lungs")
+
+
 def extractor_for(entry: dict, features_dir: str | Path, batch_size: int,
                   override: WeightsChoice | None = None, offline: bool | None = None) -> FeatureExtractor:
     """The extractor that reproduces a model's features for one backbone, checked by hash."""
@@ -76,7 +89,8 @@ def extractor_for(entry: dict, features_dir: str | Path, batch_size: int,
                                  input_size=tuple(entry["input_size"]), offline=offline,
                                  pooling=entry["pooling"], augment=entry.get("augment", "none"),
                                  window=parse_window(entry.get("window") or window_label(DEFAULT_WINDOW)),
-                                 precision=precision_option(entry.get("precision", "float32")))
+                                 precision=precision_option(entry.get("precision", "float32")),
+                                 crop=crop_option(entry.get("crop")))
     sha = extractor.weights.sha256
     if sha != entry["weights_sha256"]:
         raise ModelBundleError(
@@ -146,11 +160,13 @@ def predict_folder(folder: str | Path, model_path: str | Path | None = None,
 def write_predictions_csv(rows: list[PredictionRow], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    explained = any(r.heatmap for r in rows)
     with open(out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(CSV_COLUMNS + ((HEATMAP_COLUMN,) if explained else ()))
         for row in rows:
             writer.writerow([printable_path(row.path),
                              "" if row.p_covid is None else f"{row.p_covid:.6f}",
-                             row.label or "", row.error or ""])
+                             row.label or "", row.error or ""]
+                            + ([printable_path(row.heatmap or "")] if explained else []))
     return out

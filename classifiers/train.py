@@ -12,7 +12,8 @@ import numpy as np
 
 from feature_extractor.backbones import PRECISIONS, get_backbone
 from feature_extractor.dataset import Dataset, Record, load_dataset, with_keys
-from feature_extractor.errors import CovidCTError, FeatureCacheError
+from feature_extractor.errors import AmbiguousCacheError, CovidCTError, FeatureCacheError
+from feature_extractor.lung_crop import crop_identity
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
 from feature_extractor.weights import NONE, NONE_WARNING, WeightsChoice, resolve_weights
 
@@ -52,11 +53,12 @@ def resolve_sources(records: Sequence[Record], features_dir: str | Path,
                     backbones: Sequence[str] | None = None,
                     weights: Mapping[str, WeightsChoice] | None = None,
                     pooling: str | None = None, augment: str | None = None,
-                    precision: str | None = None) -> list[BackboneFeatures]:
+                    precision: str | None = None, crop: str | None = None) -> list[BackboneFeatures]:
     """The cache to use for each backbone; all backbones with caches when none are named."""
     keys = [r.key for r in records]
     settings = {"pooling": pooling, "augment": augment,
-                "precision": PRECISIONS[precision][0] if precision else None}
+                "precision": PRECISIONS[precision][0] if precision else None,
+                "crop": crop_identity(crop) if crop else None}
     weights = weights or {}
 
     def select(name: str) -> BackboneFeatures:
@@ -68,6 +70,11 @@ def resolve_sources(records: Sequence[Record], features_dir: str | Path,
     for name in available_backbones(features_dir):
         try:  # the backbones whose caches cover the training images
             covering = select_cache(features_dir, name, keys, **settings)
+        except AmbiguousCacheError:
+            if name in weights:  # --weights may single one out
+                covering = None
+            else:
+                raise
         except FeatureCacheError:
             continue
         sources.append(select(name) if name in weights else covering)
@@ -97,12 +104,13 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
               weights: Mapping[str, WeightsChoice] | None = None, cv_folds: int = 5,
               random_state: int = 0, base: Sequence[str] = DEFAULT_BASE,
               target_sensitivity: float | None = None, pooling: str | None = None,
-              augment: str | None = None, precision: str | None = None) -> ModelBundle:
+              augment: str | None = None, precision: str | None = None,
+              crop: str | None = None) -> ModelBundle:
     """Train ``clf`` (one of CLASSIFIERS, or "stack") and save it with its manifest.
 
     ``base``: the stack's base classifiers. ``target_sensitivity``: choose the decision
     threshold on out-of-fold predictions to reach this COVID recall (default: 0.5).
-    ``pooling``/``augment``/``precision``: which cached features to use when several exist.
+    ``pooling``/``augment``/``precision``/``crop``: which cached features to use when several exist.
     """
     dataset = load_dataset(data)
     records, splits = training_records(dataset)
@@ -113,7 +121,7 @@ def fit_model(data: str | Path, clf: str, backbones: Sequence[str] | None = None
                            f"{unreadable[0].path}: {unreadable[0].error}")
     if not records:
         raise CovidCTError(f"no labeled training images in {data}")
-    sources = resolve_sources(records, features_dir, backbones, weights, pooling, augment, precision)
+    sources = resolve_sources(records, features_dir, backbones, weights, pooling, augment, precision, crop)
     X = feature_matrix(records, sources)
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])

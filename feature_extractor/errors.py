@@ -29,5 +29,9 @@ class FeatureCacheError(CovidCTError):
     """Cached features are missing, ambiguous or inconsistent."""
 
 
+class AmbiguousCacheError(FeatureCacheError):
+    """Several caches of one backbone fit; the user must say which (--pooling, --crop, ...)."""
+
+
 class ModelBundleError(CovidCTError):
     """A saved model that cannot be found, verified or used with the features at hand."""

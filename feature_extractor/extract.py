@@ -20,7 +20,8 @@ from .backbones import (PRECISIONS, BackboneSpec, check_pooling, check_precision
 from .cache import CacheRow, FeatureCache, cache_file_name
 from .dataset import DICOM_SUFFIXES, Record, with_keys
 from .errors import CovidCTError
-from .images import DEFAULT_WINDOW, ImageDecodeError, decode_image, window_label
+from .images import DEFAULT_WINDOW, ImageDecodeError, PreparedImage, prepare_image, window_label
+from .lung_crop import CROPS, crop_identity
 from .provenance import command_line
 from .tf_runtime import device_name
 from .weights import (IMAGENET, NONE, NONE_WARNING, ResolvedWeights, WeightsChoice,
@@ -40,6 +41,7 @@ class ExtractionReport:
     device: str | None = None      # None when no CNN ran
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    crop_fallbacks: dict[str, str] = field(default_factory=dict)  # path -> why no lungs were found
 
     @property
     def n_failed(self) -> int:
@@ -49,6 +51,8 @@ class ExtractionReport:
         text = f"{self.backbone}: {self.n_cached} cached, {self.n_new} new"
         if self.failed:
             text += f", {self.n_failed} failed"
+        if self.crop_fallbacks:
+            text += f", {len(self.crop_fallbacks)} without lungs found (full image used)"
         text += f" -> {self.cache_path}"
         if self.device:
             text += f" ({self.device}, {self.seconds:.1f} s)"
@@ -61,12 +65,13 @@ AUGMENTS = ("none", "flip")
 def cache_identity(spec: BackboneSpec, weights: ResolvedWeights,
                    input_size: tuple[int, int] | None = None, pooling: str = "avg",
                    augment: str = "none", window: tuple[float, float] = DEFAULT_WINDOW,
-                   precision: str = "fp32") -> dict:
+                   precision: str = "fp32", crop: str = "none") -> dict:
     height, width = input_size or spec.input_size
     return {"backbone": spec.name, "weights_source": weights.source,
             "weights_sha256": weights.sha256, "input_height": height, "input_width": width,
             "preprocessing": spec.preprocessing, "pooling": pooling, "augment": augment,
-            "precision": PRECISIONS[precision][0], "crop": "none", "window": window_label(window)}
+            "precision": PRECISIONS[precision][0], "crop": crop_identity(crop),
+            "window": window_label(window)}
 
 
 class FeatureExtractor:
@@ -84,13 +89,15 @@ class FeatureExtractor:
     augment : "none" (default) or "flip": features averaged over the image and its mirror.
     window : DICOM (level, width) in HU, default (-600, 1500).
     precision : "fp32" (default), "bf16" (CPUs with AVX512-BF16/AMX) or "mixed" (float16, GPUs).
+    crop : "none" (default) or "lungs": crop to the lung field, black outside it (lung_crop.py).
     """
 
     def __init__(self, backbone: str, weights: WeightsChoice | None = None,
                  features_dir: str | Path = "features", batch_size: int = 32,
                  input_size: tuple[int, int] | None = None, offline: bool | None = None,
                  pooling: str = "avg", augment: str = "none",
-                 window: tuple[float, float] = DEFAULT_WINDOW, precision: str = "fp32"):
+                 window: tuple[float, float] = DEFAULT_WINDOW, precision: str = "fp32",
+                 crop: str = "none"):
         self.spec = get_backbone(backbone)
         self.weights_choice = weights or WeightsChoice(IMAGENET)
         self.features_dir = Path(features_dir)
@@ -103,6 +110,9 @@ class FeatureExtractor:
         self.augment = augment
         self.window = tuple(float(v) for v in window)
         self.precision = check_precision(precision)
+        if crop not in CROPS:
+            raise CovidCTError(f"unknown crop {crop!r}; valid: {', '.join(CROPS)}")
+        self.crop = crop
         self._model = None
         self._weights: ResolvedWeights | None = None
 
@@ -133,7 +143,7 @@ class FeatureExtractor:
 
     def open_cache(self) -> FeatureCache:
         identity = cache_identity(self.spec, self.weights, self.input_size, self.pooling, self.augment,
-                                  self.window, self.precision)
+                                  self.window, self.precision, self.crop)
         existing = FeatureCache(self.features_dir / cache_file_name(identity))
         if existing.path.exists():  # no model needed to know its width
             return FeatureCache.open_or_create(self.features_dir, identity, existing.attrs["feature_dim"])
@@ -157,7 +167,8 @@ class FeatureExtractor:
                     progress(report.n_cached + n_unreadable)
                 if todo:
                     report.device = device_name()
-                    failed_keys = self._run(list(todo.values()), cache, progress)
+                    failed_keys = self._run(list(todo.values()), cache, progress,
+                                            report.crop_fallbacks)
                     report.n_new = sum(1 for r in records if not r.error and r.key in todo
                                        and r.key not in failed_keys)
                     report.records = [replace(r, error=failed_keys[r.key])
@@ -169,30 +180,46 @@ class FeatureExtractor:
         report.seconds = time.perf_counter() - start
         return report
 
-    def _run(self, todo: list[Record], cache: FeatureCache, progress: Progress | None) -> dict[str, str]:
-        """Extract and append ``todo``; returns key -> reason for images that failed."""
+    def prepare(self, path: str | Path) -> PreparedImage:
+        """Read and decode one file (and crop it, with crop="lungs"), as extraction does.
+
+        Raises ImageDecodeError or OSError.
+        """
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return prepare_image(data, self.window, Path(path).suffix.lower() in DICOM_SUFFIXES, self.crop)
+
+    def features_of(self, images: np.ndarray, eager: bool = False) -> np.ndarray:
+        """Features of an (N, H, W, 3) uint8 batch at the input size, no cache involved.
+
+        ``eager``: call the model directly (one-off batches) instead of the compiled
+        predict_on_batch (worth it when batches repeat: tracing costs 0.3-0.7 s a model).
+        """
         model = self._ensure_model()
-        preprocess = preprocess_function(self.spec)
+        run = (lambda x: model(x, training=False)) if eager else model.predict_on_batch
+        x = preprocess_function(self.spec)(images.astype(np.float32))
+        feats = np.asarray(run(x), dtype=np.float32)
+        if self.augment == "flip":
+            feats = (feats + np.asarray(run(np.ascontiguousarray(x[:, :, ::-1, :])), np.float32)) / 2
+        return feats
+
+    def _run(self, todo: list[Record], cache: FeatureCache, progress: Progress | None,
+             crop_fallbacks: dict[str, str]) -> dict[str, str]:
+        """Extract and append ``todo``; returns key -> reason for images that failed."""
         size = self.input_size
         batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         failed: dict[str, str] = {}
 
         def load(rec: Record):
             try:
-                with open(rec.path, "rb") as fh:
-                    return decode_image(fh.read(), size, self.window,
-                                        dicom_hint=Path(rec.path).suffix.lower() in DICOM_SUFFIXES)
+                prepared = self.prepare(rec.path)
             except ImageDecodeError as exc:
                 return str(exc)
             except OSError as exc:
                 return f"cannot read file: {exc.strerror or exc}"
-
-        # One batch: an eager call (tracing a graph costs 0.3-0.7 s per model, more than it
-        # saves). More: predict_on_batch, compiled once and reused.
-        run_batch = (lambda x: model(x, training=False)) if len(batches) == 1 else model.predict_on_batch
-
-        def infer(x: np.ndarray) -> np.ndarray:
-            return np.asarray(run_batch(x), dtype=np.float32)
+            if prepared.crop_fallback:
+                crop_fallbacks[rec.path] = prepared.crop_fallback
+            return prepared.model_input(size)
 
         workers = max(2, min(8, os.cpu_count() or 2))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -204,10 +231,7 @@ class FeatureExtractor:
                 good = [(r, a) for r, a in zip(batch, loaded) if isinstance(a, np.ndarray)]
                 failed.update({r.key: a for r, a in zip(batch, loaded) if isinstance(a, str)})
                 if good:
-                    x = preprocess(np.stack([a for _, a in good]).astype(np.float32))
-                    feats = infer(x)
-                    if self.augment == "flip":
-                        feats = (feats + infer(np.ascontiguousarray(x[:, :, ::-1, :]))) / 2
+                    feats = self.features_of(np.stack([a for _, a in good]), eager=len(batches) == 1)
                     cache.append([CacheRow(r.key, f, r.path, r.label, r.patient, r.split)
                                   for (r, _), f in zip(good, feats)])
                 if progress:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CovidCTError
+
+if TYPE_CHECKING:
+    from .lung_crop import LungCrop
 
 MIN_SIDE = 8  # smaller than this carries no anatomy; resizing it up would only invent pixels
 
@@ -133,3 +138,41 @@ def _resized(rgb: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and (rgb.height, rgb.width) != tuple(size):
         rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """An (H, W, 3) uint8 array resized to ``size`` = (height, width), as decode_image does."""
+    if size is None or rgb.shape[:2] == tuple(size):
+        return rgb
+    return _resized(Image.fromarray(rgb, "RGB"), size)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded slice and, with --crop lungs, its lung crop: what the backbone is shown."""
+
+    original: np.ndarray               # (H, W, 3) uint8 at full resolution
+    crop: "LungCrop | None" = None
+
+    @property
+    def region(self) -> np.ndarray:
+        return self.crop.image if self.crop is not None else self.original
+
+    @property
+    def crop_fallback(self) -> str | None:
+        """Why lungs were asked for but the full image was used (None otherwise)."""
+        return self.crop.reason if self.crop is not None and not self.crop.found else None
+
+    def model_input(self, size: tuple[int, int] | None) -> np.ndarray:
+        return resize_rgb(self.region, size)
+
+
+def prepare_image(data: bytes, window: tuple[float, float] = DEFAULT_WINDOW, dicom_hint: bool = False,
+                  crop: str = "none") -> PreparedImage:
+    """Decode (see decode_image) and, with ``crop="lungs"``, crop to the lung field."""
+    original = decode_image(data, None, window, dicom_hint)
+    if crop == "none":
+        return PreparedImage(original)
+    from .lung_crop import crop_lungs
+
+    return PreparedImage(original, crop_lungs(original))

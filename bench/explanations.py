@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""What a heatmap costs: seconds per image for occlusion and Grad-CAM, by model.
+
+Uses the models that bench/lung_crop.py fits (bench/out/models; run it first) on real
+COVID-CT test slices: a one-backbone SVM and logistic regression, and the three-backbone
+stack. Each cell is the median over 6 images after one warm-up image (model building and
+tracing excluded). Prints a table and writes it into BENCHMARKS.md (explanations markers).
+
+    .venv/bin/python bench/explanations.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, SHARED, machine, markdown_table, write_marked_section
+
+import numpy as np  # noqa: E402
+
+from classifiers.bundle import load_bundle  # noqa: E402
+from classifiers.explain import ModelExplainer  # noqa: E402
+from feature_extractor.dataset import load_dataset  # noqa: E402
+
+START, END = "<!-- explain:start -->", "<!-- explain:end -->"
+MODELS = REPO / "bench" / "out" / "models"
+CASES = [  # (model file, methods)
+    ("crop-none-mobilenetv2-svm.joblib", ("occlusion",)),
+    ("crop-none-mobilenetv2-logreg.joblib", ("occlusion", "gradcam")),
+    ("crop-none-mobilenetv2+mobilenet+mobilenet025-stack.joblib", ("occlusion",)),
+]
+
+
+def main() -> int:
+    data = os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct")
+    if not Path(data).is_dir() or not all((MODELS / m).is_file() for m, _ in CASES):
+        print("skipped: needs the dataset and the models of bench/lung_crop.py")
+        return 0
+    test = [r.path for r in load_dataset(data).records if r.split == "test"][:7]
+    rows = []
+    for model, methods in CASES:
+        bundle = load_bundle(MODELS / model)
+        for method in methods:
+            explainer = ModelExplainer(bundle, REPO / "features", offline=True, method=method)
+            explainer.explain(test[0])  # warm-up: weights, graph tracing
+            times = []
+            for path in test[1:]:
+                start = time.perf_counter()
+                explainer.explain(path)
+                times.append(time.perf_counter() - start)
+            backbones = " + ".join(b["name"] for b in bundle.manifest["backbones"])
+            rows.append((backbones, bundle.manifest["classifier"], method, f"{np.median(times):.2f}"))
+            print(" | ".join(rows[-1]), flush=True)
+    section = "\n".join([START, "", f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by "
+                         "`.venv/bin/python bench/explanations.py`: seconds per image, median of 6 "
+                         "COVID-CT test slices after a warm-up. Features: multiscale pooling + flip TTA "
+                         "(each backbone runs twice per variant). Occlusion: 49 patch positions + the "
+                         "original in one batch per backbone.", "",
+                         *markdown_table(("backbones", "classifier", "method", "s / image"), rows), "", END])
+    print("\n" + section)
+    write_marked_section(REPO / "BENCHMARKS.md", section, "Explanations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""report: one self-contained HTML file a clinician can open, read and sort.
+
+It holds a model card (training data, split, backbones and weights hashes, classifier,
+threshold, versions), the metrics with 95% CIs, ROC/calibration/confusion plots, and a
+table of every image: thumbnail, heatmap, P(COVID), prediction, truth. Misclassified cases
+come first, the most confident mistakes on top. Every image is inline (data: URIs) and the
+few lines of script that sort the table are too, so the file works offline and can be
+mailed or archived as is.
+
+With unlabeled data (a folder of slices) the report has no metrics: predictions only.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from feature_extractor.cache import printable_path
+from feature_extractor.dataset import LABEL_NAMES, load_dataset
+from feature_extractor.errors import DatasetError
+from feature_extractor.images import ImageDecodeError, PreparedImage, resize_rgb
+from feature_extractor.provenance import utc_now
+from feature_extractor.weights import WeightsChoice
+
+from .bundle import load_bundle
+from .evaluation import METRICS, EvaluationReport, evaluate_model
+from .explain import ModelExplainer, overlay_rgb
+from .predict import ProgressFactory, _no_progress, predict_folder
+
+DISCLAIMER = "Research use only, not for clinical diagnosis."
+THUMB_SIDE = 128
+
+
+@dataclass
+class CaseRow:
+    path: str
+    p_covid: float | None = None
+    predicted: str | None = None
+    truth: str | None = None
+    patient: str | None = None
+    error: str | None = None
+    thumbnail: str | None = None   # data: URI
+    heatmap: str | None = None     # data: URI
+    note: str | None = None        # e.g. no lungs found for the crop
+
+    @property
+    def misclassified(self) -> bool:
+        return self.truth is not None and self.predicted is not None and self.truth != self.predicted
+
+
+@dataclass
+class ReportContent:
+    manifest: dict
+    model_path: Path
+    data: str
+    threshold: float
+    rows: list[CaseRow]
+    evaluation: EvaluationReport | None = None
+    plots: dict[str, str] = field(default_factory=dict)   # name -> data: URI
+    explain_method: str | None = None
+    n_heatmaps_asked: int = 0
+
+
+def data_uri(image: np.ndarray, fmt: str = "JPEG") -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 82} if fmt == "JPEG" else {}))
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def _thumbnail(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+    scale = side / max(image.shape[:2])
+    return resize_rgb(image, (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))))
+
+
+def order_rows(rows: list[CaseRow], threshold: float) -> list[CaseRow]:
+    """Misclassified first (most confident mistakes on top), then the rest by P(COVID),
+    unreadable files last."""
+    def key(row: CaseRow):
+        if row.p_covid is None:
+            return (2, 0.0)
+        if row.misclassified:
+            return (0, -abs(row.p_covid - threshold))
+        return (1, -row.p_covid)
+    return sorted(rows, key=key)
+
+
+def collect(model_path: str | Path, data: str | Path, split: str = "test", features_dir: str | Path = "features",
+            batch_size: int = 32, weights: Mapping[str, WeightsChoice] | None = None,
+            offline: bool | None = None, heatmaps: int = 50, explain_method: str = "occlusion",
+            n_boot: int = 2000, progress: ProgressFactory | None = None) -> ReportContent:
+    """Everything the report shows. ``heatmaps``: explain the first N rows of the table."""
+    progress = progress or _no_progress
+    bundle = load_bundle(model_path)
+    manifest = bundle.manifest
+    threshold = float(manifest.get("threshold", 0.5))
+    try:
+        dataset = load_dataset(data)
+    except DatasetError:
+        dataset = None  # a plain folder of slices: predictions without metrics
+    evaluation = None
+    if dataset is not None:
+        evaluation = evaluate_model(data, bundle.path, split, features_dir=features_dir, batch_size=batch_size,
+                                    weights=weights, progress=progress, offline=offline, n_boot=n_boot)
+        truth = {r.path: r for r in dataset.records}
+        rows = [CaseRow(path, float(p), LABEL_NAMES[int(p >= threshold)], LABEL_NAMES[int(y)],
+                        truth[path].patient) for path, p, y in zip(evaluation.paths, evaluation.p, evaluation.y)]
+        rows += [CaseRow(path, error=reason) for path, reason in evaluation.errors.items()]
+    else:
+        predicted = predict_folder(data, bundle.path, features_dir=features_dir, batch_size=batch_size,
+                                   weights=weights, progress=progress, offline=offline)
+        rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error) for r in predicted.rows]
+    rows = order_rows(rows, threshold)
+    content = ReportContent(manifest, bundle.path, str(data), threshold, rows, evaluation,
+                            explain_method=explain_method if heatmaps else None, n_heatmaps_asked=heatmaps)
+    if evaluation is not None:
+        content.plots = _plots(evaluation)
+    explainer = ModelExplainer(bundle, features_dir, batch_size, weights, offline, explain_method) \
+        if heatmaps else None
+    readable = [r for r in rows if r.error is None]
+    with progress("report images ", len(readable)) as update:
+        for i, row in enumerate(readable):
+            prepared = _prepare(manifest, row)
+            if prepared is None:
+                update(1)
+                continue
+            row.thumbnail = data_uri(_thumbnail(prepared.original))
+            if prepared.crop_fallback:
+                row.note = f"no lungs found ({prepared.crop_fallback}): full image used"
+            if explainer is not None and i < heatmaps:
+                expl = explainer.explain(row.path, prepared)
+                row.heatmap = data_uri(overlay_rgb(expl, THUMB_SIDE + 32))
+            update(1)
+    return content
+
+
+def _prepare(manifest: dict, row: CaseRow) -> PreparedImage | None:
+    """The slice as the model's first backbone reads it (window, crop); None if unreadable."""
+    from feature_extractor.dataset import DICOM_SUFFIXES
+    from feature_extractor.images import DEFAULT_WINDOW, parse_window, prepare_image, window_label
+
+    from .predict import crop_option
+
+    entry = manifest["backbones"][0]
+    try:
+        return prepare_image(Path(row.path).read_bytes(),
+                             parse_window(entry.get("window") or window_label(DEFAULT_WINDOW)),
+                             Path(row.path).suffix.lower() in DICOM_SUFFIXES, crop_option(entry.get("crop")))
+    except (ImageDecodeError, OSError) as exc:  # changed since it was scored
+        row.error = str(exc)
+        return None
+
+
+def _plots(evaluation: EvaluationReport) -> dict[str, str]:
+    from .reporting import PLOTS, write_report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_report(evaluation, tmp)
+        return {name: "data:image/png;base64," + base64.b64encode(Path(files[name]).read_bytes()).decode("ascii")
+                for name in PLOTS}
+
+
+# -- HTML ------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;
+ padding:0 18px 40px;color:#1d2430;line-height:1.4}
+h1{font-size:1.6em;margin:18px 0 4px} h2{border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:28px}
+.disclaimer{background:#fff4e5;border:1px solid #f0a040;border-radius:6px;padding:10px 14px;font-weight:600}
+.note{background:#eef4fb;border-left:4px solid #4a7fc1;padding:8px 12px;margin:10px 0}
+table{border-collapse:collapse;margin:8px 0}
+th,td{border:1px solid #dde3ea;padding:4px 8px;text-align:left;vertical-align:middle}
+th{background:#f3f6f9} td.num{text-align:right;font-variant-numeric:tabular-nums}
+dl.card{display:grid;grid-template-columns:max-content auto;gap:3px 14px} dl.card dt{font-weight:600}
+dl.card dd{margin:0;word-break:break-all}
+.plots{display:flex;flex-wrap:wrap;gap:12px} .plots figure{margin:0} .plots img{width:370px;border:1px solid #dde3ea}
+nav a{margin-right:14px}
+#cases th.sortable{cursor:pointer;user-select:none} #cases th.sortable:after{content:" \\2195";color:#99a}
+#cases th[aria-sort=ascending]:after{content:" \\2191"} #cases th[aria-sort=descending]:after{content:" \\2193"}
+#cases img{display:block;max-width:160px;max-height:160px}
+tr.wrong{background:#fde8e8} tr.unreadable{background:#f2f2f2;color:#666}
+.tag{display:inline-block;border-radius:4px;padding:1px 6px;font-size:.85em;font-weight:600}
+.tag.wrong{background:#c62828;color:#fff} .tag.ok{background:#2e7d32;color:#fff}
+.path{font-family:ui-monospace,monospace;font-size:.85em;word-break:break-all;max-width:300px}
+code{font-size:.9em}
+"""
+
+_SORT_JS = """
+(function(){
+  var table=document.getElementById('cases'); if(!table) return;
+  var body=table.tBodies[0];
+  function value(row,i,type){var c=row.cells[i]; var v=c.getAttribute('data-value');
+    if(v===null) v=c.textContent.trim();
+    if(type==='num'){var n=parseFloat(v); return isNaN(n)?-Infinity:n;} return v.toLowerCase();}
+  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){
+    if(!th.classList.contains('sortable')) return;
+    th.addEventListener('click',function(){
+      var asc=th.getAttribute('aria-sort')!=='ascending', type=th.getAttribute('data-type')||'text';
+      Array.prototype.forEach.call(table.tHead.rows[0].cells,function(o){o.removeAttribute('aria-sort');});
+      th.setAttribute('aria-sort',asc?'ascending':'descending');
+      var rows=Array.prototype.slice.call(body.rows);
+      rows.sort(function(a,b){var x=value(a,i,type),y=value(b,i,type);return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+      rows.forEach(function(r){body.appendChild(r);});
+    });
+  });
+  var only=document.getElementById('only-wrong');
+  if(only) only.addEventListener('change',function(){
+    Array.prototype.forEach.call(body.rows,function(r){
+      r.style.display=(only.checked && !r.classList.contains('wrong'))?'none':'';});
+  });
+  table.setAttribute('data-sortable','ready');
+})();
+"""
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _card(manifest: dict, model_path: Path, content: ReportContent) -> str:
+    t = manifest.get("training", {})
+    cv = manifest.get("cv", {})
+    choice = manifest.get("threshold_choice", {})
+    params = manifest.get("params", {})
+    items = [
+        ("model file", f"{printable_path(str(model_path))} (SHA-256 {manifest.get('model_sha256')})"),
+        ("fitted", f"{manifest.get('created')} by <code>{_e(manifest.get('command'))}</code>"),
+        ("classifier", manifest.get("classifier")),
+        ("hyperparameters", json.dumps(params, default=str) if manifest.get("classifier") != "stack" else
+         "base models " + ", ".join(manifest.get("params", {}).get("base", []) or [])),
+        ("decision threshold", f"{content.threshold:.3f} ({choice.get('rule', 'default')})"),
+        ("training data", f"{t.get('data')} ({t.get('layout')} layout), splits {'+'.join(t.get('splits', []))}"),
+        ("training images", f"{t.get('n_images')} ({t.get('n_covid')} COVID, {t.get('n_noncovid')} NonCOVID), "
+                            f"{t.get('n_groups')} {t.get('grouping')} groups"),
+        ("training fingerprint", t.get("fingerprint")),
+        ("cross-validation", f"{cv.get('scheme')}: AUC {cv.get('auc', float('nan')):.3f} "
+                             f"± {cv.get('auc_std', float('nan')):.3f}"),
+        ("library versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())),
+    ]
+    card = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'fitted' else _e(v)}</dd>" for k, v in items)
+    backbones = "".join(
+        f"<tr><td>{_e(b['name'])}</td><td>{_e(b['weights_source'])}</td><td><code>{_e(b['weights_sha256'])}</code></td>"
+        f"<td>{_e('x'.join(map(str, b.get('input_size', []))))}</td><td>{_e(b.get('pooling'))}</td>"
+        f"<td>{_e(b.get('augment'))}</td><td>{_e(b.get('crop'))}</td><td>{_e(b.get('precision'))}</td>"
+        f"<td>{_e(b.get('window'))}</td></tr>" for b in manifest.get("backbones", []))
+    base = manifest.get("cv", {}).get("base_models", [])
+    stack = ""
+    if base:
+        stack = ("<h3>Stacked ensemble: base models</h3><table><thead><tr><th>backbone</th><th>classifier</th>"
+                 "<th>CV AUC</th><th>meta weight</th></tr></thead><tbody>" + "".join(
+                     f"<tr><td>{_e(b['block'])}</td><td>{_e(b['classifier'])}</td>"
+                     f"<td class=num>{b['cv_auc']:.3f} ± {b['cv_auc_std']:.3f}</td>"
+                     f"<td class=num>{b['meta_weight']:+.2f}</td></tr>" for b in base) + "</tbody></table>")
+    return (f"<section id=model-card><h2>Model card</h2><dl class=card>{card}</dl>"
+            "<h3>Backbones (frozen ImageNet CNNs)</h3><table><thead><tr><th>backbone</th><th>weights</th>"
+            "<th>weights SHA-256</th><th>input</th><th>pooling</th><th>TTA</th><th>crop</th><th>precision</th>"
+            f"<th>DICOM window</th></tr></thead><tbody>{backbones}</tbody></table>{stack}</section>")
+
+
+def _metrics(ev: EvaluationReport) -> str:
+    rows = "".join(f"<tr><td>{_e(name)}</td><td class=num>{ev.metrics[name]['value']:.3f}</td>"
+                   f"<td class=num>{ev.metrics[name]['ci_low']:.3f} – {ev.metrics[name]['ci_high']:.3f}</td></tr>"
+                   for name in METRICS)
+    (tn, fp), (fn, tp) = ev.confusion
+    n = ev.n
+    patients = f", {n['patients']} patients" if n.get("patients") else ""
+    out = (f"<section id=metrics><h2>Performance on {_e(ev.split)} ({n['images']} images: {n['COVID']} COVID, "
+           f"{n['NonCOVID']} NonCOVID{patients})</h2>"
+           f"<p>Data <code>{_e(ev.data)}</code> ({_e(ev.layout)}), fingerprint <code>{_e(ev.data_fingerprint[:16])}</code>; "
+           f"threshold {ev.threshold:.3f}. 95% CIs: percentile bootstrap, {ev.bootstrap['n']} resamples of "
+           f"{_e(ev.bootstrap['unit'])}s.</p>"
+           "<table><thead><tr><th>metric</th><th>value</th><th>95% CI</th></tr></thead>"
+           f"<tbody>{rows}</tbody></table>"
+           f"<p>Confusion: TN {tn}, FP {fp}, FN {fn}, TP {tp}.</p>")
+    if ev.patient_level:
+        out += ("<table><thead><tr><th>patient level</th><th>accuracy</th><th>sensitivity</th><th>specificity</th>"
+                "<th>AUC (95% CI)</th></tr></thead><tbody>" + "".join(
+                    f"<tr><td>{how} of slices</td><td class=num>{pm['accuracy']['value']:.3f}</td>"
+                    f"<td class=num>{pm['sensitivity']['value']:.3f}</td><td class=num>{pm['specificity']['value']:.3f}</td>"
+                    f"<td class=num>{pm['roc_auc']['value']:.3f} ({pm['roc_auc']['ci_low']:.3f} – "
+                    f"{pm['roc_auc']['ci_high']:.3f})</td></tr>" for how, pm in ev.patient_level.items())
+                + "</tbody></table>")
+    return out + "</section>"
+
+
+def _case_table(content: ReportContent) -> str:
+    labeled = content.evaluation is not None
+    head = ("<th>#</th><th>slice</th><th>heatmap</th><th class=sortable data-type=text>file</th>"
+            + ("<th class=sortable data-type=text>patient</th><th class=sortable data-type=text>truth</th>" if labeled else "")
+            + "<th class=sortable data-type=num>P(COVID)</th><th class=sortable data-type=text>prediction</th>"
+            + ("<th class=sortable data-type=num>result</th>" if labeled else "") + "<th>note</th>")
+    body = []
+    for i, row in enumerate(content.rows, start=1):
+        cls = "wrong" if row.misclassified else ("unreadable" if row.error else "")
+        thumb = f"<img class=thumb alt='slice' src='{row.thumbnail}'>" if row.thumbnail else ""
+        heat = f"<img class=heatmap alt='heatmap' src='{row.heatmap}'>" if row.heatmap else ""
+        p = "" if row.p_covid is None else f"{row.p_covid:.3f}"
+        result = ""
+        if labeled and row.predicted:
+            result = (f"<td data-value={0 if row.misclassified else 1}>"
+                      + ("<span class='tag wrong'>misclassified</span>" if row.misclassified
+                         else "<span class='tag ok'>correct</span>") + "</td>")
+        elif labeled:
+            result = "<td data-value=-1></td>"
+        body.append(
+            f"<tr class='{cls}'><td class=num>{i}</td><td>{thumb}</td><td>{heat}</td>"
+            f"<td class=path title='{_e(printable_path(row.path))}'>{_e(printable_path(Path(row.path).name))}</td>"
+            + (f"<td>{_e(row.patient)}</td><td>{_e(row.truth)}</td>" if labeled else "")
+            + f"<td class=num data-value='{p or -1}'>{p}</td><td>{_e(row.predicted)}</td>{result}"
+            f"<td>{_e(row.error or row.note)}</td></tr>")
+    n_wrong = sum(r.misclassified for r in content.rows)
+    n_heat = sum(1 for r in content.rows if r.heatmap)
+    method = {"occlusion": "occlusion sensitivity: the drop in P(COVID) when a patch is blurred out",
+              "gradcam": "Grad-CAM through the frozen backbone and the linear head"}.get(content.explain_method or "")
+    heat_note = (f"Heatmaps ({_e(method)}) for the first {n_heat} rows; regions that raised P(COVID) are "
+                 "warm. Heatmaps on text, arrows, borders or the table mean the model uses the image source, "
+                 "not the lungs." if n_heat else "No heatmaps were asked for (--heatmaps 0).")
+    toggle = ("<label><input type=checkbox id=only-wrong> show misclassified only</label>" if labeled else "")
+    return (f"<section id=predictions><h2>Predictions ({len(content.rows)} images"
+            + (f", {n_wrong} misclassified" if labeled else "") + ")</h2>"
+            f"<p class=note>{heat_note} Click a column header to sort.</p>{toggle}"
+            f"<table id=cases><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
+
+
+def render_html(content: ReportContent) -> str:
+    m = content.manifest
+    title = f"COVID-CT screening report: {m.get('classifier')} on {Path(content.data).name}"
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        "<meta name=viewport content='width=device-width, initial-scale=1'>",
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        "<nav><a href='#metrics'>Performance</a><a href='#plots'>Plots</a><a href='#predictions'>Predictions</a>"
+        "<a href='#model-card'>Model card</a></nav>",
+        f"<p class=disclaimer id=disclaimer>{DISCLAIMER} This report describes a research model's output on "
+        "the images listed; it is not a medical device and must not guide the care of a patient.</p>",
+        f"<p>Generated {utc_now()} from <code>{_e(printable_path(str(content.model_path)))}</code> on "
+        f"<code>{_e(content.data)}</code>.</p>",
+        "<p class=note>Known trap of COVID-CT: its COVID slices come from papers (arrows, letters, varied "
+        "framing), its non-COVID ones are homogeneous, so a model can learn the source instead of the "
+        "disease. Check the heatmaps; a model fitted with <code>--crop lungs</code> sees the lung field only.</p>",
+    ]
+    if content.evaluation is not None:
+        parts.append(_metrics(content.evaluation))
+        parts.append("<section id=plots><h2>Plots</h2><div class=plots>" + "".join(
+            f"<figure><img alt='{name}' src='{uri}'><figcaption>{name}</figcaption></figure>"
+            for name, uri in content.plots.items()) + "</div></section>")
+    else:
+        parts.append("<section id=metrics><h2>Performance</h2><p>Unlabeled data: no metrics, predictions "
+                     "only.</p></section>")
+    parts.append(_case_table(content))
+    parts.append(_card(m, content.model_path, content))
+    parts.append(f"<footer><p class=disclaimer>{DISCLAIMER}</p></footer>")
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
+    return "\n".join(parts)
+
+
+def write_html_report(content: ReportContent, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render_html(content), encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,110 @@
+"""--crop lungs: the segmentation, its fallback, and its place in the cache and the model."""
+import json
+import random
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+import cli
+from feature_extractor.images import prepare_image
+from feature_extractor.lung_crop import LUNG_CROP_VERSION, crop_lungs
+from tests.conftest import SHARED_DATA, needs_shared
+from tests.helpers import ct_like
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def annotated_slice(size: int = 192) -> np.ndarray:
+    """A CT-like slice with what papers add: a letter box in a corner and an arrow."""
+    img = ct_like(3, True, size).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([4, 4, 30, 22], fill=(255, 255, 255))           # panel letter
+    draw.line([(size - 6, size - 6), (size - 30, size - 30)], fill=(255, 255, 0), width=3)  # arrow
+    return np.asarray(img)
+
+
+def test_crop_keeps_lungs_and_drops_annotations():
+    rgb = annotated_slice()
+    crop = crop_lungs(rgb)
+    assert crop.found and crop.reason is None
+    top, left, bottom, right = crop.bbox
+    size = rgb.shape[0]
+    # both synthetic lungs (x in 0.20..0.80, y in 0.20..0.80 of the side) are inside the box ...
+    assert left <= 0.22 * size and right >= 0.78 * size and top <= 0.22 * size and bottom >= 0.78 * size
+    # ... the letter box and the arrow are not, and the crop is smaller than the image
+    assert top > 22 or left > 30
+    assert (bottom - top) * (right - left) < 0.8 * size * size
+    assert crop.image.shape == (bottom - top, right - left, 3)
+    # outside the lungs is black: the crop's corners lie outside the body's lungs
+    assert crop.image[0, 0].max() == 0 and crop.image[-1, -1].max() == 0
+    # inside the lungs the pixels are untouched
+    cy, cx = int(0.5 * size) - top, int(0.33 * size) - left
+    assert np.array_equal(crop.image[cy, cx], rgb[int(0.5 * size), int(0.33 * size)])
+
+
+@pytest.mark.parametrize("image, reason", [
+    (np.full((64, 64, 3), 90, np.uint8), "blank"),
+    (np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3)), "no dark lung-like region"),
+])
+def test_no_lungs_falls_back_to_full_image(image, reason):
+    crop = crop_lungs(image)
+    assert not crop.found and reason in crop.reason
+    assert crop.image is image and crop.bbox == (0, 0, 64, 64)
+
+
+def test_prepare_image_reports_the_fallback():
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(buf, format="PNG")
+    prepared = prepare_image(buf.getvalue(), crop="lungs")
+    assert prepared.crop_fallback == "blank image"
+    assert prepared.model_input((16, 16)).shape == (16, 16, 3)
+    assert prepare_image(buf.getvalue()).crop is None
+
+
+def test_crop_is_part_of_the_cache_and_the_model(workspace, tmp_path):
+    root, data, _ = workspace
+    features = tmp_path / "features"
+    common = ("-b", "mobilenetv2", "--weights", "none", "--data", data, "--features-dir", features,
+              "--batch-size", "16")
+    assert run("extract", *common).exit_code == 0
+    lungs = run("extract", *common, "--crop", "lungs")
+    assert lungs.exit_code == 0, lungs.output
+    assert "0 cached, 48 new" in lungs.output  # its own cache, not the full-image one
+    caches = sorted(features.glob("*.h5"))
+    assert len(caches) == 2
+    # with both cached, fit needs to be told which (and says how)
+    model = tmp_path / "m.joblib"
+    ambiguous = run("fit", "--clf", "logreg", "--data", data, "--features-dir", features, "--model", model)
+    assert ambiguous.exit_code == 1 and "--crop" in ambiguous.output
+    fitted = run("fit", "--clf", "logreg", "--data", data, "--features-dir", features, "--model", model,
+                 "--crop", "lungs", "--cv-folds", "3")
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads(model.with_suffix(".json").read_text())["backbones"][0]["crop"] == LUNG_CROP_VERSION
+    # predict and evaluate follow the model's crop; --crop there only checks it
+    ok = run("evaluate", "--model", model, "--data", data, "--features-dir", features, "--crop", "lungs",
+             "--report-dir", tmp_path / "r")
+    assert ok.exit_code == 0, ok.output
+    wrong = run("predict", data / "CT_COVID", "--model", model, "--features-dir", features, "--crop", "none",
+                "--out", tmp_path / "p.csv")
+    assert wrong.exit_code == 1 and "trained with --crop lungs" in wrong.output
+
+
+@needs_shared(SHARED_DATA)
+def test_finds_lungs_in_real_slices():
+    files = sorted((SHARED_DATA / "CT_COVID").iterdir()) + sorted((SHARED_DATA / "CT_NonCOVID").iterdir())
+    sample = random.Random(0).sample(files, 60)
+    found, areas = 0, []
+    for path in sample:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        crop = crop_lungs(rgb)
+        found += crop.found
+        if crop.found:
+            areas.append(crop.image.shape[0] * crop.image.shape[1] / (rgb.shape[0] * rgb.shape[1]))
+    assert found >= 55  # 14 of all 746 slices fall back (BENCHMARKS.md)
+    assert 0.3 < np.median(areas) < 0.95  # a crop, not the whole slice nor a sliver
