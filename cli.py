@@ -124,6 +124,14 @@ crop_option = click.option(
 model_crop_option = click.option(
     "--crop", type=click.Choice(["none", "lungs"]), default=None,
     help="Check that the model was trained with this crop (the model's own crop is always used).")
+model_option = click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+                            help="Model file.  [default: the most recently fitted in models/]")
+bootstrap_option = click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000,
+                                show_default=True, help="Bootstrap resamples for the 95% CIs.")
+explain_method_option = click.option(
+    "--explain-method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion", show_default=True,
+    help="occlusion: any classifier, the stack too (about 50 forward passes per image and backbone); "
+         "gradcam: linear heads (logreg) only, one forward pass.")
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 
@@ -284,8 +292,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model file.  [default: the most recently fitted in models/]")
+@model_option
 @data_option
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
               help="Split to evaluate when the data has the official split (other data: all images).")
@@ -294,8 +301,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @click.option("--cv", "cv_folds", type=click.IntRange(2, 20), default=None,
               help="Also refit the model's configuration in K patient-grouped folds of train+val "
                    "and report mean +- sd.")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000, show_default=True,
-              help="Bootstrap resamples for the 95% CIs.")
+@bootstrap_option
 @features_option
 @model_weights_option
 @batch_option
@@ -333,8 +339,7 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model file.  [default: the most recently fitted in models/]")
+@model_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
               show_default=True, help="CSV with columns path,p_covid,label,error.")
 @click.option("--explain", is_flag=True,
@@ -342,9 +347,7 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
                    "raised P(COVID). Slow on CPU: about 50 forward passes per image and backbone.")
 @click.option("--explain-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the heatmap PNGs go.  [default: heatmaps/ beside --out]")
-@click.option("--explain-method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion",
-              show_default=True, help="occlusion: any classifier, the stack too; gradcam: linear "
-                                      "heads (logreg) only, one backward pass.")
+@explain_method_option
 @features_option
 @model_weights_option
 @batch_option
@@ -391,8 +394,7 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model file.  [default: the most recently fitted in models/]")
+@model_option
 @data_option
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
               help="Split to report when the data has the official split.")
@@ -401,10 +403,8 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
 @click.option("--heatmaps", type=click.IntRange(0), default=50, show_default=True,
               help="Explain the first N rows of the table (misclassified first); 0: none. About "
                    "2 s per image and backbone on a laptop CPU.")
-@click.option("--explain-method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion",
-              show_default=True, help="occlusion: any classifier; gradcam: linear heads (logreg) only.")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000, show_default=True,
-              help="Bootstrap resamples for the 95% CIs.")
+@explain_method_option
+@bootstrap_option
 @features_option
 @model_weights_option
 @batch_option

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, markdown_table, write_marked_section
+from common import MODELS, REPO, SHARED, machine, markdown_table, publish
 
 from classifiers.evaluation import evaluate_model  # noqa: E402
 from classifiers.train import fit_model  # noqa: E402
@@ -114,10 +114,7 @@ def main() -> int:
         f"Features: pooling `{args.pooling}`, TTA `{args.tta}` (chosen by grouped CV in "
         "bench/feature_variants.py).", "",
         *lines, "", END])
-    print("\n" + section)
-    for out in (Path(args.out), REPO / "README.md"):  # README shows the same table
-        write_marked_section(out, section, "Accuracy")
-        print(f"wrote {out}")
+    publish(section, "Accuracy", args.out, REPO / "README.md")  # README shows the same table
     return 0
 
 

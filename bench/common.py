@@ -41,3 +41,11 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list
     """Lines of a markdown table."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def publish(section: str, heading: str, *outs: Path) -> None:
+    """Print a benchmark's section and write it into each file (see write_marked_section)."""
+    print("\n" + section)
+    for out in outs:
+        write_marked_section(Path(out), section, heading)
+        print(f"wrote {out}")

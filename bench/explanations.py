@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, machine, markdown_table, write_marked_section
+from common import REPO, SHARED, machine, markdown_table, publish
 
 import numpy as np  # noqa: E402
 
@@ -58,8 +58,7 @@ def main() -> int:
                          "(each backbone runs twice per variant). Occlusion: 49 patch positions + the "
                          "original in one batch per backbone.", "",
                          *markdown_table(("backbones", "classifier", "method", "s / image"), rows), "", END])
-    print("\n" + section)
-    write_marked_section(REPO / "BENCHMARKS.md", section, "Explanations")
+    publish(section, "Explanations", REPO / "BENCHMARKS.md")
     return 0
 
 

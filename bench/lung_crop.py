@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, markdown_table, write_marked_section
+from common import MODELS, REPO, SHARED, machine, markdown_table, publish
 from accuracy import available, ci  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -41,17 +41,18 @@ START, END = "<!-- crop:start -->", "<!-- crop:end -->"
 CROPS = ("none", "lungs")
 
 
-def crop_cost(records, n: int = 100) -> float:
-    """Median seconds to decode + crop, minus decode alone, over ``n`` slices."""
-    costs = []
-    for rec in records[:n]:
+def crop_survey(records) -> tuple[int, float]:
+    """Slices where no plausible lungs were found, and the crop's median cost in seconds
+    (decode + crop, minus decode alone) over every slice."""
+    n_fallback, costs = 0, []
+    for rec in records:
         data = Path(rec.path).read_bytes()
         t0 = time.perf_counter()
         prepare_image(data)
         t1 = time.perf_counter()
-        prepare_image(data, crop="lungs")
+        n_fallback += prepare_image(data, crop="lungs").crop_fallback is not None
         costs.append((time.perf_counter() - t1) - (t1 - t0))
-    return float(np.median(costs))
+    return n_fallback, float(np.median(costs))
 
 
 def outside_lungs(path: str, size: tuple[int, int]) -> np.ndarray:
@@ -101,14 +102,11 @@ def main() -> int:
         print(f"skipped: needs the dataset ({args.data}) and offline weights in {MODELS}")
         return 0
     dataset = load_dataset(args.data)
-    fallbacks = {}
     for name, choice in weights.items():
         for crop in CROPS:
             report = FeatureExtractor(name, choice, args.features_dir, offline=True, pooling="multiscale",
                                       augment="flip", crop=crop).extract(dataset.records)
             print(report.summary(), flush=True)
-            if crop == "lungs":
-                fallbacks.update(report.crop_fallbacks)
 
     rows = []
 
@@ -134,7 +132,7 @@ def main() -> int:
     for name, choice in weights.items():
         rows += shortcut_probe(dataset, name, choice, args.classifiers.split(","), args.bootstrap)
 
-    cost_ms = 1000 * crop_cost(dataset.records)
+    n_fallback, cost = crop_survey(dataset.records)
     n_test = sum(r.split == "test" for r in dataset.records)
     lines = [START, "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/lung_crop.py` "
@@ -144,17 +142,14 @@ def main() -> int:
              "base models.", "",
              *markdown_table(("features", "classifier", "crop", "CV AUC (train+val)", "test accuracy [95% CI]",
                               "test AUC [95% CI]"), rows), "",
-             f"Lung crop: no plausible lungs in {len(fallbacks)} of {len(dataset.records)} slices "
-             f"(full image used, with a warning); median cost {cost_ms:.0f} ms a slice on top of decoding. "
+             f"Lung crop: no plausible lungs in {n_fallback} of {len(dataset.records)} slices "
+             f"(full image used, with a warning); median cost {1000 * cost:.0f} ms a slice on top of decoding. "
              "Probe rows: the models see the slice with its lung field blacked out (features computed "
              "on the fly, not cached); their AUC measures how much the rest of the image (the source's "
              "framing, text, arrows, body, bed) reveals the label.",
              "", END]
     section = "\n".join(lines)
-    print("\n" + section)
-    for out in (Path(args.out), REPO / "README.md"):  # README shows the same table
-        write_marked_section(out, section, "Lung-field crop (--crop lungs)")
-        print(f"wrote {out}")
+    publish(section, "Lung-field crop (--crop lungs)", args.out, REPO / "README.md")  # README shows the same table
     return 0
 
 

@@ -302,9 +302,14 @@ def render(expl: Explanation, out: str | Path, threshold: float = 0.5) -> Path:
     vmax = _vmax(heat, expl.method)
     right.imshow(_blend(original, heat, vmax))
     scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, vmax), "jet")
-    what = "drop in P(COVID) when hidden" if expl.method == "occlusion" else "Grad-CAM (relative)"
+    what = ("drop in P(COVID) when hidden" if expl.method == "occlusion"
+            else "contribution to the logit vs the average training slice")
     fig.colorbar(scale, ax=right, fraction=0.046, pad=0.04).set_label(what, fontsize=8)
-    right.set_title(f"{expl.method}: regions that raised P(COVID)", fontsize=9)
+    peak = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0
+    floor = 0.02 if expl.method == "occlusion" else 0.0
+    right.set_title(f"{expl.method}: regions that raised P(COVID)" if peak > floor else
+                    f"{expl.method}: no single region raised P(COVID)"
+                    + (f" by {floor:g} or more" if floor else ""), fontsize=9)
     for ax in (left, right):
         ax.axis("off")
     name = printable_path(Path(expl.path).name)

@@ -127,6 +127,8 @@ class FeatureExtractor:
         return self._weights
 
     def _ensure_model(self):
+        if self._weights is None:
+            self.weights  # resolves (and, for imagenet or none, builds the model)
         if self._model is None:
             self._model, self._weights = build_with_weights(self.spec, self._weights, self.input_size,
                                                             self.pooling, self.precision)

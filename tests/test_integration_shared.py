@@ -83,11 +83,14 @@ def test_pretrained_mobilenetv2_end_to_end(tmp_path):
     for i, r in enumerate(test_images):
         shutil.copy(r.path, scans / f"scan {i}%.png")  # new names: found in the cache by content
     out = tmp_path / "pred.csv"
-    pred = run("predict", scans, "--model", model, "--out", out, "--features-dir", feats)
+    pred = run("predict", scans, "--model", model, "--out", out, "--features-dir", feats,
+               "--explain", "--explain-dir", tmp_path / "heatmaps")
     assert pred.exit_code == 0, pred.output
     rows = list(csv.DictReader(open(out, newline="")))
     assert len(rows) == len(test_images) and not any(r["error"] for r in rows)
     assert all(0.0 <= float(r["p_covid"]) <= 1.0 for r in rows)
+    # one heatmap per slice, from the real pretrained backbone
+    assert sorted(Path(r["heatmap"]).name for r in rows) == sorted(p.name for p in (tmp_path / "heatmaps").iterdir())
     assert n_test > 50
 
 

@@ -93,6 +93,22 @@ def test_crop_is_part_of_the_cache_and_the_model(workspace, tmp_path):
     wrong = run("predict", data / "CT_COVID", "--model", model, "--features-dir", features, "--crop", "none",
                 "--out", tmp_path / "p.csv")
     assert wrong.exit_code == 1 and "trained with --crop lungs" in wrong.output
+    # heatmaps of a cropped model are drawn inside the crop box on the full slice
+    from classifiers.bundle import load_bundle
+    from classifiers.explain import ModelExplainer, heat_on_slice
+
+    slice_path = sorted((data / "CT_COVID").iterdir())[1]
+    expl = ModelExplainer(load_bundle(model), features).explain(slice_path)
+    original, heat = heat_on_slice(expl)
+    top, left, bottom, right = expl.prepared.crop.bbox
+    assert expl.prepared.crop.found and heat.shape == original.shape[:2]
+    assert np.isnan(heat[:top]).all() and np.isfinite(heat[top:bottom, left:right]).all()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "one.png").write_bytes(slice_path.read_bytes())
+    explained = run("predict", scans, "--model", model, "--features-dir", features, "--explain",
+                    "--explain-dir", tmp_path / "heat", "--out", tmp_path / "p.csv")
+    assert explained.exit_code == 0 and len(list((tmp_path / "heat").glob("*.png"))) == 1, explained.output
 
 
 @needs_shared(SHARED_DATA)
