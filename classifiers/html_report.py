@@ -185,11 +185,12 @@ dl.card dd{margin:0;word-break:break-all}
 nav a{margin-right:14px}
 #cases th.sortable{cursor:pointer;user-select:none} #cases th.sortable:after{content:" \\2195";color:#99a}
 #cases th[aria-sort=ascending]:after{content:" \\2191"} #cases th[aria-sort=descending]:after{content:" \\2193"}
-#cases img{display:block;max-width:160px;max-height:160px}
+#cases img{display:block;max-width:150px;max-height:150px}
 tr.wrong{background:#fde8e8} tr.unreadable{background:#f2f2f2;color:#666}
 .tag{display:inline-block;border-radius:4px;padding:1px 6px;font-size:.85em;font-weight:600}
 .tag.wrong{background:#c62828;color:#fff} .tag.ok{background:#2e7d32;color:#fff}
-.path{font-family:ui-monospace,monospace;font-size:.85em;word-break:break-all;max-width:300px}
+#cases{width:100%} .path{font-family:ui-monospace,monospace;font-size:.85em;word-break:break-all;
+ min-width:12em;max-width:18em} .scroll{overflow-x:auto}
 code{font-size:.9em}
 """
 
@@ -327,7 +328,8 @@ def _case_table(content: ReportContent) -> str:
     return (f"<section id=predictions><h2>Predictions ({len(content.rows)} images"
             + (f", {n_wrong} misclassified" if labeled else "") + ")</h2>"
             f"<p class=note>{heat_note} Click a column header to sort.</p>{toggle}"
-            f"<table id=cases><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
+            f"<div class=scroll><table id=cases><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+            "</table></div></section>")
 
 
 def render_html(content: ReportContent) -> str:
