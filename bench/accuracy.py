@@ -10,13 +10,11 @@ Prints a table and writes it into BENCHMARKS.md (between the accuracy markers).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, markdown_table, publish
+from common import MODELS, REPO, bench_parser, machine, markdown_table, publish
 
 from classifiers.evaluation import evaluate_model  # noqa: E402
 from classifiers.train import fit_model  # noqa: E402
@@ -54,12 +52,7 @@ def ci(metric: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct"))
-    parser.add_argument("--features-dir", default=REPO / "features")
-    parser.add_argument("--models-dir", default=REPO / "bench" / "out" / "models")
-    parser.add_argument("--out", default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser = bench_parser(__doc__)
     parser.add_argument("--classifiers", default=",".join(CLASSIFIERS))
     # Chosen by bench/feature_variants.py on train+val grouped CV (not on test).
     parser.add_argument("--pooling", default="multiscale", choices=["avg", "avgmax", "multiscale"])

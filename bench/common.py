@@ -1,6 +1,7 @@
 """What the benchmark scripts share: paths, the machine's name, and writing their tables."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -49,3 +50,14 @@ def publish(section: str, heading: str, *outs: Path) -> None:
     for out in outs:
         write_marked_section(Path(out), section, heading)
         print(f"wrote {out}")
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options the fit-and-evaluate benchmarks share: data, caches, models, output, bootstrap."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct"))
+    parser.add_argument("--features-dir", default=REPO / "features")
+    parser.add_argument("--models-dir", default=REPO / "bench" / "out" / "models")
+    parser.add_argument("--out", default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    return parser

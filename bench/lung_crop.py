@@ -16,13 +16,11 @@ Prints a table and writes it into BENCHMARKS.md (between the lung-crop markers).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, markdown_table, publish
+from common import MODELS, REPO, bench_parser, machine, markdown_table, publish
 from accuracy import available, ci  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -88,12 +86,7 @@ def shortcut_probe(dataset, name, choice, classifiers, n_boot) -> list[tuple[str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct"))
-    parser.add_argument("--features-dir", default=REPO / "features")
-    parser.add_argument("--models-dir", default=REPO / "bench" / "out" / "models")
-    parser.add_argument("--out", default=REPO / "BENCHMARKS.md")
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser = bench_parser(__doc__)
     parser.add_argument("--classifiers", default="svm,logreg")
     parser.add_argument("--no-stack", action="store_true")
     args = parser.parse_args()
