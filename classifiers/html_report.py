@@ -171,7 +171,7 @@ def _plots(evaluation: EvaluationReport) -> dict[str, str]:
 
 # -- HTML ------------------------------------------------------------------------------------
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1320px;
  padding:0 18px 40px;color:#1d2430;line-height:1.4}
 h1{font-size:1.6em;margin:18px 0 4px} h2{border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:28px}
 .disclaimer{background:#fff4e5;border:1px solid #f0a040;border-radius:6px;padding:10px 14px;font-weight:600}
@@ -185,7 +185,8 @@ dl.card dd{margin:0;word-break:break-all}
 nav a{margin-right:14px}
 #cases th.sortable{cursor:pointer;user-select:none} #cases th.sortable:after{content:" \\2195";color:#99a}
 #cases th[aria-sort=ascending]:after{content:" \\2191"} #cases th[aria-sort=descending]:after{content:" \\2193"}
-#cases img{display:block;max-width:150px;max-height:150px}
+#cases img{display:block;max-width:140px;max-height:140px}
+td.pt{max-width:10em;overflow-wrap:anywhere} .warn{color:#b35c00;font-family:system-ui,sans-serif;margin-top:4px}
 tr.wrong{background:#fde8e8} tr.unreadable{background:#f2f2f2;color:#666}
 .tag{display:inline-block;border-radius:4px;padding:1px 6px;font-size:.85em;font-weight:600}
 .tag.wrong{background:#c62828;color:#fff} .tag.ok{background:#2e7d32;color:#fff}
@@ -297,7 +298,7 @@ def _case_table(content: ReportContent) -> str:
     head = ("<th>#</th><th>slice</th><th>heatmap</th><th class=sortable data-type=text>file</th>"
             + ("<th class=sortable data-type=text>patient</th><th class=sortable data-type=text>truth</th>" if labeled else "")
             + "<th class=sortable data-type=num>P(COVID)</th><th class=sortable data-type=text>prediction</th>"
-            + ("<th class=sortable data-type=num>result</th>" if labeled else "") + "<th>note</th>")
+            + ("<th class=sortable data-type=num>result</th>" if labeled else ""))
     body = []
     for i, row in enumerate(content.rows, start=1):
         cls = "wrong" if row.misclassified else ("unreadable" if row.error else "")
@@ -313,10 +314,12 @@ def _case_table(content: ReportContent) -> str:
             result = "<td data-value=-1></td>"
         body.append(
             f"<tr class='{cls}'><td class=num>{i}</td><td>{thumb}</td><td>{heat}</td>"
-            f"<td class=path title='{_e(printable_path(row.path))}'>{_e(printable_path(Path(row.path).name))}</td>"
-            + (f"<td>{_e(row.patient)}</td><td>{_e(row.truth)}</td>" if labeled else "")
+            f"<td class=path title='{_e(printable_path(row.path))}' data-value='{_e(printable_path(Path(row.path).name))}'>"
+            f"{_e(printable_path(Path(row.path).name))}"
+            + (f"<div class=warn>{_e(row.error or row.note)}</div>" if row.error or row.note else "") + "</td>"
+            + (f"<td class=pt>{_e(row.patient)}</td><td>{_e(row.truth)}</td>" if labeled else "")
             + f"<td class=num data-value='{p or -1}'>{p}</td><td>{_e(row.predicted)}</td>{result}"
-            f"<td>{_e(row.error or row.note)}</td></tr>")
+            "</tr>")
     n_wrong = sum(r.misclassified for r in content.rows)
     n_heat = sum(1 for r in content.rows if r.heatmap)
     method = {"occlusion": "occlusion sensitivity: the drop in P(COVID) when a patch is blurred out",
