@@ -18,7 +18,7 @@ from common import MODELS, REPO, bench_parser, machine, markdown_table, publish
 
 from classifiers.evaluation import evaluate_model  # noqa: E402
 from classifiers.train import fit_model  # noqa: E402
-from feature_extractor.dataset import load_dataset  # noqa: E402
+from feature_extractor.dataset import Dataset, load_dataset  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.weights import WeightsChoice, imagenet_file  # noqa: E402
 from feature_extractor.backbones import get_backbone  # noqa: E402
@@ -47,6 +47,15 @@ def available() -> dict[str, WeightsChoice]:
     return out
 
 
+def offline_weights_and_data(data) -> tuple[dict[str, WeightsChoice], Dataset] | None:
+    """The offline backbones and the dataset; None, with a 'skipped' line, when either is absent."""
+    weights = available()
+    if not weights or not Path(data).is_dir():
+        print(f"skipped: needs the dataset ({data}) and offline weights in {MODELS}")
+        return None
+    return weights, load_dataset(data)
+
+
 def ci(metric: dict) -> str:
     return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
 
@@ -59,11 +68,10 @@ def main() -> int:
     parser.add_argument("--tta", default="flip", choices=["none", "flip"])
     args = parser.parse_args()
     classifiers = args.classifiers.split(",")
-    weights = available()
-    if not weights or not Path(args.data).is_dir():
-        print(f"skipped: needs the dataset ({args.data}) and offline weights in {MODELS}")
+    setup = offline_weights_and_data(args.data)
+    if setup is None:
         return 0
-    dataset = load_dataset(args.data)
+    weights, dataset = setup
     for name, choice in weights.items():
         report = FeatureExtractor(name, choice, args.features_dir, batch_size=32, offline=True,
                                   pooling=args.pooling, augment=args.tta).extract(dataset.records)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, write_marked_section
+from common import REPO, SHARED, publish
 from accuracy import available  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -104,8 +104,7 @@ def main() -> int:
               "| blocks | base models | CV AUC | fit s |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {m:.3f} ± {s:.3f} | {t:.0f} |" for a, b, m, s, t in stack_rows]
     section = "\n".join(lines + ["", END])
-    print("\n" + section)
-    write_marked_section(REPO / "BENCHMARKS.md", section, "Feature variants (grouped CV, no test data)")
+    publish(section, "Feature variants (grouped CV, no test data)", REPO / "BENCHMARKS.md")
     return 0
 
 

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, bench_parser, machine, markdown_table, publish
-from accuracy import available, ci  # noqa: E402
+from common import REPO, bench_parser, machine, markdown_table, publish
+from accuracy import ci, offline_weights_and_data  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -31,7 +31,6 @@ from classifiers.tuning import tune  # noqa: E402
 from feature_extractor.dataset import with_keys  # noqa: E402
 from feature_extractor.lung_crop import lung_field  # noqa: E402
 from classifiers.train import fit_model  # noqa: E402
-from feature_extractor.dataset import load_dataset  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.images import prepare_image, resize_rgb  # noqa: E402
 
@@ -90,11 +89,10 @@ def main() -> int:
     parser.add_argument("--classifiers", default="svm,logreg")
     parser.add_argument("--no-stack", action="store_true")
     args = parser.parse_args()
-    weights = available()
-    if not weights or not Path(args.data).is_dir():
-        print(f"skipped: needs the dataset ({args.data}) and offline weights in {MODELS}")
+    setup = offline_weights_and_data(args.data)
+    if setup is None:
         return 0
-    dataset = load_dataset(args.data)
+    weights, dataset = setup
     for name, choice in weights.items():
         for crop in CROPS:
             report = FeatureExtractor(name, choice, args.features_dir, offline=True, pooling="multiscale",

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, machine, markdown_table, write_marked_section
+from common import MODELS, REPO, SHARED, machine, markdown_table, publish
 
 CLI = [sys.executable, str(REPO / "cli.py")]
 BACKBONES = {  # the three with real offline weights here
@@ -92,8 +92,7 @@ def main() -> int:
              "`cli.py` process; peak memory is the process's maximum RSS.", "",
              *markdown_table(header, rows)]
     section = "\n".join(lines + ["", END])
-    print("\n" + section)
-    write_marked_section(REPO / "BENCHMARKS.md", section, "Pipeline: wall time and memory")
+    publish(section, "Pipeline: wall time and memory", REPO / "BENCHMARKS.md")
     return 0
 
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, machine, markdown_table, write_marked_section
+from common import REPO, SHARED, machine, markdown_table, publish
 
 import numpy as np  # noqa: E402
 
@@ -169,8 +169,7 @@ def main() -> int:
                   "| precision | test AUC | test accuracy |", "|---|---|---|"]
         lines += [f"| {p} | {a} | {c} |" for p, a, c in auc_rows]
     section = "\n".join(lines + ["", END])
-    print("\n" + section)
-    write_marked_section(REPO / "BENCHMARKS.md", section, "Throughput")
+    publish(section, "Throughput", REPO / "BENCHMARKS.md")
     return 0
 
 
