@@ -32,7 +32,7 @@ from feature_extractor.weights import WeightsChoice
 from .bundle import load_bundle
 from .evaluation import METRICS, EvaluationReport, evaluate_model
 from .explain import ModelExplainer, overlay_rgb
-from .predict import ProgressFactory, _no_progress, predict_folder
+from .predict import ProgressFactory, no_progress, predict_folder
 
 DISCLAIMER = "Research use only, not for clinical diagnosis."
 THUMB_SIDE = 128
@@ -99,7 +99,7 @@ def collect(model_path: str | Path, data: str | Path, split: str = "test", featu
             offline: bool | None = None, heatmaps: int = 50, explain_method: str = "occlusion",
             n_boot: int = 2000, progress: ProgressFactory | None = None) -> ReportContent:
     """Everything the report shows. ``heatmaps``: explain the first N rows of the table."""
-    progress = progress or _no_progress
+    progress = progress or no_progress
     bundle = load_bundle(model_path)
     manifest = bundle.manifest
     threshold = float(manifest.get("threshold", 0.5))
@@ -161,12 +161,11 @@ def _prepare(manifest: dict, row: CaseRow) -> PreparedImage | None:
 
 
 def _plots(evaluation: EvaluationReport) -> dict[str, str]:
-    from .reporting import PLOTS, write_report
+    from .reporting import write_plots
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_report(evaluation, tmp)
-        return {name: "data:image/png;base64," + base64.b64encode(Path(files[name]).read_bytes()).decode("ascii")
-                for name in PLOTS}
+        return {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+                for name, path in write_plots(evaluation, tmp).items()}
 
 
 # -- HTML ------------------------------------------------------------------------------------

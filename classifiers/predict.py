@@ -61,7 +61,7 @@ class PredictionReport:
                 f"threshold {self.manifest.get('threshold', 0.5)})")
 
 
-def _no_progress(label: str, total: int) -> ContextManager[Progress]:
+def no_progress(label: str, total: int) -> ContextManager[Progress]:
     return contextlib.nullcontext(lambda n: None)
 
 
@@ -116,7 +116,7 @@ def features_for_model(manifest: dict, records: Sequence[Record], features_dir: 
                        progress: ProgressFactory | None = None,
                        offline: bool | None = None) -> ModelFeatures:
     """Extract (through the cache) every backbone a model was trained on, checked by hash."""
-    progress = progress or _no_progress
+    progress = progress or no_progress
     records = list(records)
     errors: dict[str, str] = {}
     sources, reports = [], []

@@ -10,12 +10,12 @@ from .plots import plot_calibration, plot_confusion, plot_roc
 PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png"}
 
 
-def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
+def write_plots(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
+    """The ROC, calibration and confusion-matrix PNGs; name (a key of PLOTS) -> file."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{report.manifest.get('classifier')} on {report.split} (n={report.n['images']})"
     auc = report.metrics["roc_auc"]
-    files = {
+    return {
         "roc": plot_roc(report.y, report.p, out_dir / PLOTS["roc"], f"ROC: {title}",
                         (auc["ci_low"], auc["ci_high"]), report.threshold),
         "calibration": plot_calibration(report.y, report.p, out_dir / PLOTS["calibration"],
@@ -23,6 +23,12 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Pat
         "confusion": plot_confusion(report.confusion, out_dir / PLOTS["confusion"],
                                     f"threshold {report.threshold:.2f}"),
     }
+
+
+def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = write_plots(report, out_dir)
     files["metrics"] = out_dir / "metrics.json"
     files["metrics"].write_text(json.dumps(report.to_json(), indent=2, default=_json_default) + "\n")
     files["report"] = out_dir / "report.md"
