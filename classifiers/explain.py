@@ -95,9 +95,15 @@ class ModelExplainer:
             raise CovidCTError(
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
                 f"{bundle.manifest.get('classifier')!r}: use --explain-method occlusion")
-        if method == "gradcam":
-            for ex in self.extractors:  # refuse unsuitable pooling now, not after predicting
-                _map_model(ex)
+        # Built now, so unsuitable pooling is refused before any prediction runs. Each comes
+        # with the (start, stop) columns of its maps' features in the model's feature vector.
+        self._cam_models = []
+        start = 0
+        for ex in self.extractors if method == "gradcam" else []:
+            model, widths = _map_model(ex)
+            bounds = start + np.cumsum([0] + widths)
+            self._cam_models.append((model, list(zip(bounds[:-1], bounds[1:]))))
+            start = int(bounds[-1])
 
     # -- scoring --------------------------------------------------------------------------
     def scores(self, canvases: np.ndarray) -> np.ndarray:
@@ -116,7 +122,10 @@ class ModelExplainer:
         prepared = prepared or self.extractors[0].prepare(path)
         canvas = prepared.model_input(self.canvas_size)
         if self.method == "gradcam":
-            p, heat = float(self.scores(canvas[None])[0]), self._gradcam(canvas)
+            maps, _, features = self._cam_pass(canvas)
+            p = float(self.bundle.estimator.predict_proba(features[None])[0, 1])
+            # Each map's mean is its share of the logit; upsampled, they add up on the canvas.
+            heat = np.sum([_resize_map(m, canvas.shape[:2]) for m in maps], axis=0).astype(np.float32)
         else:
             p, heat = self._occlusion(canvas)
         return Explanation(str(path), p, heat, self.method, prepared)
@@ -159,61 +168,46 @@ class ModelExplainer:
         Maps are measured against the training mean of each feature, so what shows is what
         makes this slice more COVID-like than an average one.
         """
+        maps, logit0, _ = self._cam_pass(canvas)
+        return maps, logit0
+
+    def _cam_pass(self, canvas: np.ndarray) -> tuple[list[np.ndarray], float, np.ndarray]:
+        """One forward pass per backbone: the CAMs, the centre's logit, and the feature
+        vector (each map's spatial mean is its block of features, as the model pools it)."""
         w, b, centre = self.head
-        logit0 = b + float(centre @ w)
-        bounds = np.cumsum([0] + [int(ex.feature_dim) for ex in self.extractors])
-        maps = []
-        for ex, lo in zip(self.extractors, bounds[:-1]):
+        maps, features = [], []
+        for ex, (model, parts) in zip(self.extractors, self._cam_models):
             image = canvas if ex.input_size == self.canvas_size else resize_rgb(canvas, ex.input_size)
             images = np.stack([image, image[:, ::-1]]) if ex.augment == "flip" else image[None]
-            model, parts = _map_model(ex)
-            outputs = model(_preprocess(ex, images), training=False)
-            for (offset, channels), fmap in zip(parts, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
-                cols = slice(lo + offset, lo + offset + channels)
-                cams = (np.asarray(fmap, np.float64) - centre[cols]) @ w[cols]  # (views, h, w)
+            outputs = model(ex.preprocess(images), training=False)
+            for (start, stop), fmap in zip(parts, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+                fmap = np.asarray(fmap, np.float64)  # (views, h, w, channels)
+                cams = (fmap - centre[start:stop]) @ w[start:stop]  # (views, h, w)
                 if len(cams) == 2:  # flip TTA: features are the mean of both views
                     cams = np.stack([cams[0], cams[1][:, ::-1]])
                 maps.append(cams.mean(axis=0))
-        return maps, logit0
-
-    def _gradcam(self, canvas: np.ndarray) -> np.ndarray:
-        maps, _ = self.class_activation_maps(canvas)
-        # Each map's mean is its share of the logit; upsampled, they add up on the canvas.
-        return np.sum([_resize_map(m, canvas.shape[:2]) for m in maps], axis=0).astype(np.float32)
-
-
-def _preprocess(ex: FeatureExtractor, images: np.ndarray) -> np.ndarray:
-    from feature_extractor.backbones import preprocess_function
-
-    return preprocess_function(ex.spec)(images.astype(np.float32))
+                features.append(fmap.mean(axis=(1, 2)).mean(axis=0))
+        return maps, b + float(centre @ w), np.concatenate(features).astype(np.float32)
 
 
 def _map_model(ex: FeatureExtractor):
-    """The backbone up to the maps its features average, and for each map (offset, channels)
-    of its block in the feature vector. Built once per extractor."""
+    """The backbone up to the maps its features average, and each map's channel count (its
+    block of the backbone's features, in order)."""
     import keras
 
-    cached = getattr(ex, "_cam_model", None)
-    if cached is not None:
-        return cached
-    model = ex._ensure_model()
+    model = ex.model
     last = model.layers[-1]
     parts = list(last.input) if type(last).__name__ == "Concatenate" else [model.output]
     producers = {id(layer.output): layer for layer in model.layers}
-    maps, offsets, offset = [], [], 0
+    maps = []
     for part in parts:
         layer = producers.get(id(part))
-        channels = int(part.shape[-1])
         if layer is None or type(layer).__name__ != "GlobalAveragePooling2D":
             raise CovidCTError(f"Grad-CAM needs features that average feature maps (--pooling avg or "
                                f"multiscale); this model's {ex.spec.name} features use "
                                f"{ex.pooling}: use --explain-method occlusion")
         maps.append(layer.input)
-        offsets.append((offset, channels))
-        offset += channels
-    cached = (keras.Model(model.input, maps), offsets)
-    ex._cam_model = cached
-    return cached
+    return keras.Model(model.inputs[0], maps), [int(p.shape[-1]) for p in parts]
 
 
 def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -191,15 +191,24 @@ class FeatureExtractor:
             data = fh.read()
         return prepare_image(data, self.window, Path(path).suffix.lower() in DICOM_SUFFIXES, self.crop)
 
+    @property
+    def model(self):
+        """The frozen keras model, built (and its weights loaded) on first use."""
+        return self._ensure_model()
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> the float input the backbone's keras preprocessing expects."""
+        return preprocess_function(self.spec)(images.astype(np.float32))
+
     def features_of(self, images: np.ndarray, eager: bool = False) -> np.ndarray:
         """Features of an (N, H, W, 3) uint8 batch at the input size, no cache involved.
 
         ``eager``: call the model directly (one-off batches) instead of the compiled
         predict_on_batch (worth it when batches repeat: tracing costs 0.3-0.7 s a model).
         """
-        model = self._ensure_model()
+        model = self.model
         run = (lambda x: model(x, training=False)) if eager else model.predict_on_batch
-        x = preprocess_function(self.spec)(images.astype(np.float32))
+        x = self.preprocess(images)
         feats = np.asarray(run(x), dtype=np.float32)
         if self.augment == "flip":
             feats = (feats + np.asarray(run(np.ascontiguousarray(x[:, :, ::-1, :])), np.float32)) / 2
