@@ -403,7 +403,7 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
               show_default=True, help="The HTML file (self-contained: images and script inline).")
 @click.option("--heatmaps", type=click.IntRange(0), default=50, show_default=True,
               help="Explain the first N rows of the table (misclassified first); 0: none. On 2 CPU "
-                   "cores: 1.3 s per image for one MobileNetV2, 3.6 s for a 3-backbone stack.")
+                   "cores: 1.3 s per image for one MobileNetV2, 2.9 s for a 3-backbone stack.")
 @explain_method_option
 @bootstrap_option
 @features_option
