@@ -1,7 +1,8 @@
 """covidct: screen chest CT images for COVID-19 with deep features.
 
-A thin layer: it parses options, calls feature_extractor/ and classifiers/, and turns domain
-errors into one message and a non-zero exit. Exit codes: 0 done; 1 error (message printed,
+A thin layer: it parses options, calls one library function per command (feature_extractor/
+and classifiers/workflows/), prints what it returns, and turns domain errors into one
+message and a non-zero exit. Exit codes: 0 done; 1 error (message printed,
 nothing or only part written); 2 bad command-line usage; 3 done, but some files could not be
 read (their reasons are in the output).
 """
@@ -11,12 +12,16 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 import click
 
+from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from feature_extractor.errors import CovidCTError
+from feature_extractor.feature_spec import SETTING, SETTINGS
+from feature_extractor.run_context import RunContext
 
 EXIT_ERROR, EXIT_PARTIAL = 1, 3
 DEFAULT_DATA = "data/COVID-CT"
@@ -59,32 +64,9 @@ def progress_bar(label: str, total: int) -> Iterator:
         yield bar.update
 
 
-def _weights(options: tuple[str, ...], backbones: list[str]) -> dict:
-    from feature_extractor.weights import parse_weights_options
-
-    return parse_weights_options(options, backbones)
-
-
-def _model_weights(options: tuple[str, ...], model_path: Path) -> dict | None:
-    """--weights overrides for the backbones a saved model uses (None: the model's own)."""
-    if not options:
-        return None
-    from classifiers.bundle import read_manifest
-
-    return _weights(options, [b["name"] for b in read_manifest(model_path)["backbones"]])
-
-
-def _check_crop(crop: str | None, model_path: Path) -> None:
-    """--crop on predict/evaluate only confirms the model's own crop."""
-    if crop is None:
-        return
-    from classifiers.bundle import read_manifest
-    from classifiers.predict import crop_option
-
-    trained = {crop_option(b.get("crop")) for b in read_manifest(model_path)["backbones"]}
-    if trained != {crop}:
-        raise CovidCTError(f"{model_path} was trained with --crop {'/'.join(sorted(trained))}, not "
-                           f"--crop {crop}; fit a model on features extracted with --crop {crop}")
+def _context(features_dir: Path, batch_size: int = 32, offline: bool | None = None,
+             weights: tuple[str, ...] = ()) -> RunContext:
+    return RunContext(features_dir, batch_size, offline, weights, progress_bar)
 
 
 def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
@@ -92,6 +74,24 @@ def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
         click.echo(f"  {path}: {reason}", err=True)
     if len(failed) > limit:
         click.echo(f"  ... and {len(failed) - limit} more", err=True)
+
+
+def feature_settings(select: bool):
+    """The FeatureSpec settings as options (feature_extractor/feature_spec.py SETTINGS): with
+    their defaults on extract; as filters (default: any) when ``select``."""
+    def decorate(command):
+        for setting in reversed(SETTINGS):
+            kind = click.Choice(setting.choices) if setting.choices else str
+            if select:
+                help_text = f"Use features of this {setting.name} when several are cached."
+                option = click.option(f"--{setting.name}", type=kind, default=None, metavar=setting.metavar,
+                                      help=help_text)
+            else:
+                option = click.option(f"--{setting.name}", type=kind, default=setting.text(setting.default),
+                                      show_default=True, metavar=setting.metavar, help=setting.help)
+            command = option(command)
+        return command
+    return decorate
 
 
 data_option = click.option("--data", type=click.Path(path_type=Path), default=default_data,
@@ -110,19 +110,8 @@ model_weights_option = click.option(
          "(checked by SHA-256). Default: the model's own. Repeatable.")
 batch_option = click.option("--batch-size", type=click.IntRange(1, 4096), default=32,
                             show_default=True, help="Images per forward pass.")
-pooling_option = click.option(
-    "--pooling", type=click.Choice(["avg", "avgmax", "multiscale"]), default="avg", show_default=True,
-    help="avg: global average of the last conv block; avgmax: average and max; multiscale: "
-         "average of the last activation at each of the last 3 resolutions.")
-tta_option = click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
-                          help="Test-time augmentation: flip = mean of image and mirror features.")
-crop_option = click.option(
-    "--crop", type=click.Choice(["none", "lungs"]), default="none", show_default=True,
-    help="lungs: crop each slice to its lung field and black out the rest (text, arrows, bed), "
-         "so the model cannot learn the image source; full image, with a warning, where no "
-         "lungs are found. Cached separately.")
 model_crop_option = click.option(
-    "--crop", type=click.Choice(["none", "lungs"]), default=None,
+    "--crop", type=click.Choice(SETTING["crop"].choices), default=None,
     help="Check that the model was trained with this crop (the model's own crop is always used).")
 model_option = click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
                             help="Model file.  [default: the most recently fitted in models/]")
@@ -153,25 +142,22 @@ def main(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line of ours, not its multi-line dump."""
+    text = (str(message).strip().splitlines() or [category.__name__])[0]
+    click.secho(f"  warning: {text} ({category.__name__}, {Path(filename).parent.name}/"
+                f"{Path(filename).name}:{lineno})", fg="yellow", err=True)
 
 
 @main.command()
 def backbones() -> None:
     """List the registered backbones and whether their ImageNet weights are here offline."""
-    from feature_extractor.backbones import BACKBONES
-    from feature_extractor.weights import imagenet_file, keras_models_dir
+    from feature_extractor.weights import backbones_listing
 
-    click.echo(f"ImageNet weights are looked up in keras' cache: {keras_models_dir()}/ "
-               "(set KERAS_HOME to change it)\n")
-    header = f"{'name':<15} {'input':>7} {'dim':>5}  {'offline':<7}  imagenet weights file"
-    click.echo(header)
-    click.echo("-" * len(header))
-    for spec in BACKBONES.values():
-        here = "yes" if imagenet_file(spec).is_file() else "no"
-        size = f"{spec.input_size[0]}x{spec.input_size[1]}"
-        click.echo(f"{spec.name:<15} {size:>7} {spec.feature_dim:>5}  {here:<7}  {spec.imagenet_file}")
-    click.echo("\n'no': keras downloads the file on first use (needs internet), or pass "
-               "--weights NAME=FILE.")
+    click.echo(backbones_listing())
 
 
 @main.command()
@@ -181,58 +167,38 @@ def backbones() -> None:
 @weights_option
 @features_option
 @batch_option
-@pooling_option
-@tta_option
-@click.option("--window", default="-600,1500", show_default=True, metavar="LEVEL,WIDTH",
-              help="DICOM window in HU applied before the CNN (lungs: -600,1500).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed"]), default="fp32",
-              show_default=True, help="Inference precision: bf16 for CPUs with AVX512-BF16/AMX, "
-                                      "mixed (float16) for GPUs. Cached separately.")
-@crop_option
+@feature_settings(select=False)
 @offline_option
-def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tta, window, precision,
-            crop, offline) -> None:
+def extract(backbone_names, data, weights, features_dir, batch_size, offline, **settings) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
-    Images already cached (same bytes, same backbone and weights) are not run again.
+    Images already cached (same bytes, same backbone, weights and settings) are not run
+    again. Each setting (--pooling, --tta, --precision, --crop, --window) has its own cache.
     """
-    from feature_extractor.dataset import load_dataset
-    from feature_extractor.extract import FeatureExtractor
-    from feature_extractor.images import parse_window
+    from feature_extractor.extract import DatasetExtraction
+    from feature_extractor.feature_spec import specs_from_options
 
-    names = list(backbone_names)
-    choices = _weights(weights, names)
-    dataset = load_dataset(data)
-    click.echo(f"{len(dataset.records)} images in {data} ({dataset.layout} layout)")
+    run = DatasetExtraction(data, specs_from_options(backbone_names, weights, **settings),
+                            _context(features_dir, batch_size, offline))
+    click.echo(run.summary())
     any_failed = False
-    for name in dict.fromkeys(choices):
-        extractor = FeatureExtractor(name, choices[name], features_dir, batch_size, offline=offline,
-                                     pooling=pooling, augment=tta, window=parse_window(window),
-                                     precision=precision, crop=crop)
-        extractor.weights  # fail on unavailable weights before a progress bar is drawn
-        with progress_bar(f"{name:<14}", len(dataset.records)) as update:
-            report = extractor.extract(dataset.records, update)
+    for report in run:
         click.echo(report.summary())
-        if report.weights.source == "none":
-            click.secho("  warning: weights=none is random init; these features are for tests only",
-                        fg="yellow", err=True)
-        if report.crop_fallbacks:
-            click.secho(f"  warning: no plausible lungs found in {len(report.crop_fallbacks)} images; "
-                        "their full image was used:", fg="yellow", err=True)
-            _report_failures(report.crop_fallbacks, limit=5)
-        if report.failed:
-            any_failed = True
-            _report_failures(report.failed)
+        for warning in report.warnings():
+            click.secho(f"  warning: {warning}", fg="yellow", err=True)
+        _report_failures(report.crop_fallbacks, limit=5)
+        _report_failures(report.failed)
+        any_failed = any_failed or bool(report.failed)
     if any_failed:
         sys.exit(EXIT_PARTIAL)
 
 
 @main.command()
-@click.option("--clf", type=click.Choice(["svm", "rf", "xgboost", "logreg", "stack"]), required=True,
+@click.option("--clf", type=click.Choice([*CLASSIFIERS, STACK]), required=True,
               help="Classifier; stack = every backbone x every --base classifier, with a logistic "
                    "meta-learner on their out-of-fold probabilities.")
-@click.option("--base", default="svm,rf,xgboost", show_default=True, metavar="CLF,CLF,...",
-              help="Base classifiers of the stack.")
+@click.option("--base", default=",".join(DEFAULT_BASE), show_default=True, metavar="CLF,CLF,...",
+              help=f"Base classifiers of the stack ({', '.join(CLASSIFIERS)}).")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Pick the decision threshold on out-of-fold training predictions to reach "
                    "this COVID recall (e.g. 0.95). Default threshold: 0.5.")
@@ -248,47 +214,25 @@ def extract(backbone_names, data, weights, features_dir, batch_size, pooling, tt
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-grouped CV folds for tuning.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--pooling", type=click.Choice(["avg", "avgmax", "multiscale"]), default=None,
-              help="Use features of this pooling when several are cached.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default=None,
-              help="Use features of this test-time augmentation when several are cached.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "mixed"]), default=None,
-              help="Use features of this precision when several are cached.")
-@click.option("--crop", type=click.Choice(["none", "lungs"]), default=None,
-              help="Use features of this crop when several are cached.")
+@feature_settings(select=True)
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, pooling, tta, precision, crop) -> None:
+        cv_folds, seed, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
     """
-    from classifiers.train import fit_model
+    from classifiers.workflows.features import FeatureSelection
+    from classifiers.workflows.train import FitSettings, fit_model, fit_summary
 
-    names = list(backbone_names)
-    choices = _weights(weights, names) if weights else None
-    if weights and not names:
+    if weights and not backbone_names:
         raise click.BadParameter("name the backbones with --backbone when using --weights",
                                  param_hint="--weights")
-    bases = [b.strip() for b in base.split(",") if b.strip()]
-    bundle = fit_model(data, clf, names or None, features_dir, model_path, choices, cv_folds, seed,
-                       bases, target_sensitivity, pooling, tta, precision, crop)
-    m = bundle.manifest
-    t = m["training"]
-    click.echo(f"trained {clf} on {t['n_images']} images ({t['n_covid']} COVID, "
-               f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
-               f"splits: {'+'.join(t['splits'])})")
-    click.echo(f"features: {' + '.join(b['name'] for b in m['backbones'])} ({m['feature_dim']} dims, "
-               f"crop {m['backbones'][0]['crop']})")
-    for b in m["cv"].get("base_models", []):
-        click.echo(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
-                   f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
-    params = "" if clf == "stack" else f" with {m['params']}"
-    click.echo(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}")
-    choice = m["threshold_choice"]
-    if choice["rule"] != "default":
-        click.echo(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
-                   f"{choice['oof_sensitivity']:.3f}, specificity {choice['oof_specificity']:.3f})")
-    click.echo(f"saved {bundle.path} and {bundle.path.with_suffix('.json')}")
+    bases = tuple(b.strip() for b in base.split(",") if b.strip())
+    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity),
+                       FeatureSelection.from_options(backbone_names, weights, **settings),
+                       _context(features_dir), model_path)
+    for line in fit_summary(bundle):
+        click.echo(line)
 
 
 @main.command()
@@ -314,24 +258,13 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
     Default: the official test split. With --data pointing at another labeled folder
     (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check).
     """
-    from classifiers.bundle import latest_model
-    from classifiers.evaluation import evaluate_model
-    from classifiers.reporting import write_report
+    from classifiers.workflows.evaluate import evaluate_and_write
 
-    model_path = model_path or latest_model()
-    _check_crop(crop, model_path)
-    report = evaluate_model(data, model_path, split, features_dir=features_dir, batch_size=batch_size,
-                            weights=_model_weights(weights, model_path), progress=progress_bar,
-                            offline=offline, n_boot=n_boot, cv_folds=cv_folds)
-    n = report.n
-    click.echo(f"model {report.model_path} on {report.data} split={report.split} "
-               f"(n={n['images']}: {n['COVID']} COVID, {n['NonCOVID']} NonCOVID"
-               + (f", {n['patients']} patients" if n.get("patients") else "")
-               + f"; threshold {report.threshold:.3f})")
+    report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights),
+                                       report_dir, n_boot, cv_folds, crop)
+    click.echo(report.header())
     click.echo(report.table())
-    out_dir = report_dir or Path("reports") / f"{Path(model_path).stem}-{report.split}"
-    files = write_report(report, out_dir)
-    click.echo(f"wrote {files['metrics']}, {files['report']} and 3 plots in {out_dir}/")
+    click.echo(f"wrote {files['metrics']}, {files['report']} and 3 plots in {files['metrics'].parent}/")
     if report.errors:
         _report_failures(report.errors)
         sys.exit(EXIT_PARTIAL)
@@ -361,36 +294,14 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
     Exit code 3 when some files could not be read: they still get a row, with the reason
     in the `error` column.
     """
-    from classifiers.bundle import latest_model, load_bundle
-    from classifiers.predict import predict_folder, write_predictions_csv
+    from classifiers.workflows.predict import predict_and_write
 
-    model_path = model_path or latest_model()
-    _check_crop(crop, model_path)
-    model_weights = _model_weights(weights, model_path)
-    explainer = None
-    if explain:  # fail on an unsuitable method before the long part
-        from classifiers.explain import ModelExplainer
-
-        explainer = ModelExplainer(load_bundle(model_path), features_dir, batch_size, model_weights,
-                                   offline, explain_method)
-    report = predict_folder(folder, model_path, features_dir=features_dir, batch_size=batch_size,
-                            weights=model_weights, progress=progress_bar, offline=offline)
-    if explainer is not None:
-        from classifiers.explain import explain_records
-
-        explain_dir = explain_dir or Path(out).parent / "heatmaps"
-        readable = [r for r in report.rows if not r.error]
-        with progress_bar("explain       ", len(readable)) as update:
-            written = explain_records(explainer, [r.path for r in readable], explain_dir, folder,
-                                      float(report.manifest.get("threshold", 0.5)), update)
-        for row in readable:
-            row.heatmap = written.get(row.path)
-        click.echo(f"wrote {len(written)} {explain_method} heatmaps in {explain_dir}/")
-    write_predictions_csv(report.rows, out)
-    click.echo(report.summary())
-    click.echo(f"wrote {out}")
+    report = predict_and_write(folder, out, model_path, _context(features_dir, batch_size, offline, weights),
+                               crop, explain_method if explain else None, explain_dir)
+    for line in report.summary():
+        click.echo(line)
     if report.n_failed:
-        _report_failures({r.path: r.error for r in report.rows if r.error})
+        _report_failures(report.failures)
         sys.exit(EXIT_PARTIAL)
 
 
@@ -418,20 +329,13 @@ def report(model_path, data, split, out, heatmaps, explain_method, n_boot, featu
     --data: labeled data (as for evaluate) gives metrics; a plain folder of slices gives
     predictions only.
     """
-    from classifiers.bundle import latest_model
-    from classifiers.html_report import collect, write_html_report
+    from classifiers.workflows.report import report_to_html
 
-    model_path = model_path or latest_model()
-    content = collect(model_path, data, split, features_dir, batch_size, _model_weights(weights, model_path),
-                      offline, heatmaps, explain_method, n_boot, progress_bar)
-    path = write_html_report(content, out)
-    n_wrong = sum(r.misclassified for r in content.rows)
-    n_heat = sum(1 for r in content.rows if r.heatmap)
-    errors = {r.path: r.error for r in content.rows if r.error}
-    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(content.rows)} images, "
-               f"{n_wrong} misclassified, {n_heat} heatmaps")
-    if errors:
-        _report_failures(errors)
+    path, content = report_to_html(data, out, model_path, _context(features_dir, batch_size, offline, weights),
+                                   split, heatmaps, explain_method, n_boot)
+    click.echo(content.summary(path))
+    if content.failures:
+        _report_failures(content.failures)
         sys.exit(EXIT_PARTIAL)
 
 

@@ -1,8 +1,11 @@
-"""Classifiers on cached deep features: tuning, fitting, saving, predicting.
+"""Classifiers on cached deep features, in three layers:
 
-Nothing here imports TensorFlow unless features must be extracted (predict on new images).
+- ``estimators/``: scikit-learn estimators (the classifier registry, patient-grouped search,
+  the stacked ensemble, thresholds); plain arrays in, no files;
+- ``workflows/``: the commands' work (fit, predict, evaluate, explain, report) from data and
+  caches to saved models and results;
+- ``presentation/``: how results are shown (plots, metrics.json and report.md, heatmap
+  PNGs, the HTML report).
+
+Nothing here imports TensorFlow unless features must be extracted (images not yet cached).
 """
-from .bundle import ModelBundle, latest_model, load_bundle, save_bundle
-from .models import CLASSIFIERS, make_classifier
-
-__all__ = ["CLASSIFIERS", "ModelBundle", "latest_model", "load_bundle", "make_classifier", "save_bundle"]

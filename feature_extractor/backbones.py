@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import CovidCTError, UnknownBackboneError
+from .errors import UnknownBackboneError
 
 
 @dataclass(frozen=True)
@@ -63,22 +63,8 @@ def get_backbone(name: str) -> BackboneSpec:
     return BACKBONES[key]
 
 
-POOLINGS = ("avg", "avgmax", "multiscale")
-# precision option -> (cache identity value, keras dtype policy)
-PRECISIONS = {"fp32": ("float32", "float32"), "bf16": ("bfloat16", "mixed_bfloat16"),
-              "mixed": ("mixed_float16", "mixed_float16")}
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise CovidCTError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    return precision
-
-
-def check_pooling(pooling: str) -> str:
-    if pooling not in POOLINGS:
-        raise CovidCTError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
-    return pooling
+# --precision value -> keras dtype policy (compute dtype; weights stay float32)
+KERAS_DTYPE_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "mixed": "mixed_float16"}
 
 
 def build_model(spec: BackboneSpec, weights: str | None,
@@ -92,16 +78,14 @@ def build_model(spec: BackboneSpec, weights: str | None,
     compute with float32 weights: CPUs with AVX512-BF16/AMX) or "mixed" (float16 compute: GPUs).
     ``input_size`` overrides the spec's size (small inputs make fast tests).
     """
-    from .tf_runtime import device_name
+    from .tf_runtime import keras_module
 
-    check_pooling(pooling)
-    device_name()  # quiet TF import and GPU set-up before keras touches the devices
-    import keras
+    keras = keras_module()  # quiet TF import and GPU set-up before keras touches the devices
 
     height, width = input_size or spec.input_size
     constructor = getattr(keras.applications, spec.constructor)
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISIONS[check_precision(precision)][1])  # for this build only
+    keras.config.set_dtype_policy(KERAS_DTYPE_POLICY[precision])  # for this build only
     try:
         model = constructor(include_top=False, weights=weights, input_shape=(height, width, 3),
                             pooling="avg" if pooling == "avg" else None, **spec.kwargs)
@@ -110,7 +94,7 @@ def build_model(spec: BackboneSpec, weights: str | None,
             pooled = [keras.layers.GlobalAveragePooling2D()(m) for m in maps]
             if pooling == "avgmax":
                 pooled.append(keras.layers.GlobalMaxPooling2D()(model.output))
-            model = keras.Model(model.inputs, keras.layers.Concatenate()(pooled),
+            model = keras.Model(model.input, keras.layers.Concatenate()(pooled),
                                 name=f"{spec.name}_{pooling}")
     finally:
         keras.config.set_dtype_policy(previous)
@@ -134,6 +118,6 @@ def _last_per_resolution(model: Any, n: int) -> list:
 
 
 def preprocess_function(spec: BackboneSpec) -> Callable:
-    import keras
+    from .tf_runtime import keras_module
 
-    return getattr(keras.applications, spec.module).preprocess_input
+    return getattr(keras_module().applications, spec.module).preprocess_input

@@ -1,11 +1,11 @@
-"""The feature cache: one HDF5 file per setting that changes the numbers.
+"""The feature cache: one HDF5 file per FeatureSpec, rows keyed by the SHA-256 of the image bytes.
 
-A file's identity is everything that changes a feature vector: backbone, weights SHA-256,
-input size, preprocessing, pooling, test-time augmentation, precision, crop and DICOM
-window. Its name carries a short hash of that identity; its attributes carry the identity in
+A file's identity is its FeatureSpec (feature_spec.py): everything that changes a feature
+vector. Its name carries a short hash of that identity; its attributes carry the identity in
 full plus provenance (library versions, when, by which command). Rows are keyed by the
 SHA-256 of the image bytes, so a renamed or moved file is found again and a changed one is
-extracted anew.
+extracted anew. Caches of format 1 (named by an older spelling of the identity) are found by
+their attributes and keep working.
 
 Crash safety: the HDF5 file is never modified in place. New rows land in pending batch files
 beside it (``<name>.h5.pending/``), each written to a temporary name and renamed, so a batch
@@ -14,60 +14,32 @@ merges pending batches into a new file that atomically replaces the old one. A p
 killed at any moment (kill -9) leaves a readable cache that holds every finished batch.
 Writers take an exclusive lock (``<name>.h5.lock``), so concurrent extracts wait their turn.
 
-Datasets: ``features`` (N, D) float32, ``key`` (N,) SHA-256 hex, ``path``, ``label`` (int8,
--1 unknown), ``patient``, ``split`` (strings, "" unknown).
+Datasets: ``features`` (N, D) float32 and ``key`` (N,) SHA-256 hex. Nothing about the image
+(path, label, patient) is stored: the dataset knows it, and a cache may be shared.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from .errors import FeatureCacheError
-from .provenance import FORMAT_VERSION, library_versions, utc_now
+from .errors import FeatureCacheError, SettingsError
+from .feature_spec import FORMAT_VERSION, FeatureSpec
+from .provenance import library_versions, utc_now
 
 log = logging.getLogger(__name__)
 
-IDENTITY_FIELDS = ("backbone", "weights_source", "weights_sha256", "input_height",
-                   "input_width", "preprocessing", "pooling", "augment", "precision", "crop",
-                   "window")
-_STR = h5py.string_dtype("utf-8")
-_COLUMNS = ("features", "key", "label", "path", "patient", "split")
-
-
-def identity_hash(identity: dict) -> str:
-    canonical = json.dumps({k: identity[k] for k in IDENTITY_FIELDS}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def cache_file_name(identity: dict) -> str:
-    return f"{identity['backbone']}-{identity['weights_source']}-{identity_hash(identity)[:12]}.h5"
-
-
-def printable_path(path: str) -> str:
-    """A path as valid UTF-8 text, even when the file name's bytes are not UTF-8."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-@dataclass(frozen=True)
-class CacheRow:
-    key: str
-    features: np.ndarray
-    path: str
-    label: int | None = None
-    patient: str | None = None
-    split: str | None = None
+_COLUMNS = ("features", "key")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -76,15 +48,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _rows_to_columns(rows: Sequence[CacheRow]) -> dict[str, np.ndarray]:
-    return {"features": np.stack([r.features for r in rows]).astype(np.float32),
-            "key": np.array([r.key.encode() for r in rows], dtype="S64"),
-            "label": np.array([-1 if r.label is None else r.label for r in rows], dtype=np.int8),
-            "path": np.array([printable_path(r.path) for r in rows], dtype=str),
-            "patient": np.array([r.patient or "" for r in rows], dtype=str),
-            "split": np.array([r.split or "" for r in rows], dtype=str)}
 
 
 class FeatureCache:
@@ -97,27 +60,22 @@ class FeatureCache:
 
     # -- creation and locking -------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, features_dir: str | Path, identity: dict, feature_dim: int,
-                       provenance: dict | None = None) -> "FeatureCache":
+    def create(cls, features_dir: str | Path, spec: FeatureSpec, feature_dim: int,
+               provenance: dict | None = None) -> "FeatureCache":
+        """A new, empty cache for ``spec`` (resolved weights); see also :func:`find_cache`."""
         features_dir = Path(features_dir)
         features_dir.mkdir(parents=True, exist_ok=True)
-        cache = cls(features_dir / cache_file_name(identity))
-        if cache.path.exists():
-            stored = cache.identity
-            if any(str(stored.get(k)) != str(identity[k]) for k in IDENTITY_FIELDS):
-                raise FeatureCacheError(f"{cache.path} holds features of another setting "
-                                        f"({stored}); move it away or use another --features-dir")
-            return cache
-        attrs = {**{k: identity[k] for k in IDENTITY_FIELDS}, "feature_dim": feature_dim,
-                 "format_version": FORMAT_VERSION, "created": utc_now()}
+        cache = cls(features_dir / spec.cache_file_name())
+        attrs = {**spec.to_record(), "feature_dim": feature_dim, "format_version": FORMAT_VERSION,
+                 "created": utc_now()}
         versions = library_versions()
         for package in ("tensorflow", "keras"):
             attrs[f"{package}_version"] = versions.get(package, "unknown")
         attrs["provenance"] = json.dumps({"versions": versions, **(provenance or {})})
         with cache.lock():
             if not cache.path.exists():  # another process may have made it meanwhile
-                empty = {"features": np.zeros((0, feature_dim), np.float32)}
-                cache._write_atomically(attrs, empty)
+                cache._write_atomically(attrs, {"features": np.zeros((0, feature_dim), np.float32),
+                                                "key": np.zeros(0, "S64")})
         return cache
 
     @contextlib.contextmanager
@@ -146,12 +104,17 @@ class FeatureCache:
     @property
     def attrs(self) -> dict:
         with self._open() as fh:
-            return {k: (v.item() if hasattr(v, "item") else v) for k, v in fh.attrs.items()}
+            return {k: (v.item() if hasattr(v, "item") and v.ndim == 0 else v) for k, v in fh.attrs.items()}
+
+    @cached_property
+    def spec(self) -> FeatureSpec:
+        """What the features are; raises SettingsError for a cache of an unreadable format."""
+        attrs = self.attrs
+        return FeatureSpec.from_record(attrs, int(attrs.get("format_version", 1)))
 
     @property
-    def identity(self) -> dict:
-        attrs = self.attrs
-        return {k: attrs.get(k) for k in IDENTITY_FIELDS}
+    def feature_dim(self) -> int:
+        return int(self.attrs["feature_dim"])
 
     def has_pending(self) -> bool:
         return bool(self._pending_files())
@@ -202,17 +165,17 @@ class FeatureCache:
         return self._snapshot(lambda fh, batches, all_keys: _gather(fh, batches, all_keys, keys, self.path))
 
     # -- writing --------------------------------------------------------------------------
-    def append(self, rows: Sequence[CacheRow]) -> None:
+    def append(self, keys: Sequence[str], features: np.ndarray) -> None:
         """Add rows as one pending batch, atomically (the batch is whole or absent)."""
-        rows = list(rows)
-        if not rows:
+        if not len(keys):
             return
         self.pending_dir.mkdir(exist_ok=True)
         # Names sort in append order, so consolidation keeps rows in the order they came.
         final = self.pending_dir / f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npz"
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, **_rows_to_columns(rows))
+            np.savez(fh, features=np.asarray(features, np.float32),
+                     key=np.array([k.encode() for k in keys], dtype="S64"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -229,16 +192,13 @@ class FeatureCache:
         with self._open() as fh:
             attrs = dict(fh.attrs)
             columns = {name: fh[name][:] for name in _COLUMNS}
-        seen = {k for k in columns["key"]}
+        seen = set(columns["key"])
         n_before = len(seen)
         for batch in batches:
             keep = np.array([k not in seen for k in batch["key"]], dtype=bool)
             seen.update(batch["key"][keep])
             for name in _COLUMNS:
-                values = batch[name][keep]
-                if name in ("path", "patient", "split"):
-                    values = values.astype(object)
-                columns[name] = np.concatenate([columns[name], values])
+                columns[name] = np.concatenate([columns[name], batch[name][keep]])
         attrs["updated"] = utc_now()
         self._write_atomically(attrs, columns)
         for path in pending:
@@ -255,15 +215,7 @@ class FeatureCache:
                 fh.attrs[k] = v
             fh.create_dataset("features", data=columns["features"], maxshape=(None, dim),
                               chunks=(min(256, max(1, 65536 // dim)), dim))
-            fh.create_dataset("key", data=columns.get("key", np.zeros(0, "S64")), maxshape=(None,),
-                              chunks=(1024,))
-            fh.create_dataset("label", data=columns.get("label", np.zeros(0, np.int8)),
-                              maxshape=(None,), chunks=(1024,))
-            for name in ("path", "patient", "split"):
-                values = [str(v) if not isinstance(v, bytes) else v.decode()
-                          for v in columns.get(name, [])]
-                fh.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR,
-                                  maxshape=(None,), chunks=(1024,))
+            fh.create_dataset("key", data=columns["key"].astype("S64"), maxshape=(None,), chunks=(1024,))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
@@ -299,7 +251,7 @@ def _gather(fh: h5py.File, batches: list[dict], all_keys: list[str], keys: Seque
 
 
 def list_caches(features_dir: str | Path, backbone: str | None = None) -> list[FeatureCache]:
-    """Cache files under ``features_dir``, optionally of one backbone, newest first."""
+    """Readable caches under ``features_dir``, optionally of one backbone, newest first."""
     folder = Path(features_dir)
     if not folder.is_dir():
         return []
@@ -307,13 +259,26 @@ def list_caches(features_dir: str | Path, backbone: str | None = None) -> list[F
     for path in sorted(folder.glob("*.h5"), key=lambda p: p.stat().st_mtime, reverse=True):
         cache = FeatureCache(path)
         try:
-            attrs = cache.attrs
+            spec = cache.spec
         except FeatureCacheError:
             continue
-        if any(field not in attrs for field in IDENTITY_FIELDS):
-            log.info("ignoring %s: written by an older version (its identity lacks %s)", path.name,
-                     [f for f in IDENTITY_FIELDS if f not in attrs])
+        except SettingsError as exc:
+            log.info("ignoring %s: %s", path.name, exc)
             continue
-        if backbone is None or attrs.get("backbone") == backbone:
+        if backbone is None or spec.backbone == backbone:
             caches.append(cache)
     return caches
+
+
+def find_cache(features_dir: str | Path, spec: FeatureSpec) -> FeatureCache | None:
+    """The cache of ``spec`` (resolved weights): by its file name, else (a cache written by an
+    older version, under another name) by the identity in its attributes."""
+    path = Path(features_dir) / spec.cache_file_name()
+    identity = spec.identity()
+    if path.exists():
+        cache = FeatureCache(path)
+        if cache.spec.identity() != identity:
+            raise FeatureCacheError(f"{path} holds features of another setting ({cache.spec.summary()}); "
+                                    "move it away or use another --features-dir")
+        return cache
+    return next((c for c in list_caches(features_dir, spec.backbone) if c.spec.identity() == identity), None)

@@ -71,6 +71,11 @@ def _norm(name: str) -> str:
 _CLASS_DIRS = {"covid": COVID, "ctcovid": COVID, "noncovid": NONCOVID, "ctnoncovid": NONCOVID}
 
 
+def printable_path(path: str) -> str:
+    """A path as valid UTF-8 text, even when the file name's bytes are not UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def parse_label(value: str) -> int:
     text = _norm(str(value))
     if text in ("1", "covid", "ctcovid", "positive", "pos", "true", "yes"):

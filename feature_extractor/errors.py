@@ -17,6 +17,10 @@ class WeightsUnavailableError(CovidCTError):
     """Pretrained weights cannot be found locally nor downloaded."""
 
 
+class SettingsError(CovidCTError, ValueError):
+    """A feature setting with a value that is not one of its valid ones."""
+
+
 class DatasetError(CovidCTError):
     """A data folder or manifest that cannot be read as a dataset."""
 

@@ -11,30 +11,26 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .backbones import (PRECISIONS, BackboneSpec, check_pooling, check_precision, get_backbone,
-                        preprocess_function)
-from .cache import CacheRow, FeatureCache, cache_file_name
-from .dataset import DICOM_SUFFIXES, Record, with_keys
-from .errors import CovidCTError
-from .images import DEFAULT_WINDOW, ImageDecodeError, PreparedImage, prepare_image, window_label
-from .lung_crop import CROPS, crop_identity
+from .backbones import preprocess_function
+from .cache import FeatureCache, find_cache
+from .dataset import DICOM_SUFFIXES, Dataset, Record, load_dataset, with_keys
+from .errors import ModelBundleError, SettingsError
+from .feature_spec import FeatureSpec, crop_version
+from .images import ImageDecodeError, PreparedImage, prepare_image
 from .provenance import command_line
+from .run_context import RunContext
 from .tf_runtime import device_name
-from .weights import (IMAGENET, NONE, NONE_WARNING, ResolvedWeights, WeightsChoice,
-                      build_with_weights, resolve_weights)
-
-Progress = Callable[[int], None]  # called with the number of images just finished
+from .weights import NONE, NONE_WARNING, ResolvedWeights, build_with_weights, resolve_weights
 
 
 @dataclass
 class ExtractionReport:
-    backbone: str
+    spec: FeatureSpec              # with the weights resolved
     cache_path: str
-    weights: ResolvedWeights
     records: list[Record]          # with keys; unreadable or undecodable ones carry .error
     n_cached: int = 0
     n_new: int = 0
@@ -48,7 +44,7 @@ class ExtractionReport:
         return len(self.failed)
 
     def summary(self) -> str:
-        text = f"{self.backbone}: {self.n_cached} cached, {self.n_new} new"
+        text = f"{self.spec.backbone}: {self.n_cached} cached, {self.n_new} new"
         if self.failed:
             text += f", {self.n_failed} failed"
         if self.crop_fallbacks:
@@ -58,20 +54,15 @@ class ExtractionReport:
             text += f" ({self.device}, {self.seconds:.1f} s)"
         return text
 
-
-AUGMENTS = ("none", "flip")
-
-
-def cache_identity(spec: BackboneSpec, weights: ResolvedWeights,
-                   input_size: tuple[int, int] | None = None, pooling: str = "avg",
-                   augment: str = "none", window: tuple[float, float] = DEFAULT_WINDOW,
-                   precision: str = "fp32", crop: str = "none") -> dict:
-    height, width = input_size or spec.input_size
-    return {"backbone": spec.name, "weights_source": weights.source,
-            "weights_sha256": weights.sha256, "input_height": height, "input_width": width,
-            "preprocessing": spec.preprocessing, "pooling": pooling, "augment": augment,
-            "precision": PRECISIONS[precision][0], "crop": crop_identity(crop),
-            "window": window_label(window)}
+    def warnings(self) -> list[str]:
+        """What the user must know about these features, one line each."""
+        out = []
+        if self.spec.weights.source == NONE:
+            out.append("weights=none is random init; these features are for tests only")
+        if self.crop_fallbacks:
+            out.append(f"no plausible lungs found in {len(self.crop_fallbacks)} images; their full "
+                       "image was used")
+        return out
 
 
 class FeatureExtractor:
@@ -79,126 +70,121 @@ class FeatureExtractor:
 
     Parameters
     ----------
-    backbone : registry name (see ``python cli.py backbones``).
-    weights : WeightsChoice; default imagenet (keras' download and cache).
-    features_dir : folder of the HDF5 caches, default ``features``.
-    batch_size : images per forward pass, default 32.
-    input_size : (height, width) override of the backbone's size; for fast tests.
-    offline : never try to download weights (default: $COVIDCT_OFFLINE).
-    pooling : "avg" (default), "avgmax" or "multiscale"; see ``backbones.build_model``.
-    augment : "none" (default) or "flip": features averaged over the image and its mirror.
-    window : DICOM (level, width) in HU, default (-600, 1500).
-    precision : "fp32" (default), "bf16" (CPUs with AVX512-BF16/AMX) or "mixed" (float16, GPUs).
-    crop : "none" (default) or "lungs": crop to the lung field, black outside it (lung_crop.py).
+    spec : FeatureSpec
+        The backbone and every setting that changes the features. A spec whose
+        ``weights_sha256`` is set (a saved model's) demands exactly those weights.
+    context : RunContext, optional
+        Features folder, batch size, offline mode and progress reporting.
     """
 
-    def __init__(self, backbone: str, weights: WeightsChoice | None = None,
-                 features_dir: str | Path = "features", batch_size: int = 32,
-                 input_size: tuple[int, int] | None = None, offline: bool | None = None,
-                 pooling: str = "avg", augment: str = "none",
-                 window: tuple[float, float] = DEFAULT_WINDOW, precision: str = "fp32",
-                 crop: str = "none"):
-        self.spec = get_backbone(backbone)
-        self.weights_choice = weights or WeightsChoice(IMAGENET)
-        self.features_dir = Path(features_dir)
-        self.batch_size = max(1, int(batch_size))
-        self.input_size = tuple(input_size) if input_size else self.spec.input_size
-        self.offline = offline
-        self.pooling = check_pooling(pooling)
-        if augment not in AUGMENTS:
-            raise CovidCTError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTS)}")
-        self.augment = augment
-        self.window = tuple(float(v) for v in window)
-        self.precision = check_precision(precision)
-        if crop not in CROPS:
-            raise CovidCTError(f"unknown crop {crop!r}; valid: {', '.join(CROPS)}")
-        self.crop = crop
+    def __init__(self, spec: FeatureSpec, context: RunContext | None = None):
+        if not spec.is_current:
+            raise SettingsError(
+                f"{spec.backbone} features were cropped by version {spec.crop_version} of the "
+                f"{spec.crop} crop; this version crops with version {crop_version(spec.crop)}: "
+                f"extract and fit again with --crop {spec.crop}")
+        self.spec = spec
+        self.context = context or RunContext()
         self._model = None
         self._weights: ResolvedWeights | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.spec.input_size
 
     @property
     def weights(self) -> ResolvedWeights:
         """Resolved weights, hashed; builds the model only when the hash needs it."""
         if self._weights is None:
-            weights = resolve_weights(self.spec, self.weights_choice, self.offline)
-            self._weights = weights
+            weights = resolve_weights(self.spec.backbone_spec, self.spec.weights, self.context.offline)
             if weights.sha256 is None:  # imagenet to download, or random init to hash
-                self._ensure_model()
+                self._model, weights = self._build(weights)
+            expected = self.spec.weights_sha256
+            if expected is not None and weights.sha256 != expected:
+                raise ModelBundleError(
+                    f"{self.spec.backbone} features were made with weights of SHA-256 {expected[:16]}..., "
+                    f"but the weights at hand ({self.spec.weights}) have {str(weights.sha256)[:16]}...; "
+                    f"pass --weights {self.spec.backbone}=FILE with the weights they were made with")
+            self._weights = weights
         return self._weights
 
-    def _ensure_model(self):
-        if self._weights is None:
-            self.weights  # resolves (and, for imagenet or none, builds the model)
+    @property
+    def resolved_spec(self) -> FeatureSpec:
+        """The spec with the weights' SHA-256 (and where they were found)."""
+        weights = self.weights
+        return self.spec.with_weights(weights.sha256, weights.path)
+
+    @property
+    def model(self):
+        """The frozen keras model, built (and its weights loaded) on first use."""
         if self._model is None:
-            self._model, self._weights = build_with_weights(self.spec, self._weights, self.input_size,
-                                                            self.pooling, self.precision)
+            self._model, self._weights = self._build(self.weights)
         return self._model
+
+    def _build(self, weights: ResolvedWeights):
+        return build_with_weights(self.spec.backbone_spec, weights, self.spec.input_size,
+                                  self.spec.pooling, self.spec.precision)
 
     @property
     def feature_dim(self) -> int:
-        """Known from the spec for avg/avgmax; multiscale needs the model's graph."""
-        if self.pooling == "avg":
-            return self.spec.feature_dim
-        if self.pooling == "avgmax":
-            return 2 * self.spec.feature_dim
-        return int(self._ensure_model().output_shape[-1])
+        """Known from the backbone for avg/avgmax; multiscale needs the model's graph."""
+        dim = self.spec.backbone_spec.feature_dim
+        if self.spec.pooling == "avg":
+            return dim
+        if self.spec.pooling == "avgmax":
+            return 2 * dim
+        return int(self.model.output_shape[-1])
 
     def open_cache(self) -> FeatureCache:
-        identity = cache_identity(self.spec, self.weights, self.input_size, self.pooling, self.augment,
-                                  self.window, self.precision, self.crop)
-        existing = FeatureCache(self.features_dir / cache_file_name(identity))
-        if existing.path.exists():  # no model needed to know its width
-            return FeatureCache.open_or_create(self.features_dir, identity, existing.attrs["feature_dim"])
-        provenance = {"command": command_line(), "weights_path": self.weights.path}
-        if self.weights.source == NONE:
+        spec = self.resolved_spec
+        existing = find_cache(self.context.features_dir, spec)
+        if existing is not None:  # no model needed to know its width
+            return existing
+        provenance = {"command": command_line()}
+        if spec.weights.source == NONE:
             provenance["warning"] = NONE_WARNING
-        return FeatureCache.open_or_create(self.features_dir, identity, self.feature_dim, provenance)
+        return FeatureCache.create(self.context.features_dir, spec, self.feature_dim, provenance)
 
-    def extract(self, records: Sequence[Record], progress: Progress | None = None) -> ExtractionReport:
+    def extract(self, records: Sequence[Record]) -> ExtractionReport:
         """Make sure every readable record has features in the cache."""
         start = time.perf_counter()
         records = with_keys(records)
         cache = self.open_cache()
-        report = ExtractionReport(self.spec.name, str(cache.path), self.weights, records)
+        report = ExtractionReport(self.resolved_spec, str(cache.path), records)
         todo, report.n_cached = _split_cached(records, cache.key_index())
         n_unreadable = sum(1 for r in records if r.error)
-        if todo or cache.has_pending():
-            with cache.lock():  # one writer per cache; a second extract waits here
-                todo, report.n_cached = _split_cached(records, cache.key_index())
-                if progress and report.n_cached + n_unreadable:
+        with self.context.progress(f"{self.spec.backbone:<14}", len(records)) as progress:
+            if todo or cache.has_pending():
+                with cache.lock():  # one writer per cache; a second extract waits here
+                    todo, report.n_cached = _split_cached(records, cache.key_index())
                     progress(report.n_cached + n_unreadable)
-                if todo:
-                    report.device = device_name()
-                    failed_keys = self._run(list(todo.values()), cache, progress,
-                                            report.crop_fallbacks)
-                    report.n_new = sum(1 for r in records if not r.error and r.key in todo
-                                       and r.key not in failed_keys)
-                    report.records = [replace(r, error=failed_keys[r.key])
-                                      if not r.error and r.key in failed_keys else r for r in records]
-                cache.consolidate()
-        elif progress:
-            progress(report.n_cached + n_unreadable)
+                    if todo:
+                        report.device = device_name()
+                        failed_keys = self._run(list(todo.values()), cache, progress, report.crop_fallbacks)
+                        report.n_new = sum(1 for r in records if not r.error and r.key in todo
+                                           and r.key not in failed_keys)
+                        report.records = [replace(r, error=failed_keys[r.key])
+                                          if not r.error and r.key in failed_keys else r for r in records]
+                    cache.consolidate()
+            else:
+                progress(report.n_cached + n_unreadable)
         report.failed = {r.path: r.error for r in report.records if r.error}
         report.seconds = time.perf_counter() - start
         return report
 
     def prepare(self, path: str | Path) -> PreparedImage:
-        """Read and decode one file (and crop it, with crop="lungs"), as extraction does.
+        """Read and decode one file (and crop it, with crop lungs), as extraction does.
 
         Raises ImageDecodeError or OSError.
         """
         with open(path, "rb") as fh:
             data = fh.read()
-        return prepare_image(data, self.window, Path(path).suffix.lower() in DICOM_SUFFIXES, self.crop)
-
-    @property
-    def model(self):
-        """The frozen keras model, built (and its weights loaded) on first use."""
-        return self._ensure_model()
+        return prepare_image(data, self.spec.window, Path(path).suffix.lower() in DICOM_SUFFIXES,
+                             self.spec.crop)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> the float input the backbone's keras preprocessing expects."""
-        return preprocess_function(self.spec)(images.astype(np.float32))
+        return preprocess_function(self.spec.backbone_spec)(images.astype(np.float32))
 
     def features_of(self, images: np.ndarray, eager: bool = False) -> np.ndarray:
         """Features of an (N, H, W, 3) uint8 batch at the input size, no cache involved.
@@ -210,15 +196,16 @@ class FeatureExtractor:
         run = (lambda x: model(x, training=False)) if eager else model.predict_on_batch
         x = self.preprocess(images)
         feats = np.asarray(run(x), dtype=np.float32)
-        if self.augment == "flip":
+        if self.spec.tta == "flip":
             feats = (feats + np.asarray(run(np.ascontiguousarray(x[:, :, ::-1, :])), np.float32)) / 2
         return feats
 
-    def _run(self, todo: list[Record], cache: FeatureCache, progress: Progress | None,
-             crop_fallbacks: dict[str, str]) -> dict[str, str]:
+    def _run(self, todo: list[Record], cache: FeatureCache, progress, crop_fallbacks: dict[str, str]
+             ) -> dict[str, str]:
         """Extract and append ``todo``; returns key -> reason for images that failed."""
-        size = self.input_size
-        batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        size = self.spec.input_size
+        batch_size = self.context.batch_size
+        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         failed: dict[str, str] = {}
 
         def load(rec: Record):
@@ -243,11 +230,34 @@ class FeatureExtractor:
                 failed.update({r.key: a for r, a in zip(batch, loaded) if isinstance(a, str)})
                 if good:
                     feats = self.features_of(np.stack([a for _, a in good]), eager=len(batches) == 1)
-                    cache.append([CacheRow(r.key, f, r.path, r.label, r.patient, r.split)
-                                  for (r, _), f in zip(good, feats)])
-                if progress:
-                    progress(len(batch))
+                    cache.append([r.key for r, _ in good], feats)
+                progress(len(batch))
         return failed
+
+
+class DatasetExtraction:
+    """extract: every image of a dataset through each spec's backbone, into the cache.
+
+    Every spec's weights are checked before any CNN runs; iterating extracts one backbone
+    at a time and yields its report.
+    """
+
+    def __init__(self, data: str | Path, specs: Sequence[FeatureSpec], context: RunContext | None = None):
+        self.context = context or RunContext()
+        self.dataset: Dataset = load_dataset(data)
+        self.extractors = [FeatureExtractor(spec, self.context) for spec in specs]
+        for ex in self.extractors:  # missing files, offline without the file: fail now
+            resolve_weights(ex.spec.backbone_spec, ex.spec.weights, self.context.offline)
+
+    def summary(self) -> str:
+        return f"{len(self.dataset.records)} images in {self.dataset.root} ({self.dataset.layout} layout)"
+
+    def __iter__(self) -> Iterator[ExtractionReport]:
+        records: Sequence[Record] = self.dataset.records
+        for extractor in self.extractors:
+            report = extractor.extract(records)
+            records = report.records  # keys computed once for all backbones
+            yield report
 
 
 def _split_cached(records: Sequence[Record], index: dict[str, int]) -> tuple[dict[str, Record], int]:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CovidCTError
+from .feature_spec import DEFAULT_WINDOW
 
 if TYPE_CHECKING:
     from .lung_crop import LungCrop
@@ -23,22 +24,6 @@ if TYPE_CHECKING:
 MIN_SIDE = 8  # smaller than this carries no anatomy; resizing it up would only invent pixels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-DEFAULT_WINDOW = (-600.0, 1500.0)  # (level, width) in HU: the usual lung window
-
-
-def parse_window(text: str) -> tuple[float, float]:
-    """'LEVEL,WIDTH' in HU, e.g. '-600,1500'."""
-    try:
-        level, width = (float(v) for v in text.split(","))
-    except ValueError:
-        raise CovidCTError(f"window {text!r}: write LEVEL,WIDTH in HU, e.g. -600,1500") from None
-    if width <= 0:
-        raise CovidCTError(f"window {text!r}: the width must be positive")
-    return level, width
-
-
-def window_label(window: tuple[float, float]) -> str:
-    return f"{window[0]:g},{window[1]:g}"
 
 
 def is_dicom(data: bytes) -> bool:
@@ -138,6 +123,12 @@ def _resized(rgb: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
     if size is not None and (rgb.height, rgb.width) != tuple(size):
         rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 2D float map resized (bilinear) to ``size`` = (height, width)."""
+    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize(
+        (size[1], size[0]), Image.BILINEAR), dtype=np.float32)
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CROPS = ("none", "lungs")
-# Part of the cache identity: a change to the algorithm below must bump it.
-LUNG_CROP_VERSION = "lungs-v1"
+# Part of the cache identity (FeatureSpec.crop_version): a change to the algorithm below must bump it.
+LUNG_CROP_VERSION = 1
 
 _WORK_SIDE = 256           # segmentation resolution (longest side)
 _MIN_PART = 0.01           # a lung candidate covers at least 1% of the image
@@ -34,11 +33,6 @@ class LungCrop:
     bbox: tuple[int, int, int, int]    # (top, left, bottom, right) in input pixels
     found: bool
     reason: str | None = None          # why the full image was kept
-
-
-def crop_identity(crop: str) -> str:
-    """The cache identity value of a --crop option."""
-    return LUNG_CROP_VERSION if crop == "lungs" else "none"
 
 
 def _disk(radius: int) -> np.ndarray:

@@ -12,7 +12,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-FORMAT_VERSION = 1
 _TRACKED_PACKAGES = ("tensorflow", "keras", "scikit-learn", "xgboost", "numpy", "h5py",
                      "pillow", "joblib", "covidct-features")
 

@@ -50,3 +50,11 @@ def device_name() -> str:
         names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
         return f"GPU: {', '.join(names)}"
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def keras_module():
+    """keras, imported after TensorFlow's quiet start-up: every keras import goes through here."""
+    device_name()
+    import keras
+
+    return keras

@@ -75,6 +75,21 @@ def imagenet_file(spec: BackboneSpec) -> Path:
     return keras_models_dir() / spec.imagenet_file
 
 
+def backbones_listing() -> str:
+    """The registered backbones, and whether keras' ImageNet file of each is here (offline)."""
+    from .backbones import BACKBONES
+
+    header = f"{'name':<15} {'input':>7} {'dim':>5}  {'offline':<7}  imagenet weights file"
+    lines = [f"ImageNet weights are looked up in keras' cache: {keras_models_dir()}/ "
+             "(set KERAS_HOME to change it)", "", header, "-" * len(header)]
+    for spec in BACKBONES.values():
+        here = "yes" if imagenet_file(spec).is_file() else "no"
+        size = f"{spec.input_size[0]}x{spec.input_size[1]}"
+        lines.append(f"{spec.name:<15} {size:>7} {spec.feature_dim:>5}  {here:<7}  {spec.imagenet_file}")
+    lines += ["", "'no': keras downloads the file on first use (needs internet), or pass --weights NAME=FILE."]
+    return "\n".join(lines)
+
+
 def parse_choice(text: str) -> WeightsChoice:
     low = text.strip().lower()
     if low in (IMAGENET, NONE):
@@ -82,19 +97,21 @@ def parse_choice(text: str) -> WeightsChoice:
     return WeightsChoice(FILE, str(Path(text).expanduser()))
 
 
-def parse_weights_options(options: Iterable[str], backbones: Sequence[str]) -> dict[str, WeightsChoice]:
-    """Map each backbone to its weights from ``--weights`` values.
+def parse_weights_options(options: Iterable[str], backbones: Sequence[str],
+                          default: str | None = IMAGENET) -> dict[str, WeightsChoice]:
+    """Map backbones to their weights from ``--weights`` values.
 
     Values: ``imagenet`` | ``none`` | ``FILE`` (all backbones: only sensible for one) |
-    ``NAME=imagenet|none|FILE`` (repeatable). Backbones not named get imagenet.
+    ``NAME=imagenet|none|FILE`` (repeatable). Backbones not named get ``default`` (None:
+    they are left out).
     """
-    names = [get_backbone(b).name for b in backbones]
-    result = {name: WeightsChoice(IMAGENET) for name in names}
+    names = list(dict.fromkeys(get_backbone(b).name for b in backbones))
+    result = {name: WeightsChoice(default) for name in names} if default else {}
     for option in options:
         name, sep, value = option.partition("=")
         if sep and not Path(option).exists():
             backbone = get_backbone(name).name
-            if backbone not in result:
+            if backbone not in names:
                 raise CovidCTError(f"--weights {option}: backbone {backbone} is not among the "
                                    f"selected ones ({', '.join(names)})")
             result[backbone] = parse_choice(value)
@@ -152,9 +169,9 @@ def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
     from .backbones import build_model
 
     if weights.source == NONE:
-        import keras
+        from .tf_runtime import keras_module
 
-        keras.utils.set_random_seed(RANDOM_SEED)
+        keras_module().utils.set_random_seed(RANDOM_SEED)
         model = build_model(spec, None, input_size, pooling, precision)
         return model, ResolvedWeights(NONE, None, _hash_model_weights(model))
     try:

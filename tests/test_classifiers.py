@@ -5,9 +5,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 
-from classifiers.bundle import latest_model, load_bundle, save_bundle
-from classifiers.models import CLASSIFIERS, make_classifier
-from classifiers.tuning import grouped_folds, tune
+from classifiers.estimators.registry import CLASSIFIERS, get_classifier
+from classifiers.estimators.search import GroupedSearchCV, grouped_folds
+from classifiers.workflows.bundle import latest_model, load_bundle, save_bundle
 from feature_extractor.errors import CovidCTError, ModelBundleError
 
 
@@ -30,34 +30,51 @@ def test_grouped_folds_keep_patients_together():
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_each_classifier_tunes_and_predicts(name):
     X, y, groups = grouped_data()
-    model, grid = make_classifier(name, y)
+    model, grid = get_classifier(name).build(0, y)
     clone(model)  # a proper scikit-learn estimator
-    result = tune(model, grid, X, y, groups, n_splits=3)
-    assert result.cv_auc > 0.75 and result.n_folds == 3
-    assert set(result.best_params) == set(grid)
-    p = result.estimator.predict_proba(X)[:, 1]
+    search = get_classifier(name).search(cv=3, y=y).fit(X, y, groups)
+    assert search.cv_auc_ > 0.75 and search.n_splits_ == 3
+    assert set(search.best_params_) == set(grid) and search.oof_.shape == y.shape
+    assert len(search.candidates_) == np.prod([len(v) for v in grid.values()])
+    p = search.predict_proba(X)[:, 1]
     assert p.shape == (len(y),) and ((0 <= p) & (p <= 1)).all()
     # works with plain sklearn CV too
     assert cross_val_score(clone(model), X, y, cv=grouped_folds(y, groups, 3), groups=groups,
                            scoring="roc_auc").mean() > 0.7
 
 
+def test_search_keeps_the_best_candidates_out_of_fold_probabilities():
+    """cv_auc_ is the mean held-out AUC of oof_ over the same grouped folds, and no other
+    candidate scored higher."""
+    from classifiers.estimators.search import fold_aucs
+
+    X, y, groups = grouped_data()
+    model, _ = get_classifier("logreg").build()
+    search = GroupedSearchCV(model, {"logisticregression__C": [1e-4, 1e-2, 1.0]}, cv=3).fit(X, y, groups)
+    held_out = [test for _, test in grouped_folds(y, groups, 3).split(X, y, groups)]
+    assert fold_aucs(y, search.oof_, held_out).mean() == pytest.approx(search.cv_auc_)
+    assert search.cv_auc_ == max(c["cv_auc"] for c in search.candidates_)
+    best = next(c for c in search.candidates_ if c["cv_auc"] == search.cv_auc_)
+    assert search.best_params_ == best["params"]
+    assert search.best_estimator_.get_params()["logisticregression__C"] == best["params"]["logisticregression__C"]
+
+
 def test_one_class_is_an_error():
     X, y, groups = grouped_data()
-    model, grid = make_classifier("logreg")
     with pytest.raises(CovidCTError, match="both classes"):
-        tune(model, grid, X, np.zeros_like(y), groups)
+        get_classifier("logreg").search().fit(X, np.zeros_like(y), groups)
 
 
-def test_unknown_classifier():
-    with pytest.raises(CovidCTError, match="svm"):
-        make_classifier("knn")
+def test_unknown_classifier_lists_the_registry():
+    with pytest.raises(CovidCTError, match="svm, rf, xgboost, logreg"):
+        get_classifier("knn")
 
 
 def fitted_bundle(tmp_path):
     X, y, groups = grouped_data()
-    model, _ = make_classifier("logreg")
-    return save_bundle(model.fit(X, y), {"classifier": "logreg"}, tmp_path / "models" / "m.joblib")
+    model, _ = get_classifier("logreg").build()
+    return save_bundle(model.fit(X, y), {"classifier": "logreg", "command": "cli.py fit --clf logreg"},
+                       tmp_path / "models" / "m.joblib")
 
 
 def test_bundle_round_trip_and_hash(tmp_path):
@@ -77,12 +94,14 @@ def test_changed_model_file_is_refused(tmp_path):
         load_bundle(bundle.path)
 
 
-def test_incompatible_manifest_is_refused(tmp_path):
+@pytest.mark.parametrize("version, hint", [(999, "version that wrote it"),
+                                           (1, "Refit it .*: python cli.py fit --clf logreg")])
+def test_incompatible_manifest_is_refused(tmp_path, version, hint):
     bundle = fitted_bundle(tmp_path)
     path = bundle.path.with_suffix(".json")
     manifest = json.loads(path.read_text())
-    path.write_text(json.dumps({**manifest, "format_version": 999}))
-    with pytest.raises(ModelBundleError, match="format"):
+    path.write_text(json.dumps({**manifest, "format_version": version}))
+    with pytest.raises(ModelBundleError, match=f"format {version}.*{hint}"):
         load_bundle(bundle.path)
 
 

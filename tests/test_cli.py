@@ -35,7 +35,9 @@ def test_fit_writes_model_and_manifest(workspace, clf):
     assert manifest["training"]["n_images"] == 36  # 9 of 12 patients x 2 classes x 2 slices
     assert manifest["training"]["grouping"] == "patient"
     (bb,) = manifest["backbones"]
-    assert bb["name"] == "mobilenetv2" and bb["weights_source"] == "none" and len(bb["weights_sha256"]) == 64
+    assert bb["backbone"] == "mobilenetv2" and bb["weights_source"] == "none" and len(bb["weights_sha256"]) == 64
+    assert (bb["pooling"], bb["tta"], bb["precision"], bb["crop"], bb["window"]) == ("avg", "none", "fp32", "none",
+                                                                                    "-600,1500")
     assert bb["feature_dim"] == 1280 and "versions" in manifest and "RANDOM INIT" in manifest["warning"]
 
 
@@ -62,7 +64,8 @@ def test_evaluate_and_predict(workspace, tmp_path):
     assert len(good) == 2 and all(0 <= float(r["p_covid"]) <= 1 for r in good)
     assert all(r["label"] in ("COVID", "NonCOVID") for r in good)
     bad = next(r for r in rows if r["error"])
-    assert bad["p_covid"] == "" and "corrupt" in bad["error"] or "recognised" in bad["error"]
+    assert bad["p_covid"] == "" and bad["label"] == ""
+    assert "corrupt" in bad["error"] or "recognised" in bad["error"]
 
 
 def test_user_mistakes_are_one_line_errors(workspace, tmp_path):

@@ -10,9 +10,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import cli
-from classifiers.bundle import load_bundle
-from classifiers.explain import ModelExplainer, explanation_filename, linear_head
-from classifiers.models import make_classifier
+from classifiers.estimators.registry import get_classifier
+from classifiers.presentation.heatmaps import explanation_filename
+from classifiers.workflows.explain import ModelExplainer, linear_head
+from classifiers.workflows.model import load_model
+from feature_extractor.dataset import Record
+from feature_extractor.run_context import RunContext
 from tests.helpers import ct_like
 
 
@@ -68,8 +71,8 @@ def test_occlusion_scores_match_predict_and_the_map_follows_the_lungs(workspace,
     """The unoccluded score is the model's prediction, and hiding lung tissue (where the
     COVID blotches are) moves the score more than hiding the air around the body."""
     root, data, _ = workspace
-    bundle = load_bundle(models["svm"])
-    explainer = ModelExplainer(bundle, root / "features")
+    model = load_model(models["svm"], RunContext(root / "features"))
+    explainer = ModelExplainer(model)
     drops_in, drops_out = [], []
     for path in sorted((data / "CT_COVID").iterdir())[:4]:
         expl = explainer.explain(path)
@@ -84,13 +87,9 @@ def test_occlusion_scores_match_predict_and_the_map_follows_the_lungs(workspace,
         drops_out.append(np.abs(expl.heatmap[air]).mean())
     assert np.mean(drops_in) > np.mean(drops_out)
     # the explanation's own score is the model's prediction of the same image
-    from classifiers.predict import features_for_model, predict_proba
-    from feature_extractor.dataset import Record
-
     record = Record(path=str(sorted((data / "CT_COVID").iterdir())[0]))
-    feats = features_for_model(bundle.manifest, [record], root / "features")
     expl = explainer.explain(record.path)
-    assert expl.p_covid == pytest.approx(float(predict_proba(bundle, feats.X)[0]), abs=1e-4)
+    assert expl.p_covid == pytest.approx(float(model.predict_proba(model.features([record]).X)[0]), abs=1e-4)
 
 
 def test_gradcam_for_a_linear_head(workspace, models, scans, tmp_path):
@@ -99,17 +98,15 @@ def test_gradcam_for_a_linear_head(workspace, models, scans, tmp_path):
                  "--features-dir", root / "features", "--explain", "--explain-method", "gradcam",
                  "--explain-dir", tmp_path / "cam")
     assert result.exit_code == 3 and "wrote 2 gradcam heatmaps" in result.output, result.output
-    explainer = ModelExplainer(load_bundle(models["logreg"]), root / "features", method="gradcam")
+    model = load_model(models["logreg"], RunContext(root / "features"))
+    explainer = ModelExplainer(model, method="gradcam")
     expl = explainer.explain(scans / "a.png")
     assert expl.heatmap.max() > 0  # some region raised the score
     # the maps decompose the logit exactly: centre + the mean of every map
-    from classifiers.predict import features_for_model
-    from feature_extractor.dataset import Record
-
     canvas = explainer.extractors[0].prepare(scans / "a.png").model_input(explainer.canvas_size)
     maps, logit0 = explainer.class_activation_maps(canvas)
-    feats = features_for_model(explainer.bundle.manifest, [Record(path=str(scans / "a.png"))], root / "features")
-    logit = float(explainer.bundle.estimator.decision_function(feats.X)[0])
+    feats = model.features([Record(path=str(scans / "a.png"))])
+    logit = float(model.bundle.estimator.decision_function(feats.X)[0])
     assert logit0 + sum(float(m.mean()) for m in maps) == pytest.approx(logit, rel=1e-3, abs=1e-3)
 
 
@@ -129,7 +126,7 @@ def test_linear_head_folds_the_scaler_exactly():
     w, b, centre = linear_head(pipe)
     assert np.allclose(centre, X.mean(axis=0))
     assert np.allclose(X @ w + b, pipe.decision_function(X))
-    assert linear_head(make_classifier("svm")[0].fit(X, y)) is None  # RBF SVM: not linear
+    assert linear_head(get_classifier("svm").build()[0].fit(X, y)) is None  # RBF SVM: not linear
 
 
 def test_heatmap_file_names_are_safe_and_unique(tmp_path):

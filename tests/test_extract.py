@@ -2,16 +2,18 @@
 import numpy as np
 import pytest
 
+from feature_extractor.cache import FeatureCache
 from feature_extractor.dataset import load_dataset, load_unlabeled
 from feature_extractor.extract import FeatureExtractor
-from feature_extractor.weights import WeightsChoice
+from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.run_context import RunContext
 
 SMALL = (64, 64)  # random-init tests need no full-size input
 
 
-def extractor(features_dir, **kw):
-    return FeatureExtractor("mobilenetv2", WeightsChoice("none"), features_dir, batch_size=8,
-                            input_size=SMALL, **kw)
+def extractor(features_dir, weights="none", **settings):
+    spec = FeatureSpec("mobilenetv2", weights, input_size=settings.pop("input_size", SMALL), **settings)
+    return FeatureExtractor(spec, RunContext(features_dir, batch_size=8))
 
 
 def test_extract_then_reuse_cache(tmp_path, class_folders):
@@ -23,7 +25,6 @@ def test_extract_then_reuse_cache(tmp_path, class_folders):
     second = again.extract(records)
     assert (second.n_new, second.n_cached) == (0, 16)
     assert second.device is None and second.cache_path == first.cache_path
-    from feature_extractor.cache import FeatureCache
     feats = FeatureCache(first.cache_path).read([r.key for r in second.records])
     assert feats.shape == (16, 1280) and feats.dtype == np.float32
     assert np.isfinite(feats).all() and feats.std(axis=0).max() > 0
@@ -34,8 +35,7 @@ def test_random_init_is_reproducible(tmp_path, class_folders):
     records = load_dataset(class_folders).records[:4]
     a = extractor(tmp_path / "a").extract(records)
     b = extractor(tmp_path / "b").extract(records)
-    assert a.weights.sha256 == b.weights.sha256
-    from feature_extractor.cache import FeatureCache
+    assert a.spec.weights_sha256 == b.spec.weights_sha256
     keys = [r.key for r in a.records]
     np.testing.assert_allclose(FeatureCache(a.cache_path).read(keys),
                                FeatureCache(b.cache_path).read(keys), atol=1e-6)
@@ -69,10 +69,8 @@ def test_cached_extract_with_file_weights_builds_no_model(tmp_path, class_folder
     ex.extract(records)
     weights_file = tmp_path / "w.weights.h5"
     ex._model.save_weights(weights_file)
-    kw = dict(batch_size=8, input_size=SMALL)
-    first = FeatureExtractor("mobilenetv2", WeightsChoice("file", str(weights_file)), tmp_path / "g", **kw)
-    first.extract(records)
-    second = FeatureExtractor("mobilenetv2", WeightsChoice("file", str(weights_file)), tmp_path / "g", **kw)
+    extractor(tmp_path / "g", str(weights_file)).extract(records)
+    second = extractor(tmp_path / "g", str(weights_file))
     report = second.extract(records)
     assert report.n_cached == 3 and second._model is None and report.device is None
 
@@ -81,11 +79,9 @@ def test_cached_extract_with_file_weights_builds_no_model(tmp_path, class_folder
 def test_pooling_variants_have_their_own_cache(tmp_path, class_folders, pooling, dim):
     records = load_dataset(class_folders).records[:3]
     base = extractor(tmp_path / "f").extract(records)
-    ex = FeatureExtractor("mobilenetv2", WeightsChoice("none"), tmp_path / "f", batch_size=8,
-                          input_size=(96, 96), pooling=pooling)
+    ex = extractor(tmp_path / "f", input_size=(96, 96), pooling=pooling)
     report = ex.extract(records)
     assert report.cache_path != base.cache_path and report.n_new == 3
-    from feature_extractor.cache import FeatureCache
     feats = FeatureCache(report.cache_path).read([r.key for r in report.records])
     if dim:
         assert feats.shape == (3, dim)
@@ -99,10 +95,7 @@ def test_flip_tta_is_mirror_invariant(tmp_path):
     img = ct_like(3, True, 64)
     img.save(tmp_path / "a.png")
     ImageOps.mirror(img).save(tmp_path / "b.png")
-    ex = FeatureExtractor("mobilenetv2", WeightsChoice("none"), tmp_path / "f", batch_size=2,
-                          input_size=SMALL, augment="flip")
-    report = ex.extract(load_unlabeled(tmp_path).records)
-    from feature_extractor.cache import FeatureCache
+    report = extractor(tmp_path / "f", tta="flip").extract(load_unlabeled(tmp_path).records)
     a, b = FeatureCache(report.cache_path).read([r.key for r in report.records])
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -110,14 +103,11 @@ def test_flip_tta_is_mirror_invariant(tmp_path):
 def test_bf16_features_are_cached_apart_and_close_to_fp32(tmp_path, class_folders):
     records = load_dataset(class_folders).records[:4]
     fp32 = extractor(tmp_path / "f").extract(records)
-    ex = FeatureExtractor("mobilenetv2", WeightsChoice("none"), tmp_path / "f", batch_size=8,
-                          input_size=SMALL, precision="bf16")
-    bf16 = ex.extract(records)
-    assert bf16.cache_path != fp32.cache_path and bf16.weights.sha256 == fp32.weights.sha256
-    from feature_extractor.cache import FeatureCache
+    bf16 = extractor(tmp_path / "f", precision="bf16").extract(records)
+    assert bf16.cache_path != fp32.cache_path and bf16.spec.weights_sha256 == fp32.spec.weights_sha256
     keys = [r.key for r in fp32.records]
     a, b = FeatureCache(fp32.cache_path).read(keys), FeatureCache(bf16.cache_path).read(keys)
-    assert b.dtype == np.float32 and FeatureCache(bf16.cache_path).attrs["precision"] == "bfloat16"
+    assert b.dtype == np.float32 and FeatureCache(bf16.cache_path).attrs["precision"] == "bf16"
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98  # bfloat16 keeps ~3 significant digits
 
 
@@ -128,8 +118,6 @@ def test_features_of_arrays_match_the_cache_and_need_no_prior_call(tmp_path, cla
     report = extractor(tmp_path / "f").extract(records)
     fresh = extractor(tmp_path / "f")
     images = np.stack([fresh.prepare(r.path).model_input(SMALL) for r in records])
-    from feature_extractor.cache import FeatureCache
-
     cached = FeatureCache(report.cache_path).read([r.key for r in report.records])
     scale = np.abs(cached).max()
     assert scale > 0 and np.allclose(fresh.features_of(images), cached, rtol=1e-4, atol=1e-4 * scale)

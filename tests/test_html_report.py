@@ -123,7 +123,7 @@ def test_cases_table_lists_every_test_image_misclassified_first(report_file):
 
 
 def test_rows_are_ordered_misclassified_first_most_confident_mistake_on_top():
-    from classifiers.html_report import CaseRow, order_rows
+    from classifiers.presentation.html_report import CaseRow, order_rows
 
     rows = [CaseRow("ok-high", 0.9, "COVID", "COVID"), CaseRow("unreadable", error="empty file"),
             CaseRow("wrong-mild", 0.55, "COVID", "NonCOVID"), CaseRow("ok-low", 0.1, "NonCOVID", "NonCOVID"),

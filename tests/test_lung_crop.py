@@ -85,7 +85,8 @@ def test_crop_is_part_of_the_cache_and_the_model(workspace, tmp_path):
     fitted = run("fit", "--clf", "logreg", "--data", data, "--features-dir", features, "--model", model,
                  "--crop", "lungs", "--cv-folds", "3")
     assert fitted.exit_code == 0, fitted.output
-    assert json.loads(model.with_suffix(".json").read_text())["backbones"][0]["crop"] == LUNG_CROP_VERSION
+    (entry,) = json.loads(model.with_suffix(".json").read_text())["backbones"]
+    assert (entry["crop"], entry["crop_version"]) == ("lungs", LUNG_CROP_VERSION)
     # predict and evaluate follow the model's crop; --crop there only checks it
     ok = run("evaluate", "--model", model, "--data", data, "--features-dir", features, "--crop", "lungs",
              "--report-dir", tmp_path / "r")
@@ -94,11 +95,13 @@ def test_crop_is_part_of_the_cache_and_the_model(workspace, tmp_path):
                 "--out", tmp_path / "p.csv")
     assert wrong.exit_code == 1 and "trained with --crop lungs" in wrong.output
     # heatmaps of a cropped model are drawn inside the crop box on the full slice
-    from classifiers.bundle import load_bundle
-    from classifiers.explain import ModelExplainer, heat_on_slice
+    from classifiers.presentation.heatmaps import heat_on_slice
+    from classifiers.workflows.explain import ModelExplainer
+    from classifiers.workflows.model import load_model
+    from feature_extractor.run_context import RunContext
 
     slice_path = sorted((data / "CT_COVID").iterdir())[1]
-    expl = ModelExplainer(load_bundle(model), features).explain(slice_path)
+    expl = ModelExplainer(load_model(model, RunContext(features))).explain(slice_path)
     original, heat = heat_on_slice(expl)
     top, left, bottom, right = expl.prepared.crop.bbox
     assert expl.prepared.crop.found and heat.shape == original.shape[:2]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed (servers, CI)
@@ -19,7 +19,7 @@ def plot_roc(y: np.ndarray, p: np.ndarray, out: Path, title: str, auc_ci: tuple[
              threshold: float | None = None) -> Path:
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fpr, tpr, thresholds = roc_curve(y, p)
     auc = roc_auc_score(y, p)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
@@ -34,13 +34,13 @@ def plot_roc(y: np.ndarray, p: np.ndarray, out: Path, title: str, auc_ci: tuple[
            title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_calibration(y: np.ndarray, p: np.ndarray, out: Path, title: str, n_bins: int = 10) -> Path:
     from sklearn.calibration import calibration_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), dpi=120, sharex=True,
                                    gridspec_kw={"height_ratios": [3, 1]})
@@ -53,23 +53,23 @@ def plot_calibration(y: np.ndarray, p: np.ndarray, out: Path, title: str, n_bins
     hist.hist([p[y == 0], p[y == 1]], bins=bins, label=["NonCOVID", "COVID"], stacked=True)
     hist.set(xlabel="predicted P(COVID)", ylabel="images", xlim=(0, 1))
     hist.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_confusion(matrix: list[list[int]], out: Path, title: str) -> Path:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4), dpi=120)
     ConfusionMatrixDisplay(np.array(matrix), display_labels=["NonCOVID", "COVID"]).plot(
         ax=ax, cmap="Blues", colorbar=False, values_format="d")
     ax.set_title(title)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _save(fig, out: Path) -> Path:
+def save_figure(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out

@@ -1,9 +1,9 @@
 """A fitted model on disk: the joblib file plus a JSON manifest beside it.
 
-The manifest says what made the model (backbones, weights hashes, feature dims, classifier
-and params, training data fingerprint, CV score, library versions) and holds the SHA-256
-of the joblib file. joblib files are pickles and loading one runs code, so the hash is
-checked before anything is unpickled: load only models you trust.
+The manifest says what made the model (each backbone's FeatureSpec record, feature dims,
+classifier and params, training data fingerprint, CV score, library versions) and holds the
+SHA-256 of the joblib file. joblib files are pickles and loading one runs code, so the hash
+is checked before anything is unpickled: load only models you trust.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any
 import joblib
 
 from feature_extractor.errors import ModelBundleError
-from feature_extractor.provenance import FORMAT_VERSION, sha256_file
+from feature_extractor.provenance import sha256_file
 
+MANIFEST_FORMAT = 2  # 1: before FeatureSpec records and the estimator registry (refit those)
 DEFAULT_MODELS_DIR = Path("models")
 
 
@@ -31,6 +32,10 @@ class ModelBundle:
     manifest: dict
     path: Path
 
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("threshold", 0.5))
+
 
 def save_bundle(estimator: Any, manifest: dict, model_path: str | Path) -> ModelBundle:
     """Write the model and its manifest; each lands complete or not at all (temp + rename)."""
@@ -38,7 +43,7 @@ def save_bundle(estimator: Any, manifest: dict, model_path: str | Path) -> Model
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_model = model_path.with_name(model_path.name + ".tmp")
     joblib.dump(estimator, tmp_model)
-    manifest = {**manifest, "format_version": FORMAT_VERSION, "model_file": model_path.name,
+    manifest = {**manifest, "format_version": MANIFEST_FORMAT, "model_file": model_path.name,
                 "model_sha256": sha256_file(tmp_model)}
     tmp_manifest = manifest_path(model_path).with_name(manifest_path(model_path).name + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -57,10 +62,20 @@ def read_manifest(model_path: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelBundleError(f"cannot read model manifest {path}: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ModelBundleError(f"{path} has manifest format {manifest.get('format_version')!r}; this "
-                               f"version reads format {FORMAT_VERSION}. Refit the model.")
+    version = manifest.get("format_version")
+    if version != MANIFEST_FORMAT:
+        older = isinstance(version, int) and version < MANIFEST_FORMAT
+        raise ModelBundleError(
+            f"{model_path} has model format {version!r}; this version reads format {MANIFEST_FORMAT}. "
+            + (f"Refit it (its features are still cached): {_refit_command(manifest)}" if older
+               else "Use the covidct version that wrote it."))
     return manifest
+
+
+def _refit_command(manifest: dict) -> str:
+    command = str(manifest.get("command") or "python cli.py fit ...")
+    first = (command.split() or [""])[0]
+    return f"python {command}" if first.endswith(".py") else command
 
 
 def load_bundle(model_path: str | Path) -> ModelBundle:

@@ -1,4 +1,4 @@
-"""report: one self-contained HTML file a clinician can open, read and sort.
+"""The HTML report: one self-contained file a clinician can open, read and sort.
 
 It holds a model card (training data, split, backbones and weights hashes, classifier,
 threshold, versions), the metrics with 95% CIs, ROC/calibration/confusion plots, and a
@@ -18,21 +18,20 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from feature_extractor.cache import printable_path
-from feature_extractor.dataset import LABEL_NAMES, load_dataset
-from feature_extractor.errors import DatasetError
-from feature_extractor.images import ImageDecodeError, PreparedImage, resize_rgb
+from feature_extractor.dataset import printable_path
+from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.images import resize_rgb
 from feature_extractor.provenance import utc_now
-from feature_extractor.weights import WeightsChoice
 
-from .bundle import load_bundle
-from .evaluation import METRICS, EvaluationReport, evaluate_model
-from .explain import ModelExplainer, overlay_rgb
-from .predict import ProgressFactory, no_progress, predict_folder
+from ..workflows.metrics import METRICS
+from .evaluation_files import write_plots
+
+if TYPE_CHECKING:
+    from ..workflows.evaluate import EvaluationReport
 
 DISCLAIMER = "Research use only, not for clinical diagnosis."
 THUMB_SIDE = 128
@@ -65,7 +64,16 @@ class ReportContent:
     evaluation: EvaluationReport | None = None
     plots: dict[str, str] = field(default_factory=dict)   # name -> data: URI
     explain_method: str | None = None
-    n_heatmaps_asked: int = 0
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {r.path: r.error for r in self.rows if r.error}
+
+    def summary(self, path: Path) -> str:
+        n_wrong = sum(r.misclassified for r in self.rows)
+        n_heat = sum(1 for r in self.rows if r.heatmap)
+        return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(self.rows)} images, "
+                f"{n_wrong} misclassified, {n_heat} heatmaps")
 
 
 def data_uri(image: np.ndarray, fmt: str = "JPEG") -> str:
@@ -77,7 +85,7 @@ def data_uri(image: np.ndarray, fmt: str = "JPEG") -> str:
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def _thumbnail(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+def thumbnail(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     scale = side / max(image.shape[:2])
     return resize_rgb(image, (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))))
 
@@ -94,75 +102,8 @@ def order_rows(rows: list[CaseRow], threshold: float) -> list[CaseRow]:
     return sorted(rows, key=key)
 
 
-def collect(model_path: str | Path, data: str | Path, split: str = "test", features_dir: str | Path = "features",
-            batch_size: int = 32, weights: Mapping[str, WeightsChoice] | None = None,
-            offline: bool | None = None, heatmaps: int = 50, explain_method: str = "occlusion",
-            n_boot: int = 2000, progress: ProgressFactory | None = None) -> ReportContent:
-    """Everything the report shows. ``heatmaps``: explain the first N rows of the table."""
-    progress = progress or no_progress
-    bundle = load_bundle(model_path)
-    manifest = bundle.manifest
-    threshold = float(manifest.get("threshold", 0.5))
-    try:
-        dataset = load_dataset(data)
-    except DatasetError:
-        dataset = None  # a plain folder of slices: predictions without metrics
-    evaluation = None
-    if dataset is not None:
-        evaluation = evaluate_model(data, bundle.path, split, features_dir=features_dir, batch_size=batch_size,
-                                    weights=weights, progress=progress, offline=offline, n_boot=n_boot)
-        truth = {r.path: r for r in dataset.records}
-        rows = [CaseRow(path, float(p), LABEL_NAMES[int(p >= threshold)], LABEL_NAMES[int(y)],
-                        truth[path].patient) for path, p, y in zip(evaluation.paths, evaluation.p, evaluation.y)]
-        rows += [CaseRow(path, error=reason) for path, reason in evaluation.errors.items()]
-    else:
-        predicted = predict_folder(data, bundle.path, features_dir=features_dir, batch_size=batch_size,
-                                   weights=weights, progress=progress, offline=offline)
-        rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error) for r in predicted.rows]
-    rows = order_rows(rows, threshold)
-    content = ReportContent(manifest, bundle.path, str(data), threshold, rows, evaluation,
-                            explain_method=explain_method if heatmaps else None, n_heatmaps_asked=heatmaps)
-    if evaluation is not None:
-        content.plots = _plots(evaluation)
-    explainer = ModelExplainer(bundle, features_dir, batch_size, weights, offline, explain_method) \
-        if heatmaps else None
-    readable = [r for r in rows if r.error is None]
-    with progress("report images ", len(readable)) as update:
-        for i, row in enumerate(readable):
-            prepared = _prepare(manifest, row)
-            if prepared is None:
-                update(1)
-                continue
-            row.thumbnail = data_uri(_thumbnail(prepared.original))
-            if prepared.crop_fallback:
-                row.note = f"no lungs found ({prepared.crop_fallback}): full image used"
-            if explainer is not None and i < heatmaps:
-                expl = explainer.explain(row.path, prepared)
-                row.heatmap = data_uri(overlay_rgb(expl, THUMB_SIDE + 32))
-            update(1)
-    return content
-
-
-def _prepare(manifest: dict, row: CaseRow) -> PreparedImage | None:
-    """The slice as the model's first backbone reads it (window, crop); None if unreadable."""
-    from feature_extractor.dataset import DICOM_SUFFIXES
-    from feature_extractor.images import DEFAULT_WINDOW, parse_window, prepare_image, window_label
-
-    from .predict import crop_option
-
-    entry = manifest["backbones"][0]
-    try:
-        return prepare_image(Path(row.path).read_bytes(),
-                             parse_window(entry.get("window") or window_label(DEFAULT_WINDOW)),
-                             Path(row.path).suffix.lower() in DICOM_SUFFIXES, crop_option(entry.get("crop")))
-    except (ImageDecodeError, OSError) as exc:  # changed since it was scored
-        row.error = str(exc)
-        return None
-
-
-def _plots(evaluation: EvaluationReport) -> dict[str, str]:
-    from .reporting import write_plots
-
+def plot_uris(evaluation: EvaluationReport) -> dict[str, str]:
+    """The evaluation's plots as data: URIs (name -> URI)."""
     with tempfile.TemporaryDirectory() as tmp:
         return {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
                 for name, path in write_plots(evaluation, tmp).items()}
@@ -247,11 +188,11 @@ def _card(manifest: dict, model_path: Path, content: ReportContent) -> str:
         ("library versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())),
     ]
     card = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'fitted' else _e(v)}</dd>" for k, v in items)
-    backbones = "".join(
-        f"<tr><td>{_e(b['name'])}</td><td>{_e(b['weights_source'])}</td><td><code>{_e(b['weights_sha256'])}</code></td>"
-        f"<td>{_e('x'.join(map(str, b.get('input_size', []))))}</td><td>{_e(b.get('pooling'))}</td>"
-        f"<td>{_e(b.get('augment'))}</td><td>{_e(b.get('crop'))}</td><td>{_e(b.get('precision'))}</td>"
-        f"<td>{_e(b.get('window'))}</td></tr>" for b in manifest.get("backbones", []))
+    described = [FeatureSpec.from_record(b).describe() for b in manifest.get("backbones", [])]
+    head = "".join(f"<th>{_e(label)}</th>" for label in (described[0] if described else {}))
+    backbones = "".join("<tr>" + "".join(f"<td><code>{_e(v)}</code></td>" if k == "weights SHA-256"
+                                         else f"<td>{_e(v)}</td>" for k, v in d.items()) + "</tr>"
+                        for d in described)
     base = manifest.get("cv", {}).get("base_models", [])
     stack = ""
     if base:
@@ -261,9 +202,8 @@ def _card(manifest: dict, model_path: Path, content: ReportContent) -> str:
                      f"<td class=num>{b['cv_auc']:.3f} ± {b['cv_auc_std']:.3f}</td>"
                      f"<td class=num>{b['meta_weight']:+.2f}</td></tr>" for b in base) + "</tbody></table>")
     return (f"<section id=model-card><h2>Model card</h2><dl class=card>{card}</dl>"
-            "<h3>Backbones (frozen ImageNet CNNs)</h3><table><thead><tr><th>backbone</th><th>weights</th>"
-            "<th>weights SHA-256</th><th>input</th><th>pooling</th><th>TTA</th><th>crop</th><th>precision</th>"
-            f"<th>DICOM window</th></tr></thead><tbody>{backbones}</tbody></table>{stack}</section>")
+            f"<h3>Backbones (frozen ImageNet CNNs)</h3><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{backbones}</tbody></table>{stack}</section>")
 
 
 def _metrics(ev: EvaluationReport) -> str:
@@ -367,7 +307,7 @@ def render_html(content: ReportContent) -> str:
     return "\n".join(parts)
 
 
-def write_html_report(content: ReportContent, out: str | Path) -> Path:
+def write_html(content: ReportContent, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

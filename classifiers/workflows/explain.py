@@ -8,27 +8,22 @@ each patch covered. Grad-CAM needs a linear head (a scaler and a linear model, e
 ``--clf logreg``): the head's weights are folded into the backbone's graph and the class
 activation map is read from every pooled feature map, in one backward pass.
 
-Heatmaps live on the model's input canvas (the lung crop with --crop lungs); ``render``
-maps them back onto the full slice.
+Heatmaps live on the model's input canvas (the lung crop with --crop lungs);
+presentation/heatmaps.py draws them onto the full slice.
 """
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.cache import printable_path
 from feature_extractor.errors import CovidCTError
 from feature_extractor.extract import FeatureExtractor
-from feature_extractor.images import PreparedImage, resize_rgb
-from feature_extractor.weights import WeightsChoice
+from feature_extractor.images import ImageDecodeError, PreparedImage, resize_map, resize_rgb
 
-from .bundle import ModelBundle
-from .predict import extractor_for
+from .model import LoadedModel
 
 METHODS = ("occlusion", "gradcam")
 
@@ -68,33 +63,31 @@ def linear_head(estimator) -> tuple[np.ndarray, float, np.ndarray] | None:
 
 
 class ModelExplainer:
-    """Explains a saved model's predictions, one image at a time.
+    """Explains a loaded model's predictions, one image at a time.
 
     Parameters
     ----------
-    bundle : the loaded model (any classifier, or the stack, for occlusion).
+    model : the loaded model (any classifier, or the stack, for occlusion); its feature
+        extractors (and CNNs) are shared with the predictions of the same command.
     method : "occlusion" (default, any classifier) or "gradcam" (linear heads only).
     patch : occlusion patch side as a fraction of the canvas side (default 1/4: a 7x7 grid
         of positions at half-patch stride, 49 forward passes per backbone and image).
     """
 
-    def __init__(self, bundle: ModelBundle, features_dir: str | Path = "features", batch_size: int = 32,
-                 weights: Mapping[str, WeightsChoice] | None = None, offline: bool | None = None,
-                 method: str = "occlusion", patch: float = 0.25):
+    def __init__(self, model: LoadedModel, method: str = "occlusion", patch: float = 0.25):
         if method not in METHODS:
             raise CovidCTError(f"unknown explanation method {method!r}; valid: {', '.join(METHODS)}")
-        self.bundle = bundle
+        self.model = model
+        self.estimator = model.bundle.estimator
         self.method = method
         self.patch = float(patch)
-        self.extractors: list[FeatureExtractor] = [
-            extractor_for(entry, features_dir, batch_size, (weights or {}).get(entry["name"]), offline)
-            for entry in bundle.manifest["backbones"]]
+        self.extractors: list[FeatureExtractor] = model.extractors
         self.canvas_size = self.extractors[0].input_size
-        self.head = linear_head(bundle.estimator)
+        self.head = linear_head(self.estimator)
         if method == "gradcam" and self.head is None:
             raise CovidCTError(
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
-                f"{bundle.manifest.get('classifier')!r}: use --explain-method occlusion")
+                f"{model.manifest.get('classifier')!r}: use --explain-method occlusion")
         # Built now, so unsuitable pooling is refused before any prediction runs. Each comes
         # with the (start, stop) columns of its maps' features in the model's feature vector.
         self._cam_models = []
@@ -115,7 +108,7 @@ class ModelExplainer:
             # One batch: every image's occlusion set has the same size, so the compiled
             # function is traced once; one image alone runs eagerly (no tracing at all).
             blocks.append(ex.features_of(images, eager=len(images) == 1))
-        return self.bundle.estimator.predict_proba(np.hstack(blocks))[:, 1]
+        return self.estimator.predict_proba(np.hstack(blocks))[:, 1]
 
     def explain(self, path: str | Path, prepared: PreparedImage | None = None) -> Explanation:
         """Raises ImageDecodeError or OSError for an unreadable file."""
@@ -123,9 +116,9 @@ class ModelExplainer:
         canvas = prepared.model_input(self.canvas_size)
         if self.method == "gradcam":
             maps, _, features = self._cam_pass(canvas)
-            p = float(self.bundle.estimator.predict_proba(features[None])[0, 1])
+            p = float(self.estimator.predict_proba(features[None])[0, 1])
             # Each map's mean is its share of the logit; upsampled, they add up on the canvas.
-            heat = np.sum([_resize_map(m, canvas.shape[:2]) for m in maps], axis=0).astype(np.float32)
+            heat = np.sum([resize_map(m, canvas.shape[:2]) for m in maps], axis=0).astype(np.float32)
         else:
             p, heat = self._occlusion(canvas)
         return Explanation(str(path), p, heat, self.method, prepared)
@@ -178,7 +171,7 @@ class ModelExplainer:
         maps, features = [], []
         for ex, (model, parts) in zip(self.extractors, self._cam_models):
             image = canvas if ex.input_size == self.canvas_size else resize_rgb(canvas, ex.input_size)
-            images = np.stack([image, image[:, ::-1]]) if ex.augment == "flip" else image[None]
+            images = np.stack([image, image[:, ::-1]]) if ex.spec.tta == "flip" else image[None]
             outputs = model(ex.preprocess(images), training=False)
             for (start, stop), fmap in zip(parts, outputs if isinstance(outputs, (list, tuple)) else [outputs]):
                 fmap = np.asarray(fmap, np.float64)  # (views, h, w, channels)
@@ -193,8 +186,9 @@ class ModelExplainer:
 def _map_model(ex: FeatureExtractor):
     """The backbone up to the maps its features average, and each map's channel count (its
     block of the backbone's features, in order)."""
-    import keras
+    from feature_extractor.tf_runtime import keras_module
 
+    keras = keras_module()
     model = ex.model
     last = model.layers[-1]
     parts = list(last.input) if type(last).__name__ == "Concatenate" else [model.output]
@@ -204,129 +198,27 @@ def _map_model(ex: FeatureExtractor):
         layer = producers.get(id(part))
         if layer is None or type(layer).__name__ != "GlobalAveragePooling2D":
             raise CovidCTError(f"Grad-CAM needs features that average feature maps (--pooling avg or "
-                               f"multiscale); this model's {ex.spec.name} features use "
-                               f"{ex.pooling}: use --explain-method occlusion")
+                               f"multiscale); this model's {ex.spec.backbone} features use "
+                               f"{ex.spec.pooling}: use --explain-method occlusion")
         maps.append(layer.input)
     return keras.Model(model.inputs[0], maps), [int(p.shape[-1]) for p in parts]
 
 
-def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize(
-        (size[1], size[0]), Image.BILINEAR), dtype=np.float32)
-
-
-# -- output ---------------------------------------------------------------------------------
-def explanation_filename(path: str | Path, root: str | Path | None = None) -> str:
-    """A safe, unique PNG name for an image: its path below ``root`` with separators
-    flattened, odd characters replaced, and a short checksum of the full path."""
-    path = Path(path)
-    try:
-        rel = path.relative_to(root) if root else Path(path.name)
-    except ValueError:
-        rel = Path(path.name)
-    text = printable_path(str(rel))
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__"))[-120:].strip("._") or "image"
-    return f"{stem}.{zlib.crc32(printable_path(str(path)).encode()):08x}.png"
-
-
-def heat_on_slice(expl: Explanation) -> tuple[np.ndarray, np.ndarray]:
-    """(slice RGB, heatmap of the same size) with the map placed in the crop's bounding box;
-    NaN outside it. Only positive values (regions that raised P(COVID)) are kept."""
-    original = expl.prepared.original
-    h, w = original.shape[:2]
-    top, left, bottom, right = expl.prepared.crop.bbox if expl.prepared.crop is not None else (0, 0, h, w)
-    heat = expl.heatmap
-    if expl.method == "occlusion":  # soften the patch grid's steps for display (sigma: half a stride)
-        from scipy.ndimage import gaussian_filter
-
-        heat = gaussian_filter(heat, sigma=max(1.0, 0.0625 * min(heat.shape)))
-    full = np.full((h, w), np.nan, np.float32)
-    full[top:bottom, left:right] = _resize_map(np.maximum(heat, 0), (bottom - top, right - left))
-    return original, full
-
-
-def _blend(base: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
-    """Heat over a uint8 slice: colour and opacity grow with the value, zero stays clear."""
-    import matplotlib
-
-    norm = np.clip(np.nan_to_num(heat) / vmax, 0, 1)
-    colours = matplotlib.colormaps["jet"](norm)[..., :3]
-    alpha = 0.6 * norm[..., None]
-    return np.round(255 * ((1 - alpha) * base.astype(np.float32) / 255 + alpha * colours)).astype(np.uint8)
-
-
-def _vmax(heat: np.ndarray, method: str) -> float:
-    """Colour scale top; for occlusion at least a 0.02 drop in P(COVID), so noise stays faint."""
-    peak = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0
-    return max(peak, 0.02 if method == "occlusion" else 1e-12)
-
-
-def overlay_rgb(expl: Explanation, max_side: int | None = 160) -> np.ndarray:
-    """The slice with the heatmap blended in, scaled to ``max_side`` (None: full size)."""
-    original, heat = heat_on_slice(expl)
-    if max_side:
-        scale = max_side / max(original.shape[:2])
-        size = (max(1, round(original.shape[0] * scale)), max(1, round(original.shape[1] * scale)))
-        original, heat = resize_rgb(original, size), _resize_map(np.nan_to_num(heat), size)
-    return _blend(original, heat, _vmax(heat, expl.method))
-
-
-def render(expl: Explanation, out: str | Path, threshold: float = 0.5) -> Path:
-    """A PNG: the slice (with the crop box) beside the slice with the heatmap."""
-    import matplotlib
-
-    from .plots import _pyplot, _save
-
-    plt = _pyplot()
-    original, heat = heat_on_slice(expl)
-    label = "COVID" if expl.p_covid >= threshold else "NonCOVID"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.8), dpi=110)
-    left.imshow(original)
-    if expl.prepared.crop is not None:
-        top, lft, bottom, rgt = expl.prepared.crop.bbox
-        colour = "lime" if expl.prepared.crop.found else "orange"
-        left.add_patch(plt.Rectangle((lft - 0.5, top - 0.5), rgt - lft, bottom - top, fill=False,
-                                     ec=colour, lw=1.5))
-        left.set_title("lung crop (what the model sees)" if expl.prepared.crop.found
-                       else f"no lungs found ({expl.prepared.crop.reason}): full image", fontsize=9)
-    else:
-        left.set_title("input slice", fontsize=9)
-    vmax = _vmax(heat, expl.method)
-    right.imshow(_blend(original, heat, vmax))
-    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, vmax), "jet")
-    what = ("drop in P(COVID) when hidden" if expl.method == "occlusion"
-            else "contribution to the logit vs the average training slice")
-    fig.colorbar(scale, ax=right, fraction=0.046, pad=0.04).set_label(what, fontsize=8)
-    peak = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0
-    floor = 0.02 if expl.method == "occlusion" else 0.0
-    right.set_title(f"{expl.method}: regions that raised P(COVID)" if peak > floor else
-                    f"{expl.method}: no single region raised P(COVID)"
-                    + (f" by {floor:g} or more" if floor else ""), fontsize=9)
-    for ax in (left, right):
-        ax.axis("off")
-    name = printable_path(Path(expl.path).name)
-    fig.suptitle(f"{name}   P(COVID) = {expl.p_covid:.3f} -> {label} (threshold {threshold:.2f})\n"
-                 "Research use only, not for clinical diagnosis", fontsize=10)
-    return _save(fig, Path(out))
-
-
 def explain_records(explainer: ModelExplainer, paths: Sequence[str], out_dir: str | Path,
-                    root: str | Path | None = None, threshold: float = 0.5,
-                    progress=None) -> dict[str, str]:
+                    root: str | Path | None = None) -> dict[str, str]:
     """Write one heatmap PNG per readable image; returns path -> PNG path."""
-    from feature_extractor.images import ImageDecodeError
+    from ..presentation.heatmaps import explanation_filename, render
 
     out_dir = Path(out_dir)
     written: dict[str, str] = {}
-    for path in paths:
-        try:
-            expl = explainer.explain(path)
-        except (ImageDecodeError, OSError):
-            expl = None  # its prediction row already carries the reason
-        if expl is not None:
-            written[path] = str(render(expl, out_dir / explanation_filename(path, root), threshold))
-        if progress:
+    threshold = explainer.model.threshold
+    with explainer.model.context.progress("explain       ", len(paths)) as progress:
+        for path in paths:
+            try:
+                expl = explainer.explain(path)
+            except (ImageDecodeError, OSError):
+                expl = None  # its prediction row already carries the reason
+            if expl is not None:
+                written[path] = str(render(expl, out_dir / explanation_filename(path, root), threshold))
             progress(1)
     return written

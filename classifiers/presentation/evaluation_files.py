@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .evaluation import METRICS, EvaluationReport
+from feature_extractor.feature_spec import FeatureSpec
+
+from ..workflows.metrics import METRICS
 from .plots import plot_calibration, plot_confusion, plot_roc
+
+if TYPE_CHECKING:
+    from ..workflows.evaluate import EvaluationReport
 
 PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png"}
 
@@ -25,7 +31,8 @@ def write_plots(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path
     }
 
 
-def write_report(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
+def write_evaluation(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
+    """metrics.json, report.md and the plots; name -> file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = write_plots(report, out_dir)
@@ -44,8 +51,7 @@ def _json_default(value):
 
 def markdown(report: EvaluationReport) -> str:
     m = report.manifest
-    backbones = ", ".join(f"{b['name']} ({b['weights_source']}, sha256 {str(b['weights_sha256'])[:12]})"
-                          for b in m.get("backbones", []))
+    backbones = ", ".join(FeatureSpec.from_record(b).summary() for b in m.get("backbones", []))
     training = m.get("training", {})
     n = report.n
     lines = [

@@ -1,0 +1,77 @@
+"""report: gather what the HTML report shows (presentation/html_report.py draws it).
+
+Labeled data is evaluated (metrics, plots); a plain folder of slices is predicted only.
+Every row gets a thumbnail; the first ``heatmaps`` rows of the table (misclassified first)
+get a heatmap. One loaded model serves the evaluation, the thumbnails and the explainer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from feature_extractor.dataset import LABEL_NAMES, load_dataset
+from feature_extractor.errors import DatasetError
+from feature_extractor.images import ImageDecodeError, PreparedImage
+from feature_extractor.run_context import RunContext
+
+from ..presentation.heatmaps import overlay_rgb
+from ..presentation.html_report import (THUMB_SIDE, CaseRow, ReportContent, data_uri, order_rows,
+                                        plot_uris, thumbnail, write_html)
+from .evaluate import evaluate_model
+from .explain import ModelExplainer
+from .model import LoadedModel, load_model
+from .predict import predict_folder
+
+
+def collect(model: LoadedModel, data: str | Path, split: str = "test", heatmaps: int = 50,
+            explain_method: str = "occlusion", n_boot: int = 2000) -> ReportContent:
+    """Everything the report shows. ``heatmaps``: explain the first N rows of the table."""
+    threshold = model.threshold
+    explainer = ModelExplainer(model, explain_method) if heatmaps else None  # refuse early
+    try:
+        dataset = load_dataset(data)
+    except DatasetError:
+        dataset = None  # a plain folder of slices: predictions without metrics
+    evaluation = None
+    if dataset is not None:
+        evaluation = evaluate_model(model, data, split, n_boot)
+        truth = {r.path: r for r in dataset.records}
+        rows = [CaseRow(path, float(p), LABEL_NAMES[int(p >= threshold)], LABEL_NAMES[int(y)],
+                        truth[path].patient) for path, p, y in zip(evaluation.paths, evaluation.p, evaluation.y)]
+        rows += [CaseRow(path, error=reason) for path, reason in evaluation.errors.items()]
+    else:
+        predicted = predict_folder(model, data)
+        rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error) for r in predicted.rows]
+    rows = order_rows(rows, threshold)
+    content = ReportContent(model.manifest, model.path, str(data), threshold, rows, evaluation,
+                            explain_method=explain_method if heatmaps else None)
+    if evaluation is not None:
+        content.plots = plot_uris(evaluation)
+    readable = [r for r in rows if r.error is None]
+    with model.context.progress("report images ", len(readable)) as update:
+        for i, row in enumerate(readable):
+            prepared = _prepare(model, row)
+            if prepared is not None:
+                row.thumbnail = data_uri(thumbnail(prepared.original))
+                if prepared.crop_fallback:
+                    row.note = f"no lungs found ({prepared.crop_fallback}): full image used"
+                if explainer is not None and i < heatmaps:
+                    row.heatmap = data_uri(overlay_rgb(explainer.explain(row.path, prepared), THUMB_SIDE + 32))
+            update(1)
+    return content
+
+
+def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
+    """The slice as the model's first backbone reads it (window, crop); None if unreadable."""
+    try:
+        return model.extractors[0].prepare(row.path)
+    except (ImageDecodeError, OSError) as exc:  # changed since it was scored
+        row.error = str(exc)
+        return None
+
+
+def report_to_html(data: str | Path, out: str | Path = "report.html", model_path: str | Path | None = None,
+                   context: RunContext | None = None, split: str = "test", heatmaps: int = 50,
+                   explain_method: str = "occlusion", n_boot: int = 2000) -> tuple[Path, ReportContent]:
+    """report: one self-contained HTML file (see presentation/html_report.py)."""
+    content = collect(load_model(model_path, context), data, split, heatmaps, explain_method, n_boot)
+    return write_html(content, out), content

@@ -1,0 +1,166 @@
+"""fit: from a labeled dataset and cached features to a saved, tuned model.
+
+Trains on train+val of the official split (all labeled images when there is no split);
+the test split is never read here. Hyperparameters are chosen by patient-grouped CV.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from feature_extractor.dataset import Dataset, Record, load_dataset, with_keys
+from feature_extractor.errors import CovidCTError
+from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
+from feature_extractor.run_context import RunContext
+from feature_extractor.weights import NONE, NONE_WARNING
+
+from ..estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK, get_classifier
+from ..estimators.stacking import FINAL_CS, StackedEnsemble
+from ..estimators.thresholds import threshold_for_sensitivity
+from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
+from .features import FeatureSelection, feature_matrix, resolve_sources
+
+TRAIN_SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How fit trains.
+
+    Parameters
+    ----------
+    clf : a registry classifier (classifiers/estimators/registry.py) or "stack".
+    base : the stack's base classifiers (registry names).
+    cv_folds : patient-grouped CV folds for tuning (fewer when a class has fewer patients).
+    seed : random seed of the folds and the estimators.
+    target_sensitivity : choose the decision threshold on out-of-fold predictions of the
+        training images to reach this COVID recall (None: 0.5).
+    """
+
+    clf: str
+    base: tuple[str, ...] = DEFAULT_BASE
+    cv_folds: int = 5
+    seed: int = 0
+    target_sensitivity: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", tuple(self.base))
+        if self.clf != STACK:
+            get_classifier(self.clf)
+        unknown = [b for b in self.base if b not in CLASSIFIERS]
+        if unknown:
+            raise CovidCTError(f"unknown base classifier(s) {unknown}; valid: {', '.join(CLASSIFIERS)}")
+
+
+def training_records(dataset: Dataset) -> tuple[list[Record], list[str]]:
+    """Labeled records to train on, and which splits they came from."""
+    labeled = [r for r in dataset.records if r.label is not None]
+    if dataset.has_split:
+        return [r for r in labeled if r.split in TRAIN_SPLITS], list(TRAIN_SPLITS)
+    return labeled, ["all"]
+
+
+def data_fingerprint(records: Sequence[Record]) -> str:
+    return fingerprint(f"{r.key}:{r.label}" for r in records)
+
+
+def _fit_stack(X, y, groups, sources, settings: FitSettings):
+    """One block of columns per backbone, each with every base classifier."""
+    bounds = np.cumsum([0] + [s.cache.feature_dim for s in sources])
+    blocks = [(s.spec.backbone, int(a), int(z)) for s, a, z in zip(sources, bounds[:-1], bounds[1:])]
+    estimators = [(name, get_classifier(name).search(settings.cv_folds, settings.seed, y))
+                  for name in settings.base]
+    stack = StackedEnsemble(estimators, blocks, cv=settings.cv_folds,
+                            random_state=settings.seed).fit(X, y, groups)
+    params = {"base": list(settings.base), "final_estimator": "LogisticRegression",
+              "final_param_grid": {"C": list(FINAL_CS)}, "cv": settings.cv_folds,
+              "random_state": settings.seed}
+    report = {"auc": stack.cv_auc_, "auc_std": stack.cv_auc_std_, "base_models": stack.base_reports_,
+              "meta_learner": "LogisticRegression on logits of out-of-fold base probabilities",
+              "meta_weights": stack.meta_weights()}
+    return stack, params, report, stack.oof_
+
+
+def _fit_one(X, y, groups, settings: FitSettings):
+    search = get_classifier(settings.clf).search(settings.cv_folds, settings.seed, y).fit(X, y, groups)
+    report = {"auc": search.cv_auc_, "auc_std": search.cv_auc_std_, "n_folds": search.n_splits_,
+              "candidates": search.candidates_}
+    return search.best_estimator_, search.best_params_, report, search.oof_
+
+
+def fit_model(data: str | Path, settings: FitSettings, selection: FeatureSelection | None = None,
+              context: RunContext | None = None, model_path: str | Path | None = None) -> ModelBundle:
+    """fit: train ``settings.clf`` on cached features of the training images and save it with
+    its manifest (default path: models/<clf>.joblib). The test split is never read."""
+    context = context or RunContext()
+    dataset = load_dataset(data)
+    records, splits = training_records(dataset)
+    records = with_keys(records)
+    unreadable = [r for r in records if r.error]
+    if unreadable:
+        raise CovidCTError(f"{len(unreadable)} training images cannot be read, e.g. "
+                           f"{unreadable[0].path}: {unreadable[0].error}")
+    if not records:
+        raise CovidCTError(f"no labeled training images in {data}")
+    sources = resolve_sources(records, selection or FeatureSelection(), context.features_dir)
+    X = feature_matrix(records, [s.cache for s in sources])
+    y = np.array([r.label for r in records], dtype=int)
+    groups = np.array([r.group for r in records])
+    if settings.clf == STACK:
+        estimator, params, cv_report, oof = _fit_stack(X, y, groups, sources, settings)
+    else:
+        estimator, params, cv_report, oof = _fit_one(X, y, groups, settings)
+    grouping = "patient" if dataset.has_patients else "image"
+    threshold = {"threshold": 0.5, "rule": "default"}
+    if settings.target_sensitivity is not None:
+        threshold = {**threshold_for_sensitivity(y, oof, settings.target_sensitivity),
+                     "rule": "target sensitivity on out-of-fold predictions of the training images"}
+    backbones = [s.manifest_entry() for s in sources]
+    manifest = {
+        "created": utc_now(),
+        "command": command_line(),
+        "classifier": settings.clf,
+        "params": params,
+        "threshold": threshold["threshold"],
+        "threshold_choice": threshold,
+        "backbones": backbones,
+        "feature_dim": int(X.shape[1]),
+        "training": {
+            "data": str(Path(data).resolve()), "layout": dataset.layout, "splits": splits,
+            "n_images": len(records), "n_covid": int(np.sum(y == 1)),
+            "n_noncovid": int(np.sum(y == 0)), "n_groups": int(len(np.unique(groups))),
+            "grouping": grouping, "fingerprint": data_fingerprint(records)},
+        "cv": {"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
+                         f"random_state={settings.seed}) grouped by {grouping}",
+               "scoring": "roc_auc", **cv_report},
+        "versions": library_versions(),
+    }
+    if any(b["weights_source"] == NONE for b in backbones):
+        manifest["warning"] = NONE_WARNING
+    path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
+    return save_bundle(estimator, manifest, path)
+
+
+def fit_summary(bundle: ModelBundle) -> list[str]:
+    """What fit reports: data, features, CV scores, threshold and the files written."""
+    m = bundle.manifest
+    t = m["training"]
+    lines = [f"trained {m['classifier']} on {t['n_images']} images ({t['n_covid']} COVID, "
+             f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
+             f"splits: {'+'.join(t['splits'])})",
+             f"features: {' + '.join(b['backbone'] for b in m['backbones'])} ({m['feature_dim']} dims, "
+             f"crop {m['backbones'][0]['crop']})"]
+    for b in m["cv"].get("base_models", []):
+        lines.append(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
+                     f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
+    params = "" if m["classifier"] == STACK else f" with {m['params']}"
+    lines.append(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}")
+    choice = m["threshold_choice"]
+    if choice["rule"] != "default":
+        lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
+                     f"{choice['oof_sensitivity']:.3f}, specificity {choice['oof_specificity']:.3f})")
+    lines.append(f"saved {bundle.path} and {bundle.path.with_suffix('.json')}")
+    return lines

@@ -1,0 +1,45 @@
+"""How a command runs, as opposed to what it computes: one :class:`RunContext` per command.
+
+Nothing here changes a number: two runs that differ only in their context give the same
+features and the same models. The feature settings that do change numbers are a
+:class:`~feature_extractor.feature_spec.FeatureSpec`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager
+
+Progress = Callable[[int], None]  # called with the number of images just finished
+ProgressFactory = Callable[[str, int], ContextManager[Progress]]  # (label, total) -> a Progress
+
+
+def no_progress(label: str, total: int) -> ContextManager[Progress]:
+    return contextlib.nullcontext(lambda n: None)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where features are cached and how extraction runs.
+
+    Parameters
+    ----------
+    features_dir : the folder of the HDF5 feature caches.
+    batch_size : images per forward pass.
+    offline : never try to download weights (None: ``$COVIDCT_OFFLINE``).
+    weights_overrides : ``NAME=FILE|imagenet`` values: where a saved model's weights are now,
+        when not where they were (checked against the model's SHA-256).
+    progress : makes a progress callback for a labelled count of images.
+    """
+
+    features_dir: Path = Path("features")
+    batch_size: int = 32
+    offline: bool | None = None
+    weights_overrides: tuple[str, ...] = ()
+    progress: ProgressFactory = no_progress
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features_dir", Path(self.features_dir))
+        object.__setattr__(self, "batch_size", max(1, int(self.batch_size)))
+        object.__setattr__(self, "weights_overrides", tuple(self.weights_overrides))
