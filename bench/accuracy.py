@@ -16,19 +16,23 @@ from pathlib import Path
 
 from common import MODELS, REPO, bench_parser, machine, markdown_table, publish
 
-from classifiers.evaluation import evaluate_model  # noqa: E402
-from classifiers.train import fit_model  # noqa: E402
+from classifiers.estimators.registry import CLASSIFIERS, STACK  # noqa: E402
+from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
+from classifiers.workflows.features import FeatureSelection  # noqa: E402
+from classifiers.workflows.model import load_model  # noqa: E402
+from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
+from feature_extractor.backbones import get_backbone  # noqa: E402
 from feature_extractor.dataset import Dataset, load_dataset  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
+from feature_extractor.feature_spec import SETTING, FeatureSpec  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice, imagenet_file  # noqa: E402
-from feature_extractor.backbones import get_backbone  # noqa: E402
 
 OFFLINE_WEIGHTS = {  # backbone -> weights we can load without internet
     "mobilenetv2": WeightsChoice("file", str(MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5")),
     "mobilenet": WeightsChoice("file", str(MODELS / "mobilenet_v1_1.0_224_imagenet_from_coral_quant_no_top.h5")),
     "mobilenet025": WeightsChoice("imagenet"),
 }
-CLASSIFIERS = ("svm", "rf", "xgboost", "logreg")
 ANCHORS = [
     ("DenseNet-169 baseline, fine-tuned (Zhao et al.)", "0.847", "0.854", "0.919"),
     ("Self-Trans (He et al.)", "0.86", "0.85", "0.94"),
@@ -64,29 +68,28 @@ def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--classifiers", default=",".join(CLASSIFIERS))
     # Chosen by bench/feature_variants.py on train+val grouped CV (not on test).
-    parser.add_argument("--pooling", default="multiscale", choices=["avg", "avgmax", "multiscale"])
-    parser.add_argument("--tta", default="flip", choices=["none", "flip"])
+    parser.add_argument("--pooling", default="multiscale", choices=SETTING["pooling"].choices)
+    parser.add_argument("--tta", default="flip", choices=SETTING["tta"].choices)
     args = parser.parse_args()
     classifiers = args.classifiers.split(",")
     setup = offline_weights_and_data(args.data)
     if setup is None:
         return 0
     weights, dataset = setup
+    context = RunContext(args.features_dir, offline=True)
     for name, choice in weights.items():
-        report = FeatureExtractor(name, choice, args.features_dir, batch_size=32, offline=True,
-                                  pooling=args.pooling, augment=args.tta).extract(dataset.records)
-        print(report.summary(), flush=True)
+        spec = FeatureSpec(name, choice, pooling=args.pooling, tta=args.tta)
+        print(FeatureExtractor(spec, context).extract(dataset.records).summary(), flush=True)
 
     rows = []
 
     def run(label: str, clf: str, backbones: list[str], **kw) -> None:
         start = time.perf_counter()
         model = Path(args.models_dir) / f"{label.replace(' + ', '+')}-{clf}.joblib"
-        bundle = fit_model(args.data, clf, backbones, args.features_dir, model,
-                           {b: weights[b] for b in backbones}, pooling=args.pooling,
-                           augment=args.tta, **kw)
-        ev = evaluate_model(args.data, model, "test", features_dir=args.features_dir,
-                            n_boot=args.bootstrap, offline=True)
+        selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones},
+                                     {"pooling": args.pooling, "tta": args.tta})
+        bundle = fit_model(args.data, FitSettings(clf, **kw), selection, context, model)
+        ev = evaluate_model(load_model(model, context), args.data, "test", n_boot=args.bootstrap)
         m = ev.metrics
         rows.append((label, clf, f"{bundle.manifest['cv']['auc']:.3f}", ci(m["accuracy"]), ci(m["f1"]),
                      ci(m["roc_auc"]), f"{time.perf_counter() - start:.0f}"))
@@ -96,7 +99,7 @@ def main() -> int:
         for clf in classifiers:
             run(name, clf, [name])
     everything = list(weights)
-    run(" + ".join(everything), "stack", everything, base=tuple(classifiers))
+    run(" + ".join(everything), STACK, everything, base=tuple(classifiers))
 
     header = ("features", "classifier", "CV AUC (train+val)", "test accuracy [95% CI]",
               "test F1 [95% CI]", "test AUC [95% CI]", "fit+eval s")

@@ -19,9 +19,10 @@ from common import REPO, SHARED, machine, markdown_table, publish
 
 import numpy as np  # noqa: E402
 
-from classifiers.bundle import load_bundle  # noqa: E402
-from classifiers.explain import ModelExplainer  # noqa: E402
+from classifiers.workflows.explain import ModelExplainer  # noqa: E402
+from classifiers.workflows.model import load_model  # noqa: E402
 from feature_extractor.dataset import load_dataset  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
 
 START, END = "<!-- explain:start -->", "<!-- explain:end -->"
 MODELS = REPO / "bench" / "out" / "models"
@@ -56,22 +57,22 @@ def main() -> int:
         return 0
     test = [r.path for r in load_dataset(data).records if r.split == "test"][:7]
     rows = []
-    for model, methods in CASES:
-        bundle = load_bundle(MODELS / model)
+    for model_file, methods in CASES:
+        model = load_model(MODELS / model_file, RunContext(REPO / "features", offline=True))
         for method in methods:
-            explainer = ModelExplainer(bundle, REPO / "features", offline=True, method=method)
+            explainer = ModelExplainer(model, method=method)
             explainer.explain(test[0])  # warm-up: weights, graph tracing
             times = []
             for path in test[1:]:
                 start = time.perf_counter()
                 explainer.explain(path)
                 times.append(time.perf_counter() - start)
-            backbones = " + ".join(b["name"] for b in bundle.manifest["backbones"])
+            backbones = " + ".join(s.backbone for s in model.specs)
             naive = ""
             if method == "occlusion":  # the same 50 variants, one forward pass each
                 naive_times = [naive_occlusion(explainer, path) for path in test[1:4]]
                 naive = f"{np.median(naive_times):.2f} ({np.median(naive_times) / np.median(times):.1f}x)"
-            rows.append((backbones, bundle.manifest["classifier"], method, f"{np.median(times):.2f}", naive))
+            rows.append((backbones, model.manifest["classifier"], method, f"{np.median(times):.2f}", naive))
             print(" | ".join(rows[-1]), flush=True)
     section = "\n".join([START, "", f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by "
                          "`.venv/bin/python bench/explanations.py`: seconds per image, median of 6 "

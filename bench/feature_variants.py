@@ -24,13 +24,15 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
-from classifiers.features import feature_matrix, select_cache  # noqa: E402
-from classifiers.models import make_classifier  # noqa: E402
-from classifiers.stacking import StackedEnsemble  # noqa: E402
-from classifiers.train import training_records  # noqa: E402
-from classifiers.tuning import tune  # noqa: E402
+from classifiers.estimators.registry import get_classifier  # noqa: E402
+from classifiers.estimators.search import GroupedSearchCV  # noqa: E402
+from classifiers.estimators.stacking import StackedEnsemble  # noqa: E402
+from classifiers.workflows.features import feature_matrix, select_cache  # noqa: E402
+from classifiers.workflows.train import training_records  # noqa: E402
 from feature_extractor.dataset import load_dataset, with_keys  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
+from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
 
 VARIANTS = [("avg", "none"), ("avgmax", "none"), ("multiscale", "none"), ("avg", "flip"),
             ("multiscale", "flip")]
@@ -57,36 +59,36 @@ def main() -> int:
     y = np.array([r.label for r in records])
     groups = np.array([r.group for r in records])
     rows, best = [], {}
+    context = RunContext(features_dir, offline=True)
     for name, choice in weights.items():
-        for pooling, augment in VARIANTS:
-            FeatureExtractor(name, choice, features_dir, offline=True, pooling=pooling,
-                             augment=augment).extract(dataset.records)
-            src = select_cache(features_dir, name, keys, pooling=pooling, augment=augment,
-                               weights_source=choice.source)
-            X = feature_matrix(records, [src])
+        for pooling, tta in VARIANTS:
+            FeatureExtractor(FeatureSpec(name, choice, pooling=pooling, tta=tta), context).extract(dataset.records)
+            src = select_cache(features_dir, name, keys, pooling=pooling, tta=tta, weights_source=choice.source)
+            X = feature_matrix(records, [src.cache])
             scores = {}
-            for clf, factory in (("logreg", lambda: make_classifier("logreg")),
-                                 ("svm", lambda: make_classifier("svm")), ("pca+svm", pca_svm)):
+            for clf, factory in (("logreg", get_classifier("logreg").build),
+                                 ("svm", get_classifier("svm").build), ("pca+svm", pca_svm)):
                 model, grid = factory()
-                result = tune(model, grid, X, y, groups)
-                scores[clf] = (result.cv_auc, result.cv_auc_std)
-            rows.append((name, pooling, augment, X.shape[1], scores))
+                search = GroupedSearchCV(model, grid).fit(X, y, groups)
+                scores[clf] = (search.cv_auc_, search.cv_auc_std_)
+            rows.append((name, pooling, tta, X.shape[1], scores))
             top = max(s[0] for s in scores.values())
             if top > best.get(name, (0,))[0]:
-                best[name] = (top, pooling, augment, src)
-            print(name, pooling, augment, X.shape[1],
+                best[name] = (top, pooling, tta, src)
+            print(name, pooling, tta, X.shape[1],
                   {k: f"{m:.3f}+-{s:.3f}" for k, (m, s) in scores.items()}, flush=True)
 
     # per-backbone vs concatenated stacking, on each backbone's best variant
     sources = [best[n][3] for n in weights]
-    X = feature_matrix(records, sources)
-    bounds = np.cumsum([0] + [s.cache.attrs["feature_dim"] for s in sources])
-    blocks = [(s.backbone, int(a), int(b)) for s, a, b in zip(sources, bounds[:-1], bounds[1:])]
+    X = feature_matrix(records, [s.cache for s in sources])
+    bounds = np.cumsum([0] + [s.cache.feature_dim for s in sources])
+    blocks = [(s.spec.backbone, int(a), int(b)) for s, a, b in zip(sources, bounds[:-1], bounds[1:])]
     stack_rows = []
     for label, blk in (("per-backbone blocks", blocks), ("one concatenated block", None)):
         for base in (("svm", "logreg"), ("svm", "rf", "xgboost", "logreg")):
             start = time.perf_counter()
-            stack = StackedEnsemble(blocks=blk, base=base).fit(X, y, groups)
+            estimators = [(clf, get_classifier(clf).search(y=y)) for clf in base]
+            stack = StackedEnsemble(estimators, blocks=blk).fit(X, y, groups)
             stack_rows.append((label, "+".join(base), stack.cv_auc_, stack.cv_auc_std_,
                                time.perf_counter() - start))
             print(stack_rows[-1], flush=True)
@@ -96,9 +98,9 @@ def main() -> int:
              f"{len(np.unique(groups))} patients); the test split is not read. "
              "`.venv/bin/python bench/feature_variants.py`", "",
              "| backbone | pooling | flip TTA | dims | logreg | SVM | PCA(95%)+SVM |", "|---|---|---|---|---|---|---|"]
-    for name, pooling, augment, dim, s in rows:
+    for name, pooling, tta, dim, s in rows:
         cells = [f"{s[k][0]:.3f} ± {s[k][1]:.3f}" for k in ("logreg", "svm", "pca+svm")]
-        lines.append(f"| {name} | {pooling} | {augment} | {dim} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {pooling} | {tta} | {dim} | " + " | ".join(cells) + " |")
     lines += ["", "Stacking on each backbone's best variant ("
               + ", ".join(f"{n}: {best[n][1]}/{best[n][2]}" for n in weights) + "):", "",
               "| blocks | base models | CV AUC | fit s |", "|---|---|---|---|"]

@@ -25,17 +25,22 @@ from accuracy import ci, offline_weights_and_data  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from classifiers.evaluation import bootstrap_metrics, evaluate_model  # noqa: E402
-from classifiers.models import make_classifier  # noqa: E402
-from classifiers.tuning import tune  # noqa: E402
+from classifiers.estimators.registry import STACK, get_classifier  # noqa: E402
+from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
+from classifiers.workflows.features import FeatureSelection  # noqa: E402
+from classifiers.workflows.metrics import bootstrap_metrics  # noqa: E402
+from classifiers.workflows.model import load_model  # noqa: E402
+from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
 from feature_extractor.dataset import with_keys  # noqa: E402
-from feature_extractor.lung_crop import lung_field  # noqa: E402
-from classifiers.train import fit_model  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
+from feature_extractor.feature_spec import SETTING, FeatureSpec  # noqa: E402
 from feature_extractor.images import prepare_image, resize_rgb  # noqa: E402
+from feature_extractor.lung_crop import lung_field  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
 
 START, END = "<!-- crop:start -->", "<!-- crop:end -->"
-CROPS = ("none", "lungs")
+CROPS = SETTING["crop"].choices
+FEATURES = {"pooling": "multiscale", "tta": "flip"}
 
 
 def crop_survey(records) -> tuple[int, float]:
@@ -63,7 +68,7 @@ def outside_lungs(path: str, size: tuple[int, int]) -> np.ndarray:
 
 def shortcut_probe(dataset, name, choice, classifiers, n_boot) -> list[tuple[str, ...]]:
     """CV and test AUC of models that see only what lies outside the lungs."""
-    extractor = FeatureExtractor(name, choice, offline=True, pooling="multiscale", augment="flip")
+    extractor = FeatureExtractor(FeatureSpec(name, choice, **FEATURES), RunContext(offline=True))
     records = [r for r in with_keys(dataset.records) if not r.error]
     X = np.concatenate([extractor.features_of(np.stack([outside_lungs(r.path, extractor.input_size)
                                                         for r in records[i:i + 32]]))
@@ -74,12 +79,11 @@ def shortcut_probe(dataset, name, choice, classifiers, n_boot) -> list[tuple[str
     groups = np.array([r.group for r in records])
     rows = []
     for clf in classifiers:
-        model, grid = make_classifier(clf)
-        result = tune(model, grid, X[train], y[train], groups[train])
-        p = result.estimator.predict_proba(X[test])[:, 1]
+        search = get_classifier(clf).search().fit(X[train], y[train], groups[train])
+        p = search.predict_proba(X[test])[:, 1]
         m = bootstrap_metrics(y[test], p, groups[test], n_boot=n_boot)
         rows.append((name, clf, "outside lungs only (probe)",
-                     f"{result.cv_auc:.3f} ± {result.cv_auc_std:.3f}", ci(m["accuracy"]), ci(m["roc_auc"])))
+                     f"{search.cv_auc_:.3f} ± {search.cv_auc_std_:.3f}", ci(m["accuracy"]), ci(m["roc_auc"])))
         print(" | ".join(rows[-1]), flush=True)
     return rows
 
@@ -93,21 +97,20 @@ def main() -> int:
     if setup is None:
         return 0
     weights, dataset = setup
+    context = RunContext(args.features_dir, offline=True)
     for name, choice in weights.items():
         for crop in CROPS:
-            report = FeatureExtractor(name, choice, args.features_dir, offline=True, pooling="multiscale",
-                                      augment="flip", crop=crop).extract(dataset.records)
-            print(report.summary(), flush=True)
+            spec = FeatureSpec(name, choice, crop=crop, **FEATURES)
+            print(FeatureExtractor(spec, context).extract(dataset.records).summary(), flush=True)
 
     rows = []
 
     def run(label: str, clf: str, backbones: list[str], crop: str, **kw) -> None:
         model = Path(args.models_dir) / f"crop-{crop}-{label.replace(' + ', '+')}-{clf}.joblib"
-        bundle = fit_model(args.data, clf, backbones, args.features_dir, model,
-                           {b: weights[b] for b in backbones}, pooling="multiscale", augment="flip",
-                           crop=crop, **kw)
-        m = evaluate_model(args.data, model, "test", features_dir=args.features_dir,
-                           n_boot=args.bootstrap, offline=True).metrics
+        selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones},
+                                     {**FEATURES, "crop": crop})
+        bundle = fit_model(args.data, FitSettings(clf, **kw), selection, context, model)
+        m = evaluate_model(load_model(model, context), args.data, "test", n_boot=args.bootstrap).metrics
         rows.append((label, clf, crop, f"{bundle.manifest['cv']['auc']:.3f} ± {bundle.manifest['cv']['auc_std']:.3f}",
                      ci(m["accuracy"]), ci(m["roc_auc"])))
         print(" | ".join(rows[-1]), flush=True)
@@ -119,7 +122,7 @@ def main() -> int:
     if not args.no_stack:
         everything = list(weights)
         for crop in CROPS:
-            run(" + ".join(everything), "stack", everything, crop, base=("svm", "logreg"))
+            run(" + ".join(everything), STACK, everything, crop, base=("svm", "logreg"))
     for name, choice in weights.items():
         rows += shortcut_probe(dataset, name, choice, args.classifiers.split(","), args.bootstrap)
 

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 from feature_extractor.backbones import get_backbone, preprocess_function  # noqa: E402
 from feature_extractor.dataset import Record, load_dataset  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
-from feature_extractor.weights import WeightsChoice  # noqa: E402
+from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
 
 BACKBONES = ("vgg16", "resnet50", "densenet121", "efficientnetb0", "mobilenetv2")
 START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
@@ -67,17 +68,11 @@ def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10) -> float:
 
 def ours(name: str, records: list[Record], precision: str, repeats: int) -> tuple[float, object]:
     """Images/s of FeatureExtractor.extract (decode, preprocess, inference, cache write)."""
-    def extractor() -> FeatureExtractor:
-        return FeatureExtractor(name, WeightsChoice("none"), tempfile.mkdtemp(), batch_size=32,
-                                precision=precision)
-
-    first = extractor()
-    weights = first.weights  # builds the model once (random init is hashed from it)
-    model = first._model
+    ex = FeatureExtractor(FeatureSpec(name, "none", precision=precision))
+    model = ex.model  # built once: time the data path, not the build
     rates = []
     for i in range(repeats + 1):  # the first run warms up (traces the graph)
-        ex = extractor()  # a fresh, empty cache each run
-        ex._model, ex._weights = model, weights  # time the data path, not the build
+        ex.context = RunContext(tempfile.mkdtemp(), batch_size=32)  # a fresh, empty cache each run
         start = time.perf_counter()
         ex.extract(records)
         if i:
@@ -106,21 +101,24 @@ def naive(name: str, records: list[Record], model, repeats: int) -> float:
 def bf16_accuracy_check(data: Path, features_dir: Path) -> list[tuple[str, str, str]]:
     """Test AUC of the same SVM on fp32 vs bf16 features of real pretrained MobileNet v1."""
     from accuracy import OFFLINE_WEIGHTS
-    from classifiers.evaluation import evaluate_model
-    from classifiers.train import fit_model
+    from classifiers.workflows.evaluate import evaluate_model
+    from classifiers.workflows.features import FeatureSelection
+    from classifiers.workflows.model import load_model
+    from classifiers.workflows.train import FitSettings, fit_model
 
     choice = OFFLINE_WEIGHTS["mobilenet"]
     if not Path(choice.path).is_file():
         return []
     dataset = load_dataset(data)
     rows = []
+    context = RunContext(features_dir, offline=True)
     for precision in ("fp32", "bf16"):
-        FeatureExtractor("mobilenet", choice, features_dir, offline=True,
-                         precision=precision).extract(dataset.records)
+        FeatureExtractor(FeatureSpec("mobilenet", choice, precision=precision), context).extract(dataset.records)
         model = features_dir / f"svm-{precision}.joblib"
-        fit_model(data, "svm", ["mobilenet"], features_dir, model, {"mobilenet": choice},
-                  precision=precision, pooling="avg", augment="none")
-        m = evaluate_model(data, model, "test", features_dir=features_dir, n_boot=200, offline=True).metrics
+        selection = FeatureSelection(("mobilenet",), {"mobilenet": choice},
+                                     {"precision": precision, "pooling": "avg", "tta": "none"})
+        fit_model(data, FitSettings("svm"), selection, context, model)
+        m = evaluate_model(load_model(model, context), data, "test", n_boot=200).metrics
         rows.append((precision, f"{m['roc_auc']['value']:.4f}", f"{m['accuracy']['value']:.4f}"))
         print("bf16 check", rows[-1], flush=True)
     return rows
