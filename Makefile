@@ -21,7 +21,7 @@ BACKBONES := -b mobilenetv2 -b mobilenet
 FEATURES := --pooling multiscale --tta flip
 CLASSIFIERS := svm logreg rf xgboost
 
-.PHONY: venv test demo bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv
 	@echo "== data: $(DATA)"

@@ -5,7 +5,9 @@ Importing this package does not import TensorFlow; only building a backbone does
 from .backbones import BACKBONES, BackboneSpec, get_backbone
 from .dataset import Dataset, Record, load_dataset, load_unlabeled
 from .errors import CovidCTError
+from .feature_spec import FeatureSpec
+from .run_context import RunContext
 from .weights import WeightsChoice, parse_weights_options
 
-__all__ = ["BACKBONES", "BackboneSpec", "CovidCTError", "Dataset", "Record", "WeightsChoice",
-           "get_backbone", "load_dataset", "load_unlabeled", "parse_weights_options"]
+__all__ = ["BACKBONES", "BackboneSpec", "CovidCTError", "Dataset", "FeatureSpec", "Record", "RunContext",
+           "WeightsChoice", "get_backbone", "load_dataset", "load_unlabeled", "parse_weights_options"]

@@ -40,6 +40,8 @@ def device_name() -> str:
     with _native_stderr_silenced():
         import tensorflow as tf
 
+        if not os.environ.get("COVIDCT_TF_VERBOSE"):  # e.g. retracing hints: not the user's business
+            tf.get_logger().setLevel("ERROR")
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             try:

@@ -85,6 +85,7 @@ def test_missing_weights_file_is_an_error(tmp_path):
         resolve_weights("vgg16", WeightsChoice(FILE, str(tmp_path / "nope.h5")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", ["1", ""])
 def test_cli_extract_without_weights_fails_cleanly(tmp_path, class_folders, offline):
     """Acceptance: no internet, no cached file -> one message naming file and folder."""

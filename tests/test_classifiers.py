@@ -108,3 +108,35 @@ def test_incompatible_manifest_is_refused(tmp_path, version, hint):
 def test_no_model_yet(tmp_path):
     with pytest.raises(ModelBundleError, match="fit"):
         latest_model(tmp_path)
+
+
+def test_a_new_classifier_is_one_registry_entry(workspace, monkeypatch, tmp_path):
+    """fit --clf, the stack's --base and the manifest take a classifier from its registry entry alone."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from classifiers.estimators.registry import ClassifierEntry
+    from classifiers.workflows.train import FitSettings, fit_model
+    from feature_extractor.run_context import RunContext
+
+    entry = ClassifierEntry("knn", lambda random_state, y: KNeighborsClassifier(), {"n_neighbors": (3, 5)},
+                            True, "k nearest neighbours")
+    monkeypatch.setitem(CLASSIFIERS, "knn", entry)
+    root, data, _ = workspace
+    context = RunContext(root / "features")
+    alone = fit_model(data, FitSettings("knn", cv_folds=3), context=context, model_path=tmp_path / "knn.joblib")
+    assert set(alone.manifest["params"]) == {"kneighborsclassifier__n_neighbors"}  # scaled: in a pipeline
+    assert alone.estimator.steps[0][0] == "standardscaler"
+    stack = fit_model(data, FitSettings("stack", base=("knn", "logreg"), cv_folds=3), context=context,
+                      model_path=tmp_path / "stack.joblib")
+    assert [b["classifier"] for b in stack.manifest["cv"]["base_models"]] == ["knn", "logreg"]
+
+
+def test_the_command_line_offers_exactly_the_registry():
+    import cli
+
+    clf = next(p for p in cli.fit.params if p.name == "clf")
+    assert list(clf.type.choices) == [*CLASSIFIERS, "stack"]
+    with pytest.raises(CovidCTError, match="unknown base classifier.*valid: svm, rf, xgboost, logreg"):
+        from classifiers.workflows.train import FitSettings
+
+        FitSettings("stack", base=("svm", "knn"))

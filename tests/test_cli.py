@@ -134,3 +134,48 @@ def test_evaluate_on_external_class_folders(workspace, tmp_path):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["split"] == "all" and metrics["n"]["images"] == 10
     assert metrics["data"]["layout"] == "class-folders" and metrics["bootstrap"]["unit"] == "image"
+
+
+def test_fit_selects_caches_by_window(workspace, tmp_path):
+    """--window is part of the cache identity, so fit can pick a cache by it."""
+    root, data, _ = workspace
+    features = tmp_path / "features"
+    common = ("-b", "mobilenetv2", "--weights", "none", "--data", data, "--features-dir", features, "--batch-size", "16")
+    assert run("extract", *common).exit_code == 0
+    assert run("extract", *common, "--window", "-1000,400").exit_code == 0
+    model = tmp_path / "m.joblib"
+    ambiguous = run("fit", "--clf", "logreg", "--data", data, "--features-dir", features, "--model", model)
+    assert ambiguous.exit_code == 1 and "--window" in ambiguous.output
+    fitted = run("fit", "--clf", "logreg", "--data", data, "--features-dir", features, "--model", model,
+                 "--window", "-1000,400", "--cv-folds", "3")
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads(model.with_suffix(".json").read_text())["backbones"][0]["window"] == "-1000,400"
+
+
+@pytest.mark.slow
+def test_predict_prints_only_the_tools_own_lines(workspace, tmp_path):
+    """A fresh process on new images (the CNN runs eagerly for one batch): no TensorFlow start-up
+    notes, no keras warnings; stdout and stderr hold only our lines."""
+    import os
+    import subprocess
+    import sys
+
+    root, data, _ = workspace
+    features = tmp_path / "features"
+    common = ["--features-dir", str(features)]
+    assert run("extract", "-b", "mobilenetv2", "--weights", "none", "--data", data, "--pooling", "multiscale",
+               *common).exit_code == 0
+    model = tmp_path / "m.joblib"
+    assert run("fit", "--clf", "logreg", "--data", data, "--model", model, "--cv-folds", "3", *common).exit_code == 0
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    ct_like(501, True).save(scans / "new.png")
+    (scans / "broken.png").write_bytes(b"not an image")
+    env = {**os.environ, "COVIDCT_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "cli.py", "predict", str(scans), "--model", str(model),
+                           "--out", str(tmp_path / "p.csv"), *common], capture_output=True, text=True,
+                          env=env, cwd=cli.__file__.rsplit("/", 1)[0], timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith("2 files: ")
+    assert [line.strip() for line in proc.stderr.strip().splitlines()] == [
+        f"{scans / 'broken.png'}: not a recognised image format"]

@@ -12,6 +12,7 @@ import pytest
 from feature_extractor.cache import FeatureCache, list_caches
 from tests.helpers import make_class_folders
 
+pytestmark = pytest.mark.slow  # real subprocesses, each importing TensorFlow
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 40
 

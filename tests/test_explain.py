@@ -104,7 +104,7 @@ def test_gradcam_for_a_linear_head(workspace, models, scans, tmp_path):
     assert expl.heatmap.max() > 0  # some region raised the score
     # the maps decompose the logit exactly: centre + the mean of every map
     canvas = explainer.extractors[0].prepare(scans / "a.png").model_input(explainer.canvas_size)
-    maps, logit0 = explainer.class_activation_maps(canvas)
+    maps, logit0, _ = explainer.class_activation_maps(canvas)
     feats = model.features([Record(path=str(scans / "a.png"))])
     logit = float(model.bundle.estimator.decision_function(feats.X)[0])
     assert logit0 + sum(float(m.mean()) for m in maps) == pytest.approx(logit, rel=1e-3, abs=1e-3)
@@ -135,3 +135,28 @@ def test_heatmap_file_names_are_safe_and_unique(tmp_path):
     c = explanation_filename(tmp_path / "x" / "scan 1%.png", tmp_path)
     assert a != b and a == c
     assert all(ch.isalnum() or ch in "._-" for ch in a) and a.endswith(".png")
+
+
+def test_predict_explain_loads_the_model_once_and_builds_each_cnn_once(workspace, models, tmp_path, monkeypatch):
+    """The explainer and the predictions share one loaded, verified model and its extractors."""
+    import classifiers.workflows.model as model_module
+    import feature_extractor.extract as extract_module
+
+    calls = {"load": 0, "build": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(model_module, "load_bundle", counted("load", model_module.load_bundle))
+    monkeypatch.setattr(extract_module, "build_with_weights", counted("build", extract_module.build_with_weights))
+    root, _, _ = workspace
+    folder = tmp_path / "new"
+    folder.mkdir()
+    ct_like(77, True).save(folder / "never-seen.png")  # not cached: the CNN must run for predict too
+    result = run("predict", folder, "--model", models["stack"], "--out", tmp_path / "p.csv",
+                 "--features-dir", root / "features", "--explain", "--explain-dir", tmp_path / "heat")
+    assert result.exit_code == 0, result.output
+    assert calls == {"load": 1, "build": 1}  # one model file, one backbone

@@ -115,7 +115,7 @@ class ModelExplainer:
         prepared = prepared or self.extractors[0].prepare(path)
         canvas = prepared.model_input(self.canvas_size)
         if self.method == "gradcam":
-            maps, _, features = self._cam_pass(canvas)
+            maps, _, features = self.class_activation_maps(canvas)
             p = float(self.estimator.predict_proba(features[None])[0, 1])
             # Each map's mean is its share of the logit; upsampled, they add up on the canvas.
             heat = np.sum([resize_map(m, canvas.shape[:2]) for m in maps], axis=0).astype(np.float32)
@@ -152,21 +152,17 @@ class ModelExplainer:
         return float(p[0]), (heat / np.maximum(count, 1)).astype(np.float32)
 
     # -- Grad-CAM -------------------------------------------------------------------------
-    def class_activation_maps(self, canvas: np.ndarray) -> tuple[list[np.ndarray], float]:
-        """Per pooled feature map, each pixel's contribution to the logit, and the logit of
-        the average training slice (the head's centre): logit = centre + sum of map means.
+    def class_activation_maps(self, canvas: np.ndarray) -> tuple[list[np.ndarray], float, np.ndarray]:
+        """Per pooled feature map, each pixel's contribution to the logit; the logit of the
+        average training slice (the head's centre), so that logit = centre + sum of map means;
+        and the feature vector (each map's spatial mean is its block of features, as the model
+        pools it). One forward pass per backbone.
 
         With global-average pooling and a linear head, Grad-CAM's channel weights are the
         head's weights (over the map's area), so the map is exactly this decomposition (CAM).
         Maps are measured against the training mean of each feature, so what shows is what
         makes this slice more COVID-like than an average one.
         """
-        maps, logit0, _ = self._cam_pass(canvas)
-        return maps, logit0
-
-    def _cam_pass(self, canvas: np.ndarray) -> tuple[list[np.ndarray], float, np.ndarray]:
-        """One forward pass per backbone: the CAMs, the centre's logit, and the feature
-        vector (each map's spatial mean is its block of features, as the model pools it)."""
         w, b, centre = self.head
         maps, features = [], []
         for ex, (model, parts) in zip(self.extractors, self._cam_models):
