@@ -19,6 +19,8 @@ from typing import Iterator
 import click
 
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
+from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
+from feature_extractor.dataset import SPLITS
 from feature_extractor.errors import CovidCTError
 from feature_extractor.feature_spec import SETTING, SETTINGS
 from feature_extractor.run_context import RunContext
@@ -118,7 +120,7 @@ model_option = click.option("--model", "model_path", type=click.Path(dir_okay=Fa
 bootstrap_option = click.option("--bootstrap", "n_boot", type=click.IntRange(100, 100000), default=2000,
                                 show_default=True, help="Bootstrap resamples for the 95% CIs.")
 explain_method_option = click.option(
-    "--explain-method", type=click.Choice(["occlusion", "gradcam"]), default="occlusion", show_default=True,
+    "--explain-method", type=click.Choice(EXPLAIN_METHODS), default=EXPLAIN_METHODS[0], show_default=True,
     help="occlusion: any classifier, the stack too (about 50 forward passes per image and backbone); "
          "gradcam: linear heads (logreg) only, one forward pass.")
 offline_option = click.option("--offline", is_flag=True, default=None,
@@ -238,7 +240,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @main.command()
 @model_option
 @data_option
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Split to evaluate when the data has the official split (other data: all images).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where metrics.json, report.md and the plots go.  [default: reports/<model>-<split>]")
@@ -308,7 +310,7 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
 @main.command()
 @model_option
 @data_option
-@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Split to report when the data has the official split.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="report.html",
               show_default=True, help="The HTML file (self-contained: images and script inline).")

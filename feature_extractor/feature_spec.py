@@ -52,6 +52,7 @@ class Setting:
     """One feature setting: its FeatureSpec field, ``--option`` and spelling."""
 
     name: str
+    label: str                              # how reports name it
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -69,17 +70,17 @@ class Setting:
 
 DEFAULT_WINDOW = (-600.0, 1500.0)  # (level, width) in HU: the usual lung window
 SETTINGS: tuple[Setting, ...] = (
-    Setting("pooling", "avg", "avg: global average of the last conv block; avgmax: average and max; "
+    Setting("pooling", "pooling", "avg", "avg: global average of the last conv block; avgmax: average and max; "
             "multiscale: average of the last activation at each of the last 3 resolutions.",
             choices=("avg", "avgmax", "multiscale")),
-    Setting("tta", "none", "Test-time augmentation: flip = mean of image and mirror features.",
+    Setting("tta", "TTA", "none", "Test-time augmentation: flip = mean of image and mirror features.",
             choices=("none", "flip")),
-    Setting("precision", "fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed "
+    Setting("precision", "precision", "fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed "
             "(float16) for GPUs.", choices=("fp32", "bf16", "mixed")),
-    Setting("crop", "none", "lungs: crop each slice to its lung field and black out the rest (text, "
+    Setting("crop", "crop", "none", "lungs: crop each slice to its lung field and black out the rest (text, "
             "arrows, bed), so the model cannot learn the image source; full image, with a warning, "
             "where no lungs are found.", choices=("none", "lungs")),
-    Setting("window", DEFAULT_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500).",
+    Setting("window", "DICOM window", DEFAULT_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500).",
             metavar="LEVEL,WIDTH", parse=parse_window, text=window_text),
 )
 SETTING = {s.name: s for s in SETTINGS}
@@ -119,7 +120,7 @@ class FeatureSpec:
         put(self, "input_size", tuple(int(v) for v in (self.input_size or spec.input_size)))
         for setting in SETTINGS:
             put(self, setting.name, setting.value(getattr(self, setting.name)))
-        put(self, "window", tuple(float(v) for v in self.window))
+        put(self, "window", parse_window(window_text(self.window)))  # checked as if typed
         if self.crop_version is None:
             put(self, "crop_version", crop_version(self.crop))
 
@@ -211,17 +212,18 @@ class FeatureSpec:
     # -- descriptions -----------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
         """Labelled values for reports, in a fixed order."""
-        crop = self.crop if self.crop == "none" else f"{self.crop} (v{self.crop_version})"
-        return {"backbone": self.backbone, "weights": self.weights.source,
-                "weights SHA-256": self.weights_sha256 or "(not resolved)",
-                "input": "x".join(map(str, self.input_size)), "pooling": self.pooling, "TTA": self.tta,
-                "precision": self.precision, "crop": crop, "DICOM window": window_text(self.window)}
+        out = {"backbone": self.backbone, "weights": self.weights.source,
+               "weights SHA-256": self.weights_sha256 or "(not resolved)",
+               "input": "x".join(map(str, self.input_size))}
+        out.update({s.label: s.text(getattr(self, s.name)) for s in SETTINGS})
+        if self.crop_version:
+            out[SETTING["crop"].label] += f" (v{self.crop_version})"
+        return out
 
     def summary(self) -> str:
         """One line: the backbone and what differs from the defaults."""
-        d = self.describe()
         sha = (self.weights_sha256 or "")[:12]
-        parts = [f"weights {self.weights.source}" + (f" {sha}" if sha else ""), d["input"]]
+        parts = [f"weights {self.weights.source}" + (f" {sha}" if sha else ""), "x".join(map(str, self.input_size))]
         parts += [f"{s.name} {s.text(getattr(self, s.name))}" for s in SETTINGS
                   if getattr(self, s.name) != s.default]
         return f"{self.backbone} ({', '.join(parts)})"

@@ -137,8 +137,11 @@ def test_heatmap_file_names_are_safe_and_unique(tmp_path):
     assert all(ch.isalnum() or ch in "._-" for ch in a) and a.endswith(".png")
 
 
-def test_predict_explain_loads_the_model_once_and_builds_each_cnn_once(workspace, models, tmp_path, monkeypatch):
-    """The explainer and the predictions share one loaded, verified model and its extractors."""
+@pytest.mark.parametrize("command", ["predict", "report"])
+def test_a_command_loads_the_model_once_and_builds_each_cnn_once(workspace, models, tmp_path, monkeypatch,
+                                                                 command):
+    """The explainer and the predictions (or the evaluation) share one loaded, verified model
+    and its extractors."""
     import classifiers.workflows.model as model_module
     import feature_extractor.extract as extract_module
 
@@ -152,11 +155,15 @@ def test_predict_explain_loads_the_model_once_and_builds_each_cnn_once(workspace
 
     monkeypatch.setattr(model_module, "load_bundle", counted("load", model_module.load_bundle))
     monkeypatch.setattr(extract_module, "build_with_weights", counted("build", extract_module.build_with_weights))
-    root, _, _ = workspace
+    root, data, _ = workspace
     folder = tmp_path / "new"
     folder.mkdir()
     ct_like(77, True).save(folder / "never-seen.png")  # not cached: the CNN must run for predict too
-    result = run("predict", folder, "--model", models["stack"], "--out", tmp_path / "p.csv",
-                 "--features-dir", root / "features", "--explain", "--explain-dir", tmp_path / "heat")
+    common = ("--model", models["stack"], "--features-dir", root / "features")
+    if command == "predict":
+        result = run("predict", folder, *common, "--out", tmp_path / "p.csv", "--explain",
+                     "--explain-dir", tmp_path / "heat")
+    else:
+        result = run("report", *common, "--data", folder, "--out", tmp_path / "r.html", "--heatmaps", "1")
     assert result.exit_code == 0, result.output
     assert calls == {"load": 1, "build": 1}  # one model file, one backbone

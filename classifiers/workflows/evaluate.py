@@ -22,6 +22,7 @@ from feature_extractor.provenance import library_versions, utc_now
 from feature_extractor.run_context import RunContext
 
 from ..estimators.search import grouped_folds
+from ..presentation.evaluation_files import write_evaluation
 from .metrics import METRICS, binary_metrics, bootstrap_metrics, patient_scores
 from .model import LoadedModel, load_model
 from .train import data_fingerprint, training_records
@@ -164,8 +165,6 @@ def evaluate_and_write(data: str | Path, model_path: str | Path | None = None, s
                        crop: str | None = None) -> tuple[EvaluationReport, dict[str, Path]]:
     """evaluate: metrics of a saved model, written as metrics.json, report.md and three plots
     into ``report_dir`` (default reports/<model>-<split>/). ``crop``: confirm the model's crop."""
-    from ..presentation.evaluation_files import write_evaluation
-
     model = load_model(model_path, context)
     model.check_crop(crop)
     report = evaluate_model(model, data, split, n_boot, cv_folds)
