@@ -27,7 +27,7 @@ def test_grouped_folds_keep_patients_together():
         assert not set(groups[train]) & set(groups[test])
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "rf" else n for n in CLASSIFIERS])
 def test_each_classifier_tunes_and_predicts(name):
     X, y, groups = grouped_data()
     model, grid = get_classifier(name).build(0, y)

@@ -21,7 +21,7 @@ def test_extract_reports_and_reuses_cache(workspace):
     assert again.exit_code == 0 and "48 cached, 0 new" in again.output
 
 
-@pytest.mark.parametrize("clf", ["svm", "rf", "xgboost", "logreg"])
+@pytest.mark.parametrize("clf", ["svm", pytest.param("rf", marks=pytest.mark.slow), "xgboost", "logreg"])
 def test_fit_writes_model_and_manifest(workspace, clf):
     root, data, _ = workspace
     model = root / "models" / f"{clf}.joblib"

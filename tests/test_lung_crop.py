@@ -67,6 +67,7 @@ def test_prepare_image_reports_the_fallback():
     assert prepare_image(buf.getvalue()).crop is None
 
 
+@pytest.mark.slow  # the crop through extract, fit, evaluate, predict and explain
 def test_crop_is_part_of_the_cache_and_the_model(workspace, tmp_path):
     root, data, _ = workspace
     features = tmp_path / "features"
