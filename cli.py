@@ -39,17 +39,27 @@ def _version() -> str:
 
 
 class DomainErrorGroup(click.Group):
-    """Turns every domain error into one clear line and exit code 1, in one place."""
+    """Turns every domain error into one clear line and exit code 1, and every library
+    warning into one line of ours, in one place."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except CovidCTError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
-            sys.exit(EXIT_ERROR)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            try:
+                return super().invoke(ctx)
+            except CovidCTError as exc:
+                click.secho(f"Error: {exc}", fg="red", err=True)
+                sys.exit(EXIT_ERROR)
+            except KeyboardInterrupt:
+                click.echo("Interrupted.", err=True)
+                sys.exit(130)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning as one line of ours, not its multi-line dump."""
+    text = (str(message).strip().splitlines() or [category.__name__])[0]
+    click.secho(f"  warning: {text} ({category.__name__}, {Path(filename).parent.name}/"
+                f"{Path(filename).name}:{lineno})", fg="yellow", err=True)
 
 
 def default_data() -> str:
@@ -144,14 +154,6 @@ def main(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
-    warnings.showwarning = _one_line_warning
-
-
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """A library's warning as one line of ours, not its multi-line dump."""
-    text = (str(message).strip().splitlines() or [category.__name__])[0]
-    click.secho(f"  warning: {text} ({category.__name__}, {Path(filename).parent.name}/"
-                f"{Path(filename).name}:{lineno})", fg="yellow", err=True)
 
 
 @main.command()

@@ -179,3 +179,21 @@ def test_predict_prints_only_the_tools_own_lines(workspace, tmp_path):
     assert proc.stdout.splitlines()[0].startswith("2 files: ")
     assert [line.strip() for line in proc.stderr.strip().splitlines()] == [
         f"{scans / 'broken.png'}: not a recognised image format"]
+
+
+def test_a_library_warning_becomes_one_line_of_ours(monkeypatch):
+    import warnings
+
+    import feature_extractor.weights as weights
+
+    def listing():
+        warnings.warn("The structure of `inputs` doesn't match the expected structure.\nExpected: [...]\n"
+                      "Received: inputs=Tensor(...)", UserWarning)
+        return "the listing"
+
+    monkeypatch.setattr(weights, "backbones_listing", listing)
+    result = run("backbones")
+    assert result.exit_code == 0 and "the listing" in result.output
+    (line,) = [line for line in result.output.splitlines() if "warning" in line]
+    assert line.startswith("  warning: The structure of `inputs` doesn't match") and "UserWarning" in line
+    assert "Expected" not in result.output
