@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .backbones import BackboneSpec, get_backbone
 from .errors import SettingsError
 from .lung_crop import LUNG_CROP_VERSION
-from .weights import FILE, IMAGENET, WeightsChoice, parse_choice, parse_weights_options
+from .weights import IMAGENET, WeightsChoice, parse_choice, parse_weights_options
 
 FORMAT_VERSION = 2  # of cache attributes and manifest entries; 1: before FeatureSpec
 
@@ -136,10 +136,9 @@ class FeatureSpec:
         return cls(backbone, weights or WeightsChoice(IMAGENET), **values)
 
     def with_weights(self, sha256: str, path: str | None = None) -> "FeatureSpec":
-        """This spec with its weights resolved (path: where they were found, for provenance)."""
-        choice = self.weights
-        if path and choice.source != FILE:
-            choice = WeightsChoice(choice.source, path)
+        """This spec with its weights resolved; ``path``: where they were found (absolute), so
+        that a manifest finds them again from any folder."""
+        choice = WeightsChoice(self.weights.source, path) if path else self.weights
         return replace(self, weights=choice, weights_sha256=sha256)
 
     # -- identity ---------------------------------------------------------------------------

@@ -62,17 +62,20 @@ def test_renamed_file_is_not_reextracted(tmp_path, class_folders):
     assert report.n_new == 0 and report.n_cached == 16
 
 
-def test_cached_extract_with_file_weights_builds_no_model(tmp_path, class_folders):
-    """With a weights file and everything cached, no CNN is built."""
+def test_cached_extract_with_file_weights_builds_no_model(tmp_path, class_folders, monkeypatch):
+    """With a weights file and everything cached, no CNN is built. The file given relative to
+    the working folder is recorded absolute, so a model finds it again from anywhere."""
     records = load_dataset(class_folders).records[:3]
     ex = extractor(tmp_path / "f")
     ex.extract(records)
-    weights_file = tmp_path / "w.weights.h5"
-    ex._model.save_weights(weights_file)
-    extractor(tmp_path / "g", str(weights_file)).extract(records)
-    second = extractor(tmp_path / "g", str(weights_file))
+    ex.model.save_weights(tmp_path / "w.weights.h5")
+    monkeypatch.chdir(tmp_path)
+    extractor(tmp_path / "g", "w.weights.h5").extract(records)
+    second = extractor(tmp_path / "g", "w.weights.h5")
     report = second.extract(records)
     assert report.n_cached == 3 and second._model is None and report.device is None
+    assert report.spec.weights.path == str(tmp_path / "w.weights.h5")
+    assert FeatureCache(report.cache_path).spec.weights.path == str(tmp_path / "w.weights.h5")
 
 
 @pytest.mark.parametrize("pooling, dim", [("avgmax", 2560), ("multiscale", None)])
