@@ -18,6 +18,7 @@ from typing import Iterator
 
 import click
 
+from classifiers.estimators.balance import BALANCES
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS
@@ -106,10 +107,11 @@ def feature_settings(select: bool):
     return decorate
 
 
-data_option = click.option("--data", type=click.Path(path_type=Path), default=default_data,
-                           show_default="$COVIDCT_DATA or data/COVID-CT",
+data_option = click.option("--data", type=click.Path(path_type=Path), multiple=True,
+                           default=lambda: (default_data(),), show_default="$COVIDCT_DATA or data/COVID-CT",
                            help="COVID-CT folder, folder with COVID/ and NonCOVID/, or CSV manifest "
-                                "(path,label[,patient,split]).")
+                                "(path,label[,patient,split,source]). Repeatable: each is a source, named "
+                                "after its folder (or the manifest's source column).")
 features_option = click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
                                default="features", show_default=True, help="Feature cache folder.")
 weights_option = click.option(
@@ -218,9 +220,13 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, **
 @click.option("--cv-folds", type=click.IntRange(2, 20), default=5, show_default=True,
               help="Patient-grouped CV folds for tuning.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--balance", type=click.Choice(BALANCES), default=None,
+              help="Sample weights: source = every source and both classes inside it weigh the same, so "
+                   "'which source' carries no label; class = both classes weigh the same; none.  "
+                   "[default: source with several --data, else class]")
 @feature_settings(select=True)
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, **settings) -> None:
+        cv_folds, seed, balance, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -232,7 +238,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
         raise click.BadParameter("name the backbones with --backbone when using --weights",
                                  param_hint="--weights")
     bases = tuple(b.strip() for b in base.split(",") if b.strip())
-    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity),
+    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity, balance),
                        FeatureSelection.from_options(backbone_names, weights, **settings),
                        _context(features_dir), model_path)
     for line in fit_summary(bundle):

@@ -6,11 +6,13 @@ Three labeled layouts are understood, tried in this order:
     train/val/test lists, and the MetaInfo CSVs that give patient ids;
 (b) one subfolder per class: ``COVID/`` and ``NonCOVID/`` (also ``CT_COVID``/``CT_NonCOVID``,
     any case, '-' or '_' ignored);
-(c) a CSV manifest with columns ``path,label`` and optional ``patient,split``; relative
-    paths are taken from the CSV's folder.
+(c) a CSV manifest with columns ``path,label`` and optional ``patient,split,source``;
+    relative paths are taken from the CSV's folder.
 
-Any folder can also be read unlabeled (for predict): every image file under it.
-Labels: 1 = COVID, 0 = NonCOVID.
+Several datasets load as one (``load_datasets``): every record carries its ``source``, by
+default the dataset folder's name (a manifest's ``source`` column overrides it per row), and
+patient groups are unique per source. Any folder can also be read unlabeled (for predict):
+every image file under it. Labels: 1 = COVID, 0 = NonCOVID.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .errors import DatasetError
 from .images import IMAGE_SUFFIXES
@@ -42,17 +44,20 @@ class Record:
     split: str | None = None
     key: str | None = None
     error: str | None = None
+    source: str | None = None
 
     @property
     def group(self) -> str:
-        """Grouping unit for splits and CV: the patient when known, else the image itself."""
-        return self.patient or f"image:{self.key or self.path}"
+        """Grouping unit for splits and CV: the patient when known, else the image itself;
+        within its source, so that two sources' "patient 1" stay two patients."""
+        unit = self.patient or f"image:{self.key or self.path}"
+        return f"{self.source}/{unit}" if self.source else unit
 
 
 @dataclass(frozen=True)
 class Dataset:
     root: str
-    layout: str  # "covid-ct" | "class-folders" | "manifest" | "unlabeled"
+    layout: str  # "covid-ct" | "class-folders" | "manifest" | "unlabeled", "+"-joined for several
     records: tuple[Record, ...]
 
     @property
@@ -62,6 +67,14 @@ class Dataset:
     @property
     def has_patients(self) -> bool:
         return any(r.patient for r in self.records)
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources, in the order their records come."""
+        return list(dict.fromkeys(r.source for r in self.records if r.source))
+
+    def source_has_split(self, source: str) -> bool:
+        return any(r.split for r in self.records if r.source == source)
 
 
 def _norm(name: str) -> str:
@@ -143,7 +156,7 @@ def _find_class_dirs(root: Path) -> dict[int, Path]:
     return found
 
 
-def _load_class_folders(root: Path, class_dirs: dict[int, Path], with_split: bool) -> Dataset:
+def _load_class_folders(root: Path, class_dirs: dict[int, Path], with_split: bool, source: str) -> Dataset:
     splits = _read_split_lists(root / "Data-split") if with_split else {}
     patients = _read_patients(root) if with_split else {}
     records = []
@@ -151,12 +164,12 @@ def _load_class_folders(root: Path, class_dirs: dict[int, Path], with_split: boo
         for path in list_image_files(folder):
             name = os.path.relpath(path, folder)
             records.append(Record(path=path, label=label, patient=patients.get((label, name)),
-                                  split=splits.get((label, name))))
+                                  split=splits.get((label, name)), source=source))
     layout = "covid-ct" if with_split else "class-folders"
     return Dataset(root=str(root), layout=layout, records=tuple(records))
 
 
-def load_manifest(csv_path: str | Path) -> Dataset:
+def load_manifest(csv_path: str | Path, source: str | None = None) -> Dataset:
     csv_path = Path(csv_path)
     base = csv_path.parent
     records = []
@@ -165,7 +178,7 @@ def load_manifest(csv_path: str | Path) -> Dataset:
         columns = {(c or "").strip().lower(): c for c in (reader.fieldnames or [])}
         if "path" not in columns:
             raise DatasetError(f"{csv_path}: a manifest needs a 'path' column "
-                               f"(and 'label'; optional 'patient', 'split'); found {list(columns)}")
+                               f"(and 'label'; optional 'patient', 'split', 'source'); found {list(columns)}")
         for line_no, row in enumerate(reader, start=2):
             def get(col: str) -> str:
                 return (row.get(columns[col]) or "").strip() if col in columns else ""
@@ -180,8 +193,12 @@ def load_manifest(csv_path: str | Path) -> Dataset:
             split = get("split").lower() or None
             if split is not None and split not in SPLITS:
                 raise DatasetError(f"{csv_path}, line {line_no}: split {split!r} is not one of {SPLITS}")
+            if "source" in columns and not get("source"):
+                raise DatasetError(f"{csv_path}, line {line_no}: the source column is empty; give every "
+                                   "row a source, or drop the column to use the folder's name")
             records.append(Record(path=str(path if path.is_absolute() else base / path),
-                                  label=label, patient=get("patient") or None, split=split))
+                                  label=label, patient=get("patient") or None, split=split,
+                                  source=get("source") or source or base.resolve().name))
     if not records:
         raise DatasetError(f"{csv_path}: the manifest lists no images")
     return Dataset(root=str(base), layout="manifest", records=tuple(records))
@@ -197,11 +214,14 @@ def load_unlabeled(folder: str | Path) -> Dataset:
     return Dataset(root=str(folder), layout="unlabeled", records=tuple(Record(path=p) for p in files))
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    """Load a labeled dataset from a folder (layouts a, b) or a CSV manifest (c)."""
+def load_dataset(path: str | Path, source: str | None = None) -> Dataset:
+    """Load a labeled dataset from a folder (layouts a, b) or a CSV manifest (c).
+
+    ``source``: the name its records carry (default: the folder's name).
+    """
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return load_manifest(path)
+        return load_manifest(path, source)
     if not path.exists():
         raise DatasetError(
             f"data not found: {path}. Point --data (or $COVIDCT_DATA) at the COVID-CT folder, "
@@ -214,10 +234,35 @@ def load_dataset(path: str | Path) -> Dataset:
             f"{path} is not a labeled dataset: expected subfolders COVID/ and NonCOVID/ "
             "(or CT_COVID/ and CT_NonCOVID/), or pass a CSV manifest with columns path,label")
     with_split = (path / "Data-split").is_dir()
-    dataset = _load_class_folders(path, class_dirs, with_split)
+    dataset = _load_class_folders(path, class_dirs, with_split, source or path.resolve().name)
     if not dataset.records:
         raise DatasetError(f"no image files found in {class_dirs[COVID]} or {class_dirs[NONCOVID]}")
     return dataset
+
+
+def load_datasets(paths: str | Path | Sequence[str | Path]) -> Dataset:
+    """One labeled dataset from several (see load_dataset); each source's name must be unique."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise DatasetError("no data given; pass --data PATH")
+    seen: dict[Path, str] = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise DatasetError(f"--data {path} is given twice (also as {seen[resolved]})")
+        seen[resolved] = str(path)
+    datasets = [load_dataset(p) for p in paths]
+    if len(datasets) == 1:
+        return datasets[0]
+    owner: dict[str, str] = {}
+    for path, dataset in zip(paths, datasets):
+        for source in dataset.sources:
+            if source in owner:
+                raise DatasetError(f"two datasets are called {source!r} ({owner[source]} and {path}); "
+                                   "rename a folder, or give a manifest with a source column")
+        owner.update({source: str(path) for source in dataset.sources})
+    return Dataset(root="; ".join(d.root for d in datasets), layout="+".join(d.layout for d in datasets),
+                   records=tuple(r for d in datasets for r in d.records))
 
 
 def with_keys(records: Iterable[Record]) -> list[Record]:

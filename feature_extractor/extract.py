@@ -17,7 +17,7 @@ import numpy as np
 
 from .backbones import preprocess_function
 from .cache import FeatureCache, find_cache
-from .dataset import DICOM_SUFFIXES, Dataset, Record, load_dataset, with_keys
+from .dataset import DICOM_SUFFIXES, Dataset, Record, load_datasets, with_keys
 from .errors import ModelBundleError, SettingsError
 from .feature_spec import FeatureSpec, crop_version
 from .images import ImageDecodeError, PreparedImage, prepare_image
@@ -242,15 +242,20 @@ class DatasetExtraction:
     at a time and yields its report.
     """
 
-    def __init__(self, data: str | Path, specs: Sequence[FeatureSpec], context: RunContext | None = None):
+    def __init__(self, data: str | Path | Sequence[str | Path], specs: Sequence[FeatureSpec],
+                 context: RunContext | None = None):
         self.context = context or RunContext()
-        self.dataset: Dataset = load_dataset(data)
+        self.dataset: Dataset = load_datasets(data)
         self.extractors = [FeatureExtractor(spec, self.context) for spec in specs]
         for ex in self.extractors:  # missing files, offline without the file: fail now
             resolve_weights(ex.spec.backbone_spec, ex.spec.weights, self.context.offline)
 
     def summary(self) -> str:
-        return f"{len(self.dataset.records)} images in {self.dataset.root} ({self.dataset.layout} layout)"
+        sources = self.dataset.sources
+        per_source = "" if len(sources) < 2 else " (" + ", ".join(
+            f"{s}: {sum(r.source == s for r in self.dataset.records)}" for s in sources) + ")"
+        return (f"{len(self.dataset.records)} images in {self.dataset.root} ({self.dataset.layout} layout)"
+                + per_source)
 
     def __iter__(self) -> Iterator[ExtractionReport]:
         records: Sequence[Record] = self.dataset.records

@@ -118,7 +118,7 @@ def test_a_new_classifier_is_one_registry_entry(workspace, monkeypatch, tmp_path
     from classifiers.workflows.train import FitSettings, fit_model
     from feature_extractor.run_context import RunContext
 
-    entry = ClassifierEntry("knn", lambda random_state, y: KNeighborsClassifier(), {"n_neighbors": (3, 5)},
+    entry = ClassifierEntry("knn", lambda random_state, y, class_weighted: KNeighborsClassifier(), {"n_neighbors": (3, 5)},
                             True, "k nearest neighbours")
     monkeypatch.setitem(CLASSIFIERS, "knn", entry)
     root, data, _ = workspace

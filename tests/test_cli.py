@@ -197,3 +197,64 @@ def test_a_library_warning_becomes_one_line_of_ours(monkeypatch):
     (line,) = [line for line in result.output.splitlines() if "warning" in line]
     assert line.startswith("  warning: The structure of `inputs` doesn't match") and "UserWarning" in line
     assert "Expected" not in result.output
+
+
+@pytest.fixture(scope="module")
+def two_sources(workspace, tmp_path_factory):
+    """The workspace's COVID-CT replica plus a second hospital (class folders, no split),
+    both extracted into one cache."""
+    from tests.helpers import make_class_folders
+
+    root, data, _ = workspace
+    other = make_class_folders(tmp_path_factory.mktemp("sites") / "hospital-b", n_per_class=6, seed=3)
+    result = run("extract", "-b", "mobilenetv2", "--weights", "none", "--data", data, "--data", other,
+                 "--features-dir", root / "features", "--batch-size", "16")
+    assert result.exit_code == 0, result.output
+    assert "60 images" in result.output and "covid-ct: 48, hospital-b: 12" in result.output
+    return root, data, other
+
+
+def test_fit_and_evaluate_on_two_sources(two_sources, tmp_path):
+    root, data, other = two_sources
+    model = tmp_path / "two.joblib"
+    fit = run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
+              "--model", model, "--cv-folds", "3")
+    assert fit.exit_code == 0, fit.output
+    assert "source-balanced weights" in fit.output and "source hospital-b: 12 images" in fit.output
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    assert manifest["balance"] == "source"
+    training = manifest["training"]
+    assert training["n_images"] == 36 + 12  # COVID-CT's train+val, and all of the split-less source
+    assert [(s["name"], s["n_images"], s["n_covid"]) for s in training["sources"]] == [
+        ("covid-ct", 36, 18), ("hospital-b", 12, 6)]
+    assert all(len(s["fingerprint"]) == 64 for s in training["sources"])
+    # the second source was all training data: evaluating on it is refused, naming it
+    refused = run("evaluate", "--model", model, "--data", other, "--features-dir", root / "features")
+    assert refused.exit_code == 1 and "hospital-b: exactly the images the model was trained on" in refused.output
+    # a third source is held out: metrics per source
+    from tests.helpers import make_class_folders
+
+    third = make_class_folders(tmp_path / "hospital-c", n_per_class=4, seed=9)
+    ev = run("evaluate", "--model", model, "--data", data, "--data", third, "--features-dir", root / "features",
+             "--report-dir", tmp_path / "r", "--bootstrap", "200")
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["split"] == "test+all" and metrics["n"]["images"] == 12 + 8
+    assert set(metrics["by_source"]) == {"covid-ct", "hospital-c"}
+    assert metrics["by_source"]["hospital-c"]["n"] == {"images": 8, "COVID": 4, "NonCOVID": 4}
+    assert "source hospital-c (n=8)" in ev.output
+
+
+def test_bad_sources_are_one_line_errors_and_nothing_is_written(two_sources, tmp_path):
+    root, data, other = two_sources
+    one_class = tmp_path / "only-covid"
+    (one_class / "COVID").mkdir(parents=True)
+    (one_class / "NonCOVID").mkdir()
+    for image in (other / "COVID").iterdir():
+        (one_class / "COVID" / image.name).write_bytes(image.read_bytes())
+    model = tmp_path / "m.joblib"
+    for args, message in [((data, data), "given twice"), ((data, one_class), "one class only")]:
+        result = run("fit", "--clf", "logreg", *[a for d in args for a in ("--data", d)],
+                     "--features-dir", root / "features", "--model", model, "--cv-folds", "3")
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+        assert not model.exists()

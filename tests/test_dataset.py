@@ -92,3 +92,45 @@ def test_keys_are_content_hashes(tmp_path):
     (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())
     recs = with_keys(load_unlabeled(tmp_path).records)
     assert recs[0].key == recs[1].key and len(recs[0].key) == 64
+
+
+def test_several_datasets_are_sources_with_their_own_patients(tmp_path, covidct_layout):
+    from feature_extractor.dataset import load_datasets
+
+    other = make_class_folders(tmp_path / "hospital-b", 3)
+    manifest = tmp_path / "site-c" / "list.csv"
+    manifest.parent.mkdir()
+    (manifest.parent / "x.png").write_bytes((other / "COVID" / "img0.png").read_bytes())
+    manifest.write_text("path,label,patient\nx.png,1,Patient 1\n", encoding="utf-8")
+    ds = load_datasets([covidct_layout, other, manifest])
+    assert ds.sources == ["covid-ct", "hospital-b", "site-c"]
+    assert {r.source for r in ds.records if r.split} == {"covid-ct"}
+    assert ds.source_has_split("covid-ct") and not ds.source_has_split("hospital-b")
+    (site_c,) = [r for r in ds.records if r.source == "site-c"]
+    # the same patient name in two sources stays two patients
+    assert site_c.group == "site-c/Patient 1"
+    assert all(r.group.startswith(f"{r.source}/") for r in ds.records)
+
+
+@pytest.mark.parametrize("case, match", [("twice", "given twice"), ("same-name", "two datasets are called 'data'"),
+                                         ("empty-source", "line 3: the source column is empty")])
+def test_bad_combinations_of_data_are_one_clear_error(tmp_path, case, match):
+    from feature_extractor.dataset import load_datasets
+
+    a = make_class_folders(tmp_path / "one" / "data", 2)
+    if case == "twice":
+        paths = [a, tmp_path / "one" / ".." / "one" / "data"]
+    elif case == "same-name":
+        paths = [a, make_class_folders(tmp_path / "two" / "data", 2)]
+    else:
+        manifest = tmp_path / "m.csv"
+        manifest.write_text(f"path,label,source\n{a}/COVID/img0.png,1,x\n{a}/NonCOVID/img0.jpg,0,\n")
+        paths = [manifest]
+    with pytest.raises(DatasetError, match=match):
+        load_datasets(paths)
+
+
+def test_a_manifest_source_column_names_sources(tmp_path, class_folders):
+    manifest = class_folders / "m.csv"
+    manifest.write_text("path,label,source\nCOVID/img0.png,1,site-1\nNonCOVID/img0.jpg,0,site-2\n")
+    assert load_dataset(manifest).sources == ["site-1", "site-2"]

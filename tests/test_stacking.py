@@ -17,7 +17,9 @@ def searches(*names, cv=3):
 
 
 def test_follows_the_sklearn_estimator_contract():
-    check_estimator(StackedEnsemble(searches("logreg", cv=2), cv=2))
+    # A weight of 2 is not a duplicated row here: the duplicate can land in another CV fold.
+    check_estimator(StackedEnsemble(searches("logreg", cv=2), cv=2), expected_failed_checks={
+        "check_sample_weight_equivalence_on_dense_data": "grouped CV folds see a duplicated row, not a weight"})
 
 
 def test_per_backbone_blocks_and_meta_weights():

@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold, cross_val_predict
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from feature_extractor.errors import TrainingDataError
 
@@ -39,8 +39,22 @@ def fold_splits(cv: int | Any | Iterable, X: np.ndarray, y: np.ndarray, groups: 
     return [(np.asarray(train), np.asarray(test)) for train, test in cv]
 
 
-def fold_aucs(y: np.ndarray, p: np.ndarray, folds: Sequence[np.ndarray]) -> np.ndarray:
-    return np.array([roc_auc_score(y[idx], p[idx]) for idx in folds if len(np.unique(y[idx])) == 2])
+def fold_aucs(y: np.ndarray, p: np.ndarray, folds: Sequence[np.ndarray],
+              sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Held-out AUC of each fold (weighted by ``sample_weight`` when given)."""
+    return np.array([roc_auc_score(y[idx], p[idx], sample_weight=None if sample_weight is None else sample_weight[idx])
+                     for idx in folds if len(np.unique(y[idx])) == 2])
+
+
+def sample_weight_params(estimator: BaseEstimator, sample_weight: np.ndarray | None) -> dict[str, Any]:
+    """``fit`` keyword arguments that give ``estimator`` (or a Pipeline's last step) the weights."""
+    if sample_weight is None:
+        return {}
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(estimator, Pipeline):
+        return {f"{estimator.steps[-1][0]}__sample_weight": sample_weight}
+    return {"sample_weight": sample_weight}
 
 
 class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
@@ -82,18 +96,23 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
-    def fit(self, X, y, groups=None) -> "GroupedSearchCV":
+    def fit(self, X, y, groups=None, sample_weight=None) -> "GroupedSearchCV":
+        """``sample_weight``: weights for every fit and for the held-out AUCs."""
         X, y = np.asarray(X), np.asarray(y)
         if set(np.unique(y)) != {0, 1}:
             raise TrainingDataError("training needs labeled images of both classes (COVID and NonCOVID)")
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
         splits = fold_splits(self.cv, X, y, groups, self.random_state)
         held_out = [test for _, test in splits]
         self.candidates_, best, best_oof = [], None, None
+        weights = sample_weight_params(self.estimator, sample_weight)
         for params in ParameterGrid(dict(self.param_grid or {})):
             model = clone(self.estimator).set_params(**params)
-            oof = cross_val_predict(model, X, y, groups=groups, cv=splits, method="predict_proba")[:, 1]
-            aucs = fold_aucs(y, oof, held_out)
+            oof = cross_val_predict(model, X, y, groups=groups, cv=splits, method="predict_proba",
+                                    params=weights)[:, 1]
+            aucs = fold_aucs(y, oof, held_out, sample_weight)
             entry = {"params": {k: _plain(v) for k, v in params.items()},
                      "cv_auc": float(aucs.mean()), "cv_auc_std": float(aucs.std())}
             self.candidates_.append(entry)
@@ -103,7 +122,7 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.cv_auc_, self.cv_auc_std_ = best["cv_auc"], best["cv_auc_std"]
         self.oof_ = best_oof
         self.n_splits_ = len(splits)
-        self.best_estimator_ = clone(self.estimator).set_params(**self.best_params_).fit(X, y)
+        self.best_estimator_ = clone(self.estimator).set_params(**self.best_params_).fit(X, y, **weights)
         self.classes_ = self.best_estimator_.classes_
         return self
 

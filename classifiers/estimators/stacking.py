@@ -21,12 +21,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from feature_extractor.errors import TrainingDataError
 
 from .registry import DEFAULT_BASE, get_classifier
-from .search import GroupedSearchCV, fold_aucs, fold_splits
+from .search import GroupedSearchCV, fold_aucs, fold_splits, sample_weight_params
 
 FINAL_CS = (0.01, 0.1, 1.0, 10.0)  # the default final estimator's candidate regularisation
 _EPS = 1e-6
@@ -37,10 +37,12 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _fit(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> BaseEstimator:
+def _fit(estimator: BaseEstimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+         sample_weight: np.ndarray | None) -> BaseEstimator:
     if "groups" in inspect.signature(estimator.fit).parameters:
-        return estimator.fit(X, y, groups=groups)
-    return estimator.fit(X, y)
+        extra = {} if sample_weight is None else {"sample_weight": sample_weight}
+        return estimator.fit(X, y, groups=groups, **extra)
+    return estimator.fit(X, y, **sample_weight_params(estimator, sample_weight))
 
 
 class StackedEnsemble(ClassifierMixin, BaseEstimator):
@@ -51,7 +53,8 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
     ----------
     estimators : list of (str, estimator), optional
         Base classifiers with ``predict_proba``; each is cloned and fitted on every block.
-        Default: the registry's svm, rf and xgboost, each in a :class:`GroupedSearchCV`.
+        Default: the registry's svm, rf and xgboost, each in a :class:`GroupedSearchCV` (with
+        their own class weighting, unless ``fit`` is given sample weights).
     blocks : sequence of (name, start, stop), optional
         Column ranges of X, one per backbone. None: one block of all columns ("all").
     final_estimator : estimator, optional
@@ -102,12 +105,15 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
             raise TrainingDataError(f"stack blocks {blocks} do not fit {n_features} feature columns")
         return blocks
 
-    def _base_estimators(self, y: np.ndarray) -> list[tuple[str, BaseEstimator]]:
+    def _base_estimators(self, y: np.ndarray, weighted: bool) -> list[tuple[str, BaseEstimator]]:
         if self.estimators is not None:
             return list(self.estimators)
-        return [(name, get_classifier(name).search(self.cv, self.random_state, y)) for name in DEFAULT_BASE]
+        return [(name, get_classifier(name).search(self.cv, self.random_state, y, class_weighted=not weighted))
+                for name in DEFAULT_BASE]
 
-    def fit(self, X, y, groups=None) -> "StackedEnsemble":
+    def fit(self, X, y, groups=None, sample_weight=None) -> "StackedEnsemble":
+        """``groups``: patient of each row (folds never split one); ``sample_weight``: weights
+        for every base and final fit and every held-out AUC."""
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
@@ -115,7 +121,9 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
             raise TrainingDataError("Only binary classification is supported: the stack needs "
                                     f"exactly 2 classes, got {len(self.classes_)} class(es)")
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-        estimators = self._base_estimators(y_enc)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        estimators = self._base_estimators(y_enc, sample_weight is not None)
         if not estimators:
             raise TrainingDataError("the stack needs at least one base classifier")
         splits = fold_splits(self.cv, X, y_enc, groups, self.random_state)
@@ -127,13 +135,14 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
                 model = clone(estimator)
                 if isinstance(model, GroupedSearchCV):
                     model.set_params(cv=splits)  # the same folds everywhere: honest out-of-fold inputs
-                _fit(model, Xb, y_enc, groups)
+                _fit(model, Xb, y_enc, groups, sample_weight)
                 if hasattr(model, "oof_"):  # a search: its best candidate's out-of-fold probabilities
                     p, params = model.oof_, model.best_params_
                     auc, auc_std = model.cv_auc_, model.cv_auc_std_
                 else:
-                    p = cross_val_predict(clone(estimator), Xb, y_enc, cv=splits, method="predict_proba")[:, 1]
-                    aucs = fold_aucs(y_enc, p, held_out)
+                    p = cross_val_predict(clone(estimator), Xb, y_enc, cv=splits, method="predict_proba",
+                                          params=sample_weight_params(estimator, sample_weight))[:, 1]
+                    aucs = fold_aucs(y_enc, p, held_out, sample_weight)
                     params, auc, auc_std = {}, float(aucs.mean()), float(aucs.std())
                 self.base_models_.append((block, name, getattr(model, "best_estimator_", model)))
                 self.base_reports_.append({"block": block[0], "classifier": name, "params": params,
@@ -144,7 +153,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         grid = self.final_param_grid
         if grid is None:
             grid = {"C": FINAL_CS} if "C" in final.get_params() else {}
-        meta = GroupedSearchCV(final, grid, cv=splits).fit(Z, y_enc, groups)
+        meta = GroupedSearchCV(final, grid, cv=splits).fit(Z, y_enc, groups, sample_weight)
         self.final_estimator_, self.final_params_ = meta.best_estimator_, meta.best_params_
         self.oof_, self.cv_auc_, self.cv_auc_std_ = meta.oof_, meta.cv_auc_, meta.cv_auc_std_
         weights = getattr(self.final_estimator_, "coef_", np.full((1, len(oof)), np.nan))[0]

@@ -62,7 +62,7 @@ def markdown(report: EvaluationReport) -> str:
         f"- model: `{report.model_path}` (sha256 {str(m.get('model_sha256'))[:16]}, fitted {m.get('created')})",
         f"- features: {backbones}",
         f"- trained on: {training.get('n_images')} images, splits {'+'.join(training.get('splits', []))} "
-        f"of `{training.get('data')}`",
+        f"of `{'; '.join(training.get('data', []))}`",
         f"- evaluated on: `{report.data}` ({report.layout}), split **{report.split}**: {n['images']} images "
         f"({n['COVID']} COVID, {n['NonCOVID']} NonCOVID"
         + (f", {n['patients']} patients" if n.get("patients") else "") + ")",
@@ -87,6 +87,12 @@ def markdown(report: EvaluationReport) -> str:
             lines.append(f"| {how} | {pm['accuracy']['value']:.3f} | {pm['sensitivity']['value']:.3f} | "
                          f"{pm['specificity']['value']:.3f} | {pm['roc_auc']['value']:.3f} "
                          f"({pm['roc_auc']['ci_low']:.3f} - {pm['roc_auc']['ci_high']:.3f}) |")
+    if report.by_source:
+        lines += ["", "By source:", "", "| source | images | accuracy | AUC (95% CI) |", "|---|---|---|---|"]
+        for source, part in report.by_source.items():
+            acc, auc = part["metrics"]["accuracy"], part["metrics"]["roc_auc"]
+            lines.append(f"| {source} | {part['n']['images']} | {acc['value']:.3f} | {auc['value']:.3f} "
+                         f"({auc['ci_low']:.3f} - {auc['ci_high']:.3f}) |")
     if report.cv:
         lines += ["", f"{report.cv['n_folds']}-fold patient-grouped CV on {'+'.join(report.cv['splits'])} "
                   "(model configuration refit per fold):", "", "| metric | mean | sd |", "|---|---|---|"]

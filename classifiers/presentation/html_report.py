@@ -179,7 +179,10 @@ def _card(manifest: dict, model_path: Path, content: ReportContent) -> str:
         ("hyperparameters", json.dumps(params, default=str) if manifest.get("classifier") != "stack" else
          "base models " + ", ".join(manifest.get("params", {}).get("base", []) or [])),
         ("decision threshold", f"{content.threshold:.3f} ({choice.get('rule', 'default')})"),
-        ("training data", f"{t.get('data')} ({t.get('layout')} layout), splits {'+'.join(t.get('splits', []))}"),
+        ("training data", f"{'; '.join(t.get('data', []))} ({t.get('layout')} layout), "
+                          f"splits {'+'.join(t.get('splits', []))}"),
+        ("sources", "; ".join(f"{x['name']}: {x['n_images']} images ({x['n_covid']} COVID, {x['n_noncovid']} "
+                              f"NonCOVID), fingerprint {x['fingerprint'][:16]}" for x in t.get("sources", []))),
         ("training images", f"{t.get('n_images')} ({t.get('n_covid')} COVID, {t.get('n_noncovid')} NonCOVID), "
                             f"{t.get('n_groups')} {t.get('grouping')} groups"),
         ("training fingerprint", t.get("fingerprint")),
@@ -221,6 +224,14 @@ def _metrics(ev: EvaluationReport) -> str:
            "<table><thead><tr><th>metric</th><th>value</th><th>95% CI</th></tr></thead>"
            f"<tbody>{rows}</tbody></table>"
            f"<p>Confusion: TN {tn}, FP {fp}, FN {fn}, TP {tp}.</p>")
+    if ev.by_source:
+        out += ("<table><thead><tr><th>source</th><th>images</th><th>accuracy</th><th>AUC (95% CI)</th></tr>"
+                "</thead><tbody>" + "".join(
+                    f"<tr><td>{_e(src)}</td><td class=num>{part['n']['images']}</td>"
+                    f"<td class=num>{part['metrics']['accuracy']['value']:.3f}</td>"
+                    f"<td class=num>{part['metrics']['roc_auc']['value']:.3f} ({part['metrics']['roc_auc']['ci_low']:.3f}"
+                    f" – {part['metrics']['roc_auc']['ci_high']:.3f})</td></tr>" for src, part in ev.by_source.items())
+                + "</tbody></table>")
     if ev.patient_level:
         out += ("<table><thead><tr><th>patient level</th><th>accuracy</th><th>sensitivity</th><th>specificity</th>"
                 "<th>AUC (95% CI)</th></tr></thead><tbody>" + "".join(

@@ -16,12 +16,13 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import confusion_matrix
 
-from feature_extractor.dataset import Record, load_dataset
+from feature_extractor.dataset import Dataset, Record, load_datasets
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import library_versions, utc_now
 from feature_extractor.run_context import RunContext
 
-from ..estimators.search import grouped_folds
+from ..estimators.balance import sample_weights
+from ..estimators.search import grouped_folds, sample_weight_params
 from ..presentation.evaluation_files import write_evaluation
 from .metrics import METRICS, binary_metrics, bootstrap_metrics, patient_scores
 from .model import LoadedModel, load_model
@@ -45,6 +46,7 @@ class EvaluationReport:
     p: np.ndarray
     paths: list[str]
     patient_level: dict[str, dict] = field(default_factory=dict)  # "mean"/"max" -> metrics
+    by_source: dict[str, dict] = field(default_factory=dict)      # source -> {n, metrics}, when several
     cv: dict | None = None
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -67,6 +69,10 @@ class EvaluationReport:
                          f"accuracy {metrics['accuracy']['value']:.3f}, "
                          f"AUC {metrics['roc_auc']['value']:.3f} "
                          f"[{metrics['roc_auc']['ci_low']:.3f}, {metrics['roc_auc']['ci_high']:.3f}]")
+        for source, part in self.by_source.items():
+            auc, acc = part["metrics"]["roc_auc"], part["metrics"]["accuracy"]
+            lines.append(f"source {source} (n={part['n']['images']}): accuracy {acc['value']:.3f}, "
+                         f"AUC {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
         if self.cv:
             lines.append(f"{self.cv['n_folds']}-fold grouped CV on {'+'.join(self.cv['splits'])}: " +
                          ", ".join(f"{k} {v['mean']:.3f} +- {v['sd']:.3f}"
@@ -90,6 +96,7 @@ class EvaluationReport:
             "data": {"path": self.data, "layout": self.layout, "fingerprint": self.data_fingerprint},
             "bootstrap": self.bootstrap,
             "patient_level": self.patient_level,
+            "by_source": self.by_source,
             "cv": self.cv,
             "unreadable": self.errors,
             "created": utc_now(),
@@ -102,38 +109,66 @@ def cross_validate_model(model: LoadedModel, records: Sequence[Record], X: np.nd
     """Refit the model's configuration on K patient-grouped folds; metrics as mean +- sd."""
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])
+    sources = np.array([r.source for r in records], dtype=object)
+    balance = model.manifest.get("balance", "class")
     cv = grouped_folds(y, groups, n_splits, random_state)
     per_fold = []
     for train, test in cv.split(X, y, groups):
         estimator = clone(model.bundle.estimator)
+        weights = sample_weights(balance, y[train], sources[train])
         if "groups" in inspect.signature(estimator.fit).parameters:  # the stack groups its inner CV too
-            estimator.fit(X[train], y[train], groups=groups[train])
+            estimator.fit(X[train], y[train], groups=groups[train],
+                          **({} if weights is None else {"sample_weight": weights}))
         else:
-            estimator.fit(X[train], y[train])
+            estimator.fit(X[train], y[train], **sample_weight_params(estimator, weights))
         per_fold.append(binary_metrics(y[test], estimator.predict_proba(X[test])[:, 1], model.threshold))
     return {"n_folds": cv.get_n_splits(), "per_fold": per_fold,
             "metrics": {k: {"mean": float(np.nanmean([f[k] for f in per_fold])),
                             "sd": float(np.nanstd([f[k] for f in per_fold]))} for k in METRICS}}
 
 
-def evaluate_model(model: LoadedModel, data: str | Path, split: str = "test", n_boot: int = 2000,
-                   cv_folds: int | None = None, seed: int = 0) -> EvaluationReport:
-    """Metrics of ``model`` on the labeled images of ``data`` (its ``split`` when it has one)."""
-    dataset = load_dataset(data)
-    records = [r for r in dataset.records if r.label is not None]
-    if dataset.has_split:
-        records = [r for r in records if r.split == split]
-    else:
-        split = "all"
+def held_out_records(dataset: Dataset, split: str = "test") -> tuple[list[Record], str]:
+    """Labeled records to evaluate on: ``split`` of each source with the official split, all of
+    each source without one; and the split's name for the report."""
+    records, kinds = [], set()
+    for source in dataset.sources or [None]:
+        labeled = [r for r in dataset.records if r.label is not None and r.source == source]
+        if any(r.split for r in labeled):
+            records += [r for r in labeled if r.split == split]
+            kinds.add(split)
+        else:
+            records += labeled
+            kinds.add("all")
+    return records, "+".join(sorted(kinds, key=lambda k: k == "all"))
+
+
+def _refuse_training_images(model: LoadedModel, good: Sequence[Record]) -> None:
+    trained = {s["fingerprint"]: s["name"] for s in model.manifest["training"].get("sources", [])}
+    trained.setdefault(model.manifest["training"].get("fingerprint"), "its training data")
+    for source in dict.fromkeys(r.source for r in good):
+        name = trained.get(data_fingerprint([r for r in good if r.source == source]))
+        if name is not None:
+            raise CovidCTError(f"{source or 'these images'}: exactly the images the model was trained on "
+                               f"({name}); evaluate on held-out data")
+    if data_fingerprint(good) in trained:
+        raise CovidCTError("these are exactly the images the model was trained on; evaluate on held-out data")
+
+
+def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], split: str = "test",
+                   n_boot: int = 2000, cv_folds: int | None = None, seed: int = 0) -> EvaluationReport:
+    """Metrics of ``model`` on the labeled images of one or more datasets: ``split`` of those
+    with the official split, all images of the others. With several sources, each source's
+    metrics too."""
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    dataset = load_datasets(paths)
+    records, split = held_out_records(dataset, split)
     if not records:
-        raise CovidCTError(f"no labeled images of split {split!r} in {data}")
+        raise CovidCTError(f"no labeled images of split {split!r} in {'; '.join(map(str, paths))}")
     feats = model.features(records)
     if not feats.good:
         raise CovidCTError(f"none of the {len(records)} images could be read")
+    _refuse_training_images(model, feats.good)
     fingerprint = data_fingerprint(feats.good)
-    if fingerprint == model.manifest.get("training", {}).get("fingerprint"):
-        raise CovidCTError("these are exactly the images the model was trained on; "
-                           "evaluate on held-out data")
     y = np.array([r.label for r in feats.good], dtype=int)
     groups = np.array([r.group for r in feats.good])
     p = model.predict_proba(feats.X)
@@ -145,8 +180,16 @@ def evaluate_model(model: LoadedModel, data: str | Path, split: str = "test", n_
         bootstrap_metrics(y, p, groups, threshold, n_boot, seed), cm.tolist(),
         {"images": len(y), "COVID": int(np.sum(y == 1)), "NonCOVID": int(np.sum(y == 0)),
          "patients": int(len(np.unique(groups))) if dataset.has_patients else None},
-        threshold, model.path, model.manifest, split, str(data), dataset.layout, fingerprint,
+        threshold, model.path, model.manifest, split, "; ".join(map(str, paths)), dataset.layout, fingerprint,
         bootstrap, y, p, [r.path for r in feats.good], errors=feats.errors)
+    sources = np.array([r.source for r in feats.good])
+    if len(set(sources)) > 1:
+        for source in dict.fromkeys(sources):
+            mine = sources == source
+            report.by_source[source] = {
+                "n": {"images": int(mine.sum()), "COVID": int(np.sum(y[mine] == 1)),
+                      "NonCOVID": int(np.sum(y[mine] == 0))},
+                "metrics": bootstrap_metrics(y[mine], p[mine], groups[mine], threshold, n_boot, seed)}
     if dataset.has_patients:
         for how in ("mean", "max"):
             y_pat, p_pat, ids = patient_scores(y, p, groups, how)
@@ -159,7 +202,7 @@ def evaluate_model(model: LoadedModel, data: str | Path, split: str = "test", n_
     return report
 
 
-def evaluate_and_write(data: str | Path, model_path: str | Path | None = None, split: str = "test",
+def evaluate_and_write(data: str | Path | Sequence[str | Path], model_path: str | Path | None = None, split: str = "test",
                        context: RunContext | None = None, report_dir: str | Path | None = None,
                        n_boot: int = 2000, cv_folds: int | None = None,
                        crop: str | None = None) -> tuple[EvaluationReport, dict[str, Path]]:

@@ -7,8 +7,9 @@ get a heatmap. One loaded model serves the evaluation, the thumbnails and the ex
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
-from feature_extractor.dataset import LABEL_NAMES, load_dataset
+from feature_extractor.dataset import LABEL_NAMES, load_datasets
 from feature_extractor.errors import DatasetError
 from feature_extractor.images import ImageDecodeError, PreparedImage
 from feature_extractor.run_context import RunContext
@@ -22,27 +23,30 @@ from .model import LoadedModel, load_model
 from .predict import predict_folder
 
 
-def collect(model: LoadedModel, data: str | Path, split: str = "test", heatmaps: int = 50,
-            explain_method: str = "occlusion", n_boot: int = 2000) -> ReportContent:
+def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: str = "test",
+            heatmaps: int = 50, explain_method: str = "occlusion", n_boot: int = 2000) -> ReportContent:
     """Everything the report shows. ``heatmaps``: explain the first N rows of the table."""
     threshold = model.threshold
     explainer = ModelExplainer(model, explain_method) if heatmaps else None  # refuse early
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
     try:
-        dataset = load_dataset(data)
+        dataset = load_datasets(paths)
     except DatasetError:
+        if len(paths) > 1:
+            raise
         dataset = None  # a plain folder of slices: predictions without metrics
     evaluation = None
     if dataset is not None:
-        evaluation = evaluate_model(model, data, split, n_boot)
+        evaluation = evaluate_model(model, paths, split, n_boot)
         truth = {r.path: r for r in dataset.records}
         rows = [CaseRow(path, float(p), LABEL_NAMES[int(p >= threshold)], LABEL_NAMES[int(y)],
                         truth[path].patient) for path, p, y in zip(evaluation.paths, evaluation.p, evaluation.y)]
         rows += [CaseRow(path, error=reason) for path, reason in evaluation.errors.items()]
     else:
-        predicted = predict_folder(model, data)
+        predicted = predict_folder(model, paths[0])
         rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error) for r in predicted.rows]
     rows = order_rows(rows, threshold)
-    content = ReportContent(model.manifest, model.path, str(data), threshold, rows, evaluation,
+    content = ReportContent(model.manifest, model.path, "; ".join(map(str, paths)), threshold, rows, evaluation,
                             explain_method=explain_method if heatmaps else None)
     if evaluation is not None:
         content.plots = plot_uris(evaluation)
@@ -69,7 +73,7 @@ def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
         return None
 
 
-def report_to_html(data: str | Path, out: str | Path = "report.html", model_path: str | Path | None = None,
+def report_to_html(data: str | Path | Sequence[str | Path], out: str | Path = "report.html", model_path: str | Path | None = None,
                    context: RunContext | None = None, split: str = "test", heatmaps: int = 50,
                    explain_method: str = "occlusion", n_boot: int = 2000) -> tuple[Path, ReportContent]:
     """report: one self-contained HTML file (see presentation/html_report.py)."""

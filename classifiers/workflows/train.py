@@ -11,12 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.dataset import Dataset, Record, load_dataset, with_keys
+from feature_extractor.dataset import Dataset, Record, load_datasets, with_keys
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
 from feature_extractor.run_context import RunContext
 from feature_extractor.weights import NONE, NONE_WARNING
 
+from ..estimators.balance import BALANCES, default_balance, sample_weights
 from ..estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
 from ..estimators.thresholds import threshold_for_sensitivity
@@ -38,6 +39,8 @@ class FitSettings:
     seed : random seed of the folds and the estimators.
     target_sensitivity : choose the decision threshold on out-of-fold predictions of the
         training images to reach this COVID recall (None: 0.5).
+    balance : "none", "class" or "source" (see estimators/balance.py); None: source when the
+        training data has several sources, class otherwise.
     """
 
     clf: str
@@ -45,9 +48,12 @@ class FitSettings:
     cv_folds: int = 5
     seed: int = 0
     target_sensitivity: float | None = None
+    balance: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", tuple(self.base))
+        if self.balance is not None and self.balance not in BALANCES:
+            raise CovidCTError(f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
         if self.clf != STACK:
             get_classifier(self.clf)
         unknown = [b for b in self.base if b not in CLASSIFIERS]
@@ -56,25 +62,43 @@ class FitSettings:
 
 
 def training_records(dataset: Dataset) -> tuple[list[Record], list[str]]:
-    """Labeled records to train on, and which splits they came from."""
-    labeled = [r for r in dataset.records if r.label is not None]
-    if dataset.has_split:
-        return [r for r in labeled if r.split in TRAIN_SPLITS], list(TRAIN_SPLITS)
-    return labeled, ["all"]
+    """Labeled records to train on, and which splits they came from: train+val of a source
+    with the official split, all of a source without one."""
+    records, splits = [], []
+    for source in dataset.sources or [None]:
+        labeled = [r for r in dataset.records if r.label is not None and r.source == source]
+        if any(r.split for r in labeled):
+            records += [r for r in labeled if r.split in TRAIN_SPLITS]
+            splits += [s for s in TRAIN_SPLITS if s not in splits]
+        else:
+            records += labeled
+            splits += [] if "all" in splits else ["all"]
+    return records, splits
 
 
 def data_fingerprint(records: Sequence[Record]) -> str:
     return fingerprint(f"{r.key}:{r.label}" for r in records)
 
 
-def _fit_stack(X, y, groups, sources, settings: FitSettings):
+def source_summaries(records: Sequence[Record]) -> list[dict]:
+    """Per source: image and class counts, splits and fingerprint (for the manifest)."""
+    out = []
+    for source in dict.fromkeys(r.source for r in records):
+        mine = [r for r in records if r.source == source]
+        out.append({"name": source, "n_images": len(mine), "n_covid": sum(r.label == 1 for r in mine),
+                    "n_noncovid": sum(r.label == 0 for r in mine),
+                    "splits": sorted({r.split or "all" for r in mine}), "fingerprint": data_fingerprint(mine)})
+    return out
+
+
+def _fit_stack(X, y, groups, weights, sources, settings: FitSettings):
     """One block of columns per backbone, each with every base classifier."""
     bounds = np.cumsum([0] + [s.cache.feature_dim for s in sources])
     blocks = [(s.spec.backbone, int(a), int(z)) for s, a, z in zip(sources, bounds[:-1], bounds[1:])]
-    estimators = [(name, get_classifier(name).search(settings.cv_folds, settings.seed, y))
+    estimators = [(name, get_classifier(name).search(settings.cv_folds, settings.seed, y, weights is None))
                   for name in settings.base]
     stack = StackedEnsemble(estimators, blocks, cv=settings.cv_folds,
-                            random_state=settings.seed).fit(X, y, groups)
+                            random_state=settings.seed).fit(X, y, groups, weights)
     params = {"base": list(settings.base), "final_estimator": "LogisticRegression",
               "final_param_grid": {"C": list(FINAL_CS)}, "cv": settings.cv_folds,
               "random_state": settings.seed}
@@ -84,19 +108,23 @@ def _fit_stack(X, y, groups, sources, settings: FitSettings):
     return stack, params, report, stack.oof_
 
 
-def _fit_one(X, y, groups, settings: FitSettings):
-    search = get_classifier(settings.clf).search(settings.cv_folds, settings.seed, y).fit(X, y, groups)
+def _fit_one(X, y, groups, weights, settings: FitSettings):
+    search = get_classifier(settings.clf).search(settings.cv_folds, settings.seed, y, weights is None)
+    search.fit(X, y, groups, weights)
     report = {"auc": search.cv_auc_, "auc_std": search.cv_auc_std_, "n_folds": search.n_splits_,
               "candidates": search.candidates_}
     return search.best_estimator_, search.best_params_, report, search.oof_
 
 
-def fit_model(data: str | Path, settings: FitSettings, selection: FeatureSelection | None = None,
-              context: RunContext | None = None, model_path: str | Path | None = None) -> ModelBundle:
-    """fit: train ``settings.clf`` on cached features of the training images and save it with
-    its manifest (default path: models/<clf>.joblib). The test split is never read."""
+def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
+              selection: FeatureSelection | None = None, context: RunContext | None = None,
+              model_path: str | Path | None = None) -> ModelBundle:
+    """fit: train ``settings.clf`` on cached features of the training images of one or more
+    datasets and save it with its manifest (default path: models/<clf>.joblib). The test split
+    is never read."""
     context = context or RunContext()
-    dataset = load_dataset(data)
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    dataset = load_datasets(paths)
     records, splits = training_records(dataset)
     records = with_keys(records)
     unreadable = [r for r in records if r.error]
@@ -109,10 +137,13 @@ def fit_model(data: str | Path, settings: FitSettings, selection: FeatureSelecti
     X = feature_matrix(records, [s.cache for s in sources])
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])
+    names = [r.source for r in records]
+    balance = settings.balance or default_balance(len(set(names)))
+    weights = sample_weights(balance, y, names)
     if settings.clf == STACK:
-        estimator, params, cv_report, oof = _fit_stack(X, y, groups, sources, settings)
+        estimator, params, cv_report, oof = _fit_stack(X, y, groups, weights, sources, settings)
     else:
-        estimator, params, cv_report, oof = _fit_one(X, y, groups, settings)
+        estimator, params, cv_report, oof = _fit_one(X, y, groups, weights, settings)
     grouping = "patient" if dataset.has_patients else "image"
     threshold = {"threshold": 0.5, "rule": "default"}
     if settings.target_sensitivity is not None:
@@ -126,13 +157,15 @@ def fit_model(data: str | Path, settings: FitSettings, selection: FeatureSelecti
         "params": params,
         "threshold": threshold["threshold"],
         "threshold_choice": threshold,
+        "balance": balance,
         "backbones": backbones,
         "feature_dim": int(X.shape[1]),
         "training": {
-            "data": str(Path(data).resolve()), "layout": dataset.layout, "splits": splits,
+            "data": [str(Path(p).resolve()) for p in paths], "layout": dataset.layout, "splits": splits,
             "n_images": len(records), "n_covid": int(np.sum(y == 1)),
             "n_noncovid": int(np.sum(y == 0)), "n_groups": int(len(np.unique(groups))),
-            "grouping": grouping, "fingerprint": data_fingerprint(records)},
+            "grouping": grouping, "fingerprint": data_fingerprint(records),
+            "sources": source_summaries(records)},
         "cv": {"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
                          f"random_state={settings.seed}) grouped by {grouping}",
                "scoring": "roc_auc", **cv_report},
@@ -150,14 +183,18 @@ def fit_summary(bundle: ModelBundle) -> list[str]:
     t = m["training"]
     lines = [f"trained {m['classifier']} on {t['n_images']} images ({t['n_covid']} COVID, "
              f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
-             f"splits: {'+'.join(t['splits'])})",
-             f"features: {' + '.join(b['backbone'] for b in m['backbones'])} ({m['feature_dim']} dims, "
-             f"crop {m['backbones'][0]['crop']})"]
+             f"splits: {'+'.join(t['splits'])})"]
+    if len(t["sources"]) > 1:
+        lines += [f"  source {s['name']}: {s['n_images']} images ({s['n_covid']} COVID, {s['n_noncovid']} "
+                  f"NonCOVID; {'+'.join(s['splits'])})" for s in t["sources"]]
+    lines.append(f"features: {' + '.join(b['backbone'] for b in m['backbones'])} ({m['feature_dim']} dims, "
+                 f"crop {m['backbones'][0]['crop']})")
     for b in m["cv"].get("base_models", []):
         lines.append(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
                      f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
     params = "" if m["classifier"] == STACK else f" with {m['params']}"
-    lines.append(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}")
+    weighted = ", source-balanced weights" if m["balance"] == "source" else ""
+    lines.append(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}{weighted}")
     choice = m["threshold_choice"]
     if choice["rule"] != "default":
         lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
