@@ -255,13 +255,16 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @click.option("--cv", "cv_folds", type=click.IntRange(2, 20), default=None,
               help="Also refit the model's configuration in K patient-grouped folds of train+val "
                    "and report mean +- sd.")
+@click.option("--cv-by", type=click.Choice(["source"]), default=None,
+              help="source: leave one source out (needs --data per source). For each source, refit the "
+                   "model's configuration on the others' training images and test on all of its images.")
 @bootstrap_option
 @features_option
 @model_weights_option
 @batch_option
 @model_crop_option
 @offline_option
-def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir, weights, batch_size,
+def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, features_dir, weights, batch_size,
              crop, offline) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
@@ -271,10 +274,12 @@ def evaluate(model_path, data, split, report_dir, cv_folds, n_boot, features_dir
     from classifiers.workflows.evaluate import evaluate_and_write
 
     report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights),
-                                       report_dir, n_boot, cv_folds, crop)
+                                       report_dir, n_boot, cv_folds, crop, cv_by)
     click.echo(report.header())
     click.echo(report.table())
-    click.echo(f"wrote {files['metrics']}, {files['report']} and 3 plots in {files['metrics'].parent}/")
+    plots = len(files) - 2
+    click.echo(f"wrote {files['metrics']}, {files['report']} and {plots} plot{'s' * (plots > 1)} in "
+               f"{files['metrics'].parent}/")
     if report.errors:
         _report_failures(report.errors)
         sys.exit(EXIT_PARTIAL)

@@ -258,3 +258,29 @@ def test_bad_sources_are_one_line_errors_and_nothing_is_written(two_sources, tmp
                      "--features-dir", root / "features", "--model", model, "--cv-folds", "3")
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
         assert not model.exists()
+
+
+def test_evaluate_leave_one_source_out(two_sources, tmp_path):
+    """evaluate --cv-by source refits the model's configuration without each source and
+    scores that source: no choice sees the held-out source's labels."""
+    root, data, other = two_sources
+    model = tmp_path / "two.joblib"
+    assert run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
+               "--model", model, "--cv-folds", "3").exit_code == 0
+    out = tmp_path / "loso"
+    ev = run("evaluate", "--model", model, "--cv-by", "source", "--data", data, "--data", other,
+             "--features-dir", root / "features", "--report-dir", out, "--bootstrap", "200")
+    assert ev.exit_code == 0, ev.output
+    assert "leave-one-source-out" in ev.output and "1 plot in" in ev.output
+    results = {h["held_out"]: h for h in json.loads((out / "metrics.json").read_text())["cv_by_source"]}
+    assert set(results) == {"covid-ct", "hospital-b"}
+    # held-out COVID-CT: every labeled image of it (48), trained on the other source's 12
+    assert results["covid-ct"]["n"]["images"] == 48 and results["covid-ct"]["n_train"] == 12
+    # held-out hospital-b: its 12, trained on COVID-CT's train+val only (36), never its test split
+    assert results["hospital-b"]["n"]["images"] == 12 and results["hospital-b"]["n_train"] == 36
+    for h in results.values():
+        assert h["roc_auc"]["ci_low"] <= h["roc_auc"]["value"] <= h["roc_auc"]["ci_high"]
+    assert "| hospital-b | 12 | covid-ct (36) |" in (out / "report.md").read_text()
+    assert (out / "roc_by_source.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one = run("evaluate", "--model", model, "--cv-by", "source", "--data", data, "--features-dir", root / "features")
+    assert one.exit_code == 1 and "two or more sources" in one.output

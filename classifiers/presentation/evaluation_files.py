@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 from feature_extractor.feature_spec import FeatureSpec
 
 from ..workflows.metrics import METRICS
-from .plots import plot_calibration, plot_confusion, plot_roc
+from .plots import plot_calibration, plot_confusion, plot_roc, plot_roc_by_source
 
 if TYPE_CHECKING:
+    from ..workflows.cross_source import CrossSourceReport
     from ..workflows.evaluate import EvaluationReport
 
 PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png"}
@@ -40,6 +41,38 @@ def write_evaluation(report: EvaluationReport, out_dir: str | Path) -> dict[str,
     files["metrics"].write_text(json.dumps(report.to_json(), indent=2, default=_json_default) + "\n")
     files["report"] = out_dir / "report.md"
     files["report"].write_text(markdown(report), encoding="utf-8")
+    return files
+
+
+def write_cross_source(report: CrossSourceReport, out_dir: str | Path) -> dict[str, Path]:
+    """Leave-one-source-out results: metrics.json, report.md and one ROC plot with a curve per
+    held-out source; name -> file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = [(h.source, h.y, h.p, tuple(h.metrics["roc_auc"][k] for k in ("value", "ci_low", "ci_high")))
+              for h in report.held_out]
+    files = {"roc": plot_roc_by_source(curves, out_dir / "roc_by_source.png",
+                                       f"Leave one source out: {report.manifest.get('classifier')}")}
+    files["metrics"] = out_dir / "metrics.json"
+    files["metrics"].write_text(json.dumps(report.to_json(), indent=2, default=_json_default) + "\n")
+    files["report"] = out_dir / "report.md"
+    lines = [f"# Leave one source out: {report.manifest.get('classifier')}", "",
+             "_Research use only, not for clinical diagnosis._", "",
+             f"- configuration of `{report.model_path}` (sha256 {str(report.manifest.get('model_sha256'))[:16]}), "
+             f"refit without each source in turn: {json.dumps(report.manifest.get('fit'))}, balance "
+             f"{report.manifest.get('balance')}",
+             f"- features: " + ", ".join(FeatureSpec.from_record(b).summary() for b in report.manifest["backbones"]),
+             f"- data: `{report.data}`; every labeled image of the held-out source is scored",
+             f"- CIs: 95% percentile bootstrap, {report.bootstrap['n']} resamples of patients", "",
+             "| held out | images | trained on (images) | AUC (95% CI) | accuracy | sensitivity | specificity |",
+             "|---|---|---|---|---|---|---|"]
+    for h in report.held_out:
+        m = h.metrics
+        lines.append(f"| {h.source} | {h.n['images']} | {'+'.join(h.train_sources)} ({h.n_train}) | "
+                     f"{m['roc_auc']['value']:.3f} ({m['roc_auc']['ci_low']:.3f} - {m['roc_auc']['ci_high']:.3f}) | "
+                     f"{m['accuracy']['value']:.3f} | {m['sensitivity']['value']:.3f} | {m['specificity']['value']:.3f} |")
+    lines += ["", "![ROC by held-out source](roc_by_source.png)", ""]
+    files["report"].write_text("\n".join(lines), encoding="utf-8")
     return files
 
 

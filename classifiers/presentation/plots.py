@@ -37,6 +37,24 @@ def plot_roc(y: np.ndarray, p: np.ndarray, out: Path, title: str, auc_ci: tuple[
     return save_figure(fig, out)
 
 
+def plot_roc_by_source(curves: list[tuple[str, np.ndarray, np.ndarray, tuple[float, float, float]]],
+                       out: Path, title: str) -> Path:
+    """One ROC curve per held-out source on one plot; ``curves``: (source, y, p, (auc, lo, hi))."""
+    from sklearn.metrics import roc_curve
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    for source, y, p, (auc, lo, hi) in curves:
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"held out: {source}, AUC {auc:.3f} ({lo:.3f}-{hi:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out)
+
+
 def plot_calibration(y: np.ndarray, p: np.ndarray, out: Path, title: str, n_bins: int = 10) -> Path:
     from sklearn.calibration import calibration_curve
 

@@ -23,7 +23,8 @@ from feature_extractor.run_context import RunContext
 
 from ..estimators.balance import sample_weights
 from ..estimators.search import grouped_folds, sample_weight_params
-from ..presentation.evaluation_files import write_evaluation
+from ..presentation.evaluation_files import write_cross_source, write_evaluation
+from .cross_source import leave_one_source_out
 from .metrics import METRICS, binary_metrics, bootstrap_metrics, patient_scores
 from .model import LoadedModel, load_model
 from .train import data_fingerprint, training_records
@@ -204,12 +205,18 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
 
 def evaluate_and_write(data: str | Path | Sequence[str | Path], model_path: str | Path | None = None, split: str = "test",
                        context: RunContext | None = None, report_dir: str | Path | None = None,
-                       n_boot: int = 2000, cv_folds: int | None = None,
-                       crop: str | None = None) -> tuple[EvaluationReport, dict[str, Path]]:
-    """evaluate: metrics of a saved model, written as metrics.json, report.md and three plots
-    into ``report_dir`` (default reports/<model>-<split>/). ``crop``: confirm the model's crop."""
+                       n_boot: int = 2000, cv_folds: int | None = None, crop: str | None = None,
+                       cv_by: str | None = None):
+    """evaluate: metrics of a saved model, written as metrics.json, report.md and plots into
+    ``report_dir`` (default reports/<model>-<split>/). ``crop``: confirm the model's crop.
+    ``cv_by="source"``: leave one source out instead (default reports/<model>-by-source/).
+    Returns the report (EvaluationReport or CrossSourceReport) and the files written."""
     model = load_model(model_path, context)
     model.check_crop(crop)
+    if cv_by == "source":
+        cross = leave_one_source_out(model, data, n_boot)
+        out_dir = Path(report_dir) if report_dir else Path("reports") / f"{model.path.stem}-by-source"
+        return cross, write_cross_source(cross, out_dir)
     report = evaluate_model(model, data, split, n_boot, cv_folds)
     out_dir = Path(report_dir) if report_dir else Path("reports") / f"{model.path.stem}-{report.split}"
     return report, write_evaluation(report, out_dir)

@@ -5,6 +5,7 @@ the test split is never read here. Hyperparameters are chosen by patient-grouped
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -91,29 +92,47 @@ def source_summaries(records: Sequence[Record]) -> list[dict]:
     return out
 
 
-def _fit_stack(X, y, groups, weights, sources, settings: FitSettings):
-    """One block of columns per backbone, each with every base classifier."""
-    bounds = np.cumsum([0] + [s.cache.feature_dim for s in sources])
-    blocks = [(s.spec.backbone, int(a), int(z)) for s, a, z in zip(sources, bounds[:-1], bounds[1:])]
-    estimators = [(name, get_classifier(name).search(settings.cv_folds, settings.seed, y, weights is None))
-                  for name in settings.base]
-    stack = StackedEnsemble(estimators, blocks, cv=settings.cv_folds,
-                            random_state=settings.seed).fit(X, y, groups, weights)
-    params = {"base": list(settings.base), "final_estimator": "LogisticRegression",
-              "final_param_grid": {"C": list(FINAL_CS)}, "cv": settings.cv_folds,
-              "random_state": settings.seed}
-    report = {"auc": stack.cv_auc_, "auc_std": stack.cv_auc_std_, "base_models": stack.base_reports_,
+@dataclass
+class TrainedEstimator:
+    """A fitted estimator and what its training said: params, CV scores, out-of-fold
+    probabilities, the balance used and the threshold chosen."""
+
+    estimator: object
+    params: dict
+    cv: dict
+    oof: np.ndarray
+    balance: str
+    threshold: dict
+
+
+def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: Sequence[str | None],
+                    blocks: Sequence[tuple[str, int, int]], settings: FitSettings) -> TrainedEstimator:
+    """Tune and fit ``settings.clf`` on arrays: the whole of fit but the files. ``blocks``: the
+    (backbone, start, stop) columns of each backbone, for the stack."""
+    balance = settings.balance or default_balance(len(set(sources)))
+    weights = sample_weights(balance, y, sources)
+    if settings.clf == STACK:
+        estimators = [(name, get_classifier(name).search(settings.cv_folds, settings.seed, y, weights is None))
+                      for name in settings.base]
+        stack = StackedEnsemble(estimators, list(blocks), cv=settings.cv_folds,
+                                random_state=settings.seed).fit(X, y, groups, weights)
+        estimator, oof = stack, stack.oof_
+        params = {"base": list(settings.base), "final_estimator": "LogisticRegression",
+                  "final_param_grid": {"C": list(FINAL_CS)}, "cv": settings.cv_folds, "random_state": settings.seed}
+        cv = {"auc": stack.cv_auc_, "auc_std": stack.cv_auc_std_, "base_models": stack.base_reports_,
               "meta_learner": "LogisticRegression on logits of out-of-fold base probabilities",
               "meta_weights": stack.meta_weights()}
-    return stack, params, report, stack.oof_
-
-
-def _fit_one(X, y, groups, weights, settings: FitSettings):
-    search = get_classifier(settings.clf).search(settings.cv_folds, settings.seed, y, weights is None)
-    search.fit(X, y, groups, weights)
-    report = {"auc": search.cv_auc_, "auc_std": search.cv_auc_std_, "n_folds": search.n_splits_,
+    else:
+        search = get_classifier(settings.clf).search(settings.cv_folds, settings.seed, y, weights is None)
+        search.fit(X, y, groups, weights)
+        estimator, params, oof = search.best_estimator_, search.best_params_, search.oof_
+        cv = {"auc": search.cv_auc_, "auc_std": search.cv_auc_std_, "n_folds": search.n_splits_,
               "candidates": search.candidates_}
-    return search.best_estimator_, search.best_params_, report, search.oof_
+    threshold = {"threshold": 0.5, "rule": "default"}
+    if settings.target_sensitivity is not None:
+        threshold = {**threshold_for_sensitivity(y, oof, settings.target_sensitivity),
+                     "rule": "target sensitivity on out-of-fold predictions of the training images"}
+    return TrainedEstimator(estimator, params, cv, oof, balance, threshold)
 
 
 def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
@@ -137,27 +156,19 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     X = feature_matrix(records, [s.cache for s in sources])
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])
-    names = [r.source for r in records]
-    balance = settings.balance or default_balance(len(set(names)))
-    weights = sample_weights(balance, y, names)
-    if settings.clf == STACK:
-        estimator, params, cv_report, oof = _fit_stack(X, y, groups, weights, sources, settings)
-    else:
-        estimator, params, cv_report, oof = _fit_one(X, y, groups, weights, settings)
-    grouping = "patient" if dataset.has_patients else "image"
-    threshold = {"threshold": 0.5, "rule": "default"}
-    if settings.target_sensitivity is not None:
-        threshold = {**threshold_for_sensitivity(y, oof, settings.target_sensitivity),
-                     "rule": "target sensitivity on out-of-fold predictions of the training images"}
     backbones = [s.manifest_entry() for s in sources]
+    trained = train_estimator(X, y, groups, [r.source for r in records], feature_blocks(backbones), settings)
+    threshold = trained.threshold
+    grouping = "patient" if dataset.has_patients else "image"
     manifest = {
         "created": utc_now(),
         "command": command_line(),
         "classifier": settings.clf,
-        "params": params,
+        "params": trained.params,
+        "fit": dataclasses.asdict(settings),
         "threshold": threshold["threshold"],
         "threshold_choice": threshold,
-        "balance": balance,
+        "balance": trained.balance,
         "backbones": backbones,
         "feature_dim": int(X.shape[1]),
         "training": {
@@ -168,13 +179,19 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
             "sources": source_summaries(records)},
         "cv": {"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
                          f"random_state={settings.seed}) grouped by {grouping}",
-               "scoring": "roc_auc", **cv_report},
+               "scoring": "roc_auc", **trained.cv},
         "versions": library_versions(),
     }
     if any(b["weights_source"] == NONE for b in backbones):
         manifest["warning"] = NONE_WARNING
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(estimator, manifest, path)
+    return save_bundle(trained.estimator, manifest, path)
+
+
+def feature_blocks(backbones: Sequence[dict]) -> list[tuple[str, int, int]]:
+    """(backbone, start, stop) columns of each backbone's features, from manifest entries."""
+    bounds = np.cumsum([0] + [int(b["feature_dim"]) for b in backbones])
+    return [(b["backbone"], int(a), int(z)) for b, a, z in zip(backbones, bounds[:-1], bounds[1:])]
 
 
 def fit_summary(bundle: ModelBundle) -> list[str]:

@@ -1,0 +1,115 @@
+"""evaluate --cv-by source: leave one source out, the number that says whether a model
+works on another hospital's images.
+
+For each source in turn, the model's whole fit (the same classifier, settings, tuning by
+patient-grouped CV and balance; manifest "fit") is run again on the training images of the
+other sources only, and scored on every labeled image of the held-out source, with
+patient-bootstrap CIs. Nothing about the held-out source, labels included, reaches that fit.
+The model's features (its backbones and settings) are reused; they come from frozen CNNs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from feature_extractor.dataset import load_datasets
+from feature_extractor.errors import CovidCTError
+from feature_extractor.provenance import library_versions, utc_now
+
+from .metrics import bootstrap_metrics
+from .model import LoadedModel
+from .train import TRAIN_SPLITS, FitSettings, feature_blocks, train_estimator
+
+
+@dataclass
+class HeldOutSource:
+    source: str
+    train_sources: list[str]
+    n_train: int
+    n: dict[str, int]
+    threshold: float
+    metrics: dict[str, dict]       # name -> {value, ci_low, ci_high}
+    y: np.ndarray
+    p: np.ndarray
+
+
+@dataclass
+class CrossSourceReport:
+    model_path: Path
+    manifest: dict
+    data: str
+    held_out: list[HeldOutSource]
+    bootstrap: dict
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def header(self) -> str:
+        return (f"leave-one-source-out with the configuration of {self.model_path} "
+                f"({self.manifest.get('classifier')}, balance {self.manifest.get('balance')}) on {self.data}")
+
+    def table(self) -> str:
+        lines = [f"{'held out':<16} {'n':>5} {'trained on':<24} {'AUC [95% CI]':<22} {'accuracy':>8} "
+                 f"{'sens':>6} {'spec':>6}"]
+        for h in self.held_out:
+            m = h.metrics
+            auc = f"{m['roc_auc']['value']:.3f} [{m['roc_auc']['ci_low']:.3f}, {m['roc_auc']['ci_high']:.3f}]"
+            lines.append(f"{h.source:<16} {h.n['images']:>5} {'+'.join(h.train_sources):<24} {auc:<22} "
+                         f"{m['accuracy']['value']:>8.3f} {m['sensitivity']['value']:>6.3f} "
+                         f"{m['specificity']['value']:>6.3f}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        m = self.manifest
+        return {
+            "cv_by_source": [{"held_out": h.source, "trained_on": h.train_sources, "n_train": h.n_train, "n": h.n,
+                              "threshold": h.threshold, **h.metrics} for h in self.held_out],
+            "model": {"path": str(self.model_path), "sha256": m.get("model_sha256"),
+                      "classifier": m.get("classifier"), "fit": m.get("fit"), "balance": m.get("balance"),
+                      "backbones": [{k: v for k, v in b.items() if k != "weights_path"}
+                                    for b in m.get("backbones", [])]},
+            "data": self.data,
+            "bootstrap": self.bootstrap,
+            "unreadable": self.errors,
+            "created": utc_now(),
+            "versions": library_versions(),
+        }
+
+
+def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot: int = 2000,
+                         seed: int = 0) -> CrossSourceReport:
+    """Refit the model's configuration without each source in turn; score it on that source."""
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    dataset = load_datasets(paths)
+    if len(dataset.sources) < 2:
+        raise CovidCTError("--cv-by source needs two or more sources: pass --data once per source")
+    feats = model.features([r for r in dataset.records if r.label is not None])
+    good = feats.good
+    X = feats.X
+    y = np.array([r.label for r in good], dtype=int)
+    groups = np.array([r.group for r in good])
+    sources = np.array([r.source for r in good], dtype=object)
+    with_split = {s: dataset.source_has_split(s) for s in dataset.sources}
+    trainable = np.array([not with_split[r.source] or r.split in TRAIN_SPLITS for r in good])
+    fit = dict(model.manifest["fit"], balance=model.manifest["balance"])
+    settings = FitSettings(**{**fit, "base": tuple(fit["base"])})
+    blocks = feature_blocks(model.manifest["backbones"])
+    held_out = []
+    for source in dataset.sources:
+        test = sources == source
+        train = ~test & trainable
+        if len(set(y[test])) < 2:
+            raise CovidCTError(f"source {source} has images of one class only: no AUC can be measured on it")
+        trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings)
+        p = trained.estimator.predict_proba(X[test])[:, 1]
+        threshold = float(trained.threshold["threshold"])
+        held_out.append(HeldOutSource(
+            source, list(dict.fromkeys(sources[train])), int(train.sum()),
+            {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
+             "patients": int(len(np.unique(groups[test])))},
+            threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p))
+    bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
+                 "method": "percentile"}
+    return CrossSourceReport(model.path, model.manifest, "; ".join(map(str, paths)), held_out, bootstrap,
+                             feats.errors)
