@@ -21,7 +21,7 @@ BACKBONES := -b mobilenetv2 -b mobilenet
 FEATURES := --pooling multiscale --tta flip
 CLASSIFIERS := svm logreg rf xgboost
 
-.PHONY: venv test test-fast demo bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-generalization bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ demo: venv
 	$(CLI) predict $(DATA) --model models/stack.joblib --out predictions.csv
 	@echo "== HTML report of the stack on the test split: heatmaps for the first 24 rows (mistakes first)"
 	$(CLI) report --model models/stack.joblib --data $(DATA) --out reports/stack-test.html --heatmaps 24
+
+bench-generalization: venv
+	$(BIN)/python bench/generalization.py
 
 bench-accuracy: venv
 	$(BIN)/python bench/accuracy.py

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Cross-source generalization: leave one source out, COVID-CT and MosMed.
+
+For every offline backbone (features: multiscale pooling + flip TTA, as the accuracy table)
+and classifier, and the stack over all backbones: a model is fitted on both sources with
+source-balanced weights (`fit --data A --data B`), then `evaluate --cv-by source` refits that
+configuration without each source in turn and scores every labeled image of the held-out
+source (95% patient-bootstrap CIs). The last column is the both-source model on COVID-CT's
+official test split. No choice looks at a held-out source's labels.
+Prints a table and writes it into BENCHMARKS.md and README.md (generalization markers).
+
+    .venv/bin/python bench/generalization.py        # or: make bench-generalization
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
+from accuracy import ci, available  # noqa: E402
+
+from classifiers.estimators.registry import STACK  # noqa: E402
+from classifiers.workflows.cross_source import leave_one_source_out  # noqa: E402
+from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
+from classifiers.workflows.features import FeatureSelection  # noqa: E402
+from classifiers.workflows.model import load_model  # noqa: E402
+from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
+from feature_extractor.dataset import load_datasets  # noqa: E402
+from feature_extractor.extract import FeatureExtractor  # noqa: E402
+from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
+
+START, END = "<!-- generalization:start -->", "<!-- generalization:end -->"
+FEATURES = {"pooling": "multiscale", "tta": "flip"}
+SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--sources", nargs="+", default=[str(p) for p in SOURCES])
+    parser.add_argument("--classifiers", default="svm,logreg")
+    parser.add_argument("--no-stack", action="store_true")
+    args = parser.parse_args()
+    weights = available()
+    if not weights or not all(Path(p).exists() for p in args.sources):
+        print(f"skipped: needs {args.sources} and offline weights")
+        return 0
+    sources = [Path(p) for p in args.sources]
+    dataset = load_datasets(sources)
+    context = RunContext(args.features_dir, offline=True)
+    for name, choice in weights.items():
+        report = FeatureExtractor(FeatureSpec(name, choice, **FEATURES), context).extract(dataset.records)
+        print(report.summary(), flush=True)
+    names = dataset.sources
+    covidct = next((p for p in sources if p.name == "covid-ct"), None)
+    rows = []
+
+    def run(label: str, clf: str, backbones: list[str], **kw) -> None:
+        start = time.perf_counter()
+        path = Path(args.models_dir) / f"both-{label.replace(' + ', '+')}-{clf}.joblib"
+        selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones}, FEATURES)
+        bundle = fit_model(sources, FitSettings(clf, **kw), selection, context, path)
+        model = load_model(path, context)
+        held = {h.source: h for h in leave_one_source_out(model, sources, args.bootstrap).held_out}
+        test = evaluate_model(model, covidct, "test", args.bootstrap).metrics["roc_auc"] if covidct else None
+        rows.append((label, clf, *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
+                     ci(test) if test else "", f"{bundle.manifest['cv']['auc']:.3f}",
+                     f"{time.perf_counter() - start:.0f}"))
+        print(" | ".join(rows[-1]), flush=True)
+
+    classifiers = args.classifiers.split(",")
+    for name in weights:
+        for clf in classifiers:
+            run(name, clf, [name])
+    if not args.no_stack:
+        everything = list(weights)
+        run(" + ".join(everything), STACK, everything, base=tuple(classifiers))
+    counts = {s: sum(r.source == s and r.label is not None for r in dataset.records) for s in names}
+    header = ("features", "classifier", *(f"held out: {s} AUC [95% CI]" for s in names),
+              "both sources: COVID-CT test AUC", "both: CV AUC", "s")
+    section = "\n".join([
+        START, "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/generalization.py` "
+        f"(`make bench-generalization`). Sources: " + ", ".join(f"{s} ({n} labeled images)" for s, n in counts.items())
+        + ". Each \"held out\" column: the configuration refit on the other source's training images "
+        "(COVID-CT: train+val; MosMed: all) with source-balanced weights, scored on every labeled image "
+        f"of the held-out source; 95% patient-bootstrap CIs ({args.bootstrap} resamples). Features: "
+        "multiscale pooling + flip TTA, full slices (no crop, no harmonization yet). The last columns: "
+        "the model fitted on both sources, on COVID-CT's official test split, and its grouped CV AUC.", "",
+        *markdown_table(header, rows), "", END])
+    publish(section, "Generalization across sources (leave one source out)", args.out, REPO / "README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
