@@ -284,3 +284,18 @@ def test_evaluate_leave_one_source_out(two_sources, tmp_path):
     assert (out / "roc_by_source.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     one = run("evaluate", "--model", model, "--cv-by", "source", "--data", data, "--features-dir", root / "features")
     assert one.exit_code == 1 and "two or more sources" in one.output
+
+
+def test_report_leave_one_source_out(two_sources, tmp_path):
+    root, data, other = two_sources
+    model = tmp_path / "two.joblib"
+    assert run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
+               "--model", model, "--cv-folds", "3").exit_code == 0
+    out = tmp_path / "loso.html"
+    result = run("report", "--model", model, "--cv-by", "source", "--data", data, "--data", other,
+                 "--features-dir", root / "features", "--out", out, "--bootstrap", "200")
+    assert result.exit_code == 0, result.output
+    assert "60 images" in result.output and "0 heatmaps" in result.output
+    page = out.read_text(encoding="utf-8")
+    assert "Leave one source out" in page and "held out: hospital-b" in page and "held out: covid-ct" in page
+    assert "alt='roc by held-out source'" in page and "Research use only" in page

@@ -28,9 +28,10 @@ from feature_extractor.images import resize_rgb
 from feature_extractor.provenance import utc_now
 
 from ..workflows.metrics import METRICS
-from .evaluation_files import write_plots
+from .evaluation_files import write_cross_source, write_plots
 
 if TYPE_CHECKING:
+    from ..workflows.cross_source import CrossSourceReport
     from ..workflows.evaluate import EvaluationReport
 
 DISCLAIMER = "Research use only, not for clinical diagnosis."
@@ -64,6 +65,7 @@ class ReportContent:
     evaluation: EvaluationReport | None = None
     plots: dict[str, str] = field(default_factory=dict)   # name -> data: URI
     explain_method: str | None = None
+    cross_source: CrossSourceReport | None = None         # report --cv-by source
 
     @property
     def failures(self) -> dict[str, str]:
@@ -102,11 +104,14 @@ def order_rows(rows: list[CaseRow], threshold: float) -> list[CaseRow]:
     return sorted(rows, key=key)
 
 
-def plot_uris(evaluation: EvaluationReport) -> dict[str, str]:
-    """The evaluation's plots as data: URIs (name -> URI)."""
+def plot_uris(evaluation: EvaluationReport | None = None,
+              cross_source: CrossSourceReport | None = None) -> dict[str, str]:
+    """The plots of an evaluation, or of a leave-one-source-out run, as data: URIs (name -> URI)."""
     with tempfile.TemporaryDirectory() as tmp:
+        files = write_plots(evaluation, tmp) if evaluation is not None else \
+            {"roc by held-out source": write_cross_source(cross_source, tmp)["roc"]}
         return {name: "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-                for name, path in write_plots(evaluation, tmp).items()}
+                for name, path in files.items()}
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -243,8 +248,26 @@ def _metrics(ev: EvaluationReport) -> str:
     return out + "</section>"
 
 
+def _cross_source(cross: CrossSourceReport) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(h.source)}</td><td class=num>{h.n['images']}</td><td>{_e('+'.join(h.train_sources))} "
+        f"({h.n_train})</td><td class=num>{h.metrics['roc_auc']['value']:.3f} ({h.metrics['roc_auc']['ci_low']:.3f} – "
+        f"{h.metrics['roc_auc']['ci_high']:.3f})</td><td class=num>{h.metrics['accuracy']['value']:.3f}</td>"
+        f"<td class=num>{h.metrics['sensitivity']['value']:.3f}</td>"
+        f"<td class=num>{h.metrics['specificity']['value']:.3f}</td></tr>" for h in cross.held_out)
+    return ("<section id=metrics><h2>Leave one source out: how the model does on a hospital it has not seen</h2>"
+            f"<p>The model's configuration ({_e(cross.manifest.get('classifier'))}, balance "
+            f"{_e(cross.manifest.get('balance'))}) refit without each source in turn and scored on every "
+            f"labeled image of that source; nothing about the held-out source reached the fit. 95% CIs: "
+            f"percentile bootstrap, {cross.bootstrap['n']} resamples of patients. Each row of the table below "
+            "is scored by the model that did not see its source.</p>"
+            "<table><thead><tr><th>held out</th><th>images</th><th>trained on (images)</th><th>AUC (95% CI)</th>"
+            f"<th>accuracy</th><th>sensitivity</th><th>specificity</th></tr></thead><tbody>{rows}</tbody></table>"
+            "</section>")
+
+
 def _case_table(content: ReportContent) -> str:
-    labeled = content.evaluation is not None
+    labeled = content.evaluation is not None or content.cross_source is not None
     head = ("<th>#</th><th>slice</th><th>heatmap</th><th class=sortable data-type=text>file</th>"
             + ("<th class=sortable data-type=text>patient</th><th class=sortable data-type=text>truth</th>" if labeled else "")
             + "<th class=sortable data-type=num>P(COVID)</th><th class=sortable data-type=text>prediction</th>"
@@ -303,8 +326,9 @@ def render_html(content: ReportContent) -> str:
         "framing), its non-COVID ones are homogeneous, so a model can learn the source instead of the "
         "disease. Check the heatmaps; a model fitted with <code>--crop lungs</code> sees the lung field only.</p>",
     ]
-    if content.evaluation is not None:
-        parts.append(_metrics(content.evaluation))
+    if content.evaluation is not None or content.cross_source is not None:
+        parts.append(_metrics(content.evaluation) if content.evaluation is not None
+                     else _cross_source(content.cross_source))
         parts.append("<section id=plots><h2>Plots</h2><div class=plots>" + "".join(
             f"<figure><img alt='{name}' src='{uri}'><figcaption>{name}</figcaption></figure>"
             for name, uri in content.plots.items()) + "</div></section>")

@@ -34,6 +34,7 @@ class HeldOutSource:
     metrics: dict[str, dict]       # name -> {value, ci_low, ci_high}
     y: np.ndarray
     p: np.ndarray
+    records: list = field(default_factory=list)  # the held-out images, in the order of y and p
 
 
 @dataclass
@@ -108,7 +109,8 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
             source, list(dict.fromkeys(sources[train])), int(train.sum()),
             {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
              "patients": int(len(np.unique(groups[test])))},
-            threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p))
+            threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
+            [r for r, held in zip(good, test) if held]))
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
     return CrossSourceReport(model.path, model.manifest, "; ".join(map(str, paths)), held_out, bootstrap,

@@ -17,6 +17,7 @@ from feature_extractor.run_context import RunContext
 from ..presentation.heatmaps import overlay_rgb
 from ..presentation.html_report import (THUMB_SIDE, CaseRow, ReportContent, data_uri, order_rows,
                                         plot_uris, thumbnail, write_html)
+from .cross_source import leave_one_source_out
 from .evaluate import evaluate_model
 from .explain import ModelExplainer
 from .model import LoadedModel, load_model
@@ -24,11 +25,16 @@ from .predict import predict_folder
 
 
 def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: str = "test",
-            heatmaps: int = 50, explain_method: str = "occlusion", n_boot: int = 2000) -> ReportContent:
-    """Everything the report shows. ``heatmaps``: explain the first N rows of the table."""
+            heatmaps: int = 50, explain_method: str = "occlusion", n_boot: int = 2000,
+            cv_by: str | None = None) -> ReportContent:
+    """Everything the report shows. ``heatmaps``: explain the first N rows of the table.
+    ``cv_by="source"``: leave one source out; each row is scored by the model that did not see
+    its source (heatmaps explain the saved model, so there are none then)."""
     threshold = model.threshold
-    explainer = ModelExplainer(model, explain_method) if heatmaps else None  # refuse early
     paths = [data] if isinstance(data, (str, Path)) else list(data)
+    if cv_by == "source":
+        return _collect_cross_source(model, paths, n_boot)
+    explainer = ModelExplainer(model, explain_method) if heatmaps else None  # refuse early
     try:
         dataset = load_datasets(paths)
     except DatasetError:
@@ -50,6 +56,24 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
                             explain_method=explain_method if heatmaps else None)
     if evaluation is not None:
         content.plots = plot_uris(evaluation)
+    _thumbnails(model, rows, explainer, heatmaps)
+    return content
+
+
+def _collect_cross_source(model: LoadedModel, paths: Sequence[str | Path], n_boot: int) -> ReportContent:
+    cross = leave_one_source_out(model, paths, n_boot)
+    rows = [CaseRow(r.path, float(p), LABEL_NAMES[int(p >= h.threshold)], LABEL_NAMES[int(y)], r.patient,
+                    note=f"held out: {h.source}")
+            for h in cross.held_out for r, p, y in zip(h.records, h.p, h.y)]
+    rows = order_rows(rows, model.threshold)
+    content = ReportContent(model.manifest, model.path, "; ".join(map(str, paths)), model.threshold, rows,
+                            plots=plot_uris(cross_source=cross), cross_source=cross)
+    _thumbnails(model, rows, None, 0)
+    return content
+
+
+def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplainer | None, heatmaps: int) -> None:
+    """A thumbnail for every readable row; a heatmap for the first ``heatmaps`` of them."""
     readable = [r for r in rows if r.error is None]
     with model.context.progress("report images ", len(readable)) as update:
         for i, row in enumerate(readable):
@@ -61,7 +85,6 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
                 if explainer is not None and i < heatmaps:
                     row.heatmap = data_uri(overlay_rgb(explainer.explain(row.path, prepared), THUMB_SIDE + 32))
             update(1)
-    return content
 
 
 def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
@@ -75,7 +98,8 @@ def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
 
 def report_to_html(data: str | Path | Sequence[str | Path], out: str | Path = "report.html", model_path: str | Path | None = None,
                    context: RunContext | None = None, split: str = "test", heatmaps: int = 50,
-                   explain_method: str = "occlusion", n_boot: int = 2000) -> tuple[Path, ReportContent]:
+                   explain_method: str = "occlusion", n_boot: int = 2000,
+                   cv_by: str | None = None) -> tuple[Path, ReportContent]:
     """report: one self-contained HTML file (see presentation/html_report.py)."""
-    content = collect(load_model(model_path, context), data, split, heatmaps, explain_method, n_boot)
+    content = collect(load_model(model_path, context), data, split, heatmaps, explain_method, n_boot, cv_by)
     return write_html(content, out), content
