@@ -299,7 +299,8 @@ def _case_table(content: ReportContent) -> str:
               "gradcam": "Grad-CAM through the frozen backbone and the linear head"}.get(content.explain_method or "")
     heat_note = (f"Heatmaps ({_e(method)}) for the first {n_heat} rows; regions that raised P(COVID) are "
                  "warm. Heatmaps on text, arrows, borders or the table mean the model uses the image source, "
-                 "not the lungs." if n_heat else "No heatmaps were asked for (--heatmaps 0).")
+                 "not the lungs." if n_heat else "No heatmaps: they explain the saved model, not the models refit "
+                 "without each source." if content.cross_source else "No heatmaps were asked for (--heatmaps 0).")
     toggle = ("<label><input type=checkbox id=only-wrong> show misclassified only</label>" if labeled else "")
     return (f"<section id=predictions><h2>Predictions ({len(content.rows)} images"
             + (f", {n_wrong} misclassified" if labeled else "") + ")</h2>"
@@ -310,7 +311,8 @@ def _case_table(content: ReportContent) -> str:
 
 def render_html(content: ReportContent) -> str:
     m = content.manifest
-    title = f"COVID-CT screening report: {m.get('classifier')} on {Path(content.data).name}"
+    on = " + ".join(Path(d).name for d in content.data.split("; "))
+    title = f"COVID-CT screening report: {m.get('classifier')} on {on}"
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
