@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # Part of the cache identity (FeatureSpec.crop_version): a change to the algorithm below must bump it.
-LUNG_CROP_VERSION = 1
+# 2: a second search inside the field of view when the whole image finds no lungs (MosMed).
+LUNG_CROP_VERSION = 2
 
 _WORK_SIDE = 256           # segmentation resolution (longest side)
 _MIN_PART = 0.01           # a lung candidate covers at least 1% of the image
@@ -41,20 +42,54 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def lung_mask(grey: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-    """Lung mask of a 2D grey image at its own resolution, or (None, reason)."""
-    from scipy import ndimage as ndi
-    from skimage import filters, measure
+    """Lung mask of a 2D grey image at its own resolution, or (None, reason).
 
-    h, w = grey.shape
+    When the whole image finds no lungs, the search runs again inside the scanner's field of
+    view: MosMed-like slices show a grey disc (air in the lung window) on black corners, so
+    Otsu on the whole image only splits corners from disc.
+    """
+    from scipy import ndimage as ndi
+
     if float(grey.max()) - float(grey.min()) < 1e-6:
         return None, "blank image"
     smooth = ndi.median_filter(grey, 3)
-    threshold = filters.threshold_otsu(smooth)
-    dark = ndi.binary_opening(smooth < threshold, _disk(2))
+    mask, reason = _lungs_in(smooth, None)
+    if mask is None:
+        fov = _field_of_view(smooth)
+        if fov is not None:
+            in_fov, _ = _lungs_in(smooth, fov)
+            if in_fov is not None:
+                return in_fov, None
+    return mask, reason
+
+
+def _field_of_view(smooth: np.ndarray) -> np.ndarray | None:
+    """Everything but the image's darkest value connected to its border (the corners outside a
+    reconstruction disc); None when that is not a sizeable part of the image."""
+    from skimage import measure
+
+    outside = measure.label(smooth <= float(smooth.min()) + 2.0)
+    border_labels = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]]))
+    corners = np.isin(outside, border_labels[border_labels > 0])
+    return ~corners if 0.02 < corners.mean() < 0.6 else None
+
+
+def _lungs_in(smooth: np.ndarray, fov: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
+    """The lung search within ``fov`` (None: the whole image); dark parts touching the image
+    border or the field of view's edge are air around the body."""
+    from scipy import ndimage as ndi
+    from skimage import filters, measure
+
+    h, w = smooth.shape
+    inside = np.ones((h, w), bool) if fov is None else fov
+    threshold = filters.threshold_otsu(smooth[inside])
+    dark = ndi.binary_opening((smooth < threshold) & inside, _disk(2))
     labels = measure.label(dark)
-    border = np.zeros_like(dark)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    contact = np.bincount(labels[border], minlength=labels.max() + 1)
+    edge = np.zeros_like(dark)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    if fov is not None:
+        edge |= ndi.binary_dilation(fov & ~ndi.binary_erosion(fov, _disk(2)), _disk(2))
+    contact = np.bincount(labels[edge], minlength=labels.max() + 1)
     candidates = []
     for region in measure.regionprops(labels):
         top, left, bottom, right = region.bbox
@@ -74,7 +109,7 @@ def lung_mask(grey: np.ndarray) -> tuple[np.ndarray | None, str | None]:
         top, left, bottom, right = region.bbox
         mask[top:bottom, left:right] |= region.image_convex
     # Mirror about the body's midline: a lung too dense to look dark is kept with its twin.
-    body = measure.label(~dark & (smooth >= threshold))
+    body = measure.label(~dark & (smooth >= threshold) & inside)
     if body.max():
         largest = max(measure.regionprops(body), key=lambda r: r.area)
         mid2 = largest.bbox[1] + largest.bbox[3] - 1  # twice the midline column

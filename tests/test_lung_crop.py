@@ -128,3 +128,35 @@ def test_finds_lungs_in_real_slices():
             areas.append(crop.image.shape[0] * crop.image.shape[1] / (rgb.shape[0] * rgb.shape[1]))
     assert found >= 55  # 14 of all 746 slices fall back (BENCHMARKS.md)
     assert 0.3 < np.median(areas) < 0.95  # a crop, not the whole slice nor a sliver
+
+
+def disc_slice(size: int = 192) -> np.ndarray:
+    """A MosMed-like slice: black corners outside a light field-of-view disc about as bright
+    as the body (their levels: corners 0, lungs 108, disc 170, body 174), two lungs inside.
+    Otsu on the whole image only separates the corners from the rest."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.zeros((size, size))
+    img[(yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.48 ** 2] = 170                       # the disc
+    img[((yy - 0.55) / 0.3) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1] = 174            # the body
+    for cx in (0.33, 0.67):
+        img[((yy - 0.52) / 0.22) ** 2 + ((xx - cx) / 0.12) ** 2 < 1] = 108        # the lungs
+    img += rng.normal(0, 4, img.shape)
+    return np.repeat(np.clip(img, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_lungs_are_found_inside_a_field_of_view_disc():
+    from scipy import ndimage as ndi
+
+    from feature_extractor.lung_crop import _lungs_in
+
+    rgb = disc_slice()
+    assert _lungs_in(ndi.median_filter(rgb[..., 0].astype(float), 3), None)[0] is None  # version 1's search
+    crop = crop_lungs(rgb)
+    assert crop.found, crop.reason
+    top, left, bottom, right = crop.bbox
+    size = rgb.shape[0]
+    # both lungs (x 0.21-0.79, y 0.30-0.74) are in the box; the disc's edge (x < 0.05 or > 0.95) is not
+    assert left <= 0.22 * size and right >= 0.78 * size and top <= 0.31 * size and bottom >= 0.73 * size
+    assert left > 0.05 * size and right < 0.95 * size
+    assert (bottom - top) * (right - left) < 0.6 * size * size
