@@ -130,8 +130,9 @@ FORMAT_1 = {"backbone": "vgg16", "weights_source": "file", "weights_sha256": "ab
 def test_a_format_1_cache_is_found_read_and_extended(tmp_path):
     old = tmp_path / "vgg16-file-0123456789ab.h5"  # named by the old identity hash
     write_format_1_cache(old, FORMAT_1)
-    spec = FeatureSpec("vgg16", WeightsChoice("file", "/elsewhere/v.h5"), weights_sha256="ab" * 32, pooling="multiscale",
-                       tta="flip", precision="bf16", crop="lungs")
+    # as a model made then asks for them: crop version 1
+    spec = FeatureSpec("vgg16", WeightsChoice("file", "/elsewhere/v.h5"), weights_sha256="ab" * 32,
+                       pooling="multiscale", tta="flip", precision="bf16", crop="lungs", crop_version=1)
     found = find_cache(tmp_path, spec)
     assert found is not None and found.path == old
     assert found.spec.identity() == spec.identity() and found.spec.crop_version == 1
