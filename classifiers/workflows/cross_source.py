@@ -96,12 +96,13 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     fit = dict(model.manifest["fit"], balance=model.manifest["balance"])
     settings = FitSettings(**{**fit, "base": tuple(fit["base"])})
     blocks = feature_blocks(model.manifest["backbones"])
+    one_class = [s for s in dataset.sources if len(set(y[sources == s])) < 2]
+    if one_class:  # before any fit: no AUC can be measured on such a source
+        raise CovidCTError(f"source(s) {', '.join(one_class)} have readable images of one class only")
     held_out = []
     for source in dataset.sources:
         test = sources == source
         train = ~test & trainable
-        if len(set(y[test])) < 2:
-            raise CovidCTError(f"source {source} has images of one class only: no AUC can be measured on it")
         trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings)
         p = trained.estimator.predict_proba(X[test])[:, 1]
         threshold = float(trained.threshold["threshold"])
