@@ -214,13 +214,21 @@ def two_sources(workspace, tmp_path_factory):
     return root, data, other
 
 
-def test_fit_and_evaluate_on_two_sources(two_sources, tmp_path):
+@pytest.fixture(scope="module")
+def two_source_model(two_sources, tmp_path_factory):
+    """A logistic regression fitted once on both sources (default: source balance)."""
     root, data, other = two_sources
-    model = tmp_path / "two.joblib"
+    model = tmp_path_factory.mktemp("two") / "two.joblib"
     fit = run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
               "--model", model, "--cv-folds", "3")
     assert fit.exit_code == 0, fit.output
-    assert "source-balanced weights" in fit.output and "source hospital-b: 12 images" in fit.output
+    return model, fit.output
+
+
+def test_fit_and_evaluate_on_two_sources(two_sources, two_source_model, tmp_path):
+    root, data, other = two_sources
+    model, fit_output = two_source_model
+    assert "source-balanced weights" in fit_output and "source hospital-b: 12 images" in fit_output
     manifest = json.loads(model.with_suffix(".json").read_text())
     assert manifest["balance"] == "source"
     training = manifest["training"]
@@ -260,13 +268,11 @@ def test_bad_sources_are_one_line_errors_and_nothing_is_written(two_sources, tmp
         assert not model.exists()
 
 
-def test_evaluate_leave_one_source_out(two_sources, tmp_path):
+def test_evaluate_leave_one_source_out(two_sources, two_source_model, tmp_path):
     """evaluate --cv-by source refits the model's configuration without each source and
     scores that source: no choice sees the held-out source's labels."""
     root, data, other = two_sources
-    model = tmp_path / "two.joblib"
-    assert run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
-               "--model", model, "--cv-folds", "3").exit_code == 0
+    model, _ = two_source_model
     out = tmp_path / "loso"
     ev = run("evaluate", "--model", model, "--cv-by", "source", "--data", data, "--data", other,
              "--features-dir", root / "features", "--report-dir", out, "--bootstrap", "200")
@@ -286,11 +292,9 @@ def test_evaluate_leave_one_source_out(two_sources, tmp_path):
     assert one.exit_code == 1 and "two or more sources" in one.output
 
 
-def test_report_leave_one_source_out(two_sources, tmp_path):
+def test_report_leave_one_source_out(two_sources, two_source_model, tmp_path):
     root, data, other = two_sources
-    model = tmp_path / "two.joblib"
-    assert run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
-               "--model", model, "--cv-folds", "3").exit_code == 0
+    model, _ = two_source_model
     out = tmp_path / "loso.html"
     result = run("report", "--model", model, "--cv-by", "source", "--data", data, "--data", other,
                  "--features-dir", root / "features", "--out", out, "--bootstrap", "200")
