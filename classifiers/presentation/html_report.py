@@ -230,21 +230,9 @@ def _metrics(ev: EvaluationReport) -> str:
            f"<tbody>{rows}</tbody></table>"
            f"<p>Confusion: TN {tn}, FP {fp}, FN {fn}, TP {tp}.</p>")
     if ev.by_source:
-        out += ("<table><thead><tr><th>source</th><th>images</th><th>accuracy</th><th>AUC (95% CI)</th></tr>"
-                "</thead><tbody>" + "".join(
-                    f"<tr><td>{_e(src)}</td><td class=num>{part['n']['images']}</td>"
-                    f"<td class=num>{part['metrics']['accuracy']['value']:.3f}</td>"
-                    f"<td class=num>{part['metrics']['roc_auc']['value']:.3f} ({part['metrics']['roc_auc']['ci_low']:.3f}"
-                    f" – {part['metrics']['roc_auc']['ci_high']:.3f})</td></tr>" for src, part in ev.by_source.items())
-                + "</tbody></table>")
+        out += _breakdown("source", [(src, part["metrics"], part["n"]["images"]) for src, part in ev.by_source.items()])
     if ev.patient_level:
-        out += ("<table><thead><tr><th>patient level</th><th>accuracy</th><th>sensitivity</th><th>specificity</th>"
-                "<th>AUC (95% CI)</th></tr></thead><tbody>" + "".join(
-                    f"<tr><td>{how} of slices</td><td class=num>{pm['accuracy']['value']:.3f}</td>"
-                    f"<td class=num>{pm['sensitivity']['value']:.3f}</td><td class=num>{pm['specificity']['value']:.3f}</td>"
-                    f"<td class=num>{pm['roc_auc']['value']:.3f} ({pm['roc_auc']['ci_low']:.3f} – "
-                    f"{pm['roc_auc']['ci_high']:.3f})</td></tr>" for how, pm in ev.patient_level.items())
-                + "</tbody></table>")
+        out += _breakdown("patient level", [(f"{how} of slices", pm, None) for how, pm in ev.patient_level.items()])
     return out + "</section>"
 
 
@@ -264,6 +252,20 @@ def _cross_source(cross: CrossSourceReport) -> str:
             "<table><thead><tr><th>held out</th><th>images</th><th>trained on (images)</th><th>AUC (95% CI)</th>"
             f"<th>accuracy</th><th>sensitivity</th><th>specificity</th></tr></thead><tbody>{rows}</tbody></table>"
             "</section>")
+
+
+def _breakdown(first: str, rows: list[tuple[str, dict, int | None]]) -> str:
+    """A table of metrics per part (source, patient aggregation): accuracy, sensitivity,
+    specificity, AUC with its CI; an images column when the parts have counts."""
+    counted = any(n is not None for _, _, n in rows)
+    head = f"<th>{_e(first)}</th>" + ("<th>images</th>" if counted else "")
+    body = "".join(
+        f"<tr><td>{_e(label)}</td>" + (f"<td class=num>{n}</td>" if counted else "")
+        + "".join(f"<td class=num>{m[k]['value']:.3f}</td>" for k in ("accuracy", "sensitivity", "specificity"))
+        + f"<td class=num>{m['roc_auc']['value']:.3f} ({m['roc_auc']['ci_low']:.3f} – {m['roc_auc']['ci_high']:.3f})"
+        "</td></tr>" for label, m, n in rows)
+    return (f"<table><thead><tr>{head}<th>accuracy</th><th>sensitivity</th><th>specificity</th>"
+            f"<th>AUC (95% CI)</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def _case_table(content: ReportContent) -> str:
