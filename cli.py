@@ -19,6 +19,7 @@ from typing import Iterator
 import click
 
 from classifiers.estimators.balance import BALANCES
+from classifiers.estimators.harmonize import HARMONIZATIONS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS
@@ -135,6 +136,12 @@ explain_method_option = click.option(
     "--explain-method", type=click.Choice(EXPLAIN_METHODS), default=EXPLAIN_METHODS[0], show_default=True,
     help="occlusion: any classifier, the stack too (about 50 forward passes per image and backbone); "
          "gradcam: linear heads (logreg) only, one forward pass.")
+site_option = click.option(
+    "--site", default=None, metavar="NAME|batch",
+    help="For a model fit with --harmonize: whose feature statistics standardize these images. NAME: a "
+         "site the model knows (a training source or --adapt-to folder); batch: these images' own (no "
+         "labels used; 20 or more images).  [default: an image's own source if known, else the model's "
+         "one --adapt-to site, else batch]")
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 
@@ -224,9 +231,16 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, **
               help="Sample weights: source = every source and both classes inside it weigh the same, so "
                    "'which source' carries no label; class = both classes weigh the same; none.  "
                    "[default: source with several --data, else class]")
+@click.option("--harmonize", type=click.Choice(HARMONIZATIONS), default="none", show_default=True,
+              help="standardize: each site's features centered and scaled by that site's own mean and sd "
+                   "before the classifier (training sources, --adapt-to folders, and at predict time "
+                   "--site).")
+@click.option("--adapt-to", "adapt_to", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder of unlabeled images of a site the model will be used on: its feature statistics "
+                   "are learned (with --harmonize) and recorded. Repeatable.")
 @feature_settings(select=True)
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, balance, **settings) -> None:
+        cv_folds, seed, balance, harmonize, adapt_to, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -238,9 +252,9 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
         raise click.BadParameter("name the backbones with --backbone when using --weights",
                                  param_hint="--weights")
     bases = tuple(b.strip() for b in base.split(",") if b.strip())
-    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity, balance),
+    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity, balance, harmonize),
                        FeatureSelection.from_options(backbone_names, weights, **settings),
-                       _context(features_dir), model_path)
+                       _context(features_dir), model_path, adapt_to)
     for line in fit_summary(bundle):
         click.echo(line)
 
@@ -263,9 +277,10 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @model_weights_option
 @batch_option
 @model_crop_option
+@site_option
 @offline_option
 def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, features_dir, weights, batch_size,
-             crop, offline) -> None:
+             crop, site, offline) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
@@ -274,7 +289,7 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
     from classifiers.workflows.evaluate import evaluate_and_write
 
     report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights),
-                                       report_dir, n_boot, cv_folds, crop, cv_by)
+                                       report_dir, n_boot, cv_folds, crop, cv_by, site)
     click.echo(report.header())
     click.echo(report.table())
     plots = len(files) - 2
@@ -289,7 +304,8 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @model_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
-              show_default=True, help="CSV with columns path,p_covid,label,error.")
+              show_default=True, help="CSV with columns path,p_covid,label,ood_score,in_distribution,error (in_distribution "
+                   "false: its features lie far from the training images).")
 @click.option("--explain", is_flag=True,
               help="Also write one PNG per image: the slice with a heatmap of the regions that "
                    "raised P(COVID). Occlusion runs 50 variants per image through each backbone: "
@@ -301,9 +317,10 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @model_weights_option
 @batch_option
 @model_crop_option
+@site_option
 @offline_option
 def predict(folder, model_path, out, explain, explain_dir, explain_method, features_dir, weights,
-            batch_size, crop, offline) -> None:
+            batch_size, crop, site, offline) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
@@ -312,7 +329,7 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
     from classifiers.workflows.predict import predict_and_write
 
     report = predict_and_write(folder, out, model_path, _context(features_dir, batch_size, offline, weights),
-                               crop, explain_method if explain else None, explain_dir)
+                               crop, explain_method if explain else None, explain_dir, site)
     for line in report.summary():
         click.echo(line)
     if report.n_failed:

@@ -18,7 +18,9 @@ import joblib
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.provenance import sha256_file
 
-MANIFEST_FORMAT = 2  # 1: before FeatureSpec records and the estimator registry (refit those)
+MANIFEST_FORMAT = 3  # 3: the joblib file holds the estimator and its site harmonizer and OOD detector
+READABLE_FORMATS = (2, 3)  # 2: the joblib file is the estimator alone
+# 1: before FeatureSpec records and the estimator registry (refit those)
 DEFAULT_MODELS_DIR = Path("models")
 
 
@@ -28,28 +30,34 @@ def manifest_path(model_path: str | Path) -> Path:
 
 @dataclass
 class ModelBundle:
+    """``harmonizer``: per-site feature standardization (estimators/harmonize.py) or None;
+    ``ood``: the out-of-distribution detector (estimators/ood.py) or None."""
+
     estimator: Any
     manifest: dict
     path: Path
+    harmonizer: Any = None
+    ood: Any = None
 
     @property
     def threshold(self) -> float:
         return float(self.manifest.get("threshold", 0.5))
 
 
-def save_bundle(estimator: Any, manifest: dict, model_path: str | Path) -> ModelBundle:
+def save_bundle(estimator: Any, manifest: dict, model_path: str | Path, harmonizer: Any = None,
+                ood: Any = None) -> ModelBundle:
     """Write the model and its manifest; each lands complete or not at all (temp + rename)."""
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_model = model_path.with_name(model_path.name + ".tmp")
-    joblib.dump(estimator, tmp_model)
+    joblib.dump({"estimator": estimator, "harmonizer": harmonizer, "ood": ood}, tmp_model)
     manifest = {**manifest, "format_version": MANIFEST_FORMAT, "model_file": model_path.name,
                 "model_sha256": sha256_file(tmp_model)}
     tmp_manifest = manifest_path(model_path).with_name(manifest_path(model_path).name + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp_model, model_path)
     os.replace(tmp_manifest, manifest_path(model_path))
-    return ModelBundle(estimator, manifest, model_path)
+    return ModelBundle(estimator, manifest, model_path, harmonizer, ood)
 
 
 def read_manifest(model_path: str | Path) -> dict:
@@ -63,10 +71,11 @@ def read_manifest(model_path: str | Path) -> dict:
     except (OSError, ValueError) as exc:
         raise ModelBundleError(f"cannot read model manifest {path}: {exc}") from None
     version = manifest.get("format_version")
-    if version != MANIFEST_FORMAT:
-        older = isinstance(version, int) and version < MANIFEST_FORMAT
+    if version not in READABLE_FORMATS:
+        older = isinstance(version, int) and version < min(READABLE_FORMATS)
         raise ModelBundleError(
-            f"{model_path} has model format {version!r}; this version reads format {MANIFEST_FORMAT}. "
+            f"{model_path} has model format {version!r}; this version reads formats "
+            f"{' and '.join(map(str, READABLE_FORMATS))}. "
             + (f"Refit it (its features are still cached): {_refit_command(manifest)}" if older
                else "Use the covidct version that wrote it."))
     return manifest
@@ -88,7 +97,10 @@ def load_bundle(model_path: str | Path) -> ModelBundle:
             f"refusing to load {model_path}: its SHA-256 ({actual[:16]}...) does not match the "
             f"manifest ({str(manifest.get('model_sha256'))[:16]}...). The file was changed or "
             "replaced; model files are pickles and loading one runs code.")
-    return ModelBundle(joblib.load(model_path), manifest, model_path)
+    parts = joblib.load(model_path)
+    if manifest["format_version"] == 2:
+        parts = {"estimator": parts}
+    return ModelBundle(parts["estimator"], manifest, model_path, parts.get("harmonizer"), parts.get("ood"))
 
 
 def latest_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:

@@ -19,6 +19,7 @@ from feature_extractor.dataset import load_datasets
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import library_versions, utc_now
 
+from ..estimators.harmonize import make_harmonizer
 from .metrics import bootstrap_metrics
 from .model import LoadedModel
 from .train import TRAIN_SPLITS, FitSettings, feature_blocks, train_estimator
@@ -48,7 +49,8 @@ class CrossSourceReport:
 
     def header(self) -> str:
         return (f"leave-one-source-out with the configuration of {self.model_path} "
-                f"({self.manifest.get('classifier')}, balance {self.manifest.get('balance')}) on {self.data}")
+                f"({self.manifest.get('classifier')}, balance {self.manifest.get('balance')}, harmonize "
+                f"{self.manifest['fit'].get('harmonize', 'none')}) on {self.data}")
 
     def table(self) -> str:
         lines = [f"{'held out':<16} {'n':>5} {'trained on':<24} {'AUC [95% CI]':<22} {'accuracy':>8} "
@@ -87,13 +89,14 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
         raise CovidCTError("--cv-by source needs two or more sources: pass --data once per source")
     feats = model.features([r for r in dataset.records if r.label is not None])
     good = feats.good
-    X = feats.X
+    X = feats.raw  # each refit harmonizes its own training sources
     y = np.array([r.label for r in good], dtype=int)
     groups = np.array([r.group for r in good])
     sources = np.array([r.source for r in good], dtype=object)
     with_split = {s: dataset.source_has_split(s) for s in dataset.sources}
     trainable = np.array([not with_split[r.source] or r.split in TRAIN_SPLITS for r in good])
     fit = dict(model.manifest["fit"], balance=model.manifest["balance"])
+    fit.setdefault("harmonize", "none")  # format-2 models
     settings = FitSettings(**{**fit, "base": tuple(fit["base"])})
     blocks = feature_blocks(model.manifest["backbones"])
     one_class = [s for s in dataset.sources if len(set(y[sources == s])) < 2]
@@ -103,8 +106,14 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     for source in dataset.sources:
         test = sources == source
         train = ~test & trainable
-        trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings)
-        p = trained.estimator.predict_proba(X[test])[:, 1]
+        harmonizer = make_harmonizer(settings.harmonize)
+        if harmonizer is None:
+            X_train, X_test = X[train], X[test]
+        else:  # the held-out site by its own images' statistics (no labels), as predict --site batch
+            X_train = harmonizer.fit_transform(X[train], sources[train])
+            X_test = harmonizer.add_site(source, X[test]).transform(X[test], sources[test])
+        trained = train_estimator(X_train, y[train], groups[train], sources[train], blocks, settings)
+        p = trained.estimator.predict_proba(X_test)[:, 1]
         threshold = float(trained.threshold["threshold"])
         held_out.append(HeldOutSource(
             source, list(dict.fromkeys(sources[train])), int(train.sum()),

@@ -50,6 +50,16 @@ class EvaluationReport:
     by_source: dict[str, dict] = field(default_factory=dict)      # source -> {n, metrics}, when several
     cv: dict | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    sites: list = field(default_factory=list)                      # per image, harmonized models
+    site_notes: dict[str, str] = field(default_factory=dict)
+    in_distribution: np.ndarray | None = None                      # per image, models with a detector
+
+    def ood_line(self) -> str | None:
+        if self.in_distribution is None:
+            return None
+        flagged = int(np.sum(~self.in_distribution))
+        return (f"out of distribution: {flagged} of {len(self.in_distribution)} images "
+                f"({flagged / max(len(self.in_distribution), 1):.1%}) look unlike the training images")
 
     def header(self) -> str:
         n = self.n
@@ -74,6 +84,9 @@ class EvaluationReport:
             auc, acc = part["metrics"]["roc_auc"], part["metrics"]["accuracy"]
             lines.append(f"source {source} (n={part['n']['images']}): accuracy {acc['value']:.3f}, "
                          f"AUC {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
+        lines += [f"site {site}: {note}" for site, note in self.site_notes.items()]
+        if self.ood_line():
+            lines.append(self.ood_line())
         if self.cv:
             lines.append(f"{self.cv['n_folds']}-fold grouped CV on {'+'.join(self.cv['splits'])}: " +
                          ", ".join(f"{k} {v['mean']:.3f} +- {v['sd']:.3f}"
@@ -98,6 +111,10 @@ class EvaluationReport:
             "bootstrap": self.bootstrap,
             "patient_level": self.patient_level,
             "by_source": self.by_source,
+            "sites": self.site_notes,
+            "out_of_distribution": None if self.in_distribution is None else {
+                "n_flagged": int(np.sum(~self.in_distribution)), "n": int(len(self.in_distribution)),
+                "detector": self.manifest.get("ood")},
             "cv": self.cv,
             "unreadable": self.errors,
             "created": utc_now(),
@@ -156,16 +173,17 @@ def _refuse_training_images(model: LoadedModel, good: Sequence[Record]) -> None:
 
 
 def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], split: str = "test",
-                   n_boot: int = 2000, cv_folds: int | None = None, seed: int = 0) -> EvaluationReport:
+                   n_boot: int = 2000, cv_folds: int | None = None, seed: int = 0,
+                   site: str | None = None) -> EvaluationReport:
     """Metrics of ``model`` on the labeled images of one or more datasets: ``split`` of those
     with the official split, all images of the others. With several sources, each source's
-    metrics too."""
+    metrics too. ``site``: see LoadedModel.assign_sites (harmonized models; no labels used)."""
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     dataset = load_datasets(paths)
     records, split = held_out_records(dataset, split)
     if not records:
         raise CovidCTError(f"no labeled images of split {split!r} in {'; '.join(map(str, paths))}")
-    feats = model.features(records)
+    feats = model.features(records, site)
     if not feats.good:
         raise CovidCTError(f"none of the {len(records)} images could be read")
     _refuse_training_images(model, feats.good)
@@ -182,7 +200,11 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
         {"images": len(y), "COVID": int(np.sum(y == 1)), "NonCOVID": int(np.sum(y == 0)),
          "patients": int(len(np.unique(groups))) if dataset.has_patients else None},
         threshold, model.path, model.manifest, split, "; ".join(map(str, paths)), dataset.layout, fingerprint,
-        bootstrap, y, p, [r.path for r in feats.good], errors=feats.errors)
+        bootstrap, y, p, [r.path for r in feats.good], errors=feats.errors, sites=feats.sites,
+        site_notes=feats.site_notes)
+    ood = model.ood_scores(feats)
+    if ood is not None:
+        report.in_distribution = ood[1]
     sources = np.array([r.source for r in feats.good])
     if len(set(sources)) > 1:
         for source in dict.fromkeys(sources):
@@ -206,7 +228,7 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
 def evaluate_and_write(data: str | Path | Sequence[str | Path], model_path: str | Path | None = None, split: str = "test",
                        context: RunContext | None = None, report_dir: str | Path | None = None,
                        n_boot: int = 2000, cv_folds: int | None = None, crop: str | None = None,
-                       cv_by: str | None = None):
+                       cv_by: str | None = None, site: str | None = None):
     """evaluate: metrics of a saved model, written as metrics.json, report.md and plots into
     ``report_dir`` (default reports/<model>-<split>/). ``crop``: confirm the model's crop.
     ``cv_by="source"``: leave one source out instead (default reports/<model>-by-source/).
@@ -217,6 +239,6 @@ def evaluate_and_write(data: str | Path | Sequence[str | Path], model_path: str 
         cross = leave_one_source_out(model, data, n_boot)
         out_dir = Path(report_dir) if report_dir else Path("reports") / f"{model.path.stem}-by-source"
         return cross, write_cross_source(cross, out_dir)
-    report = evaluate_model(model, data, split, n_boot, cv_folds)
+    report = evaluate_model(model, data, split, n_boot, cv_folds, site=site)
     out_dir = Path(report_dir) if report_dir else Path("reports") / f"{model.path.stem}-{report.split}"
     return report, write_evaluation(report, out_dir)

@@ -84,6 +84,7 @@ class ModelExplainer:
         self.extractors: list[FeatureExtractor] = model.extractors
         self.canvas_size = self.extractors[0].input_size
         self.head = linear_head(self.estimator)
+        self._site: str | None = None
         if method == "gradcam" and self.head is None:
             raise CovidCTError(
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
@@ -110,8 +111,17 @@ class ModelExplainer:
             blocks.append(ex.features_of(images, eager=len(images) == 1))
         return self.estimator.predict_proba(np.hstack(blocks))[:, 1]
 
-    def explain(self, path: str | Path, prepared: PreparedImage | None = None) -> Explanation:
-        """Raises ImageDecodeError or OSError for an unreadable file."""
+    def use_site(self, site: str | None) -> None:
+        """Explain as the model scores images of ``site`` (its scaler before the classifier)."""
+        if site != self._site:
+            self.estimator = self.model.estimator_for_site(site)
+            self.head = linear_head(self.estimator)
+            self._site = site
+
+    def explain(self, path: str | Path, prepared: PreparedImage | None = None,
+                site: str | None = None) -> Explanation:
+        """Raises ImageDecodeError or OSError for an unreadable file. ``site``: see use_site."""
+        self.use_site(site)
         prepared = prepared or self.extractors[0].prepare(path)
         canvas = prepared.model_input(self.canvas_size)
         if self.method == "gradcam":
@@ -201,8 +211,9 @@ def _map_model(ex: FeatureExtractor):
 
 
 def explain_records(explainer: ModelExplainer, paths: Sequence[str], out_dir: str | Path,
-                    root: str | Path | None = None) -> dict[str, str]:
-    """Write one heatmap PNG per readable image; returns path -> PNG path."""
+                    root: str | Path | None = None, sites: dict[str, str | None] | None = None) -> dict[str, str]:
+    """Write one heatmap PNG per readable image; returns path -> PNG path. ``sites``: each
+    image's site, for a harmonized model (PredictionRow.site)."""
     from ..presentation.heatmaps import explanation_filename, render
 
     out_dir = Path(out_dir)
@@ -211,7 +222,7 @@ def explain_records(explainer: ModelExplainer, paths: Sequence[str], out_dir: st
     with explainer.model.context.progress("explain       ", len(paths)) as progress:
         for path in paths:
             try:
-                expl = explainer.explain(path)
+                expl = explainer.explain(path, site=(sites or {}).get(path))
             except (ImageDecodeError, OSError):
                 expl = None  # its prediction row already carries the reason
             if expl is not None:

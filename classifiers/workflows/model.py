@@ -7,7 +7,7 @@ whether a ``--crop`` given on the command line is the model's own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -26,15 +26,48 @@ from .bundle import ModelBundle, latest_model, load_bundle
 from .features import feature_matrix
 
 
+BATCH = "batch"  # --site batch: standardize by the statistics of the images of this run
+
+
 @dataclass
 class ModelFeatures:
-    """Features of records for one model: rows of ``X`` follow ``good``."""
+    """Features of records for one model: rows of ``X`` follow ``good``. ``X`` is what the
+    classifier reads: ``raw`` standardized by site when the model harmonizes (``sites``: each
+    row's site; ``site_notes``: where each site's statistics came from)."""
 
     records: list[Record]          # with keys
     errors: dict[str, str]         # path -> reason, for files with no features
     good: list[Record]
     X: np.ndarray
     extractions: list[ExtractionReport]
+    raw: np.ndarray | None = None
+    sites: list[str | None] = field(default_factory=list)
+    site_notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.raw is None:
+            self.raw = self.X
+        if not self.sites:
+            self.sites = [None] * len(self.good)
+
+
+def extract_features(extractors: Sequence[FeatureExtractor], records: Sequence[Record]) -> ModelFeatures:
+    """Every backbone's features of ``records``, through the cache (new images run the CNN)."""
+    for extractor in extractors:  # every backbone's weights checked before any CNN runs
+        extractor.weights
+    records = list(records)
+    errors: dict[str, str] = {}
+    caches, reports = [], []
+    for extractor in extractors:
+        report = extractor.extract(records)
+        reports.append(report)
+        records = report.records  # keys filled in once
+        for path, reason in report.failed.items():
+            errors.setdefault(path, reason)
+        caches.append(FeatureCache(report.cache_path))
+    good = [r for r in records if r.path not in errors]
+    X = feature_matrix(good, caches) if good else np.zeros((0, 0), np.float32)
+    return ModelFeatures(records, errors, good, X, reports)
 
 
 class LoadedModel:
@@ -87,29 +120,77 @@ class LoadedModel:
                 f"{self.path} was trained with --crop {'/'.join(sorted(trained))}, not --crop {crop}; "
                 f"fit a model on features extracted with --crop {crop}")
 
-    def features(self, records: Sequence[Record]) -> ModelFeatures:
-        """Every backbone's features of ``records``, through the cache (new images run the CNN)."""
-        for extractor in self.extractors:  # every backbone's weights checked before any CNN runs
-            extractor.weights
-        records = list(records)
-        errors: dict[str, str] = {}
-        caches, reports = [], []
-        for extractor in self.extractors:
-            report = extractor.extract(records)
-            reports.append(report)
-            records = report.records  # keys filled in once
-            for path, reason in report.failed.items():
-                errors.setdefault(path, reason)
-            caches.append(FeatureCache(report.cache_path))
-        good = [r for r in records if r.path not in errors]
-        X = feature_matrix(good, caches) if good else np.zeros((0, self.feature_dim), np.float32)
-        if X.shape[1] != self.feature_dim:
-            raise ModelBundleError(f"features have {X.shape[1]} columns, the model expects {self.feature_dim}")
-        return ModelFeatures(records, errors, good, X, reports)
+    @property
+    def harmonizer(self):
+        return self.bundle.harmonizer
+
+    @property
+    def ood(self):
+        return self.bundle.ood
+
+    def features(self, records: Sequence[Record], site: str | None = None) -> ModelFeatures:
+        """Every backbone's features of ``records``, through the cache (new images run the CNN),
+        standardized by site when the model harmonizes (see ``assign_sites``)."""
+        feats = extract_features(self.extractors, records)
+        if not feats.good:
+            feats.X = feats.raw = np.zeros((0, self.feature_dim), np.float32)
+        if feats.X.shape[1] != self.feature_dim:
+            raise ModelBundleError(f"features have {feats.X.shape[1]} columns, the model expects {self.feature_dim}")
+        if self.harmonizer is not None and feats.good:
+            feats.sites, feats.site_notes = self.assign_sites(feats.good, feats.raw, site)
+            feats.X = self.harmonizer.transform(feats.raw, feats.sites)
+        return feats
+
+    def assign_sites(self, records: Sequence[Record], X: np.ndarray,
+                     site: str | None = None) -> tuple[list[str], dict[str, str]]:
+        """Which site's statistics standardize each record's features, learning those of a
+        batch when needed. ``site``: a site the model knows (all records), ``batch`` (each
+        source's images of this run, by their own statistics), or None: a record's own source
+        when the model knows it, else the model's one --adapt-to site, else its batch."""
+        h = self.harmonizer
+        sites = h.sites
+        adapted = [s["name"] for s in self.manifest["harmonization"]["sites"] if s["role"] == "adapt-to"]
+        names = []
+        for r in records:
+            if site not in (None, BATCH):
+                names.append(site)
+            elif site is None and r.source in sites:
+                names.append(r.source)
+            elif site is None and len(adapted) == 1:
+                names.append(adapted[0])
+            else:
+                names.append(f"{BATCH}:{r.source}" if r.source else BATCH)
+        notes = {}
+        for name in dict.fromkeys(names):
+            rows = np.array([n == name for n in names])
+            if name.startswith(BATCH):
+                h.add_site(name, X[rows])
+                notes[name] = f"standardized by the {int(rows.sum())} images' own statistics"
+            else:
+                h.scaler(name)  # an unknown name fails here, with the known ones
+                notes[name] = f"standardized by the model's statistics of {name} ({h.n_images_[name]} images)"
+        return names, notes
+
+    def estimator_for_site(self, site: str | None = None):
+        """The classifier on raw features of ``site`` (its scaler in front when the model harmonizes)."""
+        if self.harmonizer is None or site is None:
+            return self.bundle.estimator
+        from sklearn.pipeline import Pipeline
+
+        est = self.bundle.estimator
+        steps = list(est.steps) if isinstance(est, Pipeline) else [("classifier", est)]
+        return Pipeline([("site", self.harmonizer.scaler(site))] + steps)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """P(COVID) of each row of ``X``."""
+        """P(COVID) of each row of ``X`` (the classifier's input: ModelFeatures.X)."""
         return self.bundle.estimator.predict_proba(X)[:, 1] if len(X) else np.zeros(0)
+
+    def ood_scores(self, feats: ModelFeatures) -> tuple[np.ndarray, np.ndarray] | None:
+        """(score, in_distribution) of each good record; None for a model without a detector."""
+        if self.ood is None:
+            return None
+        scores = self.ood.score_samples(feats.raw)
+        return scores, self.ood.in_distribution(scores)
 
 
 def load_model(model_path: str | Path | None = None, context: RunContext | None = None) -> LoadedModel:

@@ -16,7 +16,7 @@ from feature_extractor.run_context import RunContext
 
 from .model import LoadedModel, load_model
 
-CSV_COLUMNS = ("path", "p_covid", "label", "error")
+CSV_COLUMNS = ("path", "p_covid", "label", "ood_score", "in_distribution", "error")
 HEATMAP_COLUMN = "heatmap"  # added when predictions are explained
 
 
@@ -27,6 +27,9 @@ class PredictionRow:
     label: str | None = None
     error: str | None = None
     heatmap: str | None = None  # PNG written by --explain
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    site: str | None = None     # whose feature statistics standardized it (harmonized models)
 
 
 @dataclass
@@ -37,6 +40,7 @@ class PredictionReport:
     extractions: list[ExtractionReport] = field(default_factory=list)
     out: Path | None = None                  # the CSV, once written
     explained: str | None = None             # "N METHOD heatmaps in DIR/", once written
+    site_notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_failed(self) -> int:
@@ -47,6 +51,10 @@ class PredictionReport:
         return sum(1 for r in self.rows if r.label == LABEL_NAMES[1])
 
     @property
+    def n_out_of_distribution(self) -> int:
+        return sum(1 for r in self.rows if r.in_distribution is False)
+
+    @property
     def failures(self) -> dict[str, str]:
         return {r.path: r.error for r in self.rows if r.error}
 
@@ -55,30 +63,39 @@ class PredictionReport:
         lines = [f"wrote {self.explained}"] if self.explained else []
         lines.append(f"{len(self.rows)} files: {self.n_covid} COVID, {n_ok - self.n_covid} NonCOVID, "
                      f"{self.n_failed} could not be read (model {self.model_path}, threshold {self.threshold})")
+        lines += [f"site {site}: {note}" for site, note in self.site_notes.items()]
+        if any(r.ood_score is not None for r in self.rows):
+            lines.append(f"{self.n_out_of_distribution} of {n_ok} images look unlike the model's training "
+                         "images (in_distribution false): their P(COVID) is not backed by its validation")
         if self.out:
             lines.append(f"wrote {self.out}")
         return lines
 
 
-def predict_folder(model: LoadedModel, folder: str | Path) -> PredictionReport:
-    """P(COVID) and a label for every image file under ``folder``, recursively."""
+def predict_folder(model: LoadedModel, folder: str | Path, site: str | None = None) -> PredictionReport:
+    """P(COVID), a label and the out-of-distribution flag for every image file under
+    ``folder``, recursively. ``site``: see LoadedModel.assign_sites (harmonized models)."""
     dataset = load_unlabeled(folder)
-    feats = model.features(dataset.records)
+    feats = model.features(dataset.records, site)
     threshold = model.threshold
-    scores = {r.path: float(p) for r, p in zip(feats.good, model.predict_proba(feats.X))}
-    rows = [PredictionRow(r.path, error=feats.errors[r.path]) if r.path in feats.errors
-            else PredictionRow(r.path, scores[r.path], LABEL_NAMES[int(scores[r.path] >= threshold)])
-            for r in feats.records]
-    return PredictionReport(rows, model.path, threshold, feats.extractions)
+    ood = model.ood_scores(feats)
+    good = {}
+    for i, (r, p) in enumerate(zip(feats.good, model.predict_proba(feats.X))):
+        good[r.path] = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], site=feats.sites[i])
+        if ood is not None:
+            good[r.path].ood_score, good[r.path].in_distribution = float(ood[0][i]), bool(ood[1][i])
+    rows = [good.get(r.path) or PredictionRow(r.path, error=feats.errors[r.path]) for r in feats.records]
+    return PredictionReport(rows, model.path, threshold, feats.extractions, site_notes=feats.site_notes)
 
 
 def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
                       model_path: str | Path | None = None, context: RunContext | None = None,
                       crop: str | None = None, explain_method: str | None = None,
-                      explain_dir: str | Path | None = None) -> PredictionReport:
+                      explain_dir: str | Path | None = None, site: str | None = None) -> PredictionReport:
     """predict: predictions.csv for every image under ``folder`` (``crop``: confirm the
     model's crop); with ``explain_method``, a heatmap PNG per readable image in
-    ``explain_dir`` (default: heatmaps/ beside ``out``) and a heatmap column."""
+    ``explain_dir`` (default: heatmaps/ beside ``out``) and a heatmap column. ``site``: whose
+    feature statistics standardize the images, for a harmonized model."""
     model = load_model(model_path, context)
     model.check_crop(crop)
     explainer = None
@@ -86,13 +103,14 @@ def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
         from .explain import ModelExplainer
 
         explainer = ModelExplainer(model, explain_method)
-    report = predict_folder(model, folder)
+    report = predict_folder(model, folder, site)
     if explainer is not None:
         from .explain import explain_records
 
         explain_dir = Path(explain_dir) if explain_dir else Path(out).parent / "heatmaps"
         readable = [r for r in report.rows if not r.error]
-        written = explain_records(explainer, [r.path for r in readable], explain_dir, folder)
+        written = explain_records(explainer, [r.path for r in readable], explain_dir, folder,
+                                  {r.path: r.site for r in readable})
         for row in readable:
             row.heatmap = written.get(row.path)
         report.explained = f"{len(written)} {explain_method} heatmaps in {explain_dir}/"
@@ -110,6 +128,8 @@ def write_predictions_csv(rows: list[PredictionRow], out: str | Path) -> Path:
         for row in rows:
             writer.writerow([printable_path(row.path),
                              "" if row.p_covid is None else f"{row.p_covid:.6f}",
-                             row.label or "", row.error or ""]
+                             row.label or "", "" if row.ood_score is None else f"{row.ood_score:.3f}",
+                             "" if row.in_distribution is None else str(row.in_distribution).lower(),
+                             row.error or ""]
                             + ([printable_path(row.heatmap or "")] if explained else []))
     return out

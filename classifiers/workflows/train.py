@@ -12,18 +12,22 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.dataset import Dataset, Record, load_datasets, with_keys
+from feature_extractor.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
+from feature_extractor.extract import FeatureExtractor
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
 from feature_extractor.run_context import RunContext
 from feature_extractor.weights import NONE, NONE_WARNING
 
 from ..estimators.balance import BALANCES, default_balance, sample_weights
+from ..estimators.harmonize import HarmonizationError, make_harmonizer
+from ..estimators.ood import FeatureDensityOOD
 from ..estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
 from ..estimators.thresholds import threshold_for_sensitivity
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
+from .model import extract_features
 
 TRAIN_SPLITS = ("train", "val")
 
@@ -42,6 +46,8 @@ class FitSettings:
         training images to reach this COVID recall (None: 0.5).
     balance : "none", "class" or "source" (see estimators/balance.py); None: source when the
         training data has several sources, class otherwise.
+    harmonize : "none" or "standardize": each site's features standardized by its own mean
+        and sd before the classifier (estimators/harmonize.py).
     """
 
     clf: str
@@ -50,9 +56,11 @@ class FitSettings:
     seed: int = 0
     target_sensitivity: float | None = None
     balance: str | None = None
+    harmonize: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base", tuple(self.base))
+        make_harmonizer(self.harmonize)  # refuses an unknown method
         if self.balance is not None and self.balance not in BALANCES:
             raise CovidCTError(f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
         if self.clf != STACK:
@@ -137,10 +145,12 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
 
 def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
               selection: FeatureSelection | None = None, context: RunContext | None = None,
-              model_path: str | Path | None = None) -> ModelBundle:
+              model_path: str | Path | None = None, adapt_to: Sequence[str | Path] = ()) -> ModelBundle:
     """fit: train ``settings.clf`` on cached features of the training images of one or more
     datasets and save it with its manifest (default path: models/<clf>.joblib). The test split
-    is never read."""
+    is never read. ``adapt_to``: folders of unlabeled images of sites the model will be used
+    on; with ``settings.harmonize``, each one's feature statistics are learned (its features
+    are extracted if they are not cached)."""
     context = context or RunContext()
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     dataset = load_datasets(paths)
@@ -152,14 +162,23 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
                            f"{unreadable[0].path}: {unreadable[0].error}")
     if not records:
         raise CovidCTError(f"no labeled training images in {data}")
+    if adapt_to and settings.harmonize == "none":
+        raise HarmonizationError("--adapt-to needs a harmonization that uses the site's images: "
+                                 "add --harmonize standardize")
     sources = resolve_sources(records, selection or FeatureSelection(), context.features_dir)
     X = feature_matrix(records, [s.cache for s in sources])
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])
+    record_sources = [r.source for r in records]
     backbones = [s.manifest_entry() for s in sources]
-    trained = train_estimator(X, y, groups, [r.source for r in records], feature_blocks(backbones), settings)
+    harmonizer = make_harmonizer(settings.harmonize)
+    X_train = harmonizer.fit_transform(X, record_sources) if harmonizer else X
+    trained = train_estimator(X_train, y, groups, record_sources, feature_blocks(backbones), settings)
+    adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
+    ood = FeatureDensityOOD(random_state=settings.seed).fit(X, y, groups)
     threshold = trained.threshold
     grouping = "patient" if dataset.has_patients else "image"
+    training_sources = source_summaries(records)
     manifest = {
         "created": utc_now(),
         "command": command_line(),
@@ -169,6 +188,10 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         "threshold": threshold["threshold"],
         "threshold_choice": threshold,
         "balance": trained.balance,
+        "harmonization": {"method": settings.harmonize, "sites": (
+            [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
+             for s in training_sources] + adapted) if harmonizer else []},
+        "ood": ood.describe(),
         "backbones": backbones,
         "feature_dim": int(X.shape[1]),
         "training": {
@@ -176,7 +199,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
             "n_images": len(records), "n_covid": int(np.sum(y == 1)),
             "n_noncovid": int(np.sum(y == 0)), "n_groups": int(len(np.unique(groups))),
             "grouping": grouping, "fingerprint": data_fingerprint(records),
-            "sources": source_summaries(records)},
+            "sources": training_sources},
         "cv": {"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
                          f"random_state={settings.seed}) grouped by {grouping}",
                "scoring": "roc_auc", **trained.cv},
@@ -185,7 +208,20 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     if any(b["weights_source"] == NONE for b in backbones):
         manifest["warning"] = NONE_WARNING
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(trained.estimator, manifest, path)
+    return save_bundle(trained.estimator, manifest, path, harmonizer, ood)
+
+
+def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunContext) -> dict:
+    """Learn the feature statistics of the unlabeled images in ``folder`` (fit --adapt-to) as
+    the site named after the folder; the manifest's record of it."""
+    site = Path(folder).resolve().name
+    if site in harmonizer.sites:
+        raise HarmonizationError(f"--adapt-to {folder}: a site called {site!r} is already known to this "
+                                 "fit (a training source or another --adapt-to folder); rename the folder")
+    feats = extract_features([FeatureExtractor(spec, context) for spec in specs], load_unlabeled(folder).records)
+    harmonizer.add_site(site, feats.raw)
+    return {"name": site, "role": "adapt-to", "data": str(Path(folder).resolve()), "n_images": len(feats.good),
+            "n_unreadable": len(feats.errors), "fingerprint": fingerprint(r.key for r in feats.good)}
 
 
 def feature_blocks(backbones: Sequence[dict]) -> list[tuple[str, int, int]]:

@@ -1,0 +1,100 @@
+"""Feature-level harmonization: each site's features standardized by that site's own mean and sd.
+
+Why: a frozen CNN's features of one hospital's slices sit in their own corner of feature
+space (scanner, reconstruction, export, field of view). A classifier trained on two sources
+then separates them by site before it separates them by disease. Centering and scaling
+every site by its own statistics removes the first and second moments of that shift. It
+needs no labels from the site, only its images: the training sources, a new site's unlabeled
+images given to ``fit --adapt-to DIR``, or the images a run predicts on (their batch).
+
+The per-site maps are sklearn ``StandardScaler`` objects, so a linear head stays linear
+(Grad-CAM folds a site's scaler into its weights like any other scaler).
+
+Measured, not assumed: see BENCHMARKS "Generalization across sources". A site whose
+class mix differs from the others' loses part of the signal with its mean (MosMed is 77%
+COVID); this is the method's known price.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from feature_extractor.errors import CovidCTError
+
+HARMONIZATIONS = ("none", "standardize")
+MIN_SITE_IMAGES = 20  # fewer images give a mean and sd too noisy to standardize by
+
+
+class HarmonizationError(CovidCTError, ValueError):
+    """A site the model cannot standardize: unknown, or too few images to learn it from."""
+
+
+class SiteStandardizer(BaseEstimator):
+    """Per-site StandardScaler.
+
+    Parameters
+    ----------
+    min_images : the fewest images a site's statistics may be learned from.
+
+    Attributes
+    ----------
+    scalers_ : site name -> fitted StandardScaler.
+    n_images_ : site name -> images its statistics came from.
+    """
+
+    def __init__(self, min_images: int = MIN_SITE_IMAGES):
+        self.min_images = min_images
+
+    def fit(self, X: np.ndarray, sites: Sequence[str]) -> "SiteStandardizer":
+        sites = np.asarray(sites, dtype=object)
+        self.scalers_, self.n_images_ = {}, {}
+        for site in dict.fromkeys(sites):
+            self.add_site(str(site), X[sites == site])
+        return self
+
+    def add_site(self, site: str, X: np.ndarray) -> "SiteStandardizer":
+        """Learn (or relearn) one site's statistics from its unlabeled features."""
+        if not hasattr(self, "scalers_"):
+            self.scalers_, self.n_images_ = {}, {}
+        if len(X) < self.min_images:
+            raise HarmonizationError(
+                f"site {site!r} has {len(X)} readable images; standardizing its features needs at least "
+                f"{self.min_images}: give more images of it at once, name a site the model knows "
+                f"(--site), or refit with --adapt-to DIR")
+        self.scalers_[site] = StandardScaler().fit(X)
+        self.n_images_[site] = int(len(X))
+        return self
+
+    @property
+    def sites(self) -> list[str]:
+        check_is_fitted(self, "scalers_")
+        return list(self.scalers_)
+
+    def scaler(self, site: str) -> StandardScaler:
+        check_is_fitted(self, "scalers_")
+        try:
+            return self.scalers_[site]
+        except KeyError:
+            raise HarmonizationError(f"the model has no statistics of site {site!r}; known: "
+                                     f"{', '.join(self.scalers_)}") from None
+
+    def transform(self, X: np.ndarray, sites: Sequence[str]) -> np.ndarray:
+        sites = np.asarray(sites, dtype=object)
+        out = np.empty(X.shape, dtype=np.float64)
+        for site in dict.fromkeys(sites):
+            rows = sites == site
+            out[rows] = self.scaler(str(site)).transform(X[rows])
+        return out
+
+    def fit_transform(self, X: np.ndarray, sites: Sequence[str]) -> np.ndarray:
+        return self.fit(X, sites).transform(X, sites)
+
+
+def make_harmonizer(method: str) -> SiteStandardizer | None:
+    if method not in HARMONIZATIONS:
+        raise HarmonizationError(f"unknown harmonization {method!r}; valid: {', '.join(HARMONIZATIONS)}")
+    return SiteStandardizer() if method == "standardize" else None
