@@ -140,3 +140,19 @@ def test_the_command_line_offers_exactly_the_registry():
         from classifiers.workflows.train import FitSettings
 
         FitSettings("stack", base=("svm", "knn"))
+
+
+def test_a_format_2_model_still_loads(tmp_path):
+    """Format 2 (the joblib file is the estimator alone) loads as a model without a
+    harmonizer or OOD detector."""
+    import joblib
+
+    from feature_extractor.provenance import sha256_file
+
+    bundle = fitted_bundle(tmp_path)
+    joblib.dump(bundle.estimator, bundle.path)
+    path = bundle.path.with_suffix(".json")
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format_version": 2, "model_sha256": sha256_file(bundle.path)}))
+    old = load_bundle(bundle.path)
+    assert old.harmonizer is None and old.ood is None and hasattr(old.estimator, "predict_proba")

@@ -303,3 +303,67 @@ def test_report_leave_one_source_out(two_sources, two_source_model, tmp_path):
     page = out.read_text(encoding="utf-8")
     assert "Leave one source out" in page and "held out: hospital-b" in page and "held out: covid-ct" in page
     assert "alt='roc by held-out source'" in page and "Research use only" in page
+
+
+@pytest.mark.slow
+def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_training(two_sources, tmp_path):
+    """fit --harmonize standardize --adapt-to: the new site's statistics are learned from its
+    unlabeled images and recorded; predict uses them, writes the OOD columns, and refuses a
+    batch too small to standardize by."""
+    from tests.helpers import make_class_folders
+
+    root, data, _ = two_sources
+    other = make_class_folders(tmp_path / "hospital-b", n_per_class=10, seed=23)
+    assert run("extract", "-b", "mobilenetv2", "--weights", "none", "--data", other,
+               "--features-dir", root / "features").exit_code == 0
+    site = make_class_folders(tmp_path / "hospital-c", n_per_class=11, seed=21)  # 22 unlabeled images
+    model = tmp_path / "h.joblib"
+    small = run("fit", "--clf", "logreg", "--data", data, "--data", two_sources[2], "--features-dir",
+                root / "features", "--model", model, "--cv-folds", "3", "--harmonize", "standardize")
+    assert small.exit_code == 1 and "site 'hospital-b' has 12 readable images" in small.output
+    fit = run("fit", "--clf", "logreg", "--data", data, "--data", other, "--features-dir", root / "features",
+              "--model", model, "--cv-folds", "3", "--harmonize", "standardize", "--adapt-to", site)
+    assert fit.exit_code == 0, fit.output
+    manifest = json.loads(model.with_suffix(".json").read_text())
+    assert manifest["fit"]["harmonize"] == "standardize"
+    assert [(s["name"], s["role"], s["n_images"]) for s in manifest["harmonization"]["sites"]] == [
+        ("covid-ct", "training", 36), ("hospital-b", "training", 20), ("hospital-c", "adapt-to", 22)]
+    assert manifest["ood"]["cut_off_rule"].startswith("99% quantile of out-of-fold scores")
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(3):
+        ct_like(40 + i, i % 2 == 0).save(scans / f"s{i}.png")
+    out = tmp_path / "pred.csv"
+    result = run("predict", scans, "--model", model, "--out", out, "--features-dir", root / "features")
+    assert result.exit_code == 0, result.output
+    assert "site hospital-c: standardized by the model's statistics of hospital-c (22 images)" in result.output
+    assert "of 3 images look unlike the model's training images" in result.output
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert list(rows[0]) == ["path", "p_covid", "label", "ood_score", "in_distribution", "error"]
+    assert all(r["in_distribution"] in ("true", "false") and float(r["ood_score"]) for r in rows)
+    for args, message in [(["--site", "batch"], "3 readable images; standardizing its features needs at least 20"),
+                          (["--site", "mars"], "no statistics of site 'mars'; known: covid-ct, hospital-b, hospital-c")]:
+        refused = run("predict", scans, "--model", model, "--out", tmp_path / "x.csv", "--features-dir",
+                      root / "features", *args)
+        assert refused.exit_code == 1 and message in refused.output and "Traceback" not in refused.output
+        assert not (tmp_path / "x.csv").exists()
+    loso = run("evaluate", "--model", model, "--cv-by", "source", "--data", data, "--data", other,
+               "--features-dir", root / "features", "--report-dir", tmp_path / "loso", "--bootstrap", "200")
+    assert loso.exit_code == 0 and "harmonize standardize" in loso.output
+    no_site = run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features",
+                  "--model", tmp_path / "n.joblib", "--adapt-to", site)
+    assert no_site.exit_code == 1 and "--adapt-to needs" in no_site.output
+
+
+def test_evaluate_reports_the_share_out_of_distribution(workspace, tmp_path):
+    root, data, _ = workspace
+    model = root / "models" / "eval.joblib"
+    if not model.exists():
+        assert run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features",
+                   "--model", model, "--cv-folds", "3").exit_code == 0
+    result = run("evaluate", "--model", model, "--data", data, "--features-dir", root / "features",
+                 "--report-dir", tmp_path / "r", "--bootstrap", "200")
+    assert result.exit_code == 0 and "out of distribution: " in result.output
+    ood = json.loads((tmp_path / "r" / "metrics.json").read_text())["out_of_distribution"]
+    assert ood["n"] == 12 and 0 <= ood["n_flagged"] <= 12 and ood["detector"]["n_components"] >= 1

@@ -81,6 +81,7 @@ def report_file(workspace, tmp_path_factory):
                  "--out", out, "--heatmaps", "5", "--bootstrap", "200")
     assert result.exit_code == 0, result.output
     assert "12 images" in result.output and "5 heatmaps" in result.output
+    assert " out of distribution" in result.output and " out of distribution)</h2>" in out.read_text()
     return out, model
 
 

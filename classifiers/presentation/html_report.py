@@ -49,6 +49,7 @@ class CaseRow:
     thumbnail: str | None = None   # data: URI
     heatmap: str | None = None     # data: URI
     note: str | None = None        # e.g. no lungs found for the crop
+    in_distribution: bool | None = None  # False: its features lie far from the training images
 
     @property
     def misclassified(self) -> bool:
@@ -74,8 +75,9 @@ class ReportContent:
     def summary(self, path: Path) -> str:
         n_wrong = sum(r.misclassified for r in self.rows)
         n_heat = sum(1 for r in self.rows if r.heatmap)
+        n_ood = sum(r.in_distribution is False for r in self.rows)
         return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(self.rows)} images, "
-                f"{n_wrong} misclassified, {n_heat} heatmaps")
+                f"{n_wrong} misclassified, {n_heat} heatmaps, {n_ood} out of distribution")
 
 
 def data_uri(image: np.ndarray, fmt: str = "JPEG") -> str:
@@ -291,12 +293,15 @@ def _case_table(content: ReportContent) -> str:
             f"<tr class='{cls}'><td class=num>{i}</td><td>{thumb}</td><td>{heat}</td>"
             f"<td class=path title='{_e(printable_path(row.path))}' data-value='{_e(printable_path(Path(row.path).name))}'>"
             f"{_e(printable_path(Path(row.path).name))}"
-            + (f"<div class=warn>{_e(row.error or row.note)}</div>" if row.error or row.note else "") + "</td>"
+            + (f"<div class=warn>{_e(row.error or row.note)}</div>" if row.error or row.note else "")
+            + ("<div class=warn>out of distribution: unlike the training images, P(COVID) unreliable</div>"
+               if row.in_distribution is False else "") + "</td>"
             + (f"<td class=pt>{_e(row.patient)}</td><td>{_e(row.truth)}</td>" if labeled else "")
             + f"<td class=num data-value='{p or -1}'>{p}</td><td>{_e(row.predicted)}</td>{result}"
             "</tr>")
     n_wrong = sum(r.misclassified for r in content.rows)
     n_heat = sum(1 for r in content.rows if r.heatmap)
+    n_ood = sum(r.in_distribution is False for r in content.rows)
     method = {"occlusion": "occlusion sensitivity: the drop in P(COVID) when a patch is blurred out",
               "gradcam": "Grad-CAM through the frozen backbone and the linear head"}.get(content.explain_method or "")
     heat_note = (f"Heatmaps ({_e(method)}) for the first {n_heat} rows; regions that raised P(COVID) are "
@@ -305,7 +310,9 @@ def _case_table(content: ReportContent) -> str:
                  "without each source." if content.cross_source else "No heatmaps were asked for (--heatmaps 0).")
     toggle = ("<label><input type=checkbox id=only-wrong> show misclassified only</label>" if labeled else "")
     return (f"<section id=predictions><h2>Predictions ({len(content.rows)} images"
-            + (f", {n_wrong} misclassified" if labeled else "") + ")</h2>"
+            + (f", {n_wrong} misclassified" if labeled else "")
+            + (f", {n_ood} out of distribution" if any(r.in_distribution is not None for r in content.rows) else "")
+            + ")</h2>"
             f"<p class=note>{heat_note} Click a column header to sort.</p>{toggle}"
             f"<div class=scroll><table id=cases><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             "</table></div></section>")

@@ -45,18 +45,23 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
     if dataset is not None:
         evaluation = evaluate_model(model, paths, split, n_boot)
         truth = {r.path: r for r in dataset.records}
+        inside = evaluation.in_distribution if evaluation.in_distribution is not None else [None] * len(evaluation.p)
         rows = [CaseRow(path, float(p), LABEL_NAMES[int(p >= threshold)], LABEL_NAMES[int(y)],
-                        truth[path].patient) for path, p, y in zip(evaluation.paths, evaluation.p, evaluation.y)]
+                        truth[path].patient, in_distribution=None if ok is None else bool(ok))
+                for path, p, y, ok in zip(evaluation.paths, evaluation.p, evaluation.y, inside)]
+        sites = dict(zip(evaluation.paths, evaluation.sites))
         rows += [CaseRow(path, error=reason) for path, reason in evaluation.errors.items()]
     else:
         predicted = predict_folder(model, paths[0])
-        rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error) for r in predicted.rows]
+        rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error, in_distribution=r.in_distribution)
+                for r in predicted.rows]
+        sites = {r.path: r.site for r in predicted.rows}
     rows = order_rows(rows, threshold)
     content = ReportContent(model.manifest, model.path, "; ".join(map(str, paths)), threshold, rows, evaluation,
                             explain_method=explain_method if heatmaps else None)
     if evaluation is not None:
         content.plots = plot_uris(evaluation)
-    _thumbnails(model, rows, explainer, heatmaps)
+    _thumbnails(model, rows, explainer, heatmaps, sites)
     return content
 
 
@@ -72,8 +77,10 @@ def _collect_cross_source(model: LoadedModel, paths: Sequence[str | Path], n_boo
     return content
 
 
-def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplainer | None, heatmaps: int) -> None:
-    """A thumbnail for every readable row; a heatmap for the first ``heatmaps`` of them."""
+def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplainer | None, heatmaps: int,
+                sites: dict[str, str | None] | None = None) -> None:
+    """A thumbnail for every readable row; a heatmap for the first ``heatmaps`` of them
+    (``sites``: each image's site, for a harmonized model)."""
     readable = [r for r in rows if r.error is None]
     with model.context.progress("report images ", len(readable)) as update:
         for i, row in enumerate(readable):
@@ -83,7 +90,7 @@ def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplain
                 if prepared.crop_fallback:
                     row.note = f"no lungs found ({prepared.crop_fallback}): full image used"
                 if explainer is not None and i < heatmaps:
-                    row.heatmap = data_uri(overlay_rgb(explainer.explain(row.path, prepared), THUMB_SIDE + 32))
+                    row.heatmap = data_uri(overlay_rgb(explainer.explain(row.path, prepared, (sites or {}).get(row.path)), THUMB_SIDE + 32))
             update(1)
 
 

@@ -1,0 +1,75 @@
+"""Site standardization and the out-of-distribution score, on synthetic features."""
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from classifiers.estimators.harmonize import HarmonizationError, SiteStandardizer, make_harmonizer
+from classifiers.estimators.ood import FeatureDensityOOD
+from classifiers.workflows.explain import linear_head
+
+
+def two_sites(n=60, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0, 1, (n, d))
+    b = rng.normal(5, 3, (n, d))  # the same signal seen through another scanner
+    return np.vstack([a, b]), np.array(["a"] * n + ["b"] * n, dtype=object)
+
+
+def test_each_site_is_standardized_by_its_own_statistics():
+    X, sites = two_sites()
+    Z = SiteStandardizer().fit_transform(X, sites)
+    for site in ("a", "b"):
+        assert np.allclose(Z[sites == site].mean(0), 0, atol=1e-9)
+        assert np.allclose(Z[sites == site].std(0), 1, atol=1e-9)
+    assert make_harmonizer("none") is None
+    with pytest.raises(HarmonizationError, match="unknown harmonization"):
+        make_harmonizer("combat-ish")
+
+
+def test_a_new_site_is_learned_from_enough_unlabeled_images_only():
+    X, sites = two_sites()
+    h = SiteStandardizer().fit(X[sites == "a"], sites[sites == "a"])
+    with pytest.raises(HarmonizationError, match="no statistics of site 'b'; known: a"):
+        h.transform(X[sites == "b"], sites[sites == "b"])
+    with pytest.raises(HarmonizationError, match="5 readable images.*at least 20"):
+        h.add_site("b", X[sites == "b"][:5])
+    h.add_site("b", X[sites == "b"])
+    assert h.sites == ["a", "b"] and h.n_images_["b"] == 60
+    assert abs(h.transform(X[sites == "b"], sites[sites == "b"]).mean()) < 1e-9
+
+
+def test_a_sites_scaler_folds_into_a_linear_head():
+    """Grad-CAM reads a linear head on raw features: the site's scaler folds in exactly."""
+    X, sites = two_sites()
+    y = (X[:, 0] > np.median(X[:, 0])).astype(int)
+    h = SiteStandardizer().fit(X, sites)
+    clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(h.transform(X, sites), y)
+    raw = Pipeline([("site", h.scaler("b"))] + clf.steps)
+    w, b, _ = linear_head(raw)
+    Xb = X[sites == "b"]
+    expected = clf.decision_function(h.transform(Xb, ["b"] * len(Xb)))
+    assert np.allclose(Xb @ w + b, expected)
+
+
+def grouped_gaussian(n, d, rng, shift=0.0):
+    X = rng.normal(0, 1, (n, d)) @ np.diag(np.linspace(3, 0.3, d)) + shift
+    return X, rng.integers(0, 2, n), np.arange(n) // 2  # two slices per patient
+
+
+def test_ood_cut_off_flags_about_one_percent_of_new_in_distribution_images():
+    rng = np.random.default_rng(1)
+    X, y, groups = grouped_gaussian(400, 30, rng)
+    detector = FeatureDensityOOD(n_components=10).fit(X, y, groups)
+    assert detector.oof_scores_.shape == (400,)
+    assert np.isclose(np.mean(detector.oof_scores_ > detector.threshold_), 0.01, atol=0.005)
+    same, _, _ = grouped_gaussian(2000, 30, rng)
+    flagged = 1 - detector.in_distribution(detector.score_samples(same)).mean()
+    assert flagged < 0.04
+    shifted, _, _ = grouped_gaussian(200, 30, rng, shift=np.r_[np.zeros(25), 4 * np.ones(5)])
+    assert (~detector.in_distribution(detector.score_samples(shifted))).mean() > 0.95
+    noise = rng.uniform(-20, 20, (50, 30))  # nothing like the training images
+    assert not detector.in_distribution(detector.score_samples(noise)).any()
+    described = detector.describe()
+    assert described["n_components"] == 10 and "99% quantile" in described["cut_off_rule"]
