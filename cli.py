@@ -20,6 +20,7 @@ import click
 
 from classifiers.estimators.balance import BALANCES
 from classifiers.estimators.harmonize import HARMONIZATIONS
+from classifiers.estimators.recalibration import CALIBRATION_METHODS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS
@@ -335,6 +336,32 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
     if report.n_failed:
         _report_failures(report.failures)
         sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@model_option
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Labeled images of one site (COVID/ and NonCOVID/ folders or a CSV manifest): a small "
+                   "sample is enough (e.g. 25 patients).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The new model.  [default: <model>-<site>.joblib beside --model]")
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="sigmoid", show_default=True,
+              help="sigmoid (Platt; fine with 10-100 labels) or isotonic (hundreds).")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Threshold reaching this COVID recall on the sample.  [default: balanced errors]")
+@features_option
+@model_weights_option
+@batch_option
+@offline_option
+def calibrate(model_path, data, out, method, target_sensitivity, features_dir, weights, batch_size, offline) -> None:
+    """Recalibrate a model for a new site on a few of its labeled images: its probabilities and
+    threshold are refit, its features and classifier stay as they are. Writes a new model."""
+    from classifiers.workflows.calibrate import calibrate_model, calibrate_summary
+
+    bundle = calibrate_model(model_path, data, out, method, target_sensitivity,
+                             _context(features_dir, batch_size, offline, weights))
+    for line in calibrate_summary(bundle):
+        click.echo(line)
 
 
 @main.command()

@@ -367,3 +367,31 @@ def test_evaluate_reports_the_share_out_of_distribution(workspace, tmp_path):
     assert result.exit_code == 0 and "out of distribution: " in result.output
     ood = json.loads((tmp_path / "r" / "metrics.json").read_text())["out_of_distribution"]
     assert ood["n"] == 12 and 0 <= ood["n_flagged"] <= 12 and ood["detector"]["n_components"] >= 1
+
+
+def test_calibrate_refits_probabilities_and_threshold_on_a_local_sample(two_sources, two_source_model, tmp_path):
+    from tests.helpers import make_class_folders
+
+    root, data, _ = two_sources
+    model, _ = two_source_model
+    local = make_class_folders(tmp_path / "hospital-d", n_per_class=5, seed=31)
+    out = tmp_path / "local.joblib"
+    result = run("calibrate", "--model", model, "--data", local, "--out", out, "--features-dir", root / "features")
+    assert result.exit_code == 0, result.output
+    assert "recalibrated two.joblib on 10 labeled images of hospital-d (5 COVID, 5 NonCOVID)" in result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    original = json.loads(model.with_suffix(".json").read_text())
+    c = manifest["calibration"]
+    assert c["site"] == "hospital-d" and c["from_model_sha256"] == original["model_sha256"]
+    assert manifest["threshold"] == 0.5 and manifest["threshold_choice"]["rule"].startswith("the sample's COVID share")
+    assert manifest["model_sha256"] != original["model_sha256"] and manifest["backbones"] == original["backbones"]
+    pred = run("predict", local, "--model", out, "--out", tmp_path / "p.csv", "--features-dir", root / "features")
+    assert pred.exit_code == 0, pred.output
+    rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
+    assert len(rows) == 10 and all(0 <= float(r["p_covid"]) <= 1 for r in rows)
+    one_class = tmp_path / "few"
+    make_class_folders(one_class, n_per_class=1, seed=5)
+    refused = run("calibrate", "--model", model, "--data", one_class, "--out", tmp_path / "f.joblib",
+                  "--features-dir", root / "features")
+    assert refused.exit_code == 1 and "at least 2 images of each class" in refused.output
+    assert not (tmp_path / "f.joblib").exists()

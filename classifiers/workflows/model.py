@@ -146,10 +146,13 @@ class LoadedModel:
         """Which site's statistics standardize each record's features, learning those of a
         batch when needed. ``site``: a site the model knows (all records), ``batch`` (each
         source's images of this run, by their own statistics), or None: a record's own source
-        when the model knows it, else the model's one --adapt-to site, else its batch."""
+        when the model knows it, else the site it was recalibrated on or its one --adapt-to site,
+        else its batch."""
         h = self.harmonizer
         sites = h.sites
-        adapted = [s["name"] for s in self.manifest["harmonization"]["sites"] if s["role"] == "adapt-to"]
+        known = self.manifest["harmonization"]["sites"]
+        adapted = [s["name"] for s in known if s["role"] == "calibrate"][-1:] or \
+            [s["name"] for s in known if s["role"] == "adapt-to"]
         names = []
         for r in records:
             if site not in (None, BATCH):

@@ -1,0 +1,75 @@
+"""calibrate: a model recalibrated on a small labeled sample of a new site, saved as a new model.
+
+The site's images are all of ``--data`` (one source); with a harmonized model, the site's
+feature statistics are learned from them too and kept in the new model under the site's name,
+so that predict on that site's images uses them. The original model is not changed.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from feature_extractor.dataset import load_datasets
+from feature_extractor.errors import CovidCTError
+from feature_extractor.provenance import command_line, library_versions, utc_now
+from feature_extractor.run_context import RunContext
+
+from ..estimators.recalibration import recalibrate
+from .bundle import ModelBundle, save_bundle
+from .model import BATCH, load_model
+from .train import data_fingerprint
+
+
+def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | Path | None = None,
+                    method: str = "sigmoid", target_sensitivity: float | None = None,
+                    context: RunContext | None = None) -> ModelBundle:
+    """Refit the probability calibration and threshold of a model on the labeled images of one
+    site (``data``); save the result (default: <model>-<site>.joblib beside the model)."""
+    model = load_model(model_path, context)
+    dataset = load_datasets([data])
+    if len(dataset.sources) != 1:
+        raise CovidCTError(f"calibrate takes one site; {data} holds {len(dataset.sources)} sources")
+    (site,) = dataset.sources
+    records = [r for r in dataset.records if r.label is not None]
+    feats = model.features(records, BATCH)  # a harmonized model: the site by its own statistics
+    if not feats.good:
+        raise CovidCTError(f"none of the {len(records)} images in {data} could be read")
+    y = np.array([r.label for r in feats.good], dtype=int)
+    result = recalibrate(model.bundle.estimator, feats.X, y, method, target_sensitivity)
+    harmonizer = None
+    if model.harmonizer is not None:
+        harmonizer = copy.deepcopy(model.harmonizer)
+        harmonizer.add_site(site, feats.raw)
+        for name in [s for s in harmonizer.sites if s.startswith(BATCH)]:
+            del harmonizer.scalers_[name], harmonizer.n_images_[name]
+    m = copy.deepcopy(model.manifest)
+    for key in ("model_sha256", "model_file", "format_version"):
+        m.pop(key, None)
+    n_covid = int(np.sum(y == 1))
+    m.update({
+        "created": utc_now(), "command": command_line(),
+        "threshold": result.threshold["threshold"], "threshold_choice": result.threshold,
+        "calibration": {"from_model": str(model.path), "from_model_sha256": model.manifest["model_sha256"],
+                        "method": f"CalibratedClassifierCV({method}) around the frozen model", "site": site,
+                        "data": str(Path(data).resolve()), "n_images": len(y), "n_covid": n_covid,
+                        "n_noncovid": len(y) - n_covid, "fingerprint": data_fingerprint(feats.good),
+                        "unreadable": len(feats.errors)},
+        "versions": library_versions()})
+    if harmonizer is not None:
+        m["harmonization"]["sites"] = [s for s in m["harmonization"]["sites"] if s["name"] != site] + [
+            {"name": site, "role": "calibrate", "n_images": len(y), "fingerprint": data_fingerprint(feats.good)}]
+    out = Path(out) if out else model.path.with_name(f"{model.path.stem}-{site}.joblib")
+    if out.resolve() == model.path.resolve():
+        raise CovidCTError("calibrate writes a new model; give --out another path than --model")
+    return save_bundle(result.estimator, m, out, harmonizer, model.ood)
+
+
+def calibrate_summary(bundle: ModelBundle) -> list[str]:
+    c, t = bundle.manifest["calibration"], bundle.manifest["threshold_choice"]
+    return [f"recalibrated {Path(c['from_model']).name} on {c['n_images']} labeled images of {c['site']} "
+            f"({c['n_covid']} COVID, {c['n_noncovid']} NonCOVID): {c['method']}",
+            f"threshold {t['threshold']:.3f} ({t['rule']}): sensitivity {t['sample_sensitivity']:.3f}, "
+            f"specificity {t['sample_specificity']:.3f} on that sample (not a held-out estimate)",
+            f"saved {bundle.path} and {bundle.path.with_suffix('.json')}"]
