@@ -21,7 +21,7 @@ BACKBONES := -b mobilenetv2 -b mobilenet
 FEATURES := --pooling multiscale --tta flip
 CLASSIFIERS := svm logreg rf xgboost
 
-.PHONY: venv test test-fast demo bench-generalization bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ demo: venv
 
 bench-generalization: venv
 	$(BIN)/python bench/generalization.py
+
+bench-ood: venv
+	$(BIN)/python bench/ood.py
+
+bench-recalibration: venv
+	$(BIN)/python bench/recalibration.py
 
 bench-accuracy: venv
 	$(BIN)/python bench/accuracy.py

@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument("--classifiers", default="svm,logreg")
     parser.add_argument("--no-stack", action="store_true")
     parser.add_argument("--crops", default="none,lungs", help="--crop settings to compare")
+    parser.add_argument("--harmonize", default="none,standardize", help="--harmonize settings to compare")
     args = parser.parse_args()
     weights = available()
     if not weights or not all(Path(p).exists() for p in args.sources):
@@ -59,30 +60,31 @@ def main() -> int:
     covidct = next((p for p in sources if p.name == "covid-ct"), None)
     rows = []
 
-    def run(label: str, clf: str, backbones: list[str], crop: str, **kw) -> None:
+    def run(label: str, clf: str, backbones: list[str], crop: str, harmonize: str, **kw) -> None:
         start = time.perf_counter()
-        path = Path(args.models_dir) / f"both-crop-{crop}-{label.replace(' + ', '+')}-{clf}.joblib"
+        path = Path(args.models_dir) / f"both-crop-{crop}-{harmonize}-{label.replace(' + ', '+')}-{clf}.joblib"
         selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones},
                                      {**FEATURES, "crop": crop})
-        bundle = fit_model(sources, FitSettings(clf, **kw), selection, context, path)
+        bundle = fit_model(sources, FitSettings(clf, harmonize=harmonize, **kw), selection, context, path)
         model = load_model(path, context)
         held = {h.source: h for h in leave_one_source_out(model, sources, args.bootstrap).held_out}
         test = evaluate_model(model, covidct, "test", args.bootstrap).metrics["roc_auc"] if covidct else None
-        rows.append((label, clf, crop, *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
+        rows.append((label, clf, crop, harmonize, *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
                      ci(test) if test else "", f"{bundle.manifest['cv']['auc']:.3f}",
                      f"{time.perf_counter() - start:.0f}"))
         print(" | ".join(rows[-1]), flush=True)
 
     classifiers = args.classifiers.split(",")
     for crop in crops:
-        for name in weights:
-            for clf in classifiers:
-                run(name, clf, [name], crop)
-        if not args.no_stack:
-            everything = list(weights)
-            run(" + ".join(everything), STACK, everything, crop, base=tuple(classifiers))
+        for harmonize in args.harmonize.split(","):
+            for name in weights:
+                for clf in classifiers:
+                    run(name, clf, [name], crop, harmonize)
+            if not args.no_stack:
+                everything = list(weights)
+                run(" + ".join(everything), STACK, everything, crop, harmonize, base=tuple(classifiers))
     counts = {s: sum(r.source == s and r.label is not None for r in dataset.records) for s in names}
-    header = ("features", "classifier", "crop", *(f"held out: {s} AUC [95% CI]" for s in names),
+    header = ("features", "classifier", "crop", "harmonize", *(f"held out: {s} AUC [95% CI]" for s in names),
               "both sources: COVID-CT test AUC", "both: CV AUC", "s")
     section = "\n".join([
         START, "",
@@ -91,8 +93,9 @@ def main() -> int:
         + ". Each \"held out\" column: the configuration refit on the other source's training images "
         "(COVID-CT: train+val; MosMed: all) with source-balanced weights, scored on every labeled image "
         f"of the held-out source; 95% patient-bootstrap CIs ({args.bootstrap} resamples). Features: "
-        "multiscale pooling + flip TTA, full slices (crop none) or lung crop version 2 (crop lungs); no "
-        "harmonization yet. The last columns: "
+        "multiscale pooling + flip TTA, full slices (crop none) or lung crop version 2 (crop lungs). "
+        "Harmonize standardize: each source's features standardized by its own mean and sd; the held-out "
+        "source by the statistics of its own images (no labels), as `predict --site batch`. The last columns: "
         "the model fitted on both sources, on COVID-CT's official test split, and its grouped CV AUC.", "",
         *markdown_table(header, rows), "", END])
     publish(section, "Generalization across sources (leave one source out)", args.out, REPO / "README.md")

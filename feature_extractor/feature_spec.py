@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .backbones import BackboneSpec, get_backbone
 from .errors import SettingsError
+from .body_crop import BODY_CROP_VERSION
 from .lung_crop import LUNG_CROP_VERSION
 from .weights import IMAGENET, WeightsChoice, parse_choice, parse_weights_options
 
@@ -78,8 +79,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("precision", "precision", "fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed "
             "(float16) for GPUs.", choices=("fp32", "bf16", "mixed")),
     Setting("crop", "crop", "none", "lungs: crop each slice to its lung field and black out the rest (text, "
-            "arrows, bed), so the model cannot learn the image source; full image, with a warning, "
-            "where no lungs are found.", choices=("none", "lungs")),
+            "arrows, bed), so the model cannot learn the image source; lungs-equalized: the same with the "
+            "lung field's histogram equalized (intensity standardization across sources); body: crop to "
+            "the body, padded square (a fixed field of view). Full image, with a warning, where nothing "
+            "is found.", choices=("none", "lungs", "lungs-equalized", "body")),
     Setting("window", "DICOM window", DEFAULT_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500).",
             metavar="LEVEL,WIDTH", parse=parse_window, text=window_text),
 )
@@ -88,7 +91,7 @@ SETTING = {s.name: s for s in SETTINGS}
 
 def crop_version(crop: str) -> int:
     """The version of the crop algorithm this code runs for ``crop`` (0: no crop)."""
-    return LUNG_CROP_VERSION if crop == "lungs" else 0
+    return {"lungs": LUNG_CROP_VERSION, "lungs-equalized": LUNG_CROP_VERSION, "body": BODY_CROP_VERSION}.get(crop, 0)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .errors import CovidCTError
 from .feature_spec import DEFAULT_WINDOW
 
 if TYPE_CHECKING:
-    from .lung_crop import LungCrop
+    from .lung_crop import SliceCrop
 
 MIN_SIDE = 8  # smaller than this carries no anatomy; resizing it up would only invent pixels
 
@@ -143,7 +143,7 @@ class PreparedImage:
     """A decoded slice and, with --crop lungs, its lung crop: what the backbone is shown."""
 
     original: np.ndarray               # (H, W, 3) uint8 at full resolution
-    crop: "LungCrop | None" = None
+    crop: "SliceCrop | None" = None
 
     @property
     def region(self) -> np.ndarray:
@@ -160,10 +160,15 @@ class PreparedImage:
 
 def prepare_image(data: bytes, window: tuple[float, float] = DEFAULT_WINDOW, dicom_hint: bool = False,
                   crop: str = "none") -> PreparedImage:
-    """Decode (see decode_image) and, with ``crop="lungs"``, crop to the lung field."""
+    """Decode (see decode_image) and crop: ``lungs`` to the lung field (``lungs-equalized``: with
+    its histogram equalized), ``body`` to the body, padded square (a fixed field of view)."""
     original = decode_image(data, None, window, dicom_hint)
     if crop == "none":
         return PreparedImage(original)
+    if crop == "body":
+        from .body_crop import crop_body
+
+        return PreparedImage(original, crop_body(original))
     from .lung_crop import crop_lungs
 
-    return PreparedImage(original, crop_lungs(original))
+    return PreparedImage(original, crop_lungs(original, equalize=crop == "lungs-equalized"))

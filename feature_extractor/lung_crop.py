@@ -19,6 +19,7 @@ import numpy as np
 
 # Part of the cache identity (FeatureSpec.crop_version): a change to the algorithm below must bump it.
 # 2: a second search inside the field of view when the whole image finds no lungs (MosMed).
+# The lungs-equalized crop is this crop plus equalize_lungs: a change to either bumps it.
 LUNG_CROP_VERSION = 2
 
 _WORK_SIDE = 256           # segmentation resolution (longest side)
@@ -29,14 +30,18 @@ _MARGIN = 0.04             # bounding-box margin, as a fraction of the image sid
 
 
 @dataclass(frozen=True)
-class LungCrop:
-    image: np.ndarray                  # cropped, outside-lung pixels black; or the input
+class SliceCrop:
+    """What a crop (lungs here, the body in body_crop.py) left of a slice."""
+
+    image: np.ndarray                  # cropped, outside pixels black; or the input
     bbox: tuple[int, int, int, int]    # (top, left, bottom, right) in input pixels
     found: bool
     reason: str | None = None          # why the full image was kept
+    kind: str = "lungs"                # what was looked for
+    inner: tuple[int, int, int, int] | None = None  # where the bbox's pixels lie in ``image`` when padded
 
 
-def _disk(radius: int) -> np.ndarray:
+def disk(radius: int) -> np.ndarray:
     y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
     return x * x + y * y <= radius * radius
 
@@ -55,7 +60,7 @@ def lung_mask(grey: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     smooth = ndi.median_filter(grey, 3)
     mask, reason = _lungs_in(smooth, None)
     if mask is None:
-        fov = _field_of_view(smooth)
+        fov = field_of_view(smooth)
         if fov is not None:
             in_fov, _ = _lungs_in(smooth, fov)
             if in_fov is not None:
@@ -63,7 +68,7 @@ def lung_mask(grey: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     return mask, reason
 
 
-def _field_of_view(smooth: np.ndarray) -> np.ndarray | None:
+def field_of_view(smooth: np.ndarray) -> np.ndarray | None:
     """Everything but the image's darkest value connected to its border (the corners outside a
     reconstruction disc); None when that is not a sizeable part of the image."""
     from skimage import measure
@@ -83,12 +88,12 @@ def _lungs_in(smooth: np.ndarray, fov: np.ndarray | None) -> tuple[np.ndarray | 
     h, w = smooth.shape
     inside = np.ones((h, w), bool) if fov is None else fov
     threshold = filters.threshold_otsu(smooth[inside])
-    dark = ndi.binary_opening((smooth < threshold) & inside, _disk(2))
+    dark = ndi.binary_opening((smooth < threshold) & inside, disk(2))
     labels = measure.label(dark)
     edge = np.zeros_like(dark)
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
     if fov is not None:
-        edge |= ndi.binary_dilation(fov & ~ndi.binary_erosion(fov, _disk(2)), _disk(2))
+        edge |= ndi.binary_dilation(fov & ~ndi.binary_erosion(fov, disk(2)), disk(2))
     contact = np.bincount(labels[edge], minlength=labels.max() + 1)
     candidates = []
     for region in measure.regionprops(labels):
@@ -118,7 +123,7 @@ def _lungs_in(smooth: np.ndarray, fov: np.ndarray | None) -> tuple[np.ndarray | 
     fraction = mask.mean()
     if not _MIN_LUNGS <= fraction <= _MAX_LUNGS:
         return None, f"implausible lung area ({fraction:.0%} of the image)"
-    return ndi.binary_dilation(mask, _disk(max(1, round(0.02 * max(h, w))))), None
+    return ndi.binary_dilation(mask, disk(max(1, round(0.02 * max(h, w))))), None
 
 
 def lung_field(rgb: np.ndarray) -> tuple[np.ndarray | None, str | None]:
@@ -135,15 +140,31 @@ def lung_field(rgb: np.ndarray) -> tuple[np.ndarray | None, str | None]:
     return resize(mask.astype(np.float32), (h, w), order=0) > 0.5, None
 
 
-def crop_lungs(rgb: np.ndarray) -> LungCrop:
-    """Crop an (H, W, 3) uint8 slice to its lungs and black out the rest (see module doc)."""
+def crop_lungs(rgb: np.ndarray, equalize: bool = False) -> SliceCrop:
+    """Crop an (H, W, 3) uint8 slice to its lungs and black out the rest (see module doc).
+    ``equalize``: also equalize the lung field's histogram (see equalize_lungs)."""
     h, w = rgb.shape[:2]
     mask, reason = lung_field(rgb)
     if mask is None:
-        return LungCrop(rgb, (0, 0, h, w), False, reason)
+        return SliceCrop(rgb, (0, 0, h, w), False, reason)
+    if equalize:
+        rgb = equalize_lungs(rgb, mask)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     margin = round(_MARGIN * max(h, w))
     top, bottom = max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin)
     left, right = max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin)
     out = np.where(mask[..., None], rgb, 0).astype(np.uint8)[top:bottom, left:right]
-    return LungCrop(np.ascontiguousarray(out), (top, left, bottom, right), True)
+    return SliceCrop(np.ascontiguousarray(out), (top, left, bottom, right), True)
+
+
+def equalize_lungs(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Intensity standardization of the lung field: histogram equalization of the pixels inside
+    ``mask`` (skimage.exposure.equalize_hist), so that every source's lungs span the same grey
+    levels whatever its window, export and contrast. Order is kept: a ground-glass opacity stays
+    brighter than aerated lung, but absolute density is given up."""
+    from skimage.exposure import equalize_hist
+
+    grey = rgb.astype(np.float32).mean(axis=2)
+    equalized = equalize_hist(grey, nbins=256, mask=mask)
+    out = np.where(mask, np.round(equalized * 255), 0).astype(np.uint8)
+    return np.repeat(out[..., None], 3, axis=2)

@@ -110,3 +110,38 @@ def decompression_bomb_png(path: Path, side: int = 100_000) -> Path:
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
     path.write_bytes(bytes(data))
     return path
+
+
+def non_ct_pictures(folder: Path, n: int = 30, seed: int = 0) -> list[Path]:
+    """Pictures that are not CT slices, for the out-of-distribution flag: crops of the two
+    photographs scikit-learn ships (a temple, a flower), chest-radiograph-like drawings
+    (bright mediastinum and ribs over dark lung fields) and coloured noise. PNGs in ``folder``."""
+    from scipy import ndimage as ndi
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = load_sample_images().images
+    paths = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:  # a random crop of a photograph
+            photo = photos[(i // 3) % len(photos)]
+            side = int(rng.integers(180, 400))
+            top, left = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+            image = photo[top:top + side, left:left + side]
+        elif kind == 1:  # a chest-radiograph-like drawing
+            yy, xx = np.mgrid[0:256, 0:256] / 256
+            img = 0.75 * np.exp(-((xx - 0.5) / 0.45) ** 2 - ((yy - 0.55) / 0.6) ** 2)
+            for cx in (0.3, 0.7):
+                img[((yy - 0.5) / 0.3) ** 2 + ((xx - cx) / 0.15) ** 2 < 1] *= 0.35
+            img += 0.12 * (np.sin(yy * rng.uniform(50, 70)) > 0.6)  # ribs
+            img[np.abs(xx - 0.5) < 0.06] += 0.3                     # spine and mediastinum
+            img = ndi.gaussian_filter(img + rng.normal(0, 0.03, img.shape), 1.5)
+            image = np.repeat((np.clip(img, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
+        else:  # coloured noise
+            image = ndi.gaussian_filter(rng.uniform(0, 255, (128, 128, 3)), (2, 2, 0)).astype(np.uint8)
+        path = folder / f"picture{i:03d}.png"
+        Image.fromarray(np.ascontiguousarray(image)).save(path)
+        paths.append(path)
+    return paths

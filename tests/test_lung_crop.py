@@ -130,14 +130,14 @@ def test_finds_lungs_in_real_slices():
     assert 0.3 < np.median(areas) < 0.95  # a crop, not the whole slice nor a sliver
 
 
-def disc_slice(size: int = 192) -> np.ndarray:
+def disc_slice(size: int = 192, disc: int = 170) -> np.ndarray:
     """A MosMed-like slice: black corners outside a light field-of-view disc about as bright
     as the body (their levels: corners 0, lungs 108, disc 170, body 174), two lungs inside.
     Otsu on the whole image only separates the corners from the rest."""
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = np.zeros((size, size))
-    img[(yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.48 ** 2] = 170                       # the disc
+    img[(yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.48 ** 2] = disc                      # the disc
     img[((yy - 0.55) / 0.3) ** 2 + ((xx - 0.5) / 0.42) ** 2 < 1] = 174            # the body
     for cx in (0.33, 0.67):
         img[((yy - 0.52) / 0.22) ** 2 + ((xx - cx) / 0.12) ** 2 < 1] = 108        # the lungs
@@ -160,3 +160,40 @@ def test_lungs_are_found_inside_a_field_of_view_disc():
     assert left <= 0.22 * size and right >= 0.78 * size and top <= 0.31 * size and bottom >= 0.73 * size
     assert left > 0.05 * size and right < 0.95 * size
     assert (bottom - top) * (right - left) < 0.6 * size * size
+
+
+def test_lung_field_histogram_is_equalized_inside_the_mask_only():
+    rgb = disc_slice()
+    plain, equalized = crop_lungs(rgb), crop_lungs(rgb, equalize=True)
+    assert plain.found and equalized.found and plain.bbox == equalized.bbox
+    inside = plain.image[..., 0] > 0
+    values = equalized.image[..., 0][inside]
+    assert values.min() < 30 and values.max() > 225  # the lungs now span the grey levels
+    assert not equalized.image[~inside].any()        # outside the lungs stays black
+    assert (equalized.image[..., 0] == equalized.image[..., 2]).all()
+
+
+def test_body_crop_gives_a_square_body_without_the_field_of_view_disc():
+    from feature_extractor.body_crop import crop_body
+
+    rgb = disc_slice(disc=125)  # MosMed's disc (air in a lung window) is darker than soft tissue
+    crop = crop_body(rgb)
+    assert crop.found and crop.kind == "body", crop.reason
+    side = rgb.shape[0]
+    top, left, bottom, right = crop.bbox
+    # the body (x 0.08-0.92, y 0.28-0.82 of the image) and not the disc (0.02-0.98)
+    assert 0.04 * side < left <= 0.09 * side and 0.91 * side <= right < 0.96 * side
+    assert 0.2 * side < top <= 0.29 * side and 0.81 * side <= bottom < 0.9 * side
+    assert crop.image.shape[0] == crop.image.shape[1] == right - left
+    t, l, b, r = crop.inner
+    assert (b - t, r - l) == (bottom - top, right - left) and not crop.image[:t].any()
+    blank = crop_body(np.zeros((64, 64, 3), np.uint8))
+    assert not blank.found and blank.reason == "blank image" and blank.image.shape == (64, 64, 3)
+
+
+def test_each_crop_has_its_own_algorithm_version():
+    from feature_extractor.body_crop import BODY_CROP_VERSION
+    from feature_extractor.feature_spec import crop_version
+
+    assert [crop_version(c) for c in ("none", "lungs", "lungs-equalized", "body")] == [
+        0, LUNG_CROP_VERSION, LUNG_CROP_VERSION, BODY_CROP_VERSION]

@@ -45,6 +45,10 @@ def heat_on_slice(expl: Explanation) -> tuple[np.ndarray, np.ndarray]:
         from scipy.ndimage import gaussian_filter
 
         heat = gaussian_filter(heat, sigma=max(1.0, 0.0625 * min(heat.shape)))
+    crop = expl.prepared.crop
+    if crop is not None and crop.inner is not None:  # a padded crop: drop the padding's part
+        t, l, b, r = crop.inner
+        heat = resize_map(heat, crop.image.shape[:2])[t:b, l:r]
     full = np.full((h, w), np.nan, np.float32)
     full[top:bottom, left:right] = resize_map(np.maximum(heat, 0), (bottom - top, right - left))
     return original, full
@@ -90,8 +94,9 @@ def render(expl: Explanation, out: str | Path, threshold: float = 0.5) -> Path:
         colour = "lime" if expl.prepared.crop.found else "orange"
         left.add_patch(plt.Rectangle((lft - 0.5, top - 0.5), rgt - lft, bottom - top, fill=False,
                                      ec=colour, lw=1.5))
-        left.set_title("lung crop (what the model sees)" if expl.prepared.crop.found
-                       else f"no lungs found ({expl.prepared.crop.reason}): full image", fontsize=9)
+        kind = expl.prepared.crop.kind
+        left.set_title(f"{kind} crop (what the model sees)" if expl.prepared.crop.found
+                       else f"no {kind} found ({expl.prepared.crop.reason}): full image", fontsize=9)
     else:
         left.set_title("input slice", fontsize=9)
     vmax = _vmax(heat, expl.method)

@@ -36,6 +36,8 @@ class HeldOutSource:
     y: np.ndarray
     p: np.ndarray
     records: list = field(default_factory=list)  # the held-out images, in the order of y and p
+    estimator: object = None                     # the refit model, for recalibration studies
+    X: np.ndarray | None = None                  # its input for the held-out images
 
 
 @dataclass
@@ -120,7 +122,7 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
             {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
              "patients": int(len(np.unique(groups[test])))},
             threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
-            [r for r, held in zip(good, test) if held]))
+            [r for r, held in zip(good, test) if held], trained.estimator, X_test))
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
     return CrossSourceReport(model.path, model.manifest, "; ".join(map(str, paths)), held_out, bootstrap,

@@ -88,7 +88,7 @@ def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplain
             if prepared is not None:
                 row.thumbnail = data_uri(thumbnail(prepared.original))
                 if prepared.crop_fallback:
-                    row.note = f"no lungs found ({prepared.crop_fallback}): full image used"
+                    row.note = f"no {prepared.crop.kind} found ({prepared.crop_fallback}): full image used"
                 if explainer is not None and i < heatmaps:
                     row.heatmap = data_uri(overlay_rgb(explainer.explain(row.path, prepared, (sites or {}).get(row.path)), THUMB_SIDE + 32))
             update(1)
