@@ -39,7 +39,11 @@ def recalibrate(estimator, X: np.ndarray, y: np.ndarray, method: str = "sigmoid"
     if counts.min() < 2:
         raise TrainingDataError(f"recalibration needs at least 2 images of each class; the sample has "
                                 f"{counts[1]} COVID and {counts[0]} NonCOVID")
-    calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method=method).fit(X, y)
+    # One "fold" that is the whole sample: the frozen model is not refit, so folds would only
+    # fit the calibrator on less of an already small sample.
+    everything = np.arange(len(y))
+    calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method=method,
+                                        cv=[(everything, everything)]).fit(X, y)
     p = calibrated.predict_proba(X)[:, 1]
     if target_sensitivity is None:
         prevalence = float(np.mean(y))
