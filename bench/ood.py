@@ -3,8 +3,8 @@
 
 For each offline backbone and all of them together (multiscale pooling + flip TTA, crop
 none and lungs) and each choice of training sources, the detector `fit` ships
-(classifiers/estimators/ood.py: probabilistic-PCA score, cut-off at the 99% quantile of
-out-of-fold training scores) is fitted on the training patients and applied to:
+(classifiers/estimators/ood.py: cosine distance to the 5th nearest training image, cut-off
+at the 99% quantile of out-of-fold training scores) is fitted on the training patients and applied to:
 - held-out patients of the training sources: COVID-CT's official test split, and a fixed
   20% of MosMed's studies (both never seen by the detector); target about 1%;
 - the other source, when the detector saw one source only;
@@ -26,7 +26,7 @@ import numpy as np
 from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
 from accuracy import available  # noqa: E402
 
-from classifiers.estimators.ood import FeatureDensityOOD  # noqa: E402
+from classifiers.estimators.ood import NearestNeighborOOD  # noqa: E402
 from classifiers.workflows.features import feature_matrix  # noqa: E402
 from feature_extractor.cache import FeatureCache  # noqa: E402
 from feature_extractor.dataset import load_datasets, load_unlabeled, with_keys  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> int:
             for trained_on in ("covid-ct", "mosmed-slices", "both"):
                 in_source = np.ones(len(records), bool) if trained_on == "both" else source == trained_on
                 train = in_source & ~held
-                detector = FeatureDensityOOD().fit(X[train], y[train], groups[train])
+                detector = NearestNeighborOOD().fit(X[train], y[train], groups[train])
 
                 def flagged(mask: np.ndarray | None, Z: np.ndarray | None = None) -> str:
                     Z = X[mask] if Z is None else Z
@@ -94,10 +94,9 @@ def main() -> int:
     section = "\n".join([
         START, "",
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/ood.py` "
-        "(`make bench-ood`). The detector `fit` ships with every model: the negative log-likelihood of an "
-        "image's standardized raw features under probabilistic PCA (64 components) of the training "
-        "features, flagged above the 99% quantile of out-of-fold training scores (5 patient-grouped "
-        "folds). Held-out patients: COVID-CT's official test split and a fixed random 20% of MosMed's "
+        "(`make bench-ood`). The detector `fit` ships with every model: the cosine distance from an image's "
+        "raw features to its 5th nearest training image (deep nearest neighbours), flagged above the 99% "
+        "quantile of out-of-fold training scores (5 patient-grouped folds). Held-out patients: COVID-CT's official test split and a fixed random 20% of MosMed's "
         "studies, never seen by the detector. Non-CT pictures: 30 made by "
         "`tests/helpers.py:non_ct_pictures` (photo crops, radiograph-like drawings, noise). "
         "Features: multiscale pooling + flip TTA.", "",

@@ -9,6 +9,7 @@ from tests.helpers import make_class_folders, make_covidct_layout
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COVIDCT_SHARED", REPO.parent / "shared"))
 SHARED_DATA = SHARED / "data" / "covid-ct"
+SHARED_MOSMED = SHARED / "data" / "mosmed-slices"
 SHARED_MODELS = SHARED / "keras" / "models"
 MOBILENETV2_FILE = SHARED_MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5"
 MOBILENET025_KERAS_FILE = SHARED_MODELS / "mobilenet_2_5_224_tf_no_top.h5"

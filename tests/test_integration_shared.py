@@ -3,6 +3,7 @@
 Skipped cleanly when ../shared (or $COVIDCT_SHARED) is absent.
 """
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from feature_extractor.dataset import load_dataset
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.run_context import RunContext
-from tests.conftest import MOBILENET025_KERAS_FILE, MOBILENETV2_FILE, SHARED, SHARED_DATA, needs_shared
+from tests.conftest import (MOBILENET025_KERAS_FILE, MOBILENETV2_FILE, SHARED, SHARED_DATA, SHARED_MOSMED,
+                            needs_shared)
+from tests.helpers import non_ct_pictures
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,69 @@ def subset_manifest(path, every_train=3, every_test=2):
 
 def run(*args):
     return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def two_source_subsets(folder: Path) -> tuple[Path, Path, int, int]:
+    """Manifests of a patient-level subset of each shared source (COVID-CT: every 6th patient,
+    official split kept; MosMed: 40 studies of each class), with their source names."""
+    covidct = subset_manifest(folder / "cct.csv", every_train=6, every_test=4)
+    with open(folder / "cct.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    with open(folder / "cct.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([rows[0] + ["source"]] + [r + ["covid-ct"] for r in rows[1:]])
+    with open(SHARED_MOSMED / "manifest.csv", newline="", encoding="utf-8") as fh:
+        mosmed = list(csv.DictReader(fh))
+    chosen = [r for r in mosmed if r["label"] == "COVID"][::20][:40] + [r for r in mosmed if r["label"] != "COVID"][::6][:40]
+    with open(folder / "mosmed.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "patient", "source"])
+        for r in chosen:
+            writer.writerow([SHARED_MOSMED / r["path"], r["label"], r["patient"], "mosmed-slices"])
+    return folder / "cct.csv", folder / "mosmed.csv", len(covidct), len(chosen)
+
+
+@needs_shared(SHARED_DATA, SHARED_MOSMED, MOBILENETV2_FILE)
+def test_two_sources_leave_one_out_and_the_ood_flag_with_pretrained_mobilenetv2(tmp_path):
+    """extract -> fit on two sources -> evaluate --cv-by source -> predict with the OOD columns,
+    on real slices of both shared sources and the real MobileNetV2 weights."""
+    cct, mosmed, n_cct, n_mosmed = two_source_subsets(tmp_path)
+    feats = tmp_path / "features"
+    weights = f"mobilenetv2={MOBILENETV2_FILE}"
+    ex = run("extract", "-b", "mobilenetv2", "--weights", weights, "--data", cct, "--data", mosmed,
+             "--features-dir", feats)
+    assert ex.exit_code == 0, ex.output
+    assert f"covid-ct: {n_cct}, mosmed-slices: {n_mosmed}" in ex.output
+
+    model = tmp_path / "both.joblib"
+    fit = run("fit", "--clf", "logreg", "--data", cct, "--data", mosmed, "--features-dir", feats,
+              "--model", model, "--harmonize", "standardize")
+    assert fit.exit_code == 0, fit.output
+    assert "source-balanced weights" in fit.output and f"source mosmed-slices: {n_mosmed} images" in fit.output
+
+    loso = run("evaluate", "--model", model, "--cv-by", "source", "--data", cct, "--data", mosmed,
+               "--features-dir", feats, "--report-dir", tmp_path / "loso", "--bootstrap", "200")
+    assert loso.exit_code == 0, loso.output
+    held = {h["held_out"]: h for h in json.loads((tmp_path / "loso" / "metrics.json").read_text())["cv_by_source"]}
+    assert held["covid-ct"]["n"]["images"] == n_cct and held["covid-ct"]["trained_on"] == ["mosmed-slices"]
+    assert held["mosmed-slices"]["n"]["images"] == n_mosmed and held["mosmed-slices"]["trained_on"] == ["covid-ct"]
+    for h in held.values():  # real numbers, whatever they are: this is not a threshold on skill
+        assert 0 <= h["roc_auc"]["ci_low"] <= h["roc_auc"]["value"] <= h["roc_auc"]["ci_high"] <= 1
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    test_slices = [row[0] for row in list(csv.reader(open(cct, newline="")))[1:] if row[3] == "test"][:25]
+    for i, path in enumerate(test_slices):
+        shutil.copy(path, scans / f"ct{i:02d}.png")
+    pictures = non_ct_pictures(scans / "not-ct", 12)
+    out = tmp_path / "pred.csv"
+    pred = run("predict", scans, "--model", model, "--out", out, "--features-dir", feats, "--site", "covid-ct")
+    assert pred.exit_code == 0, pred.output
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(out, newline=""))}
+    flags = {name: r["in_distribution"] for name, r in rows.items()}
+    assert all(flags[p.name] == "false" for p in pictures), flags  # every non-CT picture
+    ct_flagged = sum(flags[f"ct{i:02d}.png"] == "false" for i in range(len(test_slices)))
+    assert ct_flagged <= 2, flags  # held-out patients of a training source: about 1% expected
+    assert f"{ct_flagged + len(pictures)} of {len(rows)} images look unlike the model's training images" in pred.output
 
 
 @needs_shared(SHARED_DATA, MOBILENETV2_FILE)

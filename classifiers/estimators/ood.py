@@ -1,11 +1,16 @@
 """Out-of-distribution flag: how unlike the training images an image's features are.
 
-The score is the negative log-likelihood of an image's (standardized) features under
-probabilistic PCA fitted to the training features (Tipping & Bishop 1999; sklearn's
-``PCA.score_samples``): the Mahalanobis distance inside the principal subspace plus the
-residual off it, scaled by the noise variance. Raw CNN features are used, before any site
-harmonization, because the question is "does this image look like what the model was
-trained on", and a new scanner, a cropped screenshot or a photo of a cat should all say no.
+The score is the cosine distance from an image's raw CNN features to its k-th nearest
+training image (deep nearest neighbours: Sun et al., "Out-of-distribution detection with
+deep nearest neighbors", ICML 2022: L2-normalized features, k-th neighbour distance; sklearn's
+NearestNeighbors). Raw features, before any site harmonization, because the question is
+"does this image look like what the model was trained on": a new scanner, a screenshot or a
+photograph should all say no.
+
+Why not a density (Mahalanobis / probabilistic PCA): with a few hundred training images and
+over a thousand ReLU features, many features are nearly constant on CT, and standardizing them
+blows up any new image's distance; the cut-off then passes photographs (measured: 0 of 12 on
+a 200-image model, where the neighbour distance flags all 12).
 
 The cut-off is the ``quantile`` of out-of-fold scores of the training images (folds grouped
 by patient, so a patient's other slices never vouch for it): about 1 - quantile of new
@@ -14,70 +19,69 @@ images from the training distribution are flagged.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
-from sklearn.decomposition import PCA
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.base import BaseEstimator
+from sklearn.neighbors import NearestNeighbors
+from sklearn.preprocessing import normalize
 from sklearn.utils.validation import check_is_fitted
 
 from .search import grouped_folds
 
 
-class FeatureDensityOOD(BaseEstimator):
-    """Probabilistic-PCA novelty score with a cut-off learned out of fold.
+class NearestNeighborOOD(BaseEstimator):
+    """k-th nearest training neighbour's cosine distance, with a cut-off learned out of fold.
 
     Parameters
     ----------
-    n_components : principal components (capped by a quarter of the training images).
+    n_neighbors : k.
     quantile : out-of-fold score quantile used as the cut-off.
     cv : grouped folds for the out-of-fold scores.
-    random_state : seed of the folds and the PCA solver.
+    random_state : seed of the folds.
 
     Attributes
     ----------
-    model_ : StandardScaler + PCA fitted on all training features.
+    neighbors_ : NearestNeighbors on the L2-normalized training features (float32).
     threshold_ : scores above it are out of distribution.
     oof_scores_ : the training images' out-of-fold scores.
     """
 
-    def __init__(self, n_components: int = 64, quantile: float = 0.99, cv: int = 5, random_state: int = 0):
-        self.n_components = n_components
+    def __init__(self, n_neighbors: int = 5, quantile: float = 0.99, cv: int = 5, random_state: int = 0):
+        self.n_neighbors = n_neighbors
         self.quantile = quantile
         self.cv = cv
         self.random_state = random_state
 
-    def _model(self, n_samples: int, n_features: int):
-        k = max(1, min(self.n_components, n_samples // 4, n_features - 1))
-        return make_pipeline(StandardScaler(), PCA(k, svd_solver="randomized", random_state=self.random_state))
+    def _index(self, X: np.ndarray) -> NearestNeighbors:
+        k = min(self.n_neighbors, len(X))
+        return NearestNeighbors(n_neighbors=k).fit(normalize(np.asarray(X, dtype=np.float32)))
 
     @staticmethod
-    def _score(model, X: np.ndarray) -> np.ndarray:
-        scaler, pca = model.steps[0][1], model.steps[1][1]
-        with np.errstate(over="ignore", invalid="ignore"):
-            return -pca.score_samples(scaler.transform(np.asarray(X, dtype=np.float64)))
+    def _score(index: NearestNeighbors, X: np.ndarray) -> np.ndarray:
+        distances, _ = index.kneighbors(normalize(np.asarray(X, dtype=np.float32)))
+        # Euclidean distance d between unit vectors: cosine distance = d^2 / 2.
+        return distances[:, -1].astype(np.float64) ** 2 / 2
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> "FeatureDensityOOD":
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> "NearestNeighborOOD":
         """``y``: labels (folds are stratified by them); ``groups``: patients."""
-        X = np.asarray(X, dtype=np.float64)
         oof = np.empty(len(X))
         for train, test in grouped_folds(y, groups, self.cv, self.random_state).split(X, y, groups):
-            oof[test] = self._score(clone(self._model(len(train), X.shape[1])).fit(X[train]), X[test])
+            oof[test] = self._score(self._index(X[train]), X[test])
         self.oof_scores_ = oof
         self.threshold_ = float(np.quantile(oof, self.quantile))
-        self.model_ = self._model(len(X), X.shape[1]).fit(X)
+        self.neighbors_ = self._index(X)
         return self
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
-        """Higher: further from the training images."""
-        check_is_fitted(self, "model_")
-        return self._score(self.model_, X) if len(X) else np.zeros(0)
+        """Higher: further from the training images (0: a training image's twin; at most 1 for
+        non-negative features)."""
+        check_is_fitted(self, "neighbors_")
+        return self._score(self.neighbors_, X) if len(X) else np.zeros(0)
 
     def in_distribution(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) <= self.threshold_
 
     def describe(self) -> dict:
-        return {"method": "probabilistic PCA negative log-likelihood of standardized raw features "
-                          "(sklearn PCA.score_samples)",
-                "n_components": int(self.model_.steps[1][1].n_components_),
-                "cut_off": self.threshold_, "cut_off_rule": f"{self.quantile:.0%} quantile of out-of-fold "
-                f"scores of the training images ({self.cv} patient-grouped folds)"}
+        return {"method": f"cosine distance to the {self.n_neighbors}th nearest training image in raw "
+                          "features (deep nearest neighbours, Sun et al. 2022)",
+                "n_training_images": int(self.neighbors_.n_samples_fit_), "cut_off": self.threshold_,
+                "cut_off_rule": f"{self.quantile:.0%} quantile of out-of-fold scores of the training "
+                                f"images ({self.cv} patient-grouped folds)"}

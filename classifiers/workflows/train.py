@@ -21,7 +21,7 @@ from feature_extractor.weights import NONE, NONE_WARNING
 
 from ..estimators.balance import BALANCES, default_balance, sample_weights
 from ..estimators.harmonize import HarmonizationError, make_harmonizer
-from ..estimators.ood import FeatureDensityOOD
+from ..estimators.ood import NearestNeighborOOD
 from ..estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
 from ..estimators.thresholds import threshold_for_sensitivity
@@ -175,7 +175,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     X_train = harmonizer.fit_transform(X, record_sources) if harmonizer else X
     trained = train_estimator(X_train, y, groups, record_sources, feature_blocks(backbones), settings)
     adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
-    ood = FeatureDensityOOD(random_state=settings.seed).fit(X, y, groups)
+    ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
     threshold = trained.threshold
     grouping = "patient" if dataset.has_patients else "image"
     training_sources = source_summaries(records)
