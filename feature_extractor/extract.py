@@ -37,7 +37,7 @@ class ExtractionReport:
     device: str | None = None      # None when no CNN ran
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
-    crop_fallbacks: dict[str, str] = field(default_factory=dict)  # path -> why no lungs were found
+    crop_fallbacks: dict[str, str] = field(default_factory=dict)  # path -> why the crop found nothing
 
     @property
     def n_failed(self) -> int:
@@ -48,7 +48,7 @@ class ExtractionReport:
         if self.failed:
             text += f", {self.n_failed} failed"
         if self.crop_fallbacks:
-            text += f", {len(self.crop_fallbacks)} without lungs found (full image used)"
+            text += f", {len(self.crop_fallbacks)} without {self.crop_target} found (full image used)"
         text += f" -> {self.cache_path}"
         if self.device:
             text += f" ({self.device}, {self.seconds:.1f} s)"
@@ -60,9 +60,13 @@ class ExtractionReport:
         if self.spec.weights.source == NONE:
             out.append("weights=none is random init; these features are for tests only")
         if self.crop_fallbacks:
-            out.append(f"no plausible lungs found in {len(self.crop_fallbacks)} images; their full "
+            out.append(f"no plausible {self.crop_target} found in {len(self.crop_fallbacks)} images; their full "
                        "image was used")
         return out
+
+    @property
+    def crop_target(self) -> str:
+        return "body" if self.spec.crop == "body" else "lungs"
 
 
 class FeatureExtractor:

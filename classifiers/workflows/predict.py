@@ -128,7 +128,7 @@ def write_predictions_csv(rows: list[PredictionRow], out: str | Path) -> Path:
         for row in rows:
             writer.writerow([printable_path(row.path),
                              "" if row.p_covid is None else f"{row.p_covid:.6f}",
-                             row.label or "", "" if row.ood_score is None else f"{row.ood_score:.3f}",
+                             row.label or "", "" if row.ood_score is None else f"{row.ood_score:.5f}",
                              "" if row.in_distribution is None else str(row.in_distribution).lower(),
                              row.error or ""]
                             + ([printable_path(row.heatmap or "")] if explained else []))
