@@ -44,6 +44,19 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def table_section(marker: str, script: str, make_target: str, text: str, header: tuple[str, ...],
+                  rows: list[tuple[str, ...]]) -> str:
+    """A benchmark's section: its markers, when, where and how it was measured, ``text`` (what
+    the table shows) and the table."""
+    import time
+
+    return "\n".join([
+        f"<!-- {marker}:start -->", "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/{script}` "
+        f"(`make {make_target}`). {text}", "",
+        *markdown_table(header, rows), "", f"<!-- {marker}:end -->"])
+
+
 def publish(section: str, heading: str, *outs: Path) -> None:
     """Print a benchmark's section and write it into each file (see write_marked_section)."""
     print("\n" + section)

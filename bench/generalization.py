@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
+from common import REPO, SHARED, bench_parser, publish, table_section
 from accuracy import ci, available  # noqa: E402
 
 from classifiers.estimators.registry import STACK  # noqa: E402
@@ -37,7 +37,6 @@ from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
-START, END = "<!-- generalization:start -->", "<!-- generalization:end -->"
 FEATURES = {"pooling": "multiscale", "tta": "flip"}
 SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")
 
@@ -106,10 +105,8 @@ def main() -> int:
     counts = {s: sum(r.source == s and r.label is not None for r in dataset.records) for s in names}
     header = ("features", "classifier", "crop", "harmonize", *(f"held out: {s} AUC [95% CI]" for s in names),
               "held out: covid-ct, its test split only", "both sources: COVID-CT test AUC", "both: CV AUC", "s")
-    section = "\n".join([
-        START, "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/generalization.py` "
-        f"(`make bench-generalization`). Sources: " + ", ".join(f"{s} ({n} labeled images)" for s, n in counts.items())
+    section = table_section("generalization", "generalization.py", "bench-generalization", (
+        "Sources: " + ", ".join(f"{s} ({n} labeled images)" for s, n in counts.items())
         + ". Each \"held out\" column: the configuration refit on the other source's training images "
         "(COVID-CT: train+val; MosMed: all) with source-balanced weights, scored on every labeled image "
         f"of the held-out source; 95% patient-bootstrap CIs ({args.bootstrap} resamples). Features: "
@@ -119,8 +116,7 @@ def main() -> int:
         "Harmonize standardize: each source's features standardized by its own mean and sd; the held-out "
         "source by the statistics of its own images (no labels), as `predict --site batch`. \"its test split "
         "only\": the model trained on MosMed alone, scored on COVID-CT's official test split. The last columns: "
-        "the model fitted on both sources, on COVID-CT's official test split, and its grouped CV AUC.", "",
-        *markdown_table(header, rows), "", END])
+        "the model fitted on both sources, on COVID-CT's official test split, and its grouped CV AUC."), header, rows)
     publish(section, "Generalization across sources (leave one source out)", args.out, REPO / "README.md")
     return 0
 

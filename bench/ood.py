@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
+from common import REPO, SHARED, bench_parser, publish, table_section
 from accuracy import available  # noqa: E402
 
 from classifiers.estimators.ood import NearestNeighborOOD  # noqa: E402
@@ -35,7 +34,6 @@ from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 from tests.helpers import non_ct_pictures  # noqa: E402
 
-START, END = "<!-- ood:start -->", "<!-- ood:end -->"
 FEATURES = {"pooling": "multiscale", "tta": "flip"}
 SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")
 
@@ -91,16 +89,13 @@ def main() -> int:
                 print(" | ".join(rows[-1]), flush=True)
     header = ("features", "crop", "detector trained on", "n train", "held-out patients of the training sources",
               "the other source", "non-CT pictures")
-    section = "\n".join([
-        START, "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/ood.py` "
-        "(`make bench-ood`). The detector `fit` ships with every model: the cosine distance from an image's "
+    section = table_section("ood", "ood.py", "bench-ood", (
+        "The detector `fit` ships with every model: the cosine distance from an image's "
         "raw features to its 5th nearest training image (deep nearest neighbours), flagged above the 99% "
         "quantile of out-of-fold training scores (5 patient-grouped folds). Held-out patients: COVID-CT's official test split and a fixed random 20% of MosMed's "
         "studies, never seen by the detector. Non-CT pictures: 30 made by "
         "`tests/helpers.py:non_ct_pictures` (photo crops, radiograph-like drawings, noise). "
-        "Features: multiscale pooling + flip TTA.", "",
-        *markdown_table(header, rows), "", END])
+        "Features: multiscale pooling + flip TTA."), header, rows)
     publish(section, "Out-of-distribution flag", args.out, REPO / "README.md")
     return 0
 

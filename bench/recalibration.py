@@ -15,13 +15,12 @@ Writes the table into BENCHMARKS.md and README.md (recalibration markers).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
+from common import REPO, SHARED, bench_parser, publish, table_section
 from accuracy import available  # noqa: E402
 
 from classifiers.estimators.recalibration import recalibrate  # noqa: E402
@@ -31,7 +30,6 @@ from classifiers.workflows.model import load_model  # noqa: E402
 from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
-START, END = "<!-- recalibration:start -->", "<!-- recalibration:end -->"
 FEATURES = {"pooling": "multiscale", "tta": "flip", "crop": "none"}
 SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")
 BACKBONE = "mobilenet"
@@ -88,15 +86,12 @@ def main() -> int:
                 print(" | ".join(rows[-1]), flush=True)
     header = ("held out", "harmonize", "local labeled patients", "n scored", "AUC median [min, max]",
               "sensitivity", "specificity")
-    section = "\n".join([
-        START, "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/recalibration.py` "
-        f"(`make bench-recalibration`). Model: {BACKBONE} (multiscale + flip, crop none) + logistic regression, "
+    section = table_section("recalibration", "recalibration.py", "bench-recalibration", (
+        f"Model: {BACKBONE} (multiscale + flip, crop none) + logistic regression, "
         "source-balanced, fitted on the other source (as in `evaluate --cv-by source`). Then `calibrate` "
         "(sigmoid calibration around the frozen model, threshold at the sample's COVID share) on k labeled "
         f"patients of the held-out source, {args.draws} random draws per k; scored on the rest of that source. "
-        "Median over draws and the range.", "",
-        *markdown_table(header, rows), "", END])
+        "Median over draws and the range."), header, rows)
     publish(section, "Site recalibration with few labels", args.out, REPO / "README.md")
     return 0
 
