@@ -305,8 +305,8 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @model_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
-              show_default=True, help="CSV with columns path,p_covid,label,ood_score,in_distribution,error (in_distribution "
-                   "false: its features lie far from the training images).")
+              show_default=True, help="CSV with columns path,p_covid,label,ood_score,in_distribution,error "
+                                      "(in_distribution false: its features lie far from the training images).")
 @click.option("--explain", is_flag=True,
               help="Also write one PNG per image: the slice with a heatmap of the regions that "
                    "raised P(COVID). Occlusion runs 50 variants per image through each backbone: "

@@ -87,7 +87,8 @@ def main() -> int:
         model = load_model(path, context)
         held = {h.source: h for h in leave_one_source_out(model, sources, args.bootstrap).held_out}
         test = evaluate_model(model, covidct, "test", args.bootstrap).metrics["roc_auc"] if covidct else None
-        rows.append((label, clf, crop, harmonize, *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
+        rows.append((label, clf, crop, harmonize,
+                     *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
                      held_out_test_split(held.get("covid-ct")), ci(test) if test else "",
                      f"{bundle.manifest['cv']['auc']:.3f}", f"{time.perf_counter() - start:.0f}"))
         print(" | ".join(rows[-1]), flush=True)

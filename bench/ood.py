@@ -92,8 +92,9 @@ def main() -> int:
     section = table_section("ood", "ood.py", "bench-ood", (
         "The detector `fit` ships with every model: the cosine distance from an image's "
         "raw features to its 5th nearest training image (deep nearest neighbours), flagged above the 99% "
-        "quantile of out-of-fold training scores (5 patient-grouped folds). Held-out patients: COVID-CT's official test split and a fixed random 20% of MosMed's "
-        "studies, never seen by the detector. Non-CT pictures: 30 made by "
+        "quantile of out-of-fold training scores (5 patient-grouped folds). Held-out patients: COVID-CT's "
+        "official test split and a fixed random 20% of MosMed's studies, never seen by the detector. "
+        "Non-CT pictures: 30 made by "
         "`tests/helpers.py:non_ct_pictures` (photo crops, radiograph-like drawings, noise). "
         "Features: multiscale pooling + flip TTA."), header, rows)
     publish(section, "Out-of-distribution flag", args.out, REPO / "README.md")

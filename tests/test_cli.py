@@ -343,7 +343,8 @@ def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_traini
     assert list(rows[0]) == ["path", "p_covid", "label", "ood_score", "in_distribution", "error"]
     assert all(r["in_distribution"] in ("true", "false") and float(r["ood_score"]) for r in rows)
     for args, message in [(["--site", "batch"], "3 readable images; standardizing its features needs at least 20"),
-                          (["--site", "mars"], "no statistics of site 'mars'; known: covid-ct, hospital-b, hospital-c")]:
+                          (["--site", "mars"],
+                           "no statistics of site 'mars'; known: covid-ct, hospital-b, hospital-c")]:
         refused = run("predict", scans, "--model", model, "--out", tmp_path / "x.csv", "--features-dir",
                       root / "features", *args)
         assert refused.exit_code == 1 and message in refused.output and "Traceback" not in refused.output

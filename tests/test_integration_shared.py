@@ -58,7 +58,8 @@ def two_source_subsets(folder: Path) -> tuple[Path, Path, int, int]:
         csv.writer(fh).writerows([rows[0] + ["source"]] + [r + ["covid-ct"] for r in rows[1:]])
     with open(SHARED_MOSMED / "manifest.csv", newline="", encoding="utf-8") as fh:
         mosmed = list(csv.DictReader(fh))
-    chosen = [r for r in mosmed if r["label"] == "COVID"][::20][:40] + [r for r in mosmed if r["label"] != "COVID"][::6][:40]
+    covid, noncovid = ([r for r in mosmed if (r["label"] == "COVID") == c] for c in (True, False))
+    chosen = covid[::20][:40] + noncovid[::6][:40]
     with open(folder / "mosmed.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "patient", "source"])
