@@ -89,7 +89,8 @@ def main() -> int:
         test = evaluate_model(model, covidct, "test", args.bootstrap).metrics["roc_auc"] if covidct else None
         rows.append((label, clf, crop, harmonize,
                      *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
-                     held_out_test_split(held.get("covid-ct")), ci(test) if test else "",
+                     held_out_test_split(held.get("covid-ct")),
+                     f"{held['covid-ct'].train_cv_auc:.3f}" if "covid-ct" in held else "", ci(test) if test else "",
                      f"{bundle.manifest['cv']['auc']:.3f}", f"{time.perf_counter() - start:.0f}"))
         print(" | ".join(rows[-1]), flush=True)
 
@@ -105,7 +106,8 @@ def main() -> int:
                 run(" + ".join(everything), STACK, everything, crop, harmonize, base=tuple(classifiers))
     counts = {s: sum(r.source == s and r.label is not None for r in dataset.records) for s in names}
     header = ("features", "classifier", "crop", "harmonize", *(f"held out: {s} AUC [95% CI]" for s in names),
-              "held out: covid-ct, its test split only", "both sources: COVID-CT test AUC", "both: CV AUC", "s")
+              "held out: covid-ct, its test split only", "mosmed alone: CV AUC", "both sources: COVID-CT test AUC",
+              "both: CV AUC", "s")
     section = table_section("generalization", "generalization.py", "bench-generalization", (
         "Sources: " + ", ".join(f"{s} ({n} labeled images)" for s, n in counts.items())
         + ". Each \"held out\" column: the configuration refit on the other source's training images "
@@ -116,7 +118,8 @@ def main() -> int:
         "padded square). "
         "Harmonize standardize: each source's features standardized by its own mean and sd; the held-out "
         "source by the statistics of its own images (no labels), as `predict --site batch`. \"its test split "
-        "only\": the model trained on MosMed alone, scored on COVID-CT's official test split. The last columns: "
+        "only\": the model trained on MosMed alone, scored on COVID-CT's official test split; \"mosmed alone\": "
+        "that model's patient-grouped CV AUC on MosMed. The last columns: "
         "the model fitted on both sources, on COVID-CT's official test split, and its grouped CV AUC."), header, rows)
     publish(section, "Generalization across sources (leave one source out)", args.out, REPO / "README.md")
     return 0

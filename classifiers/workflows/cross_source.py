@@ -36,6 +36,7 @@ class HeldOutSource:
     y: np.ndarray
     p: np.ndarray
     records: list = field(default_factory=list)  # the held-out images, in the order of y and p
+    train_cv_auc: float | None = None            # the refit's grouped CV AUC on its training sources
     estimator: object = None                     # the refit model, for recalibration studies
     X: np.ndarray | None = None                  # its input for the held-out images
 
@@ -69,7 +70,8 @@ class CrossSourceReport:
         m = self.manifest
         return {
             "cv_by_source": [{"held_out": h.source, "trained_on": h.train_sources, "n_train": h.n_train, "n": h.n,
-                              "threshold": h.threshold, **h.metrics} for h in self.held_out],
+                              "threshold": h.threshold, "train_cv_auc": h.train_cv_auc, **h.metrics}
+                             for h in self.held_out],
             "model": {"path": str(self.model_path), "sha256": m.get("model_sha256"),
                       "classifier": m.get("classifier"), "fit": m.get("fit"), "balance": m.get("balance"),
                       "backbones": [{k: v for k, v in b.items() if k != "weights_path"}
@@ -122,7 +124,7 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
             {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
              "patients": int(len(np.unique(groups[test])))},
             threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
-            [r for r, held in zip(good, test) if held], trained.estimator, X_test))
+            [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test))
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
     return CrossSourceReport(model.path, model.manifest, "; ".join(map(str, paths)), held_out, bootstrap,
