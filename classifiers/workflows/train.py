@@ -248,6 +248,11 @@ def fit_summary(bundle: ModelBundle) -> list[str]:
     params = "" if m["classifier"] == STACK else f" with {m['params']}"
     weighted = ", source-balanced weights" if m["balance"] == "source" else ""
     lines.append(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}{weighted}")
+    sites = m["harmonization"]["sites"]
+    if sites:
+        lines.append("features standardized per site: " + ", ".join(
+            f"{s['name']} ({s['role']}, {s['n_images']} images)" for s in sites))
+    lines.append(f"out-of-distribution cut-off {m['ood']['cut_off']:.4f} ({m['ood']['cut_off_rule']})")
     choice = m["threshold_choice"]
     if choice["rule"] != "default":
         lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
