@@ -366,6 +366,8 @@ def test_evaluate_reports_the_share_out_of_distribution(workspace, tmp_path):
     result = run("evaluate", "--model", model, "--data", data, "--features-dir", root / "features",
                  "--report-dir", tmp_path / "r", "--bootstrap", "200")
     assert result.exit_code == 0 and "out of distribution: " in result.output
+    no_site = run("evaluate", "--model", model, "--data", data, "--features-dir", root / "features", "--site", "x")
+    assert no_site.exit_code == 1 and "--site is for models fit with --harmonize" in no_site.output
     ood = json.loads((tmp_path / "r" / "metrics.json").read_text())["out_of_distribution"]
     assert ood["n"] == 12 and 0 <= ood["n_flagged"] <= 12 and ood["detector"]["n_training_images"] == 36
 

@@ -131,6 +131,8 @@ class LoadedModel:
     def features(self, records: Sequence[Record], site: str | None = None) -> ModelFeatures:
         """Every backbone's features of ``records``, through the cache (new images run the CNN),
         standardized by site when the model harmonizes (see ``assign_sites``)."""
+        if site is not None and self.harmonizer is None:
+            raise ModelBundleError(f"--site is for models fit with --harmonize; {self.path} standardizes no site")
         feats = extract_features(self.extractors, records)
         if not feats.good:
             feats.X = feats.raw = np.zeros((0, self.feature_dim), np.float32)
