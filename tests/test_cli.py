@@ -352,6 +352,13 @@ def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_traini
     loso = run("evaluate", "--model", model, "--cv-by", "source", "--data", data, "--data", other,
                "--features-dir", root / "features", "--report-dir", tmp_path / "loso", "--bootstrap", "200")
     assert loso.exit_code == 0 and "harmonize standardize" in loso.output
+    local = tmp_path / "calibrated.joblib"
+    cal = run("calibrate", "--model", model, "--data", site, "--out", local, "--features-dir", root / "features")
+    assert cal.exit_code == 0, cal.output
+    sites = json.loads(local.with_suffix(".json").read_text())["harmonization"]["sites"]
+    assert [(s["name"], s["role"]) for s in sites][-1] == ("hospital-c", "calibrate")
+    again = run("predict", scans, "--model", local, "--out", tmp_path / "c.csv", "--features-dir", root / "features")
+    assert again.exit_code == 0 and "site hospital-c: standardized by the model's statistics" in again.output
     no_site = run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features",
                   "--model", tmp_path / "n.joblib", "--adapt-to", site)
     assert no_site.exit_code == 1 and "--adapt-to needs" in no_site.output

@@ -33,7 +33,8 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
         raise CovidCTError(f"calibrate takes one site; {data} holds {len(dataset.sources)} sources")
     (site,) = dataset.sources
     records = [r for r in dataset.records if r.label is not None]
-    feats = model.features(records, BATCH)  # a harmonized model: the site by its own statistics
+    # A harmonized model sees the site through its own images' statistics.
+    feats = model.features(records, BATCH if model.harmonizer is not None else None)
     if not feats.good:
         raise CovidCTError(f"none of the {len(records)} images in {data} could be read")
     y = np.array([r.label for r in feats.good], dtype=int)
