@@ -31,7 +31,8 @@ def source_only_data(seed=0, n=400):
     return X, y, sources, np.arange(n)
 
 
-@pytest.mark.parametrize("name", [*CLASSIFIERS, "stack"])
+@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.slow) if c == "rf" else c
+                                  for c in [*CLASSIFIERS, "stack"]])
 def test_source_balance_leaves_the_source_no_label_information(name):
     """Trained on the source alone, an unweighted model learns the sources' COVID rates; the
     weights take most of that away (all of it for the linear ones; deep trees keep some, as

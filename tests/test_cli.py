@@ -136,6 +136,7 @@ def test_evaluate_on_external_class_folders(workspace, tmp_path):
     assert metrics["data"]["layout"] == "class-folders" and metrics["bootstrap"]["unit"] == "image"
 
 
+@pytest.mark.slow
 def test_fit_selects_caches_by_window(workspace, tmp_path):
     """--window is part of the cache identity, so fit can pick a cache by it."""
     root, data, _ = workspace

@@ -16,6 +16,7 @@ def searches(*names, cv=3):
     return [(name, get_classifier(name).search(cv=cv)) for name in names]
 
 
+@pytest.mark.slow  # check_estimator runs some 50 fits
 def test_follows_the_sklearn_estimator_contract():
     # A weight of 2 is not a duplicated row here: the duplicate can land in another CV fold.
     check_estimator(StackedEnsemble(searches("logreg", cv=2), cv=2), expected_failed_checks={
