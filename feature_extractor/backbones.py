@@ -78,7 +78,7 @@ def build_model(spec: BackboneSpec, weights: str | None,
     compute with float32 weights: CPUs with AVX512-BF16/AMX) or "mixed" (float16 compute: GPUs).
     ``input_size`` overrides the spec's size (small inputs make fast tests).
     """
-    from .tf_runtime import keras_module
+    from .keras_runtime import keras_module
 
     keras = keras_module()  # quiet TF import and GPU set-up before keras touches the devices
 
@@ -118,6 +118,6 @@ def _last_per_resolution(model: Any, n: int) -> list:
 
 
 def preprocess_function(spec: BackboneSpec) -> Callable:
-    from .tf_runtime import keras_module
+    from .keras_runtime import keras_module
 
     return getattr(keras_module().applications, spec.module).preprocess_input

@@ -23,7 +23,7 @@ from .feature_spec import FeatureSpec, crop_version
 from .images import ImageDecodeError, PreparedImage, prepare_image
 from .provenance import command_line
 from .run_context import RunContext
-from .tf_runtime import device_name
+from .keras_runtime import device_name
 from .weights import NONE, NONE_WARNING, ResolvedWeights, build_with_weights, resolve_weights
 
 

@@ -5,6 +5,7 @@ Kept free of TensorFlow imports so that recording provenance never pays its star
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 _TRACKED_PACKAGES = ("tensorflow", "keras", "scikit-learn", "xgboost", "numpy", "h5py",
-                     "pillow", "joblib", "covidct-features")
+                     "pillow", "joblib", "jax", "torch", "covidct-features")
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -35,7 +36,8 @@ def fingerprint(items: Iterable[str]) -> str:
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that can change the numbers."""
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(),
+                "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
     for name in _TRACKED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

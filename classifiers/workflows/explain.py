@@ -192,7 +192,7 @@ class ModelExplainer:
 def _map_model(ex: FeatureExtractor):
     """The backbone up to the maps its features average, and each map's channel count (its
     block of the backbone's features, in order)."""
-    from feature_extractor.tf_runtime import keras_module
+    from feature_extractor.keras_runtime import keras_module
 
     keras = keras_module()
     model = ex.model
