@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# GPU path check, for a session that the device tool lends a GPU machine (none needed otherwise).
-# Extracts the 746 COVID-CT images on the GPU for the offline backbones, fp32 and mixed
-# precision, and records images/s and the device each run used. Run from the repo root:
-#   bash bench/gpu_check.sh            (results in $OUT/gpu_check.txt, or ./gpu_check.txt)
+# Run on a GPU machine lent by the device tool (JAX and PyTorch, no TensorFlow, no internet),
+# from the repo root, after bench/gpu_wheels.sh here, with its two outputs carried (54 MiB):
+#   run(command="bash bench/gpu_check.sh", carry=["bench/out/wheels", "bench/out/gpu_reference.npz"])
+# Installs only what is missing, from the carried wheels, into a venv that sees the machine's
+# own JAX/PyTorch; extracts the COVID-CT slices on the GPU (KERAS_BACKEND=jax when JAX sees a
+# GPU, else torch); checks the features against the CPU reference; prints img/s per backbone
+# and batch size. Results: $OUT/gpu_check.json (or ./gpu_check.json).
 set -euo pipefail
 OUT=${OUT:-.}
-DATA=${COVIDCT_DATA:-../shared/data/covid-ct}
-W=../shared/keras/models
-test -x .venv/bin/python || { python3 -m venv .venv && .venv/bin/pip install -q -e . "tensorflow[and-cuda]"; }
-.venv/bin/python -c "import tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))" | tee "$OUT/gpu_check.txt"
-for precision in fp32 mixed; do
-  for spec in "mobilenetv2=$W/mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5" \
-              "mobilenet=$W/mobilenet_v1_1.0_224_imagenet_from_coral_quant_no_top.h5"; do
-    name=${spec%%=*}
-    dir=$(mktemp -d)
-    # the summary line carries the device and the seconds: images/s = 746 / seconds
-    .venv/bin/python cli.py extract -b "$name" --weights "$spec" --data "$DATA" --features-dir "$dir" \
-      --batch-size 128 --precision "$precision" --offline | tail -1 | sed "s/^/$precision /" | tee -a "$OUT/gpu_check.txt"
-  done
+python3 -m venv --system-site-packages /tmp/gpu-venv
+PY=/tmp/gpu-venv/bin/python
+for module in keras h5py PIL click; do
+  "$PY" -c "import $module" 2>/dev/null || missing="${missing:-} $module"
 done
+if [ -n "${missing:-}" ]; then
+  echo "installing from carried wheels:${missing}"
+  "$PY" -m pip install --quiet --no-index --find-links bench/out/wheels keras h5py pillow click
+fi
+if [ -z "${KERAS_BACKEND:-}" ]; then
+  if "$PY" -c "import jax, sys; sys.exit(0 if any(d.platform == 'gpu' for d in jax.devices()) else 1)" 2>/dev/null; then
+    export KERAS_BACKEND=jax
+  else
+    export KERAS_BACKEND=torch
+  fi
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+echo "KERAS_BACKEND=$KERAS_BACKEND"
+OUT="$OUT" "$PY" bench/gpu_check.py --batch-sizes "${BATCH_SIZES:-32,128,256}"
