@@ -26,7 +26,7 @@ FEATURES := --pooling multiscale --tta flip
 # (training data only), never by a held-out source's results.
 DEMO_FIT := --clf stack --base svm,logreg --harmonize none
 
-.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,9 @@ bench-ood: venv
 
 bench-recalibration: venv
 	$(BIN)/python bench/recalibration.py
+
+bench-cache-scale: venv
+	$(BIN)/python bench/cache_scale.py
 
 bench-adaptation: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
