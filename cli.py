@@ -19,8 +19,7 @@ from typing import Iterator
 import click
 
 from classifiers.estimators.balance import BALANCES
-from classifiers.estimators.harmonize import HARMONIZATIONS
-from classifiers.estimators.recalibration import CALIBRATION_METHODS
+from classifiers.estimators.options import CALIBRATION_METHODS, HARMONIZATIONS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS

@@ -18,9 +18,8 @@ from sklearn.frozen import FrozenEstimator
 
 from feature_extractor.errors import TrainingDataError
 
+from .options import CALIBRATION_METHODS
 from .thresholds import threshold_for_sensitivity
-
-CALIBRATION_METHODS = ("sigmoid", "isotonic")
 
 
 @dataclass

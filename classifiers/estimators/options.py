@@ -1,0 +1,5 @@
+"""The names the command line offers for estimator options, importable without scikit-learn
+(the CLI reads them at start-up; the estimators themselves are imported when they run)."""
+
+HARMONIZATIONS = ("none", "standardize")   # estimators/harmonize.py
+CALIBRATION_METHODS = ("sigmoid", "isotonic")  # estimators/recalibration.py
