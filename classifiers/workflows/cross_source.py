@@ -19,7 +19,6 @@ from feature_extractor.dataset import load_datasets
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import library_versions, utc_now
 
-from ..estimators.harmonize import make_harmonizer
 from .metrics import bootstrap_metrics
 from .model import LoadedModel
 from .train import TRAIN_SPLITS, FitSettings, feature_blocks, train_estimator
@@ -110,13 +109,10 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     for source in dataset.sources:
         test = sources == source
         train = ~test & trainable
-        harmonizer = make_harmonizer(settings.harmonize)
-        if harmonizer is None:
-            X_train, X_test = X[train], X[test]
-        else:  # the held-out site by its own images' statistics (no labels), as predict --site batch
-            X_train = harmonizer.fit_transform(X[train], sources[train])
-            X_test = harmonizer.add_site(source, X[test]).transform(X[test], sources[test])
-        trained = train_estimator(X_train, y[train], groups[train], sources[train], blocks, settings)
+        trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings)
+        X_test, h = X[test], trained.harmonizer
+        if h is not None:  # the held-out site by its own images' statistics (no labels), as --site batch
+            X_test = h.add_site(source, X_test).transform(X_test, sources[test])
         p = trained.estimator.predict_proba(X_test)[:, 1]
         threshold = float(trained.threshold["threshold"])
         held_out.append(HeldOutSource(

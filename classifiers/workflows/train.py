@@ -103,7 +103,9 @@ def source_summaries(records: Sequence[Record]) -> list[dict]:
 @dataclass
 class TrainedEstimator:
     """A fitted estimator and what its training said: params, CV scores, out-of-fold
-    probabilities, the balance used and the threshold chosen."""
+    probabilities, the balance used and the threshold chosen. ``harmonizer``: the per-site
+    standardization fitted on the training sources (None without --harmonize); the estimator
+    reads its output."""
 
     estimator: object
     params: dict
@@ -111,12 +113,17 @@ class TrainedEstimator:
     oof: np.ndarray
     balance: str
     threshold: dict
+    harmonizer: object = None
 
 
 def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: Sequence[str | None],
                     blocks: Sequence[tuple[str, int, int]], settings: FitSettings) -> TrainedEstimator:
-    """Tune and fit ``settings.clf`` on arrays: the whole of fit but the files. ``blocks``: the
-    (backbone, start, stop) columns of each backbone, for the stack."""
+    """Tune and fit ``settings.clf`` on arrays: the whole of fit but the files. ``X``: raw
+    features (harmonized here when ``settings.harmonize`` says so). ``blocks``: the (backbone,
+    start, stop) columns of each backbone, for the stack."""
+    harmonizer = make_harmonizer(settings.harmonize)
+    if harmonizer is not None:
+        X = harmonizer.fit_transform(X, sources)
     balance = settings.balance or default_balance(len(set(sources)))
     weights = sample_weights(balance, y, sources)
     if settings.clf == STACK:
@@ -140,7 +147,7 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
     if settings.target_sensitivity is not None:
         threshold = {**threshold_for_sensitivity(y, oof, settings.target_sensitivity),
                      "rule": "target sensitivity on out-of-fold predictions of the training images"}
-    return TrainedEstimator(estimator, params, cv, oof, balance, threshold)
+    return TrainedEstimator(estimator, params, cv, oof, balance, threshold, harmonizer)
 
 
 def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
@@ -171,9 +178,8 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     groups = np.array([r.group for r in records])
     record_sources = [r.source for r in records]
     backbones = [s.manifest_entry() for s in sources]
-    harmonizer = make_harmonizer(settings.harmonize)
-    X_train = harmonizer.fit_transform(X, record_sources) if harmonizer else X
-    trained = train_estimator(X_train, y, groups, record_sources, feature_blocks(backbones), settings)
+    trained = train_estimator(X, y, groups, record_sources, feature_blocks(backbones), settings)
+    harmonizer = trained.harmonizer
     adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
     ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
     threshold = trained.threshold
