@@ -18,7 +18,7 @@ from feature_extractor.run_context import RunContext
 
 from ..estimators.recalibration import recalibrate
 from .bundle import ModelBundle, save_bundle
-from .model import BATCH, load_model
+from .model import extract_features, load_model
 from .train import data_fingerprint
 
 
@@ -33,18 +33,15 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
         raise CovidCTError(f"calibrate takes one site; {data} holds {len(dataset.sources)} sources")
     (site,) = dataset.sources
     records = [r for r in dataset.records if r.label is not None]
-    # A harmonized model sees the site through its own images' statistics.
-    feats = model.features(records, BATCH if model.harmonizer is not None else None)
+    feats = extract_features(model.extractors, records)
     if not feats.good:
         raise CovidCTError(f"none of the {len(records)} images in {data} could be read")
     y = np.array([r.label for r in feats.good], dtype=int)
-    result = recalibrate(model.bundle.estimator, feats.X, y, method, target_sensitivity)
-    harmonizer = None
-    if model.harmonizer is not None:
-        harmonizer = copy.deepcopy(model.harmonizer)
-        harmonizer.add_site(site, feats.raw)
-        for name in [s for s in harmonizer.sites if s.startswith(BATCH)]:
-            del harmonizer.scalers_[name], harmonizer.n_images_[name]
+    X, harmonizer = feats.raw, None
+    if model.harmonizer is not None:  # the site seen through its own images' statistics, kept
+        harmonizer = copy.deepcopy(model.harmonizer).add_site(site, feats.raw)
+        X = harmonizer.transform(feats.raw, [site] * len(y))
+    result = recalibrate(model.bundle.estimator, X, y, method, target_sensitivity)
     m = copy.deepcopy(model.manifest)
     for key in ("model_sha256", "model_file", "format_version"):
         m.pop(key, None)
