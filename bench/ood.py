@@ -26,8 +26,7 @@ from common import REPO, SHARED, bench_parser, publish, table_section
 from accuracy import available  # noqa: E402
 
 from classifiers.estimators.ood import NearestNeighborOOD  # noqa: E402
-from classifiers.workflows.features import feature_matrix  # noqa: E402
-from feature_extractor.cache import FeatureCache  # noqa: E402
+from classifiers.workflows.model import extract_features  # noqa: E402
 from feature_extractor.dataset import load_datasets, load_unlabeled, with_keys  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
@@ -39,11 +38,8 @@ SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")
 
 
 def features(records, specs, context) -> np.ndarray:
-    reports = []
-    for spec in specs:
-        reports.append(FeatureExtractor(spec, context).extract(records))
-        records = reports[-1].records
-    return feature_matrix(records, [FeatureCache(r.cache_path) for r in reports])
+    """Every spec's features of ``records``, side by side (the CNN runs for uncached images)."""
+    return extract_features([FeatureExtractor(spec, context) for spec in specs], records).raw
 
 
 def main() -> int:
