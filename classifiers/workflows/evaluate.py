@@ -27,7 +27,7 @@ from ..presentation.evaluation_files import write_cross_source, write_evaluation
 from .cross_source import leave_one_source_out
 from .metrics import METRICS, binary_metrics, bootstrap_metrics, patient_scores
 from .model import LoadedModel, load_model
-from .train import data_fingerprint, training_records
+from .train import data_fingerprint, records_of_splits, training_records
 
 
 @dataclass
@@ -85,8 +85,8 @@ class EvaluationReport:
             lines.append(f"source {source} (n={part['n']['images']}): accuracy {acc['value']:.3f}, "
                          f"AUC {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
         lines += [f"site {site}: {note}" for site, note in self.site_notes.items()]
-        if self.ood_line():
-            lines.append(self.ood_line())
+        if (ood := self.ood_line()) is not None:
+            lines.append(ood)
         if self.cv:
             lines.append(f"{self.cv['n_folds']}-fold grouped CV on {'+'.join(self.cv['splits'])}: " +
                          ", ".join(f"{k} {v['mean']:.3f} +- {v['sd']:.3f}"
@@ -148,16 +148,8 @@ def cross_validate_model(model: LoadedModel, records: Sequence[Record], X: np.nd
 def held_out_records(dataset: Dataset, split: str = "test") -> tuple[list[Record], str]:
     """Labeled records to evaluate on: ``split`` of each source with the official split, all of
     each source without one; and the split's name for the report."""
-    records, kinds = [], set()
-    for source in dataset.sources or [None]:
-        labeled = [r for r in dataset.records if r.label is not None and r.source == source]
-        if any(r.split for r in labeled):
-            records += [r for r in labeled if r.split == split]
-            kinds.add(split)
-        else:
-            records += labeled
-            kinds.add("all")
-    return records, "+".join(sorted(kinds, key=lambda k: k == "all"))
+    records, used = records_of_splits(dataset, (split,))
+    return records, "+".join(sorted(used, key=lambda k: k == "all"))
 
 
 def _refuse_training_images(model: LoadedModel, good: Sequence[Record]) -> None:

@@ -70,19 +70,26 @@ class FitSettings:
             raise CovidCTError(f"unknown base classifier(s) {unknown}; valid: {', '.join(CLASSIFIERS)}")
 
 
-def training_records(dataset: Dataset) -> tuple[list[Record], list[str]]:
-    """Labeled records to train on, and which splits they came from: train+val of a source
-    with the official split, all of a source without one."""
-    records, splits = [], []
+def records_of_splits(dataset: Dataset, splits: Sequence[str]) -> tuple[list[Record], list[str]]:
+    """Labeled records of ``splits`` from each source with the official split, all labeled
+    records of each source without one; and the split names used ("all" for the latter)."""
+    records, used = [], []
     for source in dataset.sources or [None]:
         labeled = [r for r in dataset.records if r.label is not None and r.source == source]
         if any(r.split for r in labeled):
-            records += [r for r in labeled if r.split in TRAIN_SPLITS]
-            splits += [s for s in TRAIN_SPLITS if s not in splits]
+            records += [r for r in labeled if r.split in splits]
+            names = list(splits)
         else:
             records += labeled
-            splits += [] if "all" in splits else ["all"]
-    return records, splits
+            names = ["all"]
+        used += [s for s in names if s not in used]
+    return records, used
+
+
+def training_records(dataset: Dataset) -> tuple[list[Record], list[str]]:
+    """Labeled records to train on, and which splits they came from: train+val of a source
+    with the official split, all of a source without one."""
+    return records_of_splits(dataset, TRAIN_SPLITS)
 
 
 def data_fingerprint(records: Sequence[Record]) -> str:
