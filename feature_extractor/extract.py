@@ -155,12 +155,12 @@ class FeatureExtractor:
         records = with_keys(records)
         cache = self.open_cache()
         report = ExtractionReport(self.resolved_spec, str(cache.path), records)
-        todo, report.n_cached = _split_cached(records, cache.key_index())
+        todo, report.n_cached = _split_cached(records, cache)
         n_unreadable = sum(1 for r in records if r.error)
         with self.context.progress(f"{self.spec.backbone:<14}", len(records)) as progress:
-            if todo or cache.has_pending():
+            if todo or cache.needs_compaction():
                 with cache.lock():  # one writer per cache; a second extract waits here
-                    todo, report.n_cached = _split_cached(records, cache.key_index())
+                    todo, report.n_cached = _split_cached(records, cache)
                     progress(report.n_cached + n_unreadable)
                     if todo:
                         report.device = device_name()
@@ -169,7 +169,7 @@ class FeatureExtractor:
                                            and r.key not in failed_keys)
                         report.records = [replace(r, error=failed_keys[r.key])
                                           if not r.error and r.key in failed_keys else r for r in records]
-                    cache.consolidate()
+                    cache.compact()  # this run's small segments into one; bounded, never the whole cache
             else:
                 progress(report.n_cached + n_unreadable)
         report.failed = {r.path: r.error for r in report.records if r.error}
@@ -269,8 +269,9 @@ class DatasetExtraction:
             yield report
 
 
-def _split_cached(records: Sequence[Record], index: dict[str, int]) -> tuple[dict[str, Record], int]:
+def _split_cached(records: Sequence[Record], cache: FeatureCache) -> tuple[dict[str, Record], int]:
     """Images still to extract (one per distinct key) and how many records are cached."""
+    index = cache.present([r.key for r in records if not r.error])
     todo: dict[str, Record] = {}
     n_cached = 0
     for rec in records:

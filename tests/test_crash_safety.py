@@ -24,7 +24,7 @@ def extract_cmd(data, features):
 
 def features_by_key(features_dir) -> dict[str, np.ndarray]:
     (cache,) = list_caches(features_dir)
-    keys = list(cache.key_index())
+    keys = cache.keys()
     return dict(zip(keys, cache.read(keys)))
 
 
@@ -50,8 +50,8 @@ def test_kill_9_then_resume_matches_uninterrupted_run(dataset, reference, tmp_pa
     proc = subprocess.Popen(extract_cmd(dataset, features), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        pending = list(features.glob("*.pending/*.npz"))
-        if len(pending) >= after_batches:
+        written = list(features.glob("*.segments/*.h5"))
+        if len(written) >= after_batches:
             break
         time.sleep(0.005)
     assert proc.poll() is None, "extract finished before it could be killed"
@@ -66,7 +66,8 @@ def test_kill_9_then_resume_matches_uninterrupted_run(dataset, reference, tmp_pa
     rerun = subprocess.run(extract_cmd(dataset, features), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done} cached, {N_IMAGES - done} new" in rerun.stdout
-    assert not FeatureCache(cache.path).has_pending()  # merged into the file
+    reopened = FeatureCache(cache.path)  # the killed run's and the rerun's batches merged into one segment
+    assert not reopened.needs_compaction() and len(list(reopened.segments_dir.glob("*.h5"))) == 1
     resumed = features_by_key(features)
     assert resumed.keys() == reference.keys()
     for key, value in reference.items():
@@ -82,7 +83,7 @@ def test_two_extracts_at_once_do_not_corrupt_the_cache(dataset, reference, tmp_p
     new_counts = sorted(int(out.split(" new")[0].rsplit(" ", 1)[-1]) for out, _ in outputs)
     assert sum(new_counts) == N_IMAGES  # each image extracted by exactly one of them
     (cache,) = list_caches(features)
-    assert len(cache) == N_IMAGES and not cache.has_pending()
+    assert len(cache) == N_IMAGES and not cache.needs_compaction()
     together = features_by_key(features)
     for key, value in reference.items():
         np.testing.assert_allclose(together[key], value, atol=1e-6, rtol=1e-5)

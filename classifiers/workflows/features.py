@@ -71,7 +71,7 @@ def select_cache(features_dir: str | Path, backbone: str, keys: Sequence[str],
     want = set(keys)
     covering, best_partial = [], 0
     for cache in candidates:
-        n_have = len(want & cache.key_index().keys())
+        n_have = len(cache.present(list(want)))
         best_partial = max(best_partial, n_have)
         if n_have == len(want):
             covering.append(cache)
