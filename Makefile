@@ -26,7 +26,7 @@ FEATURES := --pooling multiscale --tta flip
 # (training data only), never by a held-out source's results.
 DEMO_FIT := --clf stack --base svm,logreg --harmonize none
 
-.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# The suite also runs the ray engine on a local Ray: the tests get the `ray` extra.
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
+	touch $@
+
+test: $(VENV)/.installed-ray
 	$(BIN)/python -m pytest
 
-test-fast: venv
+test-fast: $(VENV)/.installed-ray
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv
@@ -73,6 +78,10 @@ bench-recalibration: venv
 
 bench-cache-scale: venv
 	$(BIN)/python bench/cache_scale.py
+
+# Local vs ray engine img/s on this machine, and the 200k / 10M-slice projection (needs the ray extra).
+bench-scaleout: $(VENV)/.installed-ray
+	$(BIN)/python bench/scaleout.py
 
 bench-adaptation: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

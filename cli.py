@@ -9,6 +9,7 @@ read (their reasons are in the output).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from classifiers.estimators.options import CALIBRATION_METHODS, HARMONIZATIONS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS
+from feature_extractor.engine import ENGINES, LOCAL, EngineSettings
 from feature_extractor.errors import CovidCTError
 from feature_extractor.feature_spec import SETTING, SETTINGS
 from feature_extractor.run_context import RunContext
@@ -79,8 +81,8 @@ def progress_bar(label: str, total: int) -> Iterator:
 
 
 def _context(features_dir: Path, batch_size: int = 32, offline: bool | None = None,
-             weights: tuple[str, ...] = ()) -> RunContext:
-    return RunContext(features_dir, batch_size, offline, weights, progress_bar)
+             weights: tuple[str, ...] = (), engine: EngineSettings | None = None) -> RunContext:
+    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings())
 
 
 def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
@@ -142,6 +144,33 @@ site_option = click.option(
          "site the model knows (a training source or --adapt-to folder); batch: these images' own (no "
          "labels used; 20 or more images).  [default: an image's own source if known, else the model's "
          "one --adapt-to site, else batch]")
+def engine_options(what: str):
+    """--engine, --workers, --gpus-per-worker, --ray-address, handed to the command as one
+    ``engine`` (EngineSettings). ``what``: what the workers do, for the help."""
+    def decorate(command):
+        @functools.wraps(command)
+        def with_engine(*args, engine, workers, gpus_per_worker, ray_address, **kwargs):
+            return command(*args, engine=EngineSettings(engine, workers, gpus_per_worker or 0.0, ray_address),
+                           **kwargs)
+        options = [
+            click.option("--engine", type=click.Choice(ENGINES), default=LOCAL, show_default=True,
+                         help=f"ray: {what} on a Ray cluster (pip install -e \".[ray]\"); the same results as "
+                              "local. Images and weights must be readable at the same paths on every node."),
+            click.option("--workers", type=click.IntRange(1), default=None,
+                         help="With --engine ray: CNN actors (extraction) or parallel fits (tuning).  "
+                              "[default: one per GPU share with --gpus-per-worker, else 1 actor; all CPUs for fits]"),
+            click.option("--gpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
+                         help="With --engine ray: GPUs each CNN actor reserves (fractions share one GPU)."),
+            click.option("--ray-address", default=None, metavar="ADDRESS",
+                         help="With --engine ray: an existing cluster (auto, ray://head:10001).  "
+                              "[default: start a local Ray for this command]"),
+        ]
+        for option in reversed(options):
+            with_engine = option(with_engine)
+        return with_engine
+    return decorate
+
+
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 
@@ -182,7 +211,8 @@ def backbones() -> None:
 @batch_option
 @feature_settings(select=False)
 @offline_option
-def extract(backbone_names, data, weights, features_dir, batch_size, offline, **settings) -> None:
+@engine_options("decoding in tasks, the CNN in an actor pool")
+def extract(backbone_names, data, weights, features_dir, batch_size, offline, engine, **settings) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone, weights and settings) are not run
@@ -192,7 +222,7 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, **
     from feature_extractor.feature_spec import specs_from_options
 
     run = DatasetExtraction(data, specs_from_options(backbone_names, weights, **settings),
-                            _context(features_dir, batch_size, offline))
+                            _context(features_dir, batch_size, offline, engine=engine))
     click.echo(run.summary())
     any_failed = False
     for report in run:
@@ -239,8 +269,9 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, **
               help="A folder of unlabeled images of a site the model will be used on: its feature statistics "
                    "are learned (with --harmonize) and recorded. Repeatable.")
 @feature_settings(select=True)
+@engine_options("the grouped-CV fits of tuning (joblib's Ray backend)")
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, balance, harmonize, adapt_to, **settings) -> None:
+        cv_folds, seed, balance, harmonize, adapt_to, engine, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -254,7 +285,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
     bases = tuple(b.strip() for b in base.split(",") if b.strip())
     bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity, balance, harmonize),
                        FeatureSelection.from_options(backbone_names, weights, **settings),
-                       _context(features_dir), model_path, adapt_to)
+                       _context(features_dir, engine=engine), model_path, adapt_to)
     for line in fit_summary(bundle):
         click.echo(line)
 
@@ -279,8 +310,9 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @model_crop_option
 @site_option
 @offline_option
+@engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
 def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, features_dir, weights, batch_size,
-             crop, site, offline) -> None:
+             crop, site, offline, engine) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
@@ -288,7 +320,7 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
     """
     from classifiers.workflows.evaluate import evaluate_and_write
 
-    report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights),
+    report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights, engine),
                                        report_dir, n_boot, cv_folds, crop, cv_by, site)
     click.echo(report.header())
     click.echo(report.table())
@@ -319,8 +351,9 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @model_crop_option
 @site_option
 @offline_option
+@engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
 def predict(folder, model_path, out, explain, explain_dir, explain_method, features_dir, weights,
-            batch_size, crop, site, offline) -> None:
+            batch_size, crop, site, offline, engine) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
@@ -328,7 +361,7 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
     """
     from classifiers.workflows.predict import predict_and_write
 
-    report = predict_and_write(folder, out, model_path, _context(features_dir, batch_size, offline, weights),
+    report = predict_and_write(folder, out, model_path, _context(features_dir, batch_size, offline, weights, engine),
                                crop, explain_method if explain else None, explain_dir, site)
     for line in report.summary():
         click.echo(line)
@@ -382,8 +415,9 @@ def calibrate(model_path, data, out, method, target_sensitivity, features_dir, w
 @model_weights_option
 @batch_option
 @offline_option
+@engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
 def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot, features_dir, weights,
-           batch_size, offline) -> None:
+           batch_size, offline, engine) -> None:
     """One self-contained HTML report: model card, metrics with CIs, plots, and every image
     with its thumbnail, heatmap and prediction (misclassified first).
 
@@ -392,7 +426,7 @@ def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot
     """
     from classifiers.workflows.report import report_to_html
 
-    path, content = report_to_html(data, out, model_path, _context(features_dir, batch_size, offline, weights),
+    path, content = report_to_html(data, out, model_path, _context(features_dir, batch_size, offline, weights, engine),
                                    split, heatmaps, explain_method, n_boot, cv_by)
     click.echo(content.summary(path))
     if content.failures:

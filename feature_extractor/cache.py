@@ -201,14 +201,18 @@ class FeatureCache:
         return [(n, live[n]) for n in self.folder.names() if n in live and n != HEAD]
 
     # -- writing --------------------------------------------------------------------------
-    def append(self, keys: Sequence[str], features: np.ndarray) -> None:
-        """Add rows as one new segment, atomically (the segment is whole or absent)."""
+    def append(self, keys: Sequence[str], features: np.ndarray, provenance: dict | None = None) -> None:
+        """Add rows as one new segment, atomically (the segment is whole or absent).
+
+        ``provenance`` (how they were made: engine, workers) goes into the segment's attributes.
+        """
         if not len(keys):
             return
         self.segments_dir.mkdir(exist_ok=True)
         name = new_segment_name()
         key_column = np.array([k.encode() for k in keys], dtype="S64")
-        write_h5(self.segments_dir / name, np.asarray(features, np.float32), key_column)
+        attrs = {"provenance": json.dumps(provenance)} if provenance else None
+        write_h5(self.segments_dir / name, np.asarray(features, np.float32), key_column, attrs)
         # Killed here: the segment is on disk and the next sync indexes it.
         self._indexed(lambda index: index.add(f"segments/{name}", key_column))
 

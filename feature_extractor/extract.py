@@ -34,7 +34,8 @@ class ExtractionReport:
     records: list[Record]          # with keys; unreadable or undecodable ones carry .error
     n_cached: int = 0
     n_new: int = 0
-    device: str | None = None      # None when no CNN ran
+    device: str | None = None      # None when no CNN ran; with ray, the workers
+    engine: dict = field(default_factory=lambda: {"engine": "local"})  # provenance: engine, workers
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
     crop_fallbacks: dict[str, str] = field(default_factory=dict)  # path -> why the crop found nothing
@@ -163,8 +164,7 @@ class FeatureExtractor:
                     todo, report.n_cached = _split_cached(records, cache)
                     progress(report.n_cached + n_unreadable)
                     if todo:
-                        report.device = device_name()
-                        failed_keys = self._run(list(todo.values()), cache, progress, report.crop_fallbacks)
+                        failed_keys = self._run(list(todo.values()), cache, progress, report)
                         report.n_new = sum(1 for r in records if not r.error and r.key in todo
                                            and r.key not in failed_keys)
                         report.records = [replace(r, error=failed_keys[r.key])
@@ -186,6 +186,16 @@ class FeatureExtractor:
         return prepare_image(data, self.spec.window, Path(path).suffix.lower() in DICOM_SUFFIXES,
                              self.spec.crop)
 
+    def load(self, path: str | Path) -> tuple[np.ndarray | str, str | None]:
+        """The model input of one file, else why not; and why the crop fell back, if it did."""
+        try:
+            prepared = self.prepare(path)
+        except ImageDecodeError as exc:
+            return str(exc), None
+        except OSError as exc:
+            return f"cannot read file: {exc.strerror or exc}", None
+        return prepared.model_input(self.spec.input_size), prepared.crop_fallback
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> the float input the backbone's keras preprocessing expects."""
         return preprocess_function(self.spec.backbone_spec)(images.astype(np.float32))
@@ -204,24 +214,24 @@ class FeatureExtractor:
             feats = (feats + np.asarray(run(np.ascontiguousarray(x[:, :, ::-1, :])), np.float32)) / 2
         return feats
 
-    def _run(self, todo: list[Record], cache: FeatureCache, progress, crop_fallbacks: dict[str, str]
+    def _run(self, todo: list[Record], cache: FeatureCache, progress, report: ExtractionReport
              ) -> dict[str, str]:
         """Extract and append ``todo``; returns key -> reason for images that failed."""
-        size = self.spec.input_size
+        if self.context.engine.is_ray:
+            from .ray_extract import extract_on_ray
+
+            return extract_on_ray(self, todo, cache, progress, report)
+        report.device = device_name()
+        crop_fallbacks = report.crop_fallbacks
         batch_size = self.context.batch_size
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
         failed: dict[str, str] = {}
 
         def load(rec: Record):
-            try:
-                prepared = self.prepare(rec.path)
-            except ImageDecodeError as exc:
-                return str(exc)
-            except OSError as exc:
-                return f"cannot read file: {exc.strerror or exc}"
-            if prepared.crop_fallback:
-                crop_fallbacks[rec.path] = prepared.crop_fallback
-            return prepared.model_input(size)
+            image, fallback = self.load(rec.path)
+            if fallback:
+                crop_fallbacks[rec.path] = fallback
+            return image
 
         workers = max(2, min(8, os.cpu_count() or 2))
         with ThreadPoolExecutor(max_workers=workers) as pool:

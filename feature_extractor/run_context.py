@@ -7,9 +7,11 @@ features and the same models. The feature settings that do change numbers are a
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
+
+from .engine import EngineSettings
 
 Progress = Callable[[int], None]  # called with the number of images just finished
 ProgressFactory = Callable[[str, int], ContextManager[Progress]]  # (label, total) -> a Progress
@@ -31,6 +33,7 @@ class RunContext:
     weights_overrides : ``NAME=FILE|imagenet`` values: where a saved model's weights are now,
         when not where they were (checked against the model's SHA-256).
     progress : makes a progress callback for a labelled count of images.
+    engine : local, or a Ray cluster (engine.py); the same features either way.
     """
 
     features_dir: Path = Path("features")
@@ -38,6 +41,7 @@ class RunContext:
     offline: bool | None = None
     weights_overrides: tuple[str, ...] = ()
     progress: ProgressFactory = no_progress
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features_dir", Path(self.features_dir))

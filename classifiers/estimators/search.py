@@ -12,7 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold, cross_val_predict
+from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
+from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from feature_extractor.errors import TrainingDataError
@@ -70,6 +71,10 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         An int means that many stratified folds grouped by ``groups`` (see :func:`grouped_folds`).
     random_state : int, default 0
         Shuffles the folds when ``cv`` is an int.
+    n_jobs : int, optional
+        Parallel fits (every candidate x fold is one); None: joblib's current setting (one,
+        unless inside ``joblib.parallel_config``, e.g. the Ray backend of ``fit --engine ray``).
+        The same results whatever it is.
 
     Attributes
     ----------
@@ -90,11 +95,12 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, estimator: BaseEstimator, param_grid: Mapping[str, Sequence] | None = None,
-                 cv: int | Any = 5, random_state: int = 0):
+                 cv: int | Any = 5, random_state: int = 0, n_jobs: int | None = None):
         self.estimator = estimator
         self.param_grid = param_grid
         self.cv = cv
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def fit(self, X, y, groups=None, sample_weight=None) -> "GroupedSearchCV":
         """``sample_weight``: weights for every fit and for the held-out AUCs."""
@@ -108,10 +114,14 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         held_out = [test for _, test in splits]
         self.candidates_, best, best_oof = [], None, None
         weights = sample_weight_params(self.estimator, sample_weight)
-        for params in ParameterGrid(dict(self.param_grid or {})):
-            model = clone(self.estimator).set_params(**params)
-            oof = cross_val_predict(model, X, y, groups=groups, cv=splits, method="predict_proba",
-                                    params=weights)[:, 1]
+        grid = list(ParameterGrid(dict(self.param_grid or {})))
+        fold_probas = Parallel(n_jobs=self.n_jobs)(
+            delayed(_held_out_proba)(clone(self.estimator).set_params(**params), X, y, train, test, weights)
+            for params in grid for train, test in splits)
+        for c, params in enumerate(grid):
+            oof = np.empty(len(y))
+            for (_, test), proba in zip(splits, fold_probas[c * len(splits):(c + 1) * len(splits)]):
+                oof[test] = proba
             aucs = fold_aucs(y, oof, held_out, sample_weight)
             entry = {"params": {k: _plain(v) for k, v in params.items()},
                      "cv_auc": float(aucs.mean()), "cv_auc_std": float(aucs.std())}
@@ -133,6 +143,14 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "best_estimator_")
         return self.best_estimator_.predict(X)
+
+
+def _held_out_proba(model: BaseEstimator, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                    weights: dict[str, np.ndarray]) -> np.ndarray:
+    """P(class 1) on ``test`` of ``model`` fit on ``train`` (one fold of one candidate)."""
+    model.fit(X[train], y[train], **{k: w[train] for k, w in weights.items()})
+    proba = model.predict_proba(X[test])
+    return proba[:, list(model.classes_).index(1)]
 
 
 def _plain(value: Any) -> Any:

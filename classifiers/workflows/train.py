@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from feature_extractor.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
+from feature_extractor.engine import joblib_engine
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
@@ -185,9 +186,10 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     groups = np.array([r.group for r in records])
     record_sources = [r.source for r in records]
     backbones = [s.manifest_entry() for s in sources]
-    trained = train_estimator(X, y, groups, record_sources, feature_blocks(backbones), settings)
-    harmonizer = trained.harmonizer
-    adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
+    with joblib_engine(context.engine):  # with --engine ray, the grouped-CV fits fan out over Ray
+        trained = train_estimator(X, y, groups, record_sources, feature_blocks(backbones), settings)
+        harmonizer = trained.harmonizer
+        adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
     ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
     threshold = trained.threshold
     grouping = "patient" if dataset.has_patients else "image"
@@ -198,6 +200,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         "classifier": settings.clf,
         "params": trained.params,
         "fit": dataclasses.asdict(settings),
+        "engine": context.engine.record(),
         "threshold": threshold["threshold"],
         "threshold_choice": threshold,
         "balance": trained.balance,

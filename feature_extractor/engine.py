@@ -1,0 +1,113 @@
+"""Where the work runs: this process (local) or a Ray cluster. One :class:`EngineSettings` per command.
+
+Nothing here changes a number: the ray engine computes the same features (same content keys,
+same cache) and fit chooses the same parameters as the local one. Ray is an optional extra
+(``pip install -e ".[ray]"``); without it, asking for it is one clear error.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import SettingsError
+
+ENGINES = ("local", "ray")
+LOCAL, RAY = ENGINES
+# Environment the Ray workers need to compute what this process would.
+_FORWARDED_ENV = ("KERAS_BACKEND", "KERAS_HOME", "COVIDCT_OFFLINE", "TF_CPP_MIN_LOG_LEVEL")
+
+
+class EngineError(SettingsError):
+    """The engine asked for cannot run here (Ray missing, cluster unreachable)."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How work is spread.
+
+    Parameters
+    ----------
+    engine : "local" (this process; decoding in threads) or "ray".
+    workers : ray: CNN actors for extraction, parallel fits for tuning. Default: one actor per
+        GPU requested, else 1 actor; all of the cluster's CPUs for tuning.
+    gpus_per_worker : ray: GPUs each CNN actor reserves (Ray's ``num_gpus``; fractions share a GPU).
+    ray_address : ray: an existing cluster ("auto", "ray://host:10001"); default: start a local
+        Ray on this machine, stopped at the end of the command.
+    """
+
+    engine: str = LOCAL
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise SettingsError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.engine == LOCAL and (self.workers or self.gpus_per_worker or self.ray_address):
+            raise SettingsError("--workers, --gpus-per-worker and --ray-address need --engine ray")
+
+    @property
+    def is_ray(self) -> bool:
+        return self.engine == RAY
+
+    def record(self, workers: int | None = None) -> dict:
+        """For provenance: which engine, how many workers."""
+        out = {"engine": self.engine}
+        if self.is_ray:
+            out.update(workers=workers or self.workers, gpus_per_worker=self.gpus_per_worker,
+                       ray_address=self.ray_address or "local")
+        return out
+
+
+def import_ray():
+    """The ray module, or one clear EngineError."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library comes with the ray[data] extra)
+    except ImportError as exc:
+        raise EngineError(f"--engine ray needs Ray Data, which is not installed here ({exc.name}): "
+                          'pip install -e ".[ray]"') from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(settings: EngineSettings) -> Iterator:
+    """Connected to the cluster (or a local Ray started for this command) while inside."""
+    ray = import_ray()
+    if ray.is_initialized():  # a caller (a notebook, a test) manages Ray itself
+        yield ray
+        return
+    env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if settings.ray_address is None:  # workers on this machine import the package from here
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    try:
+        ray.init(address=settings.ray_address, runtime_env={"env_vars": env}, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = settings.ray_address or "a local Ray"
+        raise EngineError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def joblib_engine(settings: EngineSettings) -> Iterator[None]:
+    """joblib's parallel calls (the grouped-CV fits of tuning) fan out over Ray with --engine ray."""
+    if not settings.is_ray:
+        yield
+        return
+    import joblib
+
+    with ray_session(settings) as ray:
+        from ray.util.joblib import register_ray
+
+        register_ray()
+        n_jobs = settings.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        with joblib.parallel_config(backend="ray", n_jobs=n_jobs):
+            yield
