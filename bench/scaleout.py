@@ -133,7 +133,7 @@ def main() -> int:
         ray.shutdown()
 
     header = ("backbone", "images", "local img/s (wall)", "ray img/s (wall)", "ray / local (wall)",
-              "ray start-up", "local img/s (after 1st batch)", "ray img/s (after 1st batch)", "max |feature diff|",
+              "ray start-up", "local img/s (after 1st batch)", "ray img/s (after 1st batch)", "largest feature difference",
               "decode ms/img (1 core)", "CNN core-ms/img")
     proj_rows = []
     for backbone, (decode, cnn_core, startup) in costs.items():

@@ -85,8 +85,11 @@ def ray_session(settings: EngineSettings) -> Iterator:
     if settings.ray_address is None:  # workers on this machine import the package from here
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     try:
+        # Ray's own start-up warnings only with --verbose; errors always.
+        quiet = not logging.getLogger("feature_extractor").isEnabledFor(logging.INFO)
+        logging.getLogger("ray.data").setLevel(logging.ERROR if quiet else logging.INFO)
         ray.init(address=settings.ray_address, runtime_env={"env_vars": env}, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.ERROR if quiet else logging.INFO, log_to_driver=not quiet)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = settings.ray_address or "a local Ray"
         raise EngineError(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None

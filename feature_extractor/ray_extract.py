@@ -94,10 +94,11 @@ def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache:
     batch_size = extractor.context.batch_size
     failed: dict[str, str] = {}
     with ray_session(settings) as ray:
+        if not log.isEnabledFor(logging.INFO):  # Ray Data's execution notes only with --verbose
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # our progress bar counts images
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         workers = cnn_workers(ray, settings.workers, settings.gpus_per_worker)
         where = settings.ray_address or "local Ray"
         report.device = (f"ray: {workers} CNN worker{'s' * (workers > 1)}"
