@@ -351,14 +351,40 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @model_crop_option
 @site_option
 @offline_option
+@click.option("--studies", is_flag=True,
+              help="One answer per study: DICOM files grouped by study and series (the axial CT series "
+                   "used, slices ordered by position), a folder of PNG/JPEG slices is one study; slices "
+                   "outside the lungs skipped; slice probabilities pooled as the model chose at fit. "
+                   "Writes studies.csv beside --out, which then lists the slices.")
+@click.option("--max-slices", type=click.IntRange(1), default=None,
+              help="With --studies: score at most N slices per study, evenly spaced within the lungs.")
+@click.option("--keep-identifiers", is_flag=True,
+              help="With --studies: write study/series UIDs and file names as they are. Default: patient "
+                   "name, ID and birth date from the headers are removed from every output.")
 @engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
 def predict(folder, model_path, out, explain, explain_dir, explain_method, features_dir, weights,
-            batch_size, crop, site, offline, engine) -> None:
+            batch_size, crop, site, offline, studies, max_slices, keep_identifiers, engine) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
     in the `error` column.
     """
+    if studies:
+        if explain:
+            raise click.BadParameter("--explain is per image; use it without --studies", param_hint="--explain")
+        from classifiers.workflows.studies import predict_studies_and_write
+
+        report = predict_studies_and_write(folder, out, None, model_path,
+                                           _context(features_dir, batch_size, offline, weights, engine), crop, site,
+                                           max_slices, keep_identifiers)
+        for line in report.summary():
+            click.echo(line)
+        if report.n_failed:
+            _report_failures(report.failures)
+            sys.exit(EXIT_PARTIAL)
+        return
+    if max_slices or keep_identifiers:
+        raise click.BadParameter("--max-slices and --keep-identifiers need --studies", param_hint="--studies")
     from classifiers.workflows.predict import predict_and_write
 
     report = predict_and_write(folder, out, model_path, _context(features_dir, batch_size, offline, weights, engine),

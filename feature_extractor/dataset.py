@@ -101,10 +101,21 @@ def parse_label(value: str) -> int:
 def list_image_files(folder: str | Path) -> list[str]:
     """Image-like files under ``folder``, recursively, sorted; hidden files skipped.
 
-    Symlinked folders are not followed, so a symlink loop cannot hang the walk.
+    Symlinked folders are followed (archives export studies as links), each real folder
+    once, so a symlink loop cannot hang the walk and a folder linked twice is read once.
     """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # reached again through a link
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in CANDIDATE_SUFFIXES:

@@ -54,14 +54,16 @@ def test_evaluate_and_predict(workspace, tmp_path):
     (folder / "deeper").mkdir(parents=True)
     ct_like(1, True).save(folder / "a.png")
     ct_like(2, False).save(folder / "deeper" / "b 50%.jpg")
+    ct_like(3, False).save(folder / "=HYPERLINK(x)y.png")  # CSV injection through a file name
     (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "pred.csv"
     result = run("predict", folder, "--model", model, "--out", out, "--features-dir", root / "features")
     assert result.exit_code == 3, result.output  # documented: done, some files unreadable
     rows = list(csv.DictReader(open(out, newline="")))
-    assert [r["path"].split("/")[-1] for r in rows] == ["a.png", "bad.png", "b 50%.jpg"]
+    assert [r["path"].split("/")[-1] for r in rows] == ["=HYPERLINK(x)y.png", "a.png", "bad.png", "b 50%.jpg"]
+    assert not any(c.startswith(("=", "+", "@")) for r in rows for c in r.values())
     good = [r for r in rows if not r["error"]]
-    assert len(good) == 2 and all(0 <= float(r["p_covid"]) <= 1 for r in good)
+    assert len(good) == 3 and all(0 <= float(r["p_covid"]) <= 1 for r in good)
     assert all(r["label"] in ("COVID", "NonCOVID") for r in good)
     bad = next(r for r in rows if r["error"])
     assert bad["p_covid"] == "" and bad["label"] == ""
@@ -406,3 +408,13 @@ def test_calibrate_refits_probabilities_and_threshold_on_a_local_sample(two_sour
                   "--features-dir", root / "features")
     assert refused.exit_code == 1 and "at least 2 images of each class" in refused.output
     assert not (tmp_path / "f.joblib").exists()
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
+    from classifiers.presentation.csv_files import safe_cell, write_csv
+
+    assert safe_cell("=HYPERLINK(\"http://x\")x.png") == "'=HYPERLINK(\"http://x\")x.png"
+    assert [safe_cell(v) for v in ("+1+cmd", "-x", "@SUM(A1)", "\tx", "ok.png", "-0.25", None)] == [
+        "'+1+cmd", "'-x", "'@SUM(A1)", "'\tx", "ok.png", "-0.25", ""]
+    out = write_csv(tmp_path / "x.csv", ["path"], [["=cmd|' /C calc'!A0"], ["scans/=HYPERLINK(x)y.png"]])
+    assert out.read_text().splitlines()[1:] == ["'=cmd|' /C calc'!A0", "scans/=HYPERLINK(x)y.png"]

@@ -82,6 +82,20 @@ def test_unlabeled_folder_is_recursive_and_survives_symlink_loops(tmp_path):
     assert len(load_unlabeled(tmp_path).records) == 2
 
 
+def test_symlinked_study_folders_are_followed_once(tmp_path):
+    """Archives export studies as links to where they are stored."""
+    store = tmp_path / "store" / "study1"
+    store.mkdir(parents=True)
+    ct_like(0, True).save(store / "s1.png")
+    ct_like(1, True).save(store / "s2.png")
+    (tmp_path / "export").mkdir()
+    os.symlink(store, tmp_path / "export" / "study1")
+    os.symlink(store, tmp_path / "export" / "same-study-again")
+    files = list_image_files(tmp_path / "export")
+    assert len(files) == 2 and all("s1.png" in f or "s2.png" in f for f in files)
+    assert len(load_unlabeled(tmp_path / "export").records) == 2
+
+
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="no image files"):
         load_unlabeled(tmp_path)

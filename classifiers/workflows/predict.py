@@ -6,14 +6,14 @@ image also gets a heatmap PNG.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feature_extractor.dataset import LABEL_NAMES, load_unlabeled, printable_path
+from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled, printable_path
 from feature_extractor.extract import ExtractionReport
 from feature_extractor.run_context import RunContext
 
+from ..presentation.csv_files import write_csv
 from .model import LoadedModel, load_model
 
 CSV_COLUMNS = ("path", "p_covid", "label", "ood_score", "in_distribution", "error")
@@ -75,8 +75,12 @@ class PredictionReport:
 def predict_folder(model: LoadedModel, folder: str | Path, site: str | None = None) -> PredictionReport:
     """P(COVID), a label and the out-of-distribution flag for every image file under
     ``folder``, recursively. ``site``: see LoadedModel.assign_sites (harmonized models)."""
-    dataset = load_unlabeled(folder)
-    feats = model.features(dataset.records, site)
+    return predict_records(model, load_unlabeled(folder).records, site)
+
+
+def predict_records(model: LoadedModel, records: list[Record], site: str | None = None) -> PredictionReport:
+    """predict_folder for given records (a study's slices)."""
+    feats = model.features(records, site)
     threshold = model.threshold
     ood = model.ood_scores(feats)
     good = {}
@@ -119,17 +123,9 @@ def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
 
 
 def write_predictions_csv(rows: list[PredictionRow], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     explained = any(r.heatmap for r in rows)
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS + ((HEATMAP_COLUMN,) if explained else ()))
-        for row in rows:
-            writer.writerow([printable_path(row.path),
-                             "" if row.p_covid is None else f"{row.p_covid:.6f}",
-                             row.label or "", "" if row.ood_score is None else f"{row.ood_score:.5f}",
-                             "" if row.in_distribution is None else str(row.in_distribution).lower(),
-                             row.error or ""]
-                            + ([printable_path(row.heatmap or "")] if explained else []))
-    return out
+    return write_csv(out, CSV_COLUMNS + ((HEATMAP_COLUMN,) if explained else ()), (
+        [printable_path(row.path), "" if row.p_covid is None else f"{row.p_covid:.6f}",
+         row.label or "", "" if row.ood_score is None else f"{row.ood_score:.5f}",
+         "" if row.in_distribution is None else str(row.in_distribution).lower(), row.error or ""]
+        + ([printable_path(row.heatmap or "")] if explained else []) for row in rows))

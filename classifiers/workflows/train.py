@@ -25,6 +25,7 @@ from ..estimators.harmonize import HarmonizationError, make_harmonizer
 from ..estimators.ood import NearestNeighborOOD
 from ..estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
+from ..estimators.study_aggregation import choose_aggregation
 from ..estimators.thresholds import threshold_for_sensitivity
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
@@ -208,6 +209,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
             [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
              for s in training_sources] + adapted) if harmonizer else []},
         "ood": ood.describe(),
+        "study_aggregation": choose_aggregation(trained.oof, y, groups),
         "backbones": backbones,
         "feature_dim": int(X.shape[1]),
         "training": {

@@ -1,0 +1,166 @@
+"""predict --studies: whole studies in, one answer per study out.
+
+Each study (feature_extractor/studies.py) is reduced to its slices inside the lungs (at most
+``max_slices``), those are scored like any image (cache, model, OOD flag), and their
+probabilities are pooled by the model's study aggregation (chosen at fit time by
+patient-grouped CV; mean for older models). Two CSVs: the slices (every slice of each chosen
+series, with why one was not scored) and studies.csv. Patient identifiers from the DICOM
+headers are removed from every path and name written, unless ``keep_identifiers``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feature_extractor.dataset import LABEL_NAMES, Record, printable_path
+from feature_extractor.run_context import RunContext
+from feature_extractor.studies import Redactor, Study, find_studies, slices_to_score
+
+from ..estimators.study_aggregation import DEFAULT_AGGREGATION, aggregate
+from ..presentation.csv_files import write_csv
+from .model import LoadedModel, load_model
+from .predict import PredictionRow, predict_records
+
+SLICE_COLUMNS = ("study", "slice", "path", "p_covid", "label", "ood_score", "in_distribution", "used", "note", "error")
+STUDY_COLUMNS = ("study", "series", "n_slices", "n_used", "p_covid", "label", "top_slices", "in_distribution",
+                 "warnings", "error")
+IDENTIFIER_COLUMNS = ("study_uid", "series_uid")
+TOP_SLICES = 3
+
+
+@dataclass
+class StudyResult:
+    study: Study
+    rows: list[tuple[int, PredictionRow | None, str | None]]  # (1-based slice number, prediction, why not scored)
+    p_covid: float | None = None
+    label: str | None = None
+    in_distribution: bool | None = None
+    error: str | None = None
+
+    @property
+    def scored(self) -> list[tuple[int, PredictionRow]]:
+        return [(i, r) for i, r, _ in self.rows if r is not None and r.p_covid is not None]
+
+    def top_slices(self) -> str:
+        best = sorted(self.scored, key=lambda ir: -ir[1].p_covid)[:TOP_SLICES]
+        return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in best)
+
+
+@dataclass
+class StudyPredictionReport:
+    results: list[StudyResult]
+    model_path: Path
+    threshold: float
+    aggregation: str
+    redact: Redactor
+    unassigned: dict[str, str] = field(default_factory=dict)
+    keep_identifiers: bool = False
+    out: Path | None = None
+    studies_out: Path | None = None
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """Slices that could not be read or decoded (paths redacted)."""
+        out = {self.redact(printable_path(p)): r for p, r in self.unassigned.items()}
+        for result in self.results:
+            for _, row, _ in result.rows:
+                if row is not None and row.error:
+                    out[self.redact(printable_path(row.path))] = row.error
+        return out
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+    def summary(self) -> list[str]:
+        n_covid = sum(1 for r in self.results if r.label == LABEL_NAMES[1])
+        n_scored = sum(1 for r in self.results if r.p_covid is not None)
+        lines = [f"{len(self.results)} studies: {n_covid} COVID, {n_scored - n_covid} NonCOVID, "
+                 f"{len(self.results) - n_scored} without a scored slice (model {self.model_path}, "
+                 f"{self.aggregation} of slice probabilities, threshold {self.threshold})"]
+        for result in self.results:
+            for warning in result.study.warnings:
+                lines.append(f"  warning: {result.study.name}: {warning}")
+        if self.keep_identifiers:
+            lines.append("warning: --keep-identifiers: study and series UIDs and file names are written as they are")
+        if self.out:
+            lines.append(f"wrote {self.out} and {self.studies_out}")
+        return lines
+
+
+def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = None,
+                    max_slices: int | None = None, keep_identifiers: bool = False) -> StudyPredictionReport:
+    """One P(COVID) per study under ``folder`` (see the module docstring)."""
+    scan = find_studies(folder, keep_identifiers)
+    redact = scan.redact if not keep_identifiers else Redactor()
+    plans = []
+    for study in scan.studies:
+        used, not_used = slices_to_score(study, max_slices)
+        plans.append((study, used, not_used))
+    records = [Record(path) for _, used, _ in plans for path in used]
+    predictions = {row.path: row for row in predict_records(model, records, site).rows} if records else {}
+    method = model.manifest.get("study_aggregation", {}).get("method", DEFAULT_AGGREGATION)
+    threshold = model.threshold
+    results = []
+    for study, used, not_used in plans:
+        rows = [(i + 1, predictions.get(path), not_used.get(path)) for i, path in enumerate(study.slices)]
+        result = StudyResult(study, rows)
+        scored = result.scored
+        if scored:
+            result.p_covid = aggregate([r.p_covid for _, r in scored], method)
+            result.label = LABEL_NAMES[int(result.p_covid >= threshold)]
+            flags = [r.in_distribution for _, r in scored if r.in_distribution is not None]
+            result.in_distribution = (sum(flags) * 2 >= len(flags)) if flags else None
+        elif not study.slices:
+            result.error = next(iter(study.errors.values()), "no CT image series in the study")
+        elif not used:
+            result.error = "no slice inside the lungs"
+        else:
+            result.error = "no slice could be decoded"
+        results.append(result)
+    return StudyPredictionReport(results, model.path, threshold, method, redact, scan.unassigned, keep_identifiers)
+
+
+def write_study_csvs(report: StudyPredictionReport, out: str | Path, studies_out: str | Path) -> None:
+    redact = report.redact
+    slice_rows = []
+    for result in report.results:
+        name = result.study.name
+        for number, row, note in result.rows:
+            path = result.study.slices[number - 1]
+            slice_rows.append([
+                name, number, redact(printable_path(path)),
+                "" if row is None or row.p_covid is None else f"{row.p_covid:.6f}",
+                "" if row is None else row.label or "",
+                "" if row is None or row.ood_score is None else f"{row.ood_score:.5f}",
+                "" if row is None or row.in_distribution is None else str(row.in_distribution).lower(),
+                str(row is not None and row.p_covid is not None).lower(), note or "",
+                "" if row is None else row.error or ""])
+        for path, reason in result.study.errors.items():
+            if path:
+                slice_rows.append([name, "", redact(printable_path(path)), "", "", "", "", "false", reason, ""])
+    report.out = write_csv(out, SLICE_COLUMNS, slice_rows)
+    keep = report.keep_identifiers
+    study_rows = []
+    for result in report.results:
+        s = result.study
+        study_rows.append([
+            s.name, s.series, len(s.slices), len(result.scored),
+            "" if result.p_covid is None else f"{result.p_covid:.6f}", result.label or "", result.top_slices(),
+            "" if result.in_distribution is None else str(result.in_distribution).lower(),
+            " | ".join(s.warnings), result.error or ""]
+            + ([s.identifiers.get(c, "") for c in IDENTIFIER_COLUMNS] if keep else []))
+    report.studies_out = write_csv(studies_out, STUDY_COLUMNS + (IDENTIFIER_COLUMNS if keep else ()), study_rows)
+
+
+def predict_studies_and_write(folder: str | Path, out: str | Path = "predictions.csv",
+                              studies_out: str | Path | None = None, model_path: str | Path | None = None,
+                              context: RunContext | None = None, crop: str | None = None,
+                              site: str | None = None, max_slices: int | None = None,
+                              keep_identifiers: bool = False) -> StudyPredictionReport:
+    """predict --studies: the slice CSV at ``out`` and studies.csv beside it (or at ``studies_out``)."""
+    model = load_model(model_path, context)
+    model.check_crop(crop)
+    report = predict_studies(model, folder, site, max_slices, keep_identifiers)
+    write_study_csvs(report, out, studies_out or Path(out).with_name("studies.csv"))
+    return report

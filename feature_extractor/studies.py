@@ -1,0 +1,336 @@
+"""Studies: what a hospital asks about. A folder of slices -> one ordered series per study.
+
+How a folder is read (``predict --studies``, ``evaluate --studies``):
+- DICOM files (any depth, symlinked folders followed) are grouped by StudyInstanceUID and
+  SeriesInstanceUID from their headers (pixel data not read). Per study, one series is used:
+  CT image storage only (localizers/scouts, secondary captures, structured reports and dose
+  reports, other modalities are skipped), axial before other orientations, then the thinnest
+  slices, then a lung reconstruction kernel, then the most slices. Its slices are sorted by
+  ImagePositionPatient along the slice normal (InstanceNumber when positions are missing);
+  uneven spacing or mixed orientations give a warning.
+- A folder holding PNG/JPEG slices directly is one study (its files in natural name order).
+- Slices outside the lungs are skipped at prediction time (:func:`lung_fraction` on HU), and
+  ``max_slices`` samples evenly among the rest.
+
+Privacy: study names are the study's folder relative to the input folder (plus a salted
+hash of the StudyInstanceUID when several studies share a folder); UIDs, patient name, ID and
+birth date never leave this module unless ``keep_identifiers``. :class:`Redactor` removes the
+header identifiers from any text we write (file names often carry the patient ID).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .dataset import DICOM_SUFFIXES, list_image_files
+
+log = logging.getLogger(__name__)
+
+CT_IMAGE_STORAGE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}  # CT, enhanced CT
+_LUNG_KERNEL = re.compile(r"lung|^b[6-8]\d|^br[5-9]\d|^i[5-8]\d|^fc(5\d|8\d)|^y[ab]$|^l$", re.I)
+_IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")
+REDACTED = "[patient]"
+# A slice is "in the lungs" when aerated lung (-950..-400 HU inside the body) covers this
+# share of the body's cross-section (neck and abdomen slices: trachea or bowel gas, under 1% on
+# the shared studies; the lung bases 2-4%).
+MIN_LUNG_FRACTION = 0.02
+
+
+@dataclass
+class Study:
+    """One study, ready to score: its chosen series' slices in order."""
+
+    name: str
+    kind: str                                    # dicom | images
+    slices: list[str]                            # paths, ordered along the body
+    series: str = ""                             # what was chosen, e.g. "CT axial 2 mm D40s (50 of 50 files)"
+    n_files: int = 0                             # every file of the study, all series
+    warnings: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # path -> why it is not among the slices
+    identifiers: dict[str, str] = field(default_factory=dict)  # only with keep_identifiers
+
+
+class Redactor:
+    """Removes the patient identifiers seen in DICOM headers from text we write."""
+
+    def __init__(self, values: Iterable[str] = ()):
+        self.values = sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self.values:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+
+@dataclass
+class StudyScan:
+    studies: list[Study]
+    redact: Redactor
+    unassigned: dict[str, str] = field(default_factory=dict)  # files that belong to no study, and why
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _header(path: str):
+    import pydicom
+
+    return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+
+def _identifier_values(ds) -> list[str]:
+    values = []
+    for tag in _IDENTIFIER_TAGS:
+        value = ds.get(tag)
+        if value is None or value == "":
+            continue
+        if tag == "PatientName":
+            values += [str(value)] + [p for p in re.split(r"[\^= ]", str(value)) if p]
+        elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            values += [str(v) for v in value]
+        else:
+            values.append(str(value))
+    return values
+
+
+def _normal(ds) -> np.ndarray | None:
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return None
+    n = np.cross(np.array(iop[:3], float), np.array(iop[3:], float))
+    norm = np.linalg.norm(n)
+    return n / norm if norm > 0 else None
+
+
+def _is_ct_image(ds) -> str | None:
+    """None when ``ds`` is a CT image slice, else why it is skipped."""
+    modality = str(ds.get("Modality", ""))
+    sop = str(ds.get("SOPClassUID", ""))
+    image_type = [str(t).upper() for t in (ds.get("ImageType") or [])]
+    if modality and modality != "CT":
+        return f"modality {modality}, not CT"
+    if sop and sop not in CT_IMAGE_STORAGE:
+        return "not a CT image (secondary capture, report or other object)"
+    if "LOCALIZER" in image_type or "SCOUT" in image_type:
+        return "localizer (scout) image"
+    if "Rows" not in ds:
+        return "no image in the file"
+    return None
+
+
+def _series_description(datasets: list, n_files: int) -> str:
+    ds = datasets[0]
+    normal = _normal(ds)
+    plane = "axial" if normal is not None and abs(normal[2]) > 0.8 else "non-axial"
+    thickness = ds.get("SliceThickness")
+    kernel = ds.get("ConvolutionKernel")
+    kernel = "/".join(map(str, kernel)) if isinstance(kernel, (list, tuple)) or type(kernel).__name__ == "MultiValue" \
+        else (str(kernel) if kernel else "")
+    parts = [f"CT {plane}", f"{float(thickness):g} mm" if thickness not in (None, "") else "", kernel,
+             f"({len(datasets)} of {n_files} files)"]
+    return " ".join(p for p in parts if p)
+
+
+def _series_rank(datasets: list) -> tuple:
+    ds = datasets[0]
+    normal = _normal(ds)
+    axial = normal is not None and abs(normal[2]) > 0.8
+    try:
+        thickness = float(ds.get("SliceThickness") or 99)
+    except (TypeError, ValueError):
+        thickness = 99.0
+    kernel = ds.get("ConvolutionKernel") or ""
+    kernel = " ".join(map(str, kernel)) if not isinstance(kernel, str) else kernel
+    return (axial, -thickness, bool(_LUNG_KERNEL.search(kernel.strip())), len(datasets))
+
+
+def _order(items: list[tuple[str, object]], warnings: list[str]) -> list[str]:
+    """Slices sorted along the body; warns about mixed orientation or uneven spacing."""
+    normals = [_normal(ds) for _, ds in items]
+    known = [n for n in normals if n is not None]
+    if known:
+        reference = known[0]
+        other = sum(1 for n in known if abs(float(np.dot(n, reference))) < 0.99)
+        if other:
+            warnings.append(f"{other} slices have another orientation than the rest")
+    positions = []
+    for (path, ds), n in zip(items, normals):
+        ipp = ds.get("ImagePositionPatient")
+        positions.append(float(np.dot(np.array(ipp, float), n)) if ipp is not None and n is not None else None)
+    if all(p is not None for p in positions):
+        order = sorted(range(len(items)), key=lambda i: positions[i])
+        gaps = np.diff(sorted(positions))
+        if len(gaps) >= 2:
+            median = float(np.median(gaps))
+            if median <= 0 or float(gaps.max() - gaps.min()) > 0.1 * median + 0.01:
+                warnings.append(f"uneven slice spacing ({float(gaps.min()):.2g}-{float(gaps.max()):.2g} mm)")
+    else:
+        order = sorted(range(len(items)), key=lambda i: (int(items[i][1].get("InstanceNumber") or 0),
+                                                         _natural_key(items[i][0])))
+        warnings.append("no slice positions: ordered by InstanceNumber")
+    return [items[i][0] for i in order]
+
+
+def _salted(uid: str, salt: str) -> str:
+    return hashlib.sha256((salt + uid).encode()).hexdigest()[:8]
+
+
+def find_studies(folder: str | Path, keep_identifiers: bool = False) -> StudyScan:
+    """Every study under ``folder`` (see the module docstring)."""
+    folder = Path(folder)
+    files = list_image_files(folder)
+    salt = secrets.token_hex(8)  # per run: hashed names cannot be linked across runs
+    identifiers: list[str] = []
+    by_study: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    skipped: dict[str, dict[str, str]] = defaultdict(dict)  # study uid -> path -> reason
+    study_folders: dict[str, set[str]] = defaultdict(set)
+    unassigned: dict[str, str] = {}
+    image_folders: dict[str, list[str]] = defaultdict(list)
+    for path in files:
+        if Path(path).suffix.lower() not in DICOM_SUFFIXES:
+            image_folders[os.path.dirname(path)].append(path)
+            continue
+        try:
+            ds = _header(path)
+        except Exception as exc:  # pydicom raises many kinds for damaged files
+            unassigned[path] = f"unreadable DICOM header: {str(exc).splitlines()[0][:200]}"
+            continue
+        identifiers += _identifier_values(ds)
+        study_uid = str(ds.get("StudyInstanceUID") or f"folder:{os.path.dirname(path)}")
+        study_folders[study_uid].add(os.path.dirname(path))
+        reason = _is_ct_image(ds)
+        if reason:
+            skipped[study_uid][path] = reason
+            continue
+        by_study[study_uid][str(ds.get("SeriesInstanceUID") or "")].append((path, ds))
+    redact = Redactor(identifiers)
+
+    studies: list[Study] = []
+    folder_count: dict[str, int] = defaultdict(int)
+    for uid in list(by_study) + [u for u in skipped if u not in by_study]:
+        folder_count[_common_folder(study_folders[uid])] += 1
+    for uid in list(by_study) + [u for u in skipped if u not in by_study]:
+        where = _common_folder(study_folders[uid])
+        name = redact(_relative(where, folder))
+        if folder_count[where] > 1:
+            name += f"#{_salted(uid, salt)}"
+        series = by_study.get(uid, {})
+        n_files = sum(len(v) for v in series.values()) + len(skipped.get(uid, {}))
+        study = Study(name, "dicom", [], n_files=n_files, errors=dict(skipped.get(uid, {})))
+        if series:
+            ranked = sorted(series.items(), key=lambda kv: _series_rank([ds for _, ds in kv[1]]), reverse=True)
+            chosen_uid, chosen = ranked[0]
+            for other_uid, other in ranked[1:]:
+                for path, _ in other:
+                    study.errors[path] = "another series of the study was used"
+            study.series = _series_description([ds for _, ds in chosen], n_files)
+            study.slices = _order(chosen, study.warnings)
+            if len(ranked) > 1:
+                study.warnings.append(f"{len(ranked)} image series; used {study.series}")
+            if keep_identifiers:
+                study.identifiers = {"study_uid": uid, "series_uid": chosen_uid}
+        else:
+            study.errors.setdefault("", "no CT image series in the study")
+        studies.append(study)
+    for where, paths in sorted(image_folders.items()):
+        studies.append(Study(redact(_relative(where, folder)), "images",
+                             sorted(paths, key=lambda p: _natural_key(os.path.basename(p))),
+                             series=f"{len(paths)} image files", n_files=len(paths)))
+    # A file whose header cannot be read is listed with the study of its folder, if one.
+    for path, reason in unassigned.items():
+        owner = next((s for s in studies if any(os.path.dirname(p) == os.path.dirname(path) for p in s.slices)), None)
+        if owner is not None:
+            owner.errors[path] = reason
+    leftover = {p: r for p, r in unassigned.items() if not any(p in s.errors for s in studies)}
+    studies.sort(key=lambda s: _natural_key(s.name))
+    return StudyScan(studies, redact, leftover)
+
+
+def _common_folder(folders: set[str]) -> str:
+    return os.path.commonpath(sorted(folders)) if folders else ""
+
+
+def _relative(path: str, root: Path) -> str:
+    rel = os.path.relpath(path, root) if path else "."
+    return root.name if rel == "." else rel
+
+
+def lung_fraction(hu: np.ndarray) -> float:
+    """Share of the body's cross-section that is aerated lung (-950..-400 HU).
+
+    The body: the largest connected region above -400 HU, holes filled (the lungs are holes
+    in it); air around the patient is outside it.
+    """
+    from scipy import ndimage as ndi
+
+    dense = hu > -400
+    labels, n = ndi.label(dense)
+    if n == 0:
+        return 0.0
+    sizes = np.bincount(labels.ravel())[1:]
+    body = ndi.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    area = int(body.sum())
+    if area == 0:
+        return 0.0
+    lung = body & (hu > -950) & (hu < -400)
+    lung = ndi.binary_opening(lung, iterations=2)  # speckle is not lung
+    return float(lung.sum()) / area
+
+
+def slice_hu(path: str) -> np.ndarray:
+    """HU of a DICOM slice; for an 8-bit image, HU estimated from the lung window it was
+    shown in (level -600, width 1500). Raises ImageDecodeError or OSError."""
+    from .images import ImageDecodeError, decode_image, is_dicom
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if is_dicom(data) or Path(path).suffix.lower() in DICOM_SUFFIXES:
+        import io
+
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            arr = np.asarray(ds.pixel_array, dtype=np.float32)
+        except Exception as exc:
+            raise ImageDecodeError(f"cannot decode DICOM pixel data: {str(exc).splitlines()[0][:200]}") from None
+        if arr.ndim == 3:
+            arr = arr[arr.shape[0] // 2]
+        return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    grey = decode_image(data).astype(np.float32).mean(axis=2)
+    return grey / 255.0 * 1500.0 - 1350.0
+
+
+def slices_to_score(study: Study, max_slices: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The slices of ``study`` inside the lungs, at most ``max_slices`` evenly spaced; and
+    path -> why each other slice is not scored."""
+    in_lungs, not_used = [], {}
+    for path in study.slices:
+        try:
+            fraction = lung_fraction(slice_hu(path))
+        except Exception as exc:  # scored anyway: extraction will report the real error
+            log.debug("lung check of %s failed: %s", path, exc)
+            in_lungs.append(path)
+            continue
+        if fraction >= MIN_LUNG_FRACTION:
+            in_lungs.append(path)
+        else:
+            not_used[path] = f"outside the lungs (aerated lung {fraction:.1%} of the body)"
+    if max_slices and len(in_lungs) > max_slices:
+        keep = set(np.unique(np.round(np.linspace(0, len(in_lungs) - 1, max_slices)).astype(int)))
+        for i, path in enumerate(in_lungs):
+            if i not in keep:
+                not_used[path] = f"not sampled (--max-slices {max_slices})"
+        in_lungs = [p for i, p in enumerate(in_lungs) if i in keep]
+    return in_lungs, not_used
