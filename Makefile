@@ -26,7 +26,7 @@ FEATURES := --pooling multiscale --tta flip
 # (training data only), never by a held-out source's results.
 DEMO_FIT := --clf stack --base svm,logreg --harmonize none
 
-.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ bench-cache-scale: venv
 # Local vs ray engine img/s on this machine, and the 200k / 10M-slice projection (needs the ray extra).
 bench-scaleout: $(VENV)/.installed-ray
 	$(BIN)/python bench/scaleout.py
+
+# Real hospital DICOM studies: slice AUC vs radiologists' labels, study ranking, cost per study.
+bench-studies: venv
+	$(BIN)/python bench/studies.py
 
 bench-adaptation: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

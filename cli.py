@@ -310,14 +310,34 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @model_crop_option
 @site_option
 @offline_option
+@click.option("--studies", "study_labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="LABELS.csv",
+              help="Study level: --data is a folder of studies (see predict --studies) and LABELS.csv has columns "
+                   "study,label (study: the folder name predict --studies writes, or the StudyInstanceUID).")
+@click.option("--max-slices", type=click.IntRange(1), default=None,
+              help="With --studies: score at most N slices per study, evenly spaced within the lungs.")
 @engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
 def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, features_dir, weights, batch_size,
-             crop, site, offline, engine) -> None:
+             crop, site, offline, study_labels, max_slices, engine) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
     (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check).
     """
+    if study_labels:
+        from classifiers.workflows.study_evaluate import evaluate_studies
+
+        if len(data) != 1:
+            raise click.BadParameter("--studies evaluates one folder of studies", param_hint="--data")
+        evaluation, out_dir = evaluate_studies(data[0], study_labels, model_path,
+                                               _context(features_dir, batch_size, offline, weights, engine),
+                                               report_dir, n_boot, site, max_slices)
+        click.echo(evaluation.table())
+        click.echo(f"wrote metrics.json, studies.csv and slices.csv in {out_dir}/")
+        if evaluation.predictions.n_failed:
+            _report_failures(evaluation.predictions.failures)
+            sys.exit(EXIT_PARTIAL)
+        return
     from classifiers.workflows.evaluate import evaluate_and_write
 
     report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights, engine),
@@ -441,15 +461,28 @@ def calibrate(model_path, data, out, method, target_sensitivity, features_dir, w
 @model_weights_option
 @batch_option
 @offline_option
+@click.option("--studies", is_flag=True,
+              help="--data is a folder of studies (see predict --studies): each study with its answer and a "
+                   "strip of its 3 top-scoring slices with heatmaps (--heatmaps 0: without).")
 @engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
 def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot, features_dir, weights,
-           batch_size, offline, engine) -> None:
+           batch_size, offline, studies, engine) -> None:
     """One self-contained HTML report: model card, metrics with CIs, plots, and every image
     with its thumbnail, heatmap and prediction (misclassified first).
 
     --data: labeled data (as for evaluate) gives metrics; a plain folder of slices gives
     predictions only.
     """
+    if studies:
+        from classifiers.workflows.studies import study_report_to_html
+
+        if len(data) != 1:
+            raise click.BadParameter("--studies reports one folder of studies", param_hint="--data")
+        result, path = study_report_to_html(data[0], out, model_path,
+                                            _context(features_dir, batch_size, offline, weights, engine),
+                                            explain_method=explain_method, heatmaps=heatmaps > 0)
+        click.echo(f"wrote {path}: {len(result.results)} studies")
+        return
     from classifiers.workflows.report import report_to_html
 
     path, content = report_to_html(data, out, model_path, _context(features_dir, batch_size, offline, weights, engine),

@@ -14,7 +14,7 @@ How a folder is read (``predict --studies``, ``evaluate --studies``):
 
 Privacy: study names are the study's folder relative to the input folder (plus a salted
 hash of the StudyInstanceUID when several studies share a folder); UIDs, patient name, ID and
-birth date never leave this module unless ``keep_identifiers``. :class:`Redactor` removes the
+birth date are never written by default (the CLI's --keep-identifiers opts in). :class:`Redactor` removes the
 header identifiers from any text we write (file names often carry the patient ID).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Study:
     n_files: int = 0                             # every file of the study, all series
     warnings: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # path -> why it is not among the slices
-    identifiers: dict[str, str] = field(default_factory=dict)  # only with keep_identifiers
+    identifiers: dict[str, str] = field(default_factory=dict)  # UIDs: for matching, never written by default
 
 
 class Redactor:
@@ -186,8 +186,9 @@ def _salted(uid: str, salt: str) -> str:
     return hashlib.sha256((salt + uid).encode()).hexdigest()[:8]
 
 
-def find_studies(folder: str | Path, keep_identifiers: bool = False) -> StudyScan:
-    """Every study under ``folder`` (see the module docstring)."""
+def find_studies(folder: str | Path) -> StudyScan:
+    """Every study under ``folder`` (see the module docstring). Each study keeps its UIDs in
+    ``identifiers`` for matching labels; writers leave them out unless asked to keep them."""
     folder = Path(folder)
     files = list_image_files(folder)
     salt = secrets.token_hex(8)  # per run: hashed names cannot be linked across runs
@@ -238,8 +239,7 @@ def find_studies(folder: str | Path, keep_identifiers: bool = False) -> StudySca
             study.slices = _order(chosen, study.warnings)
             if len(ranked) > 1:
                 study.warnings.append(f"{len(ranked)} image series; used {study.series}")
-            if keep_identifiers:
-                study.identifiers = {"study_uid": uid, "series_uid": chosen_uid}
+            study.identifiers = {"study_uid": uid, "series_uid": chosen_uid}  # written only when kept
         else:
             study.errors.setdefault("", "no CT image series in the study")
         studies.append(study)

@@ -91,7 +91,7 @@ class StudyPredictionReport:
 def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = None,
                     max_slices: int | None = None, keep_identifiers: bool = False) -> StudyPredictionReport:
     """One P(COVID) per study under ``folder`` (see the module docstring)."""
-    scan = find_studies(folder, keep_identifiers)
+    scan = find_studies(folder)
     redact = scan.redact if not keep_identifiers else Redactor()
     plans = []
     for study in scan.studies:
@@ -112,7 +112,8 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
             flags = [r.in_distribution for _, r in scored if r.in_distribution is not None]
             result.in_distribution = (sum(flags) * 2 >= len(flags)) if flags else None
         elif not study.slices:
-            result.error = next(iter(study.errors.values()), "no CT image series in the study")
+            reasons = sorted(set(study.errors.values()) - {"no CT image series in the study"})
+            result.error = "no CT image series in the study" + (f" ({'; '.join(reasons)})" if reasons else "")
         elif not used:
             result.error = "no slice inside the lungs"
         else:
@@ -164,3 +165,32 @@ def predict_studies_and_write(folder: str | Path, out: str | Path = "predictions
     report = predict_studies(model, folder, site, max_slices, keep_identifiers)
     write_study_csvs(report, out, studies_out or Path(out).with_name("studies.csv"))
     return report
+
+
+def study_report_to_html(folder: str | Path, out: str | Path = "studies.html", model_path: str | Path | None = None,
+                         context: RunContext | None = None, site: str | None = None,
+                         max_slices: int | None = None, explain_method: str = "occlusion",
+                         heatmaps: bool = True) -> tuple[StudyPredictionReport, Path]:
+    """report --studies: every study with its answer and a strip of its top slices (heatmaps)."""
+    from ..presentation.html_report import data_uri, thumbnail
+    from ..presentation.heatmaps import overlay_rgb
+    from ..presentation.study_report import StudyCard, write_study_html
+    from .explain import ModelExplainer
+
+    model = load_model(model_path, context)
+    report = predict_studies(model, folder, site, max_slices)
+    explainer = ModelExplainer(model, explain_method) if heatmaps else None
+    cards = []
+    for result in report.results:
+        s = result.study
+        card = StudyCard(report.redact(s.name), s.series, len(s.slices), len(result.scored), result.p_covid,
+                         result.label, result.error, list(s.warnings), in_distribution=result.in_distribution)
+        for number, row in sorted(result.scored, key=lambda ir: -ir[1].p_covid)[:TOP_SLICES]:
+            prepared = model.extractors[0].prepare(row.path)
+            image = overlay_rgb(explainer.explain(row.path, prepared, row.site), 192) if explainer \
+                else thumbnail(prepared.original)
+            card.strip.append((number, row.p_covid, data_uri(image)))
+        cards.append(card)
+    path = write_study_html(cards, out, str(model.path), report.aggregation, report.threshold,
+                            explain_method if heatmaps else "none")
+    return report, path
