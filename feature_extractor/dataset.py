@@ -98,8 +98,9 @@ def parse_label(value: str) -> int:
     raise DatasetError(f"unknown label {value!r}: use 1/COVID or 0/NonCOVID")
 
 
-def list_image_files(folder: str | Path) -> list[str]:
-    """Image-like files under ``folder``, recursively, sorted; hidden files skipped.
+def list_image_files(folder: str | Path, suffixes: frozenset[str] = CANDIDATE_SUFFIXES) -> list[str]:
+    """Image-like files under ``folder`` (names ending in one of ``suffixes``), recursively,
+    sorted; hidden files skipped.
 
     Symlinked folders are followed (archives export studies as links), each real folder
     once, so a symlink loop cannot hang the walk and a folder linked twice is read once.
@@ -118,7 +119,7 @@ def list_image_files(folder: str | Path) -> list[str]:
         seen.add((info.st_dev, info.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in CANDIDATE_SUFFIXES:
+            if not name.startswith(".") and name.lower().endswith(tuple(suffixes)):
                 found.append(os.path.join(dirpath, name))
     return sorted(found)
 

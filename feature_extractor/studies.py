@@ -9,6 +9,8 @@ How a folder is read (``predict --studies``, ``evaluate --studies``):
   ImagePositionPatient along the slice normal (InstanceNumber when positions are missing);
   uneven spacing or mixed orientations give a warning.
 - A folder holding PNG/JPEG slices directly is one study (its files in natural name order).
+- A NIfTI volume (.nii, .nii.gz) is one study; its axial slices, feet to head
+  (nifti_volumes.py), go through the DICOM path.
 - Slices outside the lungs are skipped at prediction time (:func:`lung_fraction` on HU), and
   ``max_slices`` samples evenly among the rest.
 
@@ -32,6 +34,7 @@ from typing import Iterable
 import numpy as np
 
 from .dataset import DICOM_SUFFIXES, list_image_files
+from .nifti_volumes import NIFTI_SUFFIXES, VolumeError, volume_slices
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +246,14 @@ def find_studies(folder: str | Path) -> StudyScan:
         else:
             study.errors.setdefault("", "no CT image series in the study")
         studies.append(study)
+    for path in list_image_files(folder, NIFTI_SUFFIXES):
+        try:
+            slices, description, warnings = volume_slices(path)
+        except VolumeError as exc:
+            unassigned[path] = str(exc)
+            continue
+        name = re.sub(r"\.nii(\.gz)?$", "", _relative(path, folder), flags=re.I)
+        studies.append(Study(redact(name), "nifti", slices, series=description, n_files=1, warnings=warnings))
     for where, paths in sorted(image_folders.items()):
         studies.append(Study(redact(_relative(where, folder)), "images",
                              sorted(paths, key=lambda p: _natural_key(os.path.basename(p))),

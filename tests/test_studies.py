@@ -251,3 +251,22 @@ def test_report_shows_each_study_with_a_strip_of_its_top_slices(study_model, tmp
     assert "Research use only" in page and "case-0" in page and "case-1" in page
     assert page.count("<figure>") == 6 and page.count("data:image/jpeg;base64,") == 6  # 3 top slices each
     assert "http" not in page.replace("http-equiv", "") and not any(s in page for s in SECRETS)
+
+
+def test_a_nifti_volume_is_a_study_and_its_hu_survive_the_round_trip(tmp_path):
+    import nibabel as nib
+
+    volume = np.stack([chest(lungs=2 <= k <= 5, seed=k) for k in range(8)], axis=-1)  # (64, 64, 8), HU
+    volume = np.round(volume)
+    (tmp_path / "vols").mkdir()
+    nib.save(nib.Nifti1Image(volume.astype(np.int16), np.diag([0.7, 0.7, 2.5, 1.0])), tmp_path / "vols" / "ct-9.nii.gz")
+    (tmp_path / "vols" / "broken.nii").write_bytes(b"not a volume")
+    scan = find_studies(tmp_path / "vols")
+    (study,) = scan.studies
+    assert study.kind == "nifti" and study.name == "ct-9" and len(study.slices) == 8
+    assert "64x64x8" in study.series and "broken.nii" in next(iter(scan.unassigned))
+    for k, path in enumerate(study.slices):  # HU back exactly, rows anterior first
+        np.testing.assert_array_equal(slice_hu(path), np.flipud(volume[:, :, k].T))
+    used, skipped = slices_to_score(study)
+    assert [os.path.basename(p) for p in used] == [f"{k:05d}.dcm" for k in range(2, 6)]
+    assert find_studies(tmp_path / "vols").studies[0].slices == study.slices  # written once, found again
