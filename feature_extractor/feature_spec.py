@@ -33,19 +33,28 @@ from .weights import IMAGENET, WeightsChoice, parse_choice, parse_weights_option
 FORMAT_VERSION = 2  # of cache attributes and manifest entries; 1: before FeatureSpec
 
 
-def parse_window(text: str) -> tuple[float, float]:
-    """'LEVEL,WIDTH' in HU, e.g. '-600,1500'."""
-    try:
-        level, width = (float(v) for v in str(text).split(","))
-    except ValueError:
-        raise SettingsError(f"window {text!r}: write LEVEL,WIDTH in HU, e.g. -600,1500") from None
-    if width <= 0:
-        raise SettingsError(f"window {text!r}: the width must be positive")
-    return level, width
+def parse_window(text: str) -> tuple[float, ...]:
+    """'LEVEL,WIDTH' in HU, e.g. '-600,1500'; or three windows 'L,W/L,W/L,W', one per colour
+    channel (e.g. lung, mediastinal, wide: '-600,1500/40,400/-500,2000')."""
+    parts = str(text).split("/")
+    if len(parts) not in (1, 3):
+        raise SettingsError(f"window {text!r}: write LEVEL,WIDTH or three of them as L,W/L,W/L,W")
+    values: list[float] = []
+    for part in parts:
+        try:
+            level, width = (float(v) for v in part.split(","))
+        except ValueError:
+            raise SettingsError(f"window {text!r}: write LEVEL,WIDTH in HU, e.g. -600,1500") from None
+        if width <= 0:
+            raise SettingsError(f"window {text!r}: the width must be positive")
+        values += [level, width]
+    return tuple(values)
 
 
-def window_text(window: tuple[float, float]) -> str:
-    return f"{window[0]:g},{window[1]:g}"
+def window_text(window: Sequence[float] | str) -> str:
+    if isinstance(window, str):
+        return window
+    return "/".join(f"{window[i]:g},{window[i + 1]:g}" for i in range(0, len(window), 2))
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
             "lung field's histogram equalized (intensity standardization across sources); body: crop to "
             "the body, padded square (a fixed field of view). Full image, with a warning, where nothing "
             "is found.", choices=("none", "lungs", "lungs-equalized", "body")),
-    Setting("window", "DICOM window", DEFAULT_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500).",
-            metavar="LEVEL,WIDTH", parse=parse_window, text=window_text),
+    Setting("window", "DICOM window", DEFAULT_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500); three windows "
+            "L,W/L,W/L,W make the three colour channels.",
+            metavar="LEVEL,WIDTH[/L,W/L,W]", parse=parse_window, text=window_text),
 )
 SETTING = {s.name: s for s in SETTINGS}
 
@@ -111,7 +121,7 @@ class FeatureSpec:
     tta: str = SETTING["tta"].default
     precision: str = SETTING["precision"].default
     crop: str = SETTING["crop"].default
-    window: tuple[float, float] = DEFAULT_WINDOW
+    window: tuple[float, ...] = DEFAULT_WINDOW
     crop_version: int | None = field(default=None)  # None: this code's version of ``crop``
 
     def __post_init__(self) -> None:

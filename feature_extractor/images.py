@@ -30,7 +30,7 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _dicom_to_image(data: bytes, window: tuple[float, float]) -> Image.Image:
+def _dicom_to_image(data: bytes, window: tuple[float, ...]) -> Image.Image:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -51,11 +51,14 @@ def _dicom_to_image(data: bytes, window: tuple[float, float]) -> Image.Image:
     if arr.ndim == 3:  # multi-frame: the middle slice
         arr = arr[arr.shape[0] // 2]
     hu = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
-    level, width = window
-    scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        scaled = 255.0 - scaled
-    return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+    inverted = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    channels = []
+    for level, width in zip(window[0::2], window[1::2]):  # one window: grey; three: one per channel
+        scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
+        channels.append(np.round(255.0 - scaled if inverted else scaled).astype(np.uint8))
+    if len(channels) == 1:
+        return Image.fromarray(channels[0], "L")
+    return Image.fromarray(np.stack(channels, axis=-1), "RGB")
 
 
 class ImageDecodeError(CovidCTError):
@@ -82,7 +85,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, size: tuple[int, int] | None = None,
-                 window: tuple[float, float] = DEFAULT_WINDOW, dicom_hint: bool = False) -> np.ndarray:
+                 window: tuple[float, ...] = DEFAULT_WINDOW, dicom_hint: bool = False) -> np.ndarray:
     """Decode bytes to a uint8 array of shape (height, width, 3), resized to ``size``.
 
     ``size`` is (height, width); ``window`` the DICOM (level, width) in HU; ``dicom_hint``
@@ -158,7 +161,7 @@ class PreparedImage:
         return resize_rgb(self.region, size)
 
 
-def prepare_image(data: bytes, window: tuple[float, float] = DEFAULT_WINDOW, dicom_hint: bool = False,
+def prepare_image(data: bytes, window: tuple[float, ...] = DEFAULT_WINDOW, dicom_hint: bool = False,
                   crop: str = "none") -> PreparedImage:
     """Decode (see decode_image) and crop: ``lungs`` to the lung field (``lungs-equalized``: with
     its histogram equalized), ``body`` to the body, padded square (a fixed field of view)."""

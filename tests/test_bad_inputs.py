@@ -105,6 +105,9 @@ def test_good_dicom_is_windowed_to_lungs(model, tmp_path):
     assert arr[32, 32] == 128 and arr[0, 0] == 255 and arr[0, 10] == round(350 / 1500 * 255)
     # custom window: level -1000 width 200 makes air mid grey
     assert decode_image(path.read_bytes(), window=(-1000, 200))[0, 10, 0] == 128
+    # three windows (lung / mediastinal / wide) are the three channels
+    lung, mediastinal, wide = decode_image(path.read_bytes(), window=(-600, 1500, 40, 400, -500, 2000))[32, 32]
+    assert (lung, mediastinal, wide) == (128, 0, round(0.45 * 255))
     # MONOCHROME1 is inverted
     inv = make_dicom(tmp_path / "inv.dcm", hu, photometric="MONOCHROME1")
     assert decode_image(inv.read_bytes())[0, 0, 0] == 0  # bone is black in MONOCHROME1

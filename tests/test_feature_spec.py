@@ -26,6 +26,18 @@ def test_values_are_stored_as_the_options_spell_them():
     assert FeatureSpec.from_record(record) == spec
 
 
+def test_three_windows_are_one_setting_with_one_spelling():
+    spec = FeatureSpec.from_options("mobilenetv2", WeightsChoice("none"), window="-600,1500/40,400/-500,2000")
+    assert spec.window == (-600.0, 1500.0, 40.0, 400.0, -500.0, 2000.0)
+    record = spec.with_weights(SHA).to_record()
+    assert record["window"] == "-600,1500/40,400/-500,2000"
+    assert FeatureSpec.from_record(record) == spec.with_weights(SHA)
+    assert spec.with_weights(SHA).identity() != FeatureSpec("mobilenetv2", "none", SHA).identity()
+    for bad in ("-600,1500/40,400", "-600,1500/40,0/1,1", "lung"):
+        with pytest.raises(SettingsError, match="window"):
+            FeatureSpec.from_options("mobilenetv2", WeightsChoice("none"), window=bad)
+
+
 def test_every_setting_changes_the_identity_and_the_file_name():
     base = FeatureSpec("mobilenetv2", "none", SHA)
     other = {"pooling": "avgmax", "tta": "flip", "precision": "mixed", "crop": "lungs", "window": (-1000.0, 200.0)}

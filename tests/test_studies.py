@@ -194,6 +194,7 @@ def test_predict_studies_writes_one_row_per_study_and_no_identifiers(study_model
     assert "study_uid" in out.with_name("studies.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @needs_shared(SHARED_STUDIES)
 def test_the_shared_hospital_studies_decode_group_and_order():
