@@ -21,6 +21,7 @@ reported as what it is: chosen on these three studies.
 from __future__ import annotations
 
 import csv
+import re
 import sys
 import tempfile
 import time
@@ -63,7 +64,7 @@ def score(model_path: Path, features_dir: Path, max_slices: int | None = None):
     from feature_extractor.run_context import RunContext
 
     model = load_model(model_path, RunContext(features_dir, offline=True))
-    site = "batch" if model.manifest["harmonization"]["method"] != "none" else None
+    site = "batch" if model.manifest.get("harmonization", {}).get("method", "none") != "none" else None
     return predict_studies(model, STUDIES, site, max_slices)
 
 
@@ -126,10 +127,11 @@ def main() -> int:
     args = parser.parse_args()
     truth = labels()
     candidates = [("shipped: demo stack (svm+logreg, MobileNetV2+MobileNet, full slices)", fit_shipped(args))]
-    for path in sorted(MODELS.glob("both-crop-*-logreg.joblib")):
-        parts = path.stem.split("-")
-        if len(parts) >= 5 and parts[-2] in ("mobilenetv2", "mobilenet", "mobilenet025"):
-            candidates.append((path.stem.replace("both-crop-", "logreg, crop "), path))
+    for path in sorted(MODELS.glob("both-crop-*-logreg.joblib")):  # bench/generalization.py's models
+        match = re.fullmatch(r"both-crop-(.+)-(none|standardize)-(mobilenetv2|mobilenet|mobilenet025)-logreg", path.stem)
+        if match:
+            crop, harmonize, backbone = match.groups()
+            candidates.append((f"{backbone} logreg, crop {crop}, harmonize {harmonize}", path))
     rows = []
     for name, path in candidates:
         report = score(path, Path(args.features_dir))

@@ -271,3 +271,26 @@ def test_a_nifti_volume_is_a_study_and_its_hu_survive_the_round_trip(tmp_path):
     used, skipped = slices_to_score(study)
     assert [os.path.basename(p) for p in used] == [f"{k:05d}.dcm" for k in range(2, 6)]
     assert find_studies(tmp_path / "vols").studies[0].slices == study.slices  # written once, found again
+
+
+def test_compressed_transfer_syntaxes_decode_to_the_same_hu(tmp_path):
+    """What archives hold: RLE, JPEG 2000 and deflated written here; JPEG-LS and JPEG Lossless
+    (the shared studies) need decoders that are installed by default."""
+    import pydicom
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
+                             JPEGLSNearLossless, RLELossless)
+
+    plain = write_slice(tmp_path / "plain.dcm", generate_uid(), generate_uid(), 0)
+    reference = slice_hu(str(plain))
+    for syntax in (RLELossless, JPEG2000Lossless, DeflatedExplicitVRLittleEndian):
+        ds = pydicom.dcmread(plain)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            ds.file_meta.TransferSyntaxUID = syntax
+        else:
+            ds.compress(syntax)
+        path = tmp_path / f"{syntax.name[:12]}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert path.read_bytes() != plain.read_bytes()
+        np.testing.assert_array_equal(slice_hu(str(path)), reference)
+    assert all(get_decoder(s).is_available for s in (JPEGLSLossless, JPEGLSNearLossless, JPEGLosslessSV1))
