@@ -183,7 +183,7 @@ def main() -> int:
             f"and checking each slice's HU for lung takes {per_slice * 1000:.0f} ms per slice; extracting (two "
             f"backbones, multiscale + flip, fresh caches) and predicting {per_scored * 1000:.0f} ms per scored "
             f"slice; {share:.0%} of slices are inside the lungs.", "",
-            "| slices scored | scored of 300 | headers + lung check s | extraction + prediction s | total s |",
+            "| setting | slices scored of 300 | headers + lung check s | extraction + prediction s | total s |",
             "|---|---|---|---|---|", *("| " + " | ".join(r) + " |" for r in cost_rows)]
     windows = ["", "Windows as channels, measured where HU exist (our training sources are 8-bit images, so a "
                "model trained on them cannot use other windows): infected vs clean slices learned on one study's "
