@@ -11,6 +11,8 @@ CLI    := $(BIN)/python cli.py
 DATA ?= $(or $(COVIDCT_DATA),$(wildcard ../shared/data/covid-ct),data/COVID-CT)
 SECOND_SOURCE ?= $(or $(COVIDCT_SECOND_SOURCE),$(wildcard ../shared/data/mosmed-slices))
 SOURCES := --data $(DATA) $(if $(SECOND_SOURCE),--data $(SECOND_SOURCE))
+# Real hospital DICOM studies, when the shared copy is there: predicted as studies at the end.
+STUDIES ?= $(or $(COVIDCT_STUDIES),$(wildcard ../shared/data/dicom-studies))
 
 # Offline pretrained weights, used automatically when present (never required):
 # without them, keras downloads its ImageNet files (needs internet).
@@ -66,6 +68,11 @@ demo: venv
 	$(CLI) predict $(DATA) --model models/demo.joblib --out predictions.csv
 	@echo "== HTML report on COVID-CT's test split: heatmaps for the first 24 rows (mistakes first)"
 	$(CLI) report --model models/demo.joblib --data $(DATA) --out reports/demo-test.html --heatmaps 24
+	@if [ -n "$(STUDIES)" ]; then \
+		echo "== whole hospital studies (JPEG Lossless DICOM): one answer per study, identifiers removed"; \
+		$(CLI) predict $(STUDIES) --studies --model models/demo.joblib --out reports/demo-studies/slices.csv \
+			&& cat reports/demo-studies/studies.csv || exit 1; \
+	fi
 
 bench-generalization: venv
 	$(BIN)/python bench/generalization.py
