@@ -50,3 +50,16 @@ def workspace(tmp_path_factory):
                                            "--batch-size", "16"])
     assert result.exit_code == 0, result.output
     return root, data, result.output
+
+
+@pytest.fixture(scope="session")
+def logreg_model(workspace) -> tuple[Path, Path]:
+    """A logistic regression fitted on the workspace's features: (workspace root, model path)."""
+    import cli
+
+    root, data, _ = workspace
+    path = root / "models" / "logreg.joblib"
+    result = CliRunner().invoke(cli.main, ["fit", "--clf", "logreg", "--data", str(data), "--features-dir",
+                                           str(root / "features"), "--model", str(path), "--cv-folds", "3"])
+    assert result.exit_code == 0, result.output
+    return root, path

@@ -13,14 +13,9 @@ from feature_extractor.images import ImageDecodeError, decode_image
 from tests.helpers import ct_like, decompression_bomb_png, make_dicom
 
 
-@pytest.fixture(scope="module")
-def model(workspace):
-    root, data, _ = workspace
-    path = root / "models" / "bad-inputs.joblib"
-    result = CliRunner().invoke(cli.main, ["fit", "--clf", "logreg", "--data", str(data), "--features-dir",
-                                           str(root / "features"), "--model", str(path), "--cv-folds", "3"])
-    assert result.exit_code == 0, result.output
-    return root, path
+@pytest.fixture
+def model(logreg_model):
+    return logreg_model
 
 
 def predict(model, folder, out):

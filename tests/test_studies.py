@@ -154,14 +154,9 @@ def test_aggregations_and_their_choice_by_patient():
     assert choice["patient_cv_auc"]["mean"] < 0.7 and choice["n_patients"] == 40
 
 
-@pytest.fixture(scope="module")
-def study_model(workspace):
-    root, data, _ = workspace
-    model = root / "models" / "studies.joblib"
-    result = CliRunner().invoke(cli.main, ["fit", "--clf", "logreg", "--data", str(data), "--features-dir",
-                                           str(root / "features"), "--model", str(model), "--cv-folds", "3"])
-    assert result.exit_code == 0, result.output
-    return root, model
+@pytest.fixture
+def study_model(logreg_model):
+    return logreg_model
 
 
 @pytest.mark.slow  # fits a model, runs the CLI
