@@ -38,9 +38,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The suite also runs the ray engine on a local Ray: the tests get the `ray` extra.
+# The suite also runs the ray engine on a local Ray and the web service: the tests get the
+# `ray` and `serve` extras.
 $(VENV)/.installed-ray: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[test,ray,serve]"
 	touch $@
 
 test: $(VENV)/.installed-ray

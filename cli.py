@@ -493,5 +493,41 @@ def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot
         sys.exit(EXIT_PARTIAL)
 
 
+@main.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback needs --token-file.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A file holding the bearer token every API call must send (Authorization: Bearer ...).")
+@click.option("--max-request-mb", type=click.FloatRange(0, min_open=True), default=200.0, show_default=True,
+              help="Largest upload per request; bigger ones get 413.")
+@click.option("--max-files", type=click.IntRange(1), default=1000, show_default=True,
+              help="Most files per request, zip members included.")
+@click.option("--keep-identifiers", is_flag=True,
+              help="Patient identifiers from DICOM headers in responses (default: removed).")
+@features_option
+@model_weights_option
+@batch_option
+@offline_option
+def serve(model_path, host, port, token_file, max_request_mb, max_files, keep_identifiers, features_dir, weights,
+          batch_size, offline) -> None:
+    """A web page and a JSON API for one model: upload slices or a zipped DICOM study.
+
+    The model is loaded once (with its integrity check); requests queue for the CNN; seen images
+    come from the cache. Research use only.
+    """
+    from service.server import serve as run_server
+    from service.settings import ServeSettings
+
+    settings = ServeSettings(host, port, ServeSettings.read_token(token_file), max_request_mb, max_files,
+                             keep_identifiers=keep_identifiers)
+    if keep_identifiers:
+        click.secho("warning: --keep-identifiers: responses carry patient identifiers from DICOM headers",
+                    fg="yellow", err=True)
+    click.echo(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    run_server(model_path, _context(features_dir, batch_size, offline, weights), settings)
+
+
 if __name__ == "__main__":
     main()

@@ -82,6 +82,18 @@ class StudyScan:
     unassigned: dict[str, str] = field(default_factory=dict)  # files that belong to no study, and why
 
 
+def redactor_for(paths: Iterable[str]) -> Redactor:
+    """The identifiers in the headers of the DICOM files among ``paths`` (others are skipped)."""
+    values: list[str] = []
+    for path in paths:
+        if Path(path).suffix.lower() in DICOM_SUFFIXES:
+            try:
+                values += _identifier_values(_header(path))
+            except Exception:  # unreadable: its error is reported where it is decoded
+                continue
+    return Redactor(values)
+
+
 def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 

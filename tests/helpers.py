@@ -70,7 +70,7 @@ def make_covidct_layout(root: Path, n_patients: int = 12, per_patient: int = 2, 
 
 
 def make_dicom(path: Path, hu: np.ndarray | None, slope: float = 1.0, intercept: float = -1024.0,
-               photometric: str = "MONOCHROME2") -> Path:
+               photometric: str = "MONOCHROME2", patient_id: str | None = None) -> Path:
     """A CT DICOM file storing ``hu`` as int16 raw values (raw = (hu - intercept) / slope);
     ``hu=None`` writes one without pixel data."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -84,6 +84,8 @@ def make_dicom(path: Path, hu: np.ndarray | None, slope: float = 1.0, intercept:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CT"
+    if patient_id:
+        ds.PatientID = patient_id
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if hu is not None:
         raw = np.round((hu - intercept) / slope).astype(np.int16)

@@ -1,0 +1,103 @@
+"""The FastAPI application: one model loaded once, a page, a JSON API, offline docs.
+
+Requests queue for the CNN (one lock: the model and its extractors are not shared between
+threads); features of images seen before come from the cache. Uploads live in a private
+temporary folder for the request only. Every bad file gets its own error in the response;
+a request the service refuses gets one status and message (401, 413, 400), never a 500.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from importlib import resources
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from classifiers.workflows.model import LoadedModel, load_model
+from feature_extractor.run_context import RunContext
+
+from .predictions import PredictionService
+from .settings import ServeSettings
+from .uploads import UploadRejected
+
+log = logging.getLogger(__name__)
+API = "/api/v1"
+RESEARCH_ONLY = "Research use only: not a diagnostic device."
+
+
+def create_app(model_path: str | Path | None, context: RunContext, settings: ServeSettings) -> FastAPI:
+    model = load_model(model_path, context)  # the integrity check happens here, once
+    return build_app(model, settings)
+
+
+def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
+    app = FastAPI(title="covid-ct deep-features", version="1", description=RESEARCH_ONLY,
+                  docs_url=None, redoc_url=None)
+    service = PredictionService(model, settings, threading.Lock())
+
+    def authorized(request: Request) -> None:
+        if not settings.token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+            raise HTTPException(401, "missing or wrong token: send Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def limit_request_size(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_request_mb * 2**20:
+            return JSONResponse({"detail": f"request of {int(length) / 2**20:.0f} MB is over the "
+                                           f"{settings.max_request_mb:g} MB limit"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(UploadRejected)
+    async def rejected(request: Request, exc: UploadRejected):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    static = resources.files("service") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    try:
+        import swagger_ui_bundle
+
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+        docs_assets = True
+    except ImportError:  # docs then fall back to the plain OpenAPI JSON
+        docs_assets = False
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (static / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs():
+        if not docs_assets:
+            return HTMLResponse("<p>Interactive docs need the swagger-ui-bundle package; the API is described "
+                                "at <a href='/openapi.json'>/openapi.json</a>.</p>")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="covid-ct API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "model": model.path.name}
+
+    @app.get(f"{API}/model", dependencies=[Depends(authorized)])
+    def model_card() -> dict:
+        """The model card: classifier, backbones, training sources, CV metrics, threshold, OOD, aggregation."""
+        return service.model_card()
+
+    @app.post(f"{API}/predict", dependencies=[Depends(authorized)])
+    def predict(files: list[UploadFile] = File(..., description="PNG/JPEG/DICOM slices, or zips of DICOM studies"),
+                heatmaps: bool = Form(False, description="a heatmap per slice (top 3 per study); slower")) -> dict:
+        """Per slice: the same fields as predictions.csv; per zipped study: those of studies.csv."""
+        return service.predict(files, heatmaps)
+
+    return app

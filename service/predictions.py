@@ -1,0 +1,140 @@
+"""What one request does: save the uploads, score slices and zipped studies, answer in JSON.
+
+The fields are those of the CSVs: per slice predictions.csv's (name, p_covid, label,
+ood_score, in_distribution, error), per study studies.csv's. Names are the uploaded file
+names with patient identifiers from DICOM headers removed (unless keep_identifiers).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from classifiers.workflows.model import LoadedModel
+from classifiers.workflows.predict import predict_records
+from classifiers.workflows.studies import TOP_SLICES, predict_studies
+from feature_extractor.dataset import LABEL_NAMES, Record
+from feature_extractor.errors import CovidCTError
+from feature_extractor.studies import Redactor, redactor_for
+
+from .settings import ServeSettings
+from .uploads import CHUNK, UploadRejected, extract_zip, private_folder, safe_name
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class PredictionService:
+    def __init__(self, model: LoadedModel, settings: ServeSettings, lock: threading.Lock):
+        self.model = model
+        self.settings = settings
+        self.lock = lock  # one request at a time on the CNN; the others queue here
+        self._explainer = None
+
+    # -- the model card -------------------------------------------------------------------
+    def model_card(self) -> dict:
+        m = self.model.manifest
+        return {
+            "model": self.model.path.name, "model_sha256": m.get("model_sha256"), "created": m.get("created"),
+            "classifier": m.get("classifier"), "params": m.get("params"), "threshold": self.model.threshold,
+            "backbones": [{k: b.get(k) for k in ("backbone", "weights_source", "weights_sha256", "pooling", "tta",
+                                                 "crop", "window", "feature_dim")} for b in m.get("backbones", [])],
+            "training": {k: v for k, v in m.get("training", {}).items() if k != "paths"},
+            "cv": m.get("cv"), "harmonization": m.get("harmonization"), "ood": m.get("ood"),
+            "study_aggregation": m.get("study_aggregation"), "versions": m.get("versions"),
+            "research_use_only": True,
+        }
+
+    # -- a request ------------------------------------------------------------------------
+    def predict(self, files, heatmaps: bool) -> dict:
+        settings = self.settings
+        if len(files) > settings.max_files:
+            raise UploadRejected(413, f"too many files: {len(files)} in one request, at most {settings.max_files}")
+        with private_folder() as folder:
+            slices, studies = self._save(files, folder)
+            redact = Redactor() if settings.keep_identifiers else redactor_for([str(p) for _, p in slices])
+            try:
+                with self.lock:
+                    return {"model": self.model.path.name, "threshold": self.model.threshold,
+                            "research_use_only": True,
+                            "images": self._slices(slices, redact, heatmaps),
+                            "studies": [self._study(name, path, heatmaps) for name, path in studies]}
+            except CovidCTError as exc:  # e.g. a harmonized model given too few images
+                raise UploadRejected(422, str(exc)) from None
+
+    def _save(self, files, folder: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+        limit = int(self.settings.max_request_mb * 2**20)
+        budget = [self.settings.max_files - len(files)]
+        total, slices, studies = 0, [], []
+        (folder / "slices").mkdir()
+        for i, upload in enumerate(files):
+            name = upload.filename or f"upload-{i}"
+            target = folder / "slices" / safe_name(name, i)
+            with open(target, "wb") as out:
+                while block := upload.file.read(CHUNK):
+                    total += len(block)
+                    if total > limit:
+                        raise UploadRejected(413, f"upload over the {self.settings.max_request_mb:g} MB limit")
+                    out.write(block)
+            with open(target, "rb") as fh:
+                is_zip = fh.read(4) == ZIP_MAGIC
+            if is_zip:
+                where = folder / "studies" / f"{i:04d}"
+                where.mkdir(parents=True)
+                extract_zip(target, where, self.settings, budget)
+                studies.append((Path(name).stem, where))
+            else:
+                slices.append((name, target))
+        return slices, studies
+
+    def _explainer_for(self):
+        if self._explainer is None:
+            from classifiers.workflows.explain import ModelExplainer
+
+            self._explainer = ModelExplainer(self.model, self.settings.heatmap_method)
+        return self._explainer
+
+    def _pictures(self, path: str, site: str | None, heatmap: bool) -> dict:
+        from classifiers.presentation.heatmaps import overlay_rgb
+        from classifiers.presentation.html_report import data_uri, thumbnail
+
+        try:
+            prepared = self.model.extractors[0].prepare(path)
+        except Exception:  # its error is already in the row
+            return {}
+        out = {"image": data_uri(thumbnail(prepared.original, 256))}
+        if heatmap:
+            out["heatmap"] = data_uri(overlay_rgb(self._explainer_for().explain(path, prepared, site), 256))
+        return out
+
+    def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool) -> list[dict]:
+        if not slices:
+            return []
+        report = predict_records(self.model, [Record(str(p)) for _, p in slices])
+        out = []
+        for (name, _), row in zip(slices, report.rows):
+            item = {"name": redact(name), "p_covid": row.p_covid, "label": row.label, "ood_score": row.ood_score,
+                    "in_distribution": row.in_distribution, "error": row.error}
+            if row.error is None:
+                item.update(self._pictures(row.path, row.site, heatmaps))
+            out.append(item)
+        return out
+
+    def _study(self, name: str, folder: Path, heatmaps: bool) -> dict:
+        report = predict_studies(self.model, folder, keep_identifiers=self.settings.keep_identifiers)
+        redact = report.redact
+        studies = []
+        for result in report.results:
+            s = result.study
+            top = sorted(result.scored, key=lambda ir: -ir[1].p_covid)[:TOP_SLICES]
+            shown = name if s.name == folder.name else f"{name}/{s.name}"  # names are relative to the zip
+            studies.append({
+                "study": redact(shown), "series": s.series, "n_slices": len(s.slices), "n_used": len(result.scored),
+                "p_covid": result.p_covid, "label": result.label, "in_distribution": result.in_distribution,
+                "warnings": s.warnings, "error": result.error, "aggregation": report.aggregation,
+                "top_slices": [{"slice": i, "p_covid": r.p_covid, **self._pictures(r.path, r.site, heatmaps)}
+                               for i, r in top],
+                "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)})
+        return {"upload": redact(name), "studies": studies,
+                "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}
+
+
+__all__ = ["PredictionService", "LABEL_NAMES"]

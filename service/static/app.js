@@ -1,0 +1,97 @@
+"use strict";
+// The page's only script: upload, ask for the token once if the server wants one, show results.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+  const fmt = (p) => (p === null || p === undefined ? "" : p.toFixed(3));
+  let dropped = null;
+
+  function headers() {
+    const token = sessionStorage.getItem("covidct-token");
+    return token ? {Authorization: "Bearer " + token} : {};
+  }
+
+  async function call(url, options) {
+    let response = await fetch(url, {...options, headers: headers()});
+    if (response.status === 401) {
+      const token = window.prompt("This server needs its access token:");
+      if (!token) throw new Error("no token given");
+      sessionStorage.setItem("covidct-token", token.trim());
+      response = await fetch(url, {...options, headers: headers()});
+    }
+    const body = await response.json().catch(() => ({detail: response.statusText}));
+    if (!response.ok) throw new Error(body.detail || response.statusText);
+    return body;
+  }
+
+  function verdict(label, p, threshold) {
+    if (p === null || p === undefined) return "";
+    const cls = label === "COVID" ? "covid" : "noncovid";
+    return `<span class="${cls}">${esc(label)}</span> P(COVID) ${fmt(p)} (threshold ${threshold})`;
+  }
+
+  function ood(flag) {
+    return flag === false ? ' <span class="warn">out of distribution: unlike the training images</span>' : "";
+  }
+
+  function render(result) {
+    const out = [];
+    for (const image of result.images) {
+      out.push(`<article class="card" aria-label="image ${esc(image.name)}"><div><h3>${esc(image.name)}</h3>`
+        + (image.error ? `<p class="error">error: ${esc(image.error)}</p>` : `<p>${verdict(image.label, image.p_covid, result.threshold)}${ood(image.in_distribution)}</p>`)
+        + `</div>`
+        + (image.image ? `<figure><img src="${image.image}" alt="slice ${esc(image.name)}"><figcaption>slice</figcaption></figure>` : "")
+        + (image.heatmap ? `<figure><img class="heatmap" src="${image.heatmap}" alt="heatmap of ${esc(image.name)}"><figcaption>what raised P(COVID)</figcaption></figure>` : "")
+        + `</article>`);
+    }
+    for (const upload of result.studies) {
+      if (upload.error) out.push(`<article class="card"><h3>${esc(upload.upload)}</h3><p class="error">${esc(upload.error)}</p></article>`);
+      for (const s of upload.studies) {
+        const strip = s.top_slices.map((t) => `<figure><img src="${t.heatmap || t.image || ""}" alt="slice ${t.slice}, P(COVID) ${fmt(t.p_covid)}"><figcaption>slice ${t.slice}: ${fmt(t.p_covid)}</figcaption></figure>`).join("");
+        out.push(`<article class="card" aria-label="study ${esc(s.study)}"><div><h3>study ${esc(s.study)}</h3>`
+          + (s.error ? `<p class="error">${esc(s.error)}</p>` : `<p>${verdict(s.label, s.p_covid, result.threshold)}${ood(s.in_distribution)}</p>`)
+          + `<p>${esc(s.series)}; ${s.n_used} of ${s.n_slices} slices scored (${esc(s.aggregation)})</p>`
+          + s.warnings.map((w) => `<p class="warn">warning: ${esc(w)}</p>`).join("")
+          + `</div><div class="strip">${strip}</div></article>`);
+      }
+    }
+    $("results").innerHTML = out.join("") || "<p>No files.</p>";
+  }
+
+  async function send(event) {
+    event.preventDefault();
+    const files = dropped || $("files").files;
+    if (!files || !files.length) { $("status").textContent = "Choose or drop files first."; return; }
+    const form = new FormData();
+    for (const f of files) form.append("files", f, f.name);
+    form.append("heatmaps", $("heatmaps").checked ? "true" : "false");
+    $("send").disabled = true;
+    $("status").textContent = `Sending ${files.length} file(s)...`;
+    try {
+      render(await call("/api/v1/predict", {method: "POST", body: form}));
+      $("status").textContent = "Done.";
+    } catch (error) {
+      $("status").textContent = "Error: " + error.message;
+    } finally {
+      $("send").disabled = false;
+      dropped = null;
+    }
+  }
+
+  async function loadModel() {
+    try {
+      const card = await call("/api/v1/model", {});
+      $("model").textContent = `Model ${card.model} (${card.classifier}; ${card.backbones.map((b) => b.backbone).join(", ")}), threshold ${card.threshold}.`;
+    } catch (error) {
+      $("model").textContent = "Model card unavailable: " + error.message;
+    }
+  }
+
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); dropped = e.dataTransfer.files; $("status").textContent = `${dropped.length} file(s) ready.`; });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("files").click(); } });
+  $("upload").addEventListener("submit", send);
+  loadModel();
+})();

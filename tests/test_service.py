@@ -1,0 +1,198 @@
+"""The web service against a real uvicorn server on loopback, through an HTTP client."""
+import io
+import os
+import stat
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the web service is the `serve` extra")
+uvicorn = pytest.importorskip("uvicorn", reason="the web service is the `serve` extra")
+httpx = pytest.importorskip("httpx", reason="the web service is the `serve` extra")
+
+from classifiers.workflows.model import load_model  # noqa: E402
+from feature_extractor.errors import SettingsError  # noqa: E402
+from feature_extractor.run_context import RunContext  # noqa: E402
+from service.app import build_app  # noqa: E402
+from service.settings import ServeSettings  # noqa: E402
+from tests.conftest import SHARED, needs_shared  # noqa: E402
+from tests.helpers import ct_like, make_dicom  # noqa: E402
+
+pytestmark = pytest.mark.slow  # a real server, a fitted model
+TOKEN = "s3cret-token-for-tests-0123456789"
+STUDY = SHARED / "data" / "dicom-studies" / "Normal" / "normal001"
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app):
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def png_bytes(seed, covid=True):
+    buffer = io.BytesIO()
+    ct_like(seed, covid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model(logreg_model):
+    root, path = logreg_model
+    return load_model(path, RunContext(root / "features"))
+
+
+@pytest.fixture(scope="module")
+def open_server(model):
+    with Server(build_app(model, ServeSettings(max_request_mb=5, max_files=20, heatmap_method="gradcam"))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def token_server(model):
+    with Server(build_app(model, ServeSettings(token=TOKEN))) as url:
+        yield url
+
+
+def test_page_health_model_card_and_docs_are_served_offline(open_server):
+    page = httpx.get(open_server + "/").text
+    assert "Research use only" in page and "<script src=\"/static/app.js\">" in page
+    for asset in ("/static/app.js", "/static/style.css", "/", "/docs"):
+        text = httpx.get(open_server + asset).text
+        assert "http://" not in text.replace("http://127.0.0.1", "") and "https://" not in text, asset
+    assert httpx.get(open_server + "/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(open_server + "/healthz").json()["status"] == "ok"
+    card = httpx.get(open_server + "/api/v1/model").json()
+    assert card["classifier"] == "logreg" and card["backbones"][0]["backbone"] == "mobilenetv2"
+    assert card["research_use_only"] and "study_aggregation" in card
+    assert "/api/v1/predict" in httpx.get(open_server + "/openapi.json").json()["paths"]
+
+
+def test_good_and_bad_files_each_get_their_own_answer(open_server, tmp_path):
+    hu = np.full((64, 64), -1000.0)
+    hu[16:48, 16:48] = -600.0
+    dicom = make_dicom(tmp_path / "PID98765_slice.dcm", hu, patient_id="PID98765")
+    files = [("files", ("a.png", png_bytes(1), "image/png")),
+             ("files", ("PID98765_slice.dcm", dicom.read_bytes(), "application/dicom")),
+             ("files", ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")),
+             ("files", ("empty.jpg", b"", "image/jpeg")),
+             ("files", ("notes.txt", b"hello", "text/plain"))]
+    response = httpx.post(open_server + "/api/v1/predict", files=files, data={"heatmaps": "true"}, timeout=120)
+    assert response.status_code == 200, response.text
+    images = response.json()["images"]
+    assert [i["name"] for i in images] == ["a.png", "[patient]_slice.dcm", "broken.png", "empty.jpg", "notes.txt"]
+    assert 0 <= images[0]["p_covid"] <= 1 and images[0]["label"] in ("COVID", "NonCOVID")
+    assert images[0]["heatmap"].startswith("data:image/jpeg;base64,") and images[0]["image"]
+    assert all(i["error"] and i["p_covid"] is None for i in images[2:])
+    assert "PID98765" not in response.text
+
+
+def test_uploads_are_deleted_after_the_response(open_server):
+    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("covidct-upload-")}
+    assert httpx.post(open_server + "/api/v1/predict", files=[("files", ("a.png", png_bytes(2), "image/png"))],
+                      timeout=60).status_code == 200
+    after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("covidct-upload-")}
+    assert after <= before
+
+
+def zip_of(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info, data in members:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def symlink_member(name, target):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info, target
+
+
+@pytest.mark.parametrize("members, status, message", [
+    ([("../evil.png", b"x")], 400, "outside the archive"),
+    ([("/etc/evil.png", b"x")], 400, "outside the archive"),
+    ([symlink_member("link.png", "/etc/passwd")], 400, "symlink"),
+    ([("bomb.dcm", b"\0" * (20 * 2**20))], 413, "zip bomb"),
+])
+def test_dangerous_zips_are_refused(open_server, members, status, message):
+    response = httpx.post(open_server + "/api/v1/predict",
+                          files=[("files", ("study.zip", zip_of(members), "application/zip"))], timeout=60)
+    assert response.status_code == status and message in response.json()["detail"]
+
+
+def test_limits_give_a_clear_413(open_server):
+    big = httpx.post(open_server + "/api/v1/predict", files=[("files", ("big.png", b"\0" * (6 * 2**20), "image/png"))])
+    assert big.status_code == 413 and "limit" in big.json()["detail"]
+    many = httpx.post(open_server + "/api/v1/predict",
+                      files=[("files", (f"{i}.png", png_bytes(i), "image/png")) for i in range(21)])
+    assert many.status_code == 413 and "too many files" in many.json()["detail"]
+
+
+def test_the_token_is_required_when_set(token_server):
+    files = [("files", ("a.png", png_bytes(3), "image/png"))]
+    assert httpx.post(token_server + "/api/v1/predict", files=files).status_code == 401
+    wrong = httpx.post(token_server + "/api/v1/predict", files=files, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(token_server + "/api/v1/model").status_code == 401
+    ok = httpx.post(token_server + "/api/v1/predict", files=files, headers={"Authorization": f"Bearer {TOKEN}"},
+                    timeout=60)
+    assert ok.status_code == 200 and ok.json()["images"][0]["p_covid"] is not None
+    assert httpx.get(token_server + "/healthz").status_code == 200  # for load balancers
+
+
+def test_binding_beyond_loopback_needs_a_token(tmp_path):
+    with pytest.raises(SettingsError, match="needs --token-file"):
+        ServeSettings(host="0.0.0.0")
+    (tmp_path / "t").write_text("short")
+    with pytest.raises(SettingsError, match="too short"):
+        ServeSettings.read_token(tmp_path / "t")
+    assert ServeSettings(host="0.0.0.0", token=TOKEN).token == TOKEN
+
+
+def test_concurrent_requests_queue_and_all_succeed(open_server):
+    def one(i):
+        response = httpx.post(open_server + "/api/v1/predict", timeout=300,
+                              files=[("files", (f"c{i}.png", png_bytes(100 + i % 4), "image/png"))])
+        return response.status_code, response.json()["images"][0]["p_covid"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    assert all(status == 200 for status, _ in results)
+    by_image = {}
+    for i, (_, p) in enumerate(results):
+        by_image.setdefault(i % 4, set()).add(round(p, 6))
+    assert all(len(ps) == 1 for ps in by_image.values())  # the same image, the same answer
+
+
+@pytest.mark.integration
+@needs_shared(STUDY)
+def test_a_zipped_dicom_study_gets_one_answer(token_server):
+    members = [(f"normal001/{p.name}", p.read_bytes()) for p in sorted(STUDY.glob("*.dcm"))]
+    response = httpx.post(token_server + "/api/v1/predict", timeout=600, headers={"Authorization": f"Bearer {TOKEN}"},
+                          files=[("files", ("ward-7.zip", zip_of(members), "application/zip"))])
+    assert response.status_code == 200, response.text
+    (upload,) = response.json()["studies"]
+    (study,) = upload["studies"]
+    assert study["study"] == "ward-7/normal001" and study["n_slices"] == 52 and 0 < study["n_used"] < 52
+    assert 0 <= study["p_covid"] <= 1 and len(study["top_slices"]) == 3
+    assert "99C628-ASAD" not in response.text  # the header's patient ID, also in the file names
