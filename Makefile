@@ -28,7 +28,7 @@ FEATURES := --pooling multiscale --tta flip
 # (training data only), never by a held-out source's results.
 DEMO_FIT := --clf stack --base svm,logreg --harmonize none
 
-.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,10 @@ bench-scaleout: $(VENV)/.installed-ray
 # Real hospital DICOM studies: slice AUC vs radiologists' labels, study ranking, cost per study.
 bench-studies: venv
 	$(BIN)/python bench/studies.py
+
+# The web service under a bounded load: 20 clients x 10 requests on loopback.
+bench-serve-load: $(VENV)/.installed-ray
+	$(BIN)/python bench/serve_load.py
 
 bench-adaptation: venv
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -1,6 +1,7 @@
 """The web service against a real uvicorn server on loopback, through an HTTP client."""
 import io
 import os
+import shutil
 import stat
 import tempfile
 import threading
@@ -196,3 +197,34 @@ def test_a_zipped_dicom_study_gets_one_answer(token_server):
     assert study["study"] == "ward-7/normal001" and study["n_slices"] == 52 and 0 < study["n_used"] < 52
     assert 0 <= study["p_covid"] <= 1 and len(study["top_slices"]) == 3
     assert "99C628-ASAD" not in response.text  # the header's patient ID, also in the file names
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
+def test_a_real_browser_uploads_a_slice_and_sees_the_answer_and_heatmap(open_server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright drives the browser (test extra)")
+    from PIL import Image
+
+    slice_path = tmp_path / "slice.png"
+    slice_path.write_bytes(png_bytes(7))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(open_server + "/")
+        assert "Research use only" in page.inner_text("body")
+        page.wait_for_function("document.getElementById('model').textContent.includes('threshold')")
+        page.set_input_files("#files", str(slice_path))
+        page.keyboard.press("Tab")  # the form works from the keyboard too
+        page.focus("#send")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=120_000)
+        card = page.inner_text("#results")
+        assert "slice.png" in card and "P(COVID)" in card and ("COVID" in card)
+        assert page.evaluate("document.querySelector('img.heatmap').naturalWidth") > 0
+        shot = tmp_path / "page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10  # not blank

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""A bounded load test of `serve` on loopback: 20 clients x 10 requests, one slice each.
+
+Half the requests send slices whose features are cached (COVID-CT images), half send new
+ones (COVID-CT images with one pixel changed: new bytes, new key, a CNN run). The server runs
+in this process (uvicorn in a thread) with one MobileNetV2 logistic-regression model of
+bench/generalization.py; the clients are threads with httpx. Latency p50/p95, throughput,
+errors, and the server process's resident memory sampled through the run (start, middle,
+end, peak) go into BENCHMARKS.md (serve-load markers).
+
+    .venv/bin/python bench/serve_load.py [--clients 20] [--requests 10]
+"""
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from common import REPO, SHARED, bench_parser, publish, table_section
+
+MODEL = REPO / "bench" / "out" / "models" / "both-crop-none-none-mobilenetv2-logreg.joblib"
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def new_slice(path: Path, i: int) -> bytes:
+    """The image with one pixel changed: other bytes, so a cache miss."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    image.putpixel((i % image.width, 0), (i % 256, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> int:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=10)
+    args = parser.parse_args()
+    import httpx
+    import uvicorn
+
+    from classifiers.workflows.model import load_model
+    from feature_extractor.run_context import RunContext
+    from service.app import build_app
+    from service.settings import ServeSettings
+
+    images = sorted((SHARED / "data" / "covid-ct" / "CT_COVID").glob("*.png"))[:50]
+    features = tempfile.mkdtemp(dir=REPO / "bench" / "out")  # empty: the warm-up request caches the "cached" ones
+    model = load_model(MODEL, RunContext(features, offline=True))
+    server = uvicorn.Server(uvicorn.Config(build_app(model, ServeSettings()), host="127.0.0.1", port=0,
+                                           log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/api/v1/predict"
+    cached = [p.read_bytes() for p in images[:10]]
+    httpx.post(url, files=[("files", (f"warm{i}.png", b, "image/png")) for i, b in enumerate(cached)], timeout=600)
+    memory = [(0.0, rss_mb())]
+    stop = threading.Event()
+
+    def sample():
+        start = time.perf_counter()
+        while not stop.is_set():
+            memory.append((time.perf_counter() - start, rss_mb()))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    n = args.clients * args.requests
+    fresh = [new_slice(images[i % len(images)], i) for i in range(n // 2)]
+
+    def one(i: int):
+        data = cached[i % len(cached)] if i % 2 == 0 else fresh[i // 2]
+        start = time.perf_counter()
+        try:
+            response = httpx.post(url, files=[("files", (f"s{i}.png", data, "image/png"))], timeout=600)
+            ok = response.status_code == 200 and response.json()["images"][0]["error"] is None
+        except httpx.HTTPError:
+            ok = False
+        return i % 2 == 0, time.perf_counter() - start, ok
+
+    sampler.start()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        results = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    server.should_exit = True
+    thread.join(timeout=30)
+
+    rows = []
+    for name, keep in (("cached slices", True), ("new slices", False), ("all", None)):
+        latency = np.array([t for c, t, _ in results if keep is None or c == keep])
+        errors = sum(1 for c, _, ok in results if (keep is None or c == keep) and not ok)
+        rows.append((name, str(len(latency)), f"{np.median(latency):.2f}", f"{np.percentile(latency, 95):.2f}",
+                     str(errors)))
+    rss = [m for _, m in memory]
+    third = len(rss) // 3
+    text = (f"{args.clients} clients x {args.requests} requests of one PNG slice each on loopback (uvicorn in "
+            f"the benchmark's process, a MobileNetV2 logistic regression; requests queue for the CNN): "
+            f"{n / wall:.1f} requests/s over {wall:.0f} s. Server process memory (RSS): {rss[0]:.0f} MB after "
+            f"warm-up, peak {max(rss):.0f} MB; mean of the first / middle / last third of the run "
+            f"{np.mean(rss[:third]):.0f} / {np.mean(rss[third:2 * third]):.0f} / {np.mean(rss[2 * third:]):.0f} MB. "
+            "Target: 0 errors, memory flat.")
+    section = table_section("serve-load", "serve_load.py", "bench-serve-load", text,
+                            ("requests", "n", "p50 latency s", "p95 latency s", "errors"), rows)
+    publish(section, "Web service under load", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

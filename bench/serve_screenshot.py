@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""The README's screenshot of the service page: a slice with its heatmap and a zipped DICOM
+study, answered by a bench model (headless Chromium through Playwright).
+
+    .venv/bin/python bench/serve_screenshot.py [--out docs/serve.png]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import sys
+import threading
+import time
+import zipfile
+
+from common import REPO, SHARED
+
+MODEL = REPO / "bench" / "out" / "models" / "both-crop-none-none-mobilenetv2-logreg.joblib"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=REPO / "docs" / "serve.png")
+    args = parser.parse_args()
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from classifiers.workflows.model import load_model
+    from feature_extractor.run_context import RunContext
+    from service.app import build_app
+    from service.settings import ServeSettings
+
+    model = load_model(MODEL, RunContext(REPO / "features", offline=True))
+    server = uvicorn.Server(uvicorn.Config(build_app(model, ServeSettings(heatmap_method="gradcam")),
+                                           host="127.0.0.1", port=0, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
+    work = REPO / "bench" / "out" / "screenshot"
+    work.mkdir(parents=True, exist_ok=True)
+    study = SHARED / "data" / "dicom-studies" / "COVID" / "P001"
+    with zipfile.ZipFile(work / "P001-study.zip", "w") as archive:
+        for path in sorted(study.glob("*.dcm")):
+            archive.write(path, f"P001/{path.name}")
+    slice_png = sorted((SHARED / "data" / "covid-ct" / "CT_COVID").glob("*.png"))[5]
+    shutil.copy(slice_png, work / "slice.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.set_input_files("#files", [str(work / "slice.png"), str(work / "P001-study.zip")])
+        page.click("#send")
+        page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=600_000)
+        page.screenshot(path=str(args.out), full_page=True)
+        browser.close()
+    server.should_exit = True
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
