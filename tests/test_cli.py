@@ -418,3 +418,17 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
         "'+1+cmd", "'-x", "'@SUM(A1)", "'\tx", "ok.png", "-0.25", ""]
     out = write_csv(tmp_path / "x.csv", ["path"], [["=cmd|' /C calc'!A0"], ["scans/=HYPERLINK(x)y.png"]])
     assert out.read_text().splitlines()[1:] == ["'=cmd|' /C calc'!A0", "scans/=HYPERLINK(x)y.png"]
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    result = run("serve", "--host", "0.0.0.0", "--model", tmp_path / "none.joblib")
+    assert result.exit_code == 1 and "needs --token-file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_without_the_web_extra_is_one_clear_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = run("serve", "--model", tmp_path / "none.joblib")
+    assert result.exit_code == 1 and 'pip install -e ".[serve]"' in result.output

@@ -228,3 +228,23 @@ def test_a_real_browser_uploads_a_slice_and_sees_the_answer_and_heatmap(open_ser
         browser.close()
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10  # not blank
+
+
+def test_every_bad_input_kind_of_predict_gets_its_own_error(open_server, tmp_path):
+    """The same files as tests/test_bad_inputs.py, uploaded: each answered, none a 500."""
+    from tests.test_bad_inputs import BAD
+
+    files, expected = [], {}
+    for name, (make, reason) in BAD.items():
+        if name == "broken-link.png":  # a link cannot be uploaded; its target is what a browser sends
+            continue
+        make(tmp_path / name)
+        files.append(("files", (name, (tmp_path / name).read_bytes(), "application/octet-stream")))
+        expected[name] = reason
+    files.append(("files", ("good.png", png_bytes(5), "image/png")))
+    response = httpx.post(open_server + "/api/v1/predict", files=files, timeout=120)
+    assert response.status_code == 200, response.text
+    answers = {i["name"]: i for i in response.json()["images"]}
+    for name, reason in expected.items():
+        assert reason in answers[name]["error"] and answers[name]["p_covid"] is None, (name, answers[name])
+    assert answers["good.png"]["error"] is None
