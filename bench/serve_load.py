@@ -2,11 +2,11 @@
 """A bounded load test of `serve` on loopback: 20 clients x 10 requests, one slice each.
 
 Half the requests send slices whose features are cached (COVID-CT images), half send new
-ones (COVID-CT images with one pixel changed: new bytes, new key, a CNN run). The server runs
-in this process (uvicorn in a thread) with one MobileNetV2 logistic-regression model of
-bench/generalization.py; the clients are threads with httpx. Latency p50/p95, throughput,
-errors, and the server process's resident memory sampled through the run (start, middle,
-end, peak) go into BENCHMARKS.md (serve-load markers).
+ones (COVID-CT images with one pixel changed: new bytes, new key, a CNN run). The server is
+`cli.py serve` in its own process with one MobileNetV2 logistic-regression model of
+bench/generalization.py and a fresh feature cache; the clients are threads of this process
+with httpx. Latency p50/p95, throughput, errors, and the server's resident memory sampled
+through the run (start, thirds, peak) go into BENCHMARKS.md (serve-load markers).
 
     .venv/bin/python bench/serve_load.py [--clients 20] [--requests 10]
 """
@@ -27,11 +27,22 @@ from common import REPO, SHARED, bench_parser, publish, table_section
 MODEL = REPO / "bench" / "out" / "models" / "both-crop-none-none-mobilenetv2-logreg.joblib"
 
 
-def rss_mb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+def rss_mb(pid: int) -> float:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def new_slice(path: Path, i: int) -> bytes:
@@ -50,33 +61,34 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10)
     args = parser.parse_args()
-    import httpx
-    import uvicorn
+    import os
+    import subprocess
 
-    from classifiers.workflows.model import load_model
-    from feature_extractor.run_context import RunContext
-    from service.app import build_app
-    from service.settings import ServeSettings
+    import httpx
 
     images = sorted((SHARED / "data" / "covid-ct" / "CT_COVID").glob("*.png"))[:50]
     features = tempfile.mkdtemp(dir=REPO / "bench" / "out")  # empty: the warm-up request caches the "cached" ones
-    model = load_model(MODEL, RunContext(features, offline=True))
-    server = uvicorn.Server(uvicorn.Config(build_app(model, ServeSettings()), host="127.0.0.1", port=0,
-                                           log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/api/v1/predict"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "serve", "--model", str(MODEL), "--port", str(port),
+                               "--features-dir", features, "--offline"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "COVIDCT_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/api/v1/predict"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
     cached = [p.read_bytes() for p in images[:10]]
     httpx.post(url, files=[("files", (f"warm{i}.png", b, "image/png")) for i, b in enumerate(cached)], timeout=600)
-    memory = [(0.0, rss_mb())]
+    memory = [(0.0, rss_mb(server.pid))]
     stop = threading.Event()
 
     def sample():
         start = time.perf_counter()
         while not stop.is_set():
-            memory.append((time.perf_counter() - start, rss_mb()))
+            memory.append((time.perf_counter() - start, rss_mb(server.pid)))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -100,8 +112,8 @@ def main() -> int:
     wall = time.perf_counter() - start
     stop.set()
     sampler.join()
-    server.should_exit = True
-    thread.join(timeout=30)
+    server.terminate()
+    server.wait(timeout=60)
 
     rows = []
     for name, keep in (("cached slices", True), ("new slices", False), ("all", None)):
@@ -111,8 +123,8 @@ def main() -> int:
                      str(errors)))
     rss = [m for _, m in memory]
     third = len(rss) // 3
-    text = (f"{args.clients} clients x {args.requests} requests of one PNG slice each on loopback (uvicorn in "
-            f"the benchmark's process, a MobileNetV2 logistic regression; requests queue for the CNN): "
+    text = (f"{args.clients} clients x {args.requests} requests of one PNG slice each on loopback (`cli.py serve` "
+            f"in its own process, a MobileNetV2 logistic regression; requests queue for the CNN): "
             f"{n / wall:.1f} requests/s over {wall:.0f} s. Server process memory (RSS): {rss[0]:.0f} MB after "
             f"warm-up, peak {max(rss):.0f} MB; mean of the first / middle / last third of the run "
             f"{np.mean(rss[:third]):.0f} / {np.mean(rss[third:2 * third]):.0f} / {np.mean(rss[2 * third:]):.0f} MB. "

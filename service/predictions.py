@@ -12,7 +12,7 @@ from pathlib import Path
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
 from classifiers.workflows.studies import TOP_SLICES, predict_studies
-from feature_extractor.dataset import LABEL_NAMES, Record
+from feature_extractor.dataset import Record
 from feature_extractor.errors import CovidCTError
 from feature_extractor.studies import Redactor, redactor_for
 
@@ -136,5 +136,3 @@ class PredictionService:
         return {"upload": redact(name), "studies": studies,
                 "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}
 
-
-__all__ = ["PredictionService", "LABEL_NAMES"]
