@@ -506,12 +506,13 @@ def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot
               help="Most files per request, zip members included.")
 @click.option("--keep-identifiers", is_flag=True,
               help="Patient identifiers from DICOM headers in responses (default: removed).")
+@explain_method_option
 @features_option
 @model_weights_option
 @batch_option
 @offline_option
-def serve(model_path, host, port, token_file, max_request_mb, max_files, keep_identifiers, features_dir, weights,
-          batch_size, offline) -> None:
+def serve(model_path, host, port, token_file, max_request_mb, max_files, keep_identifiers, explain_method,
+          features_dir, weights, batch_size, offline) -> None:
     """A web page and a JSON API for one model: upload slices or a zipped DICOM study.
 
     The model is loaded once (with its integrity check); requests queue for the CNN; seen images
@@ -521,7 +522,7 @@ def serve(model_path, host, port, token_file, max_request_mb, max_files, keep_id
     from service.settings import ServeSettings
 
     settings = ServeSettings(host, port, ServeSettings.read_token(token_file), max_request_mb, max_files,
-                             keep_identifiers=keep_identifiers)
+                             keep_identifiers=keep_identifiers, heatmap_method=explain_method)
     if keep_identifiers:
         click.secho("warning: --keep-identifiers: responses carry patient identifiers from DICOM headers",
                     fg="yellow", err=True)
