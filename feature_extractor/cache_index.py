@@ -21,7 +21,7 @@ import numpy as np
 from .cache_segments import SegmentFolder
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS segment (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS segment (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS row (key BLOB PRIMARY KEY, segment INTEGER NOT NULL, pos INTEGER NOT NULL)
     WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS row_segment ON row (segment, pos);
@@ -72,18 +72,21 @@ class KeyIndex:
 
     # -- keeping it in step with the segment files --------------------------------------
     def sync(self) -> None:
-        """Index segments on disk that it lacks; forget those no longer on disk."""
-        on_disk = self.folder.names()
+        """Index segments on disk that it lacks; forget those no longer on disk.
+
+        The index is read before the folder is listed: a segment indexed by then is on disk
+        unless it was really removed, so an append racing with this never looks "gone".
+        Forgetting goes by name (ids of forgotten segments must not be trusted later).
+        """
         with self._db() as db:
-            known = dict(db.execute("SELECT name, id FROM segment"))
-        gone = [known[n] for n in known.keys() - set(on_disk)]
-        new = [n for n in on_disk if n not in known]
+            known = {name for (name,) in db.execute("SELECT name FROM segment")}
+        on_disk = self.folder.names()
+        gone = known - set(on_disk)
         if gone:
-            with self._db(write=True) as db:
-                for seg in gone:
-                    db.execute("DELETE FROM row WHERE segment = ?", (seg,))
-                    db.execute("DELETE FROM segment WHERE id = ?", (seg,))
-        for name in new:
+            self.forget(sorted(gone))
+        for name in on_disk:
+            if name in known:
+                continue
             try:
                 keys = self.folder.read_keys(name)
             except FileNotFoundError:  # compacted away meanwhile
@@ -125,12 +128,12 @@ class KeyIndex:
         found: dict[str, tuple[str, int]] = {}
         wanted = list(dict.fromkeys(keys))
         with self._db() as db:
-            names = dict(db.execute("SELECT id, name FROM segment"))
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = _blobs(wanted[start:start + _IN_CHUNK])
-                query = f"SELECT key, segment, pos FROM row WHERE key IN ({','.join('?' * len(chunk))})"
-                for key, seg, pos in db.execute(query, chunk):
-                    found[key.hex()] = (names[seg], pos)
+                query = ("SELECT row.key, segment.name, row.pos FROM row JOIN segment ON row.segment = segment.id "
+                         f"WHERE row.key IN ({','.join('?' * len(chunk))})")  # one statement: one snapshot
+                for key, name, pos in db.execute(query, chunk):
+                    found[key.hex()] = (name, pos)
         return found
 
     def keys(self) -> list[str]:
@@ -144,8 +147,8 @@ class KeyIndex:
     def live_rows(self) -> dict[str, int]:
         """Segment name -> rows the index points at (0 for segments holding only dead rows)."""
         with self._db() as db:
-            counts = dict(db.execute("SELECT segment, COUNT(*) FROM row GROUP BY segment"))
-            return {name: counts.get(seg, 0) for seg, name in db.execute("SELECT id, name FROM segment")}
+            return dict(db.execute("SELECT segment.name, COUNT(row.key) FROM segment LEFT JOIN row "
+                                   "ON row.segment = segment.id GROUP BY segment.id"))
 
     def rows_of(self, name: str) -> tuple[list[bytes], np.ndarray]:
         """The live keys of one segment (raw) and their rows, in row order."""

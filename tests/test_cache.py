@@ -327,3 +327,25 @@ def test_merge_plan_is_size_tiered():
     assert plan([target // 8] * 10) == []  # final size
     assert plan([1]) == []  # a lone tiny segment stays
     assert plan_merges([("pending/a.npz", 5)], target) == [["pending/a.npz"]]  # migrated alone
+
+
+def test_a_compaction_landing_while_a_reader_syncs_loses_no_rows(tmp_path, monkeypatch):
+    """The interleaving that once lost rows (CI, 2026-11-29): another process compacts while
+    this one lists the folder; the index must still serve every key right after this sync."""
+    cache = FeatureCache.create(tmp_path, SPEC, 4)
+    for start in (0, 2):
+        cache.append(keys(2, start=start), feats(2, start=start))
+    listed_before = cache.folder.names
+
+    def list_then_someone_compacts():
+        names = listed_before()
+        other = FeatureCache(cache.path)
+        with other.lock():
+            assert other.compact().segments_merged == 2  # after the listing
+        return names
+
+    monkeypatch.setattr(cache.folder, "names", list_then_someone_compacts)
+    cache.index.sync()
+    monkeypatch.undo()
+    assert len(cache.index) == 4  # no sync in between: what a read would have found
+    np.testing.assert_array_equal(cache.read(keys(4))[:, 0], range(4))
