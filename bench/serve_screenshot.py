@@ -7,7 +7,6 @@ study, answered by a bench model (headless Chromium through Playwright).
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import sys
 import threading

@@ -4,7 +4,6 @@ as the local engine, a killed CNN worker retried, an interrupted driver resumed.
 Skips where Ray Data is not installed (it is the `ray` extra; `make test` installs it).
 """
 import os
-import shutil
 import signal
 import subprocess
 import sys

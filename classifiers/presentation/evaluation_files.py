@@ -61,7 +61,7 @@ def write_cross_source(report: CrossSourceReport, out_dir: str | Path) -> dict[s
              f"- configuration of `{report.model_path}` (sha256 {str(report.manifest.get('model_sha256'))[:16]}), "
              f"refit without each source in turn: {json.dumps(report.manifest.get('fit'))}, balance "
              f"{report.manifest.get('balance')}",
-             f"- features: " + ", ".join(FeatureSpec.from_record(b).summary() for b in report.manifest["backbones"]),
+             "- features: " + ", ".join(FeatureSpec.from_record(b).summary() for b in report.manifest["backbones"]),
              f"- data: `{report.data}`; every labeled image of the held-out source is scored",
              f"- CIs: 95% percentile bootstrap, {report.bootstrap['n']} resamples of patients", "",
              "| held out | images | trained on (images) | AUC (95% CI) | accuracy | sensitivity | specificity |",
