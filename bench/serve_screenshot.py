@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The README's screenshot of the service page: a slice with its heatmap and a zipped DICOM
-study, answered by a bench model (headless Chromium through Playwright).
+study, answered by a bench model (headless Chromium through Playwright). The images are the
+tests' synthetic phantoms, so no patient image of ../shared ends up in the repository.
 
     .venv/bin/python bench/serve_screenshot.py [--out docs/serve.png]
 """
@@ -13,7 +14,7 @@ import threading
 import time
 import zipfile
 
-from common import REPO, SHARED
+from common import REPO
 
 MODEL = REPO / "bench" / "out" / "models" / "both-crop-none-none-mobilenetv2-logreg.joblib"
 
@@ -39,17 +40,23 @@ def main() -> int:
     url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
     work = REPO / "bench" / "out" / "screenshot"
     work.mkdir(parents=True, exist_ok=True)
-    study = SHARED / "data" / "dicom-studies" / "COVID" / "P001"
-    with zipfile.ZipFile(work / "P001-study.zip", "w") as archive:
-        for path in sorted(study.glob("*.dcm")):
-            archive.write(path, f"P001/{path.name}")
-    slice_png = sorted((SHARED / "data" / "covid-ct" / "CT_COVID").glob("*.png"))[5]
-    shutil.copy(slice_png, work / "slice.png")
+    from pydicom.uid import generate_uid
+
+    from tests.helpers import ct_like
+    from tests.test_studies import write_series
+
+    study = work / "phantom-study"
+    shutil.rmtree(study, ignore_errors=True)
+    write_series(study / "ward-3", generate_uid(), n=12, prefix="slice")
+    with zipfile.ZipFile(work / "phantom-study.zip", "w") as archive:
+        for path in sorted(study.rglob("*.dcm")):
+            archive.write(path, str(path.relative_to(study)))
+    ct_like(4, True, size=256).save(work / "slice.png")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url)
-        page.set_input_files("#files", [str(work / "slice.png"), str(work / "P001-study.zip")])
+        page.set_input_files("#files", [str(work / "slice.png"), str(work / "phantom-study.zip")])
         page.click("#send")
         page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=600_000)
         page.screenshot(path=str(args.out), full_page=True)

@@ -30,7 +30,8 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _dicom_to_image(data: bytes, window: tuple[float, ...]) -> Image.Image:
+def _read_dicom(data: bytes):
+    """The dataset and its pixel array (middle frame of multi-frame files); ImageDecodeError."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -44,13 +45,29 @@ def _dicom_to_image(data: bytes, window: tuple[float, ...]) -> Image.Image:
         arr = np.asarray(ds.pixel_array, dtype=np.float64)
     except Exception as exc:  # pydicom raises many kinds for missing codecs / bad data
         raise ImageDecodeError(f"cannot decode DICOM pixel data: {exc}") from None
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if samples == 3:  # secondary capture in colour: already display values
-        arr = arr[arr.shape[0] // 2] if arr.ndim == 4 else arr
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    if arr.ndim == 3:  # multi-frame: the middle slice
+    colour = int(ds.get("SamplesPerPixel", 1)) == 3
+    if arr.ndim == (4 if colour else 3):  # multi-frame: the middle slice
         arr = arr[arr.shape[0] // 2]
-    hu = arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    return ds, arr
+
+
+def _hounsfield(ds, arr: np.ndarray) -> np.ndarray:
+    return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def dicom_hu(data: bytes) -> np.ndarray:
+    """Hounsfield units of a DICOM slice (RescaleSlope/Intercept); ImageDecodeError."""
+    ds, arr = _read_dicom(data)
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        raise ImageDecodeError("a colour DICOM (secondary capture) has no Hounsfield units")
+    return _hounsfield(ds, arr)
+
+
+def _dicom_to_image(data: bytes, window: tuple[float, ...]) -> Image.Image:
+    ds, arr = _read_dicom(data)
+    if int(ds.get("SamplesPerPixel", 1)) == 3:  # secondary capture in colour: already display values
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    hu = _hounsfield(ds, arr)
     inverted = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
     channels = []
     for level, width in zip(window[0::2], window[1::2]):  # one window: grey; three: one per channel

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 NIFTI_SUFFIXES = frozenset({".nii", ".nii.gz"})
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _DONE = "complete"
 
 
@@ -74,14 +73,14 @@ def volume_slices(path: str | Path, folder: Path | None = None) -> tuple[list[st
 
 def _write_slice(path: str, hu: np.ndarray, zooms: list[float], k: int, digest: str) -> None:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[digest, "slice", str(k)])
-    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[digest, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[digest, "series"])
     ds.Modality, ds.ImageType, ds.InstanceNumber = "CT", ["DERIVED", "SECONDARY", "AXIAL"], k + 1

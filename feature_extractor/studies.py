@@ -233,10 +233,11 @@ def find_studies(folder: str | Path) -> StudyScan:
     redact = Redactor(identifiers)
 
     studies: list[Study] = []
+    uids = list(by_study) + [u for u in skipped if u not in by_study]
     folder_count: dict[str, int] = defaultdict(int)
-    for uid in list(by_study) + [u for u in skipped if u not in by_study]:
+    for uid in uids:
         folder_count[_common_folder(study_folders[uid])] += 1
-    for uid in list(by_study) + [u for u in skipped if u not in by_study]:
+    for uid in uids:
         where = _common_folder(study_folders[uid])
         name = redact(_relative(where, folder))
         if folder_count[where] > 1:
@@ -314,23 +315,12 @@ def lung_fraction(hu: np.ndarray) -> float:
 def slice_hu(path: str) -> np.ndarray:
     """HU of a DICOM slice; for an 8-bit image, HU estimated from the lung window it was
     shown in (level -600, width 1500). Raises ImageDecodeError or OSError."""
-    from .images import ImageDecodeError, decode_image, is_dicom
+    from .images import decode_image, dicom_hu, is_dicom
 
     with open(path, "rb") as fh:
         data = fh.read()
     if is_dicom(data) or Path(path).suffix.lower() in DICOM_SUFFIXES:
-        import io
-
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            arr = np.asarray(ds.pixel_array, dtype=np.float32)
-        except Exception as exc:
-            raise ImageDecodeError(f"cannot decode DICOM pixel data: {str(exc).splitlines()[0][:200]}") from None
-        if arr.ndim == 3:
-            arr = arr[arr.shape[0] // 2]
-        return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        return dicom_hu(data)
     grey = decode_image(data).astype(np.float32).mean(axis=2)
     return grey / 255.0 * 1500.0 - 1350.0
 

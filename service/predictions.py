@@ -11,7 +11,7 @@ from pathlib import Path
 
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
-from classifiers.workflows.studies import TOP_SLICES, predict_studies
+from classifiers.workflows.studies import predict_studies
 from feature_extractor.dataset import Record
 from feature_extractor.errors import CovidCTError
 from feature_extractor.studies import Redactor, redactor_for
@@ -124,14 +124,13 @@ class PredictionService:
         studies = []
         for result in report.results:
             s = result.study
-            top = sorted(result.scored, key=lambda ir: -ir[1].p_covid)[:TOP_SLICES]
             shown = name if s.name == folder.name else f"{name}/{s.name}"  # names are relative to the zip
             studies.append({
                 "study": redact(shown), "series": s.series, "n_slices": len(s.slices), "n_used": len(result.scored),
                 "p_covid": result.p_covid, "label": result.label, "in_distribution": result.in_distribution,
                 "warnings": s.warnings, "error": result.error, "aggregation": report.aggregation,
                 "top_slices": [{"slice": i, "p_covid": r.p_covid, **self._pictures(r.path, r.site, heatmaps)}
-                               for i, r in top],
+                               for i, r in result.top()],
                 "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)})
         return {"upload": redact(name), "studies": studies,
                 "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}

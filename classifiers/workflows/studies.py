@@ -41,9 +41,12 @@ class StudyResult:
     def scored(self) -> list[tuple[int, PredictionRow]]:
         return [(i, r) for i, r, _ in self.rows if r is not None and r.p_covid is not None]
 
+    def top(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
+        """The ``n`` highest-scoring slices, as (slice number, prediction)."""
+        return sorted(self.scored, key=lambda ir: -ir[1].p_covid)[:n]
+
     def top_slices(self) -> str:
-        best = sorted(self.scored, key=lambda ir: -ir[1].p_covid)[:TOP_SLICES]
-        return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in best)
+        return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in self.top())
 
 
 @dataclass
@@ -185,7 +188,7 @@ def study_report_to_html(folder: str | Path, out: str | Path = "studies.html", m
         s = result.study
         card = StudyCard(report.redact(s.name), s.series, len(s.slices), len(result.scored), result.p_covid,
                          result.label, result.error, list(s.warnings), in_distribution=result.in_distribution)
-        for number, row in sorted(result.scored, key=lambda ir: -ir[1].p_covid)[:TOP_SLICES]:
+        for number, row in result.top():
             prepared = model.extractors[0].prepare(row.path)
             image = overlay_rgb(explainer.explain(row.path, prepared, row.site), 192) if explainer \
                 else thumbnail(prepared.original)
