@@ -22,6 +22,7 @@ import click
 from classifiers.estimators.balance import BALANCES
 from classifiers.estimators.options import CALIBRATION_METHODS, HARMONIZATIONS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
+from classifiers.workflows import prediction_record as record
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS
 from feature_extractor.engine import ENGINES, LOCAL, EngineSettings
@@ -90,6 +91,32 @@ def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
         click.echo(f"  {path}: {reason}", err=True)
     if len(failed) > limit:
         click.echo(f"  ... and {len(failed) - limit} more", err=True)
+
+
+def _finish(lines=(), failures: dict[str, str] | None = None) -> None:
+    """Print a command's summary lines; list the files that could not be used and exit 3 when
+    there are any (the command still wrote everything else)."""
+    for line in lines:
+        click.echo(line)
+    if failures:
+        _report_failures(failures)
+        sys.exit(EXIT_PARTIAL)
+
+
+def _given(name: str) -> bool:
+    """Whether the option ``name`` was given on the command line (not its default)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _refuse_together(option: str, others: dict[str, str]) -> None:
+    """One line when options that ``option`` makes meaningless (``--flag``: its parameter's
+    name) were given with it."""
+    given = [flag for flag, name in others.items() if _given(name)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} cannot be used with {option}: "
+                               f"{'it is' if len(given) == 1 else 'they are'} ignored there")
 
 
 def feature_settings(select: bool):
@@ -173,6 +200,24 @@ def engine_options(what: str):
 
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
+
+
+def model_options(engine: str | None = None):
+    """The options of every command that loads a saved model: --model, --features-dir,
+    --weights (where the model's weights are now), --batch-size, --offline, and with ``engine``
+    (what its workers do) the engine options. The command gets ``model_path`` and ``context``."""
+    def decorate(command):
+        @functools.wraps(command)
+        def with_model(*args, features_dir, weights, batch_size, offline, engine=None, **kwargs):
+            return command(*args, context=_context(features_dir, batch_size, offline, weights, engine), **kwargs)
+        options = [model_option, features_option, model_weights_option, batch_option, offline_option]
+        for option in reversed(options):
+            with_model = option(with_model)
+        return engine_options(engine)(with_model) if engine else with_model
+    return decorate
+
+
+EXTRACTING = "feature extraction of images not cached: decoding in tasks, the CNN in an actor pool"
 
 
 @click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -291,7 +336,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 
 
 @main.command()
-@model_option
+@model_options(EXTRACTING)
 @data_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Split to evaluate when the data has the official split (other data: all images).")
@@ -304,60 +349,53 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
               help="source: leave one source out (needs --data per source). For each source, refit the "
                    "model's configuration on the others' training images and test on all of its images.")
 @bootstrap_option
-@features_option
-@model_weights_option
-@batch_option
 @model_crop_option
 @site_option
-@offline_option
 @click.option("--studies", "study_labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="LABELS.csv",
               help="Study level: --data is a folder of studies (see predict --studies) and LABELS.csv has columns "
                    "study,label (study: the folder name predict --studies writes, or the StudyInstanceUID).")
 @click.option("--max-slices", type=click.IntRange(1), default=None,
               help="With --studies: score at most N slices per study, evenly spaced within the lungs.")
-@engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
-def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, features_dir, weights, batch_size,
-             crop, site, offline, study_labels, max_slices, engine) -> None:
+def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_boot, crop, site, study_labels,
+             max_slices) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
     (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check).
     """
+    if cv_by:
+        _refuse_together("--cv-by source", {"--split": "split", "--cv": "cv_folds", "--site": "site",
+                                             "--studies": "study_labels"})
     if study_labels:
+        _refuse_together("--studies", {"--crop": "crop", "--split": "split", "--cv": "cv_folds"})
         from classifiers.workflows.study_evaluate import evaluate_studies
 
         if len(data) != 1:
             raise click.BadParameter("--studies evaluates one folder of studies", param_hint="--data")
-        evaluation, out_dir = evaluate_studies(data[0], study_labels, model_path,
-                                               _context(features_dir, batch_size, offline, weights, engine),
-                                               report_dir, n_boot, site, max_slices)
-        click.echo(evaluation.table())
-        click.echo(f"wrote metrics.json, studies.csv and slices.csv in {out_dir}/")
-        if evaluation.predictions.n_failed:
-            _report_failures(evaluation.predictions.failures)
-            sys.exit(EXIT_PARTIAL)
+        evaluation, out_dir = evaluate_studies(data[0], study_labels, model_path, context, report_dir, n_boot, site,
+                                               max_slices)
+        _finish([evaluation.table(), f"wrote metrics.json, studies.csv and slices.csv in {out_dir}/"],
+                evaluation.predictions.failures)
         return
+    if max_slices:
+        raise click.UsageError("--max-slices needs --studies")
     from classifiers.workflows.evaluate import evaluate_and_write
 
-    report, files = evaluate_and_write(data, model_path, split, _context(features_dir, batch_size, offline, weights, engine),
-                                       report_dir, n_boot, cv_folds, crop, cv_by, site)
-    click.echo(report.header())
-    click.echo(report.table())
+    report, files = evaluate_and_write(data, model_path, split, context, report_dir, n_boot, cv_folds, crop, cv_by,
+                                       site)
     plots = len(files) - 2
-    click.echo(f"wrote {files['metrics']}, {files['report']} and {plots} plot{'s' * (plots > 1)} in "
-               f"{files['metrics'].parent}/")
-    if report.errors:
-        _report_failures(report.errors)
-        sys.exit(EXIT_PARTIAL)
+    _finish([report.header(), report.table(),
+             f"wrote {files['metrics']}, {files['report']} and {plots} plot{'s' * (plots > 1)} in "
+             f"{files['metrics'].parent}/"], report.errors)
 
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@model_option
+@model_options(EXTRACTING)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
-              show_default=True, help="CSV with columns path,p_covid,label,ood_score,in_distribution,error "
-                                      "(in_distribution false: its features lie far from the training images).")
+              show_default=True, help=f"CSV with columns {record.SLICE.help_line()} (one row per file; "
+                                      "--studies: one per slice, and studies.csv beside it).")
 @click.option("--explain", is_flag=True,
               help="Also write one PNG per image: the slice with a heatmap of the regions that "
                    "raised P(COVID). Occlusion runs 50 variants per image through each backbone: "
@@ -365,12 +403,8 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @click.option("--explain-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the heatmap PNGs go.  [default: heatmaps/ beside --out]")
 @explain_method_option
-@features_option
-@model_weights_option
-@batch_option
 @model_crop_option
 @site_option
-@offline_option
 @click.option("--studies", is_flag=True,
               help="One answer per study: DICOM files grouped by study and series (the axial CT series "
                    "used, slices ordered by position), a folder of PNG/JPEG slices is one study; slices "
@@ -381,43 +415,32 @@ def evaluate(model_path, data, split, report_dir, cv_folds, cv_by, n_boot, featu
 @click.option("--keep-identifiers", is_flag=True,
               help="With --studies: write study/series UIDs and file names as they are. Default: patient "
                    "name, ID and birth date from the headers are removed from every output.")
-@engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
-def predict(folder, model_path, out, explain, explain_dir, explain_method, features_dir, weights,
-            batch_size, crop, site, offline, studies, max_slices, keep_identifiers, engine) -> None:
+def predict(folder, model_path, context, out, explain, explain_dir, explain_method, crop, site, studies,
+            max_slices, keep_identifiers) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
     in the `error` column.
     """
     if studies:
-        if explain:
-            raise click.BadParameter("--explain is per image; use it without --studies", param_hint="--explain")
+        _refuse_together("--studies", {"--crop": "crop", "--explain": "explain", "--explain-dir": "explain_dir"})
         from classifiers.workflows.studies import predict_studies_and_write
 
-        report = predict_studies_and_write(folder, out, None, model_path,
-                                           _context(features_dir, batch_size, offline, weights, engine), crop, site,
-                                           max_slices, keep_identifiers)
-        for line in report.summary():
-            click.echo(line)
-        if report.n_failed:
-            _report_failures(report.failures)
-            sys.exit(EXIT_PARTIAL)
+        report = predict_studies_and_write(folder, out, None, model_path, context, None, site, max_slices,
+                                           keep_identifiers)
+        _finish(report.summary(), report.failures)
         return
     if max_slices or keep_identifiers:
         raise click.BadParameter("--max-slices and --keep-identifiers need --studies", param_hint="--studies")
     from classifiers.workflows.predict import predict_and_write
 
-    report = predict_and_write(folder, out, model_path, _context(features_dir, batch_size, offline, weights, engine),
-                               crop, explain_method if explain else None, explain_dir, site)
-    for line in report.summary():
-        click.echo(line)
-    if report.n_failed:
-        _report_failures(report.failures)
-        sys.exit(EXIT_PARTIAL)
+    report = predict_and_write(folder, out, model_path, context, crop, explain_method if explain else None,
+                               explain_dir, site)
+    _finish(report.summary(), report.failures)
 
 
 @main.command()
-@model_option
+@model_options()
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="Labeled images of one site (COVID/ and NonCOVID/ folders or a CSV manifest): a small "
                    "sample is enough (e.g. 25 patients).")
@@ -427,23 +450,16 @@ def predict(folder, model_path, out, explain, explain_dir, explain_method, featu
               help="sigmoid (Platt; fine with 10-100 labels) or isotonic (hundreds).")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Threshold reaching this COVID recall on the sample.  [default: balanced errors]")
-@features_option
-@model_weights_option
-@batch_option
-@offline_option
-def calibrate(model_path, data, out, method, target_sensitivity, features_dir, weights, batch_size, offline) -> None:
+def calibrate(model_path, context, data, out, method, target_sensitivity) -> None:
     """Recalibrate a model for a new site on a few of its labeled images: its probabilities and
     threshold are refit, its features and classifier stay as they are. Writes a new model."""
     from classifiers.workflows.calibrate import calibrate_model, calibrate_summary
 
-    bundle = calibrate_model(model_path, data, out, method, target_sensitivity,
-                             _context(features_dir, batch_size, offline, weights))
-    for line in calibrate_summary(bundle):
-        click.echo(line)
+    _finish(calibrate_summary(calibrate_model(model_path, data, out, method, target_sensitivity, context)))
 
 
 @main.command()
-@model_option
+@model_options(EXTRACTING)
 @data_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Split to report when the data has the official split.")
@@ -457,44 +473,35 @@ def calibrate(model_path, data, out, method, target_sensitivity, features_dir, w
                    "model refit without its source. No heatmaps then.")
 @explain_method_option
 @bootstrap_option
-@features_option
-@model_weights_option
-@batch_option
-@offline_option
 @click.option("--studies", is_flag=True,
               help="--data is a folder of studies (see predict --studies): each study with its answer and a "
                    "strip of its 3 top-scoring slices with heatmaps (--heatmaps 0: without).")
-@engine_options("feature extraction of images not cached: decoding in tasks, the CNN in an actor pool")
-def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot, features_dir, weights,
-           batch_size, offline, studies, engine) -> None:
+def report(model_path, context, data, split, out, heatmaps, cv_by, explain_method, n_boot, studies) -> None:
     """One self-contained HTML report: model card, metrics with CIs, plots, and every image
     with its thumbnail, heatmap and prediction (misclassified first).
 
     --data: labeled data (as for evaluate) gives metrics; a plain folder of slices gives
     predictions only.
     """
+    if cv_by:
+        _refuse_together("--cv-by source", {"--split": "split", "--studies": "studies", "--heatmaps": "heatmaps"})
     if studies:
         from classifiers.workflows.studies import study_report_to_html
 
         if len(data) != 1:
             raise click.BadParameter("--studies reports one folder of studies", param_hint="--data")
-        result, path = study_report_to_html(data[0], out, model_path,
-                                            _context(features_dir, batch_size, offline, weights, engine),
-                                            explain_method=explain_method, heatmaps=heatmaps > 0)
-        click.echo(f"wrote {path}: {len(result.results)} studies")
+        result, path = study_report_to_html(data[0], out, model_path, context, explain_method=explain_method,
+                                            heatmaps=heatmaps > 0)
+        _finish([f"wrote {path}: {len(result.results)} studies"])
         return
     from classifiers.workflows.report import report_to_html
 
-    path, content = report_to_html(data, out, model_path, _context(features_dir, batch_size, offline, weights, engine),
-                                   split, heatmaps, explain_method, n_boot, cv_by)
-    click.echo(content.summary(path))
-    if content.failures:
-        _report_failures(content.failures)
-        sys.exit(EXIT_PARTIAL)
+    path, content = report_to_html(data, out, model_path, context, split, heatmaps, explain_method, n_boot, cv_by)
+    _finish([content.summary(path)], content.failures)
 
 
 @main.command()
-@model_option
+@model_options()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs --token-file.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -507,12 +514,8 @@ def report(model_path, data, split, out, heatmaps, cv_by, explain_method, n_boot
 @click.option("--keep-identifiers", is_flag=True,
               help="Patient identifiers from DICOM headers in responses (default: removed).")
 @explain_method_option
-@features_option
-@model_weights_option
-@batch_option
-@offline_option
-def serve(model_path, host, port, token_file, max_request_mb, max_files, keep_identifiers, explain_method,
-          features_dir, weights, batch_size, offline) -> None:
+def serve(model_path, context, host, port, token_file, max_request_mb, max_files, keep_identifiers,
+          explain_method) -> None:
     """A web page and a JSON API for one model: upload slices or a zipped DICOM study.
 
     The model is loaded once (with its integrity check); requests queue for the CNN; seen images
@@ -527,7 +530,7 @@ def serve(model_path, host, port, token_file, max_request_mb, max_files, keep_id
         click.secho("warning: --keep-identifiers: responses carry patient identifiers from DICOM headers",
                     fg="yellow", err=True)
     click.echo(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
-    run_server(model_path, _context(features_dir, batch_size, offline, weights), settings)
+    run_server(model_path, context, settings)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def main() -> int:
         bundle = fit_model(args.data, FitSettings(clf, **kw), selection, context, model)
         ev = evaluate_model(load_model(model, context), args.data, "test", n_boot=args.bootstrap)
         m = ev.metrics
-        rows.append((label, clf, f"{bundle.manifest['cv']['auc']:.3f}", ci(m["accuracy"]), ci(m["f1"]),
+        rows.append((label, clf, f"{bundle.card.cv_auc:.3f}", ci(m["accuracy"]), ci(m["f1"]),
                      ci(m["roc_auc"]), f"{time.perf_counter() - start:.0f}"))
         print(" | ".join(rows[-1]), flush=True)
 

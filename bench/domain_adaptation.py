@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from common import REPO, SHARED, bench_parser, publish, table_section
+from common import SHARED, bench_parser, publish, table_section
 from accuracy import available  # noqa: E402
 
 from classifiers.estimators.harmonize import SiteStandardizer  # noqa: E402

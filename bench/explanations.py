@@ -72,7 +72,7 @@ def main() -> int:
             if method == "occlusion":  # the same 50 variants, one forward pass each
                 naive_times = [naive_occlusion(explainer, path) for path in test[1:4]]
                 naive = f"{np.median(naive_times):.2f} ({np.median(naive_times) / np.median(times):.1f}x)"
-            rows.append((backbones, model.manifest["classifier"], method, f"{np.median(times):.2f}", naive))
+            rows.append((backbones, model.card.classifier, method, f"{np.median(times):.2f}", naive))
             print(" | ".join(rows[-1]), flush=True)
     section = "\n".join([START, "", f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by "
                          "`.venv/bin/python bench/explanations.py`: seconds per image, median of 6 "

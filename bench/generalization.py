@@ -91,7 +91,7 @@ def main() -> int:
                      *(f"{ci(held[s].metrics['roc_auc'])} (n={held[s].n['images']})" for s in names),
                      held_out_test_split(held.get("covid-ct")),
                      f"{held['covid-ct'].train_cv_auc:.3f}" if "covid-ct" in held else "", ci(test) if test else "",
-                     f"{bundle.manifest['cv']['auc']:.3f}", f"{time.perf_counter() - start:.0f}"))
+                     f"{bundle.card.cv_auc:.3f}", f"{time.perf_counter() - start:.0f}"))
         print(" | ".join(rows[-1]), flush=True)
 
     deep = args.deep_crops.split(",")

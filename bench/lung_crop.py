@@ -113,7 +113,7 @@ def main() -> int:
                                      {**FEATURES, "crop": crop})
         bundle = fit_model(args.data, FitSettings(clf, **kw), selection, context, model)
         m = evaluate_model(load_model(model, context), args.data, "test", n_boot=args.bootstrap).metrics
-        rows.append((label, clf, crop, f"{bundle.manifest['cv']['auc']:.3f} ± {bundle.manifest['cv']['auc_std']:.3f}",
+        rows.append((label, clf, crop, f"{bundle.card.cv_auc:.3f} ± {bundle.card.cv['auc_std']:.3f}",
                      ci(m["accuracy"]), ci(m["roc_auc"])))
         print(" | ".join(rows[-1]), flush=True)
 

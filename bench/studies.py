@@ -64,7 +64,7 @@ def score(model_path: Path, features_dir: Path, max_slices: int | None = None):
     from feature_extractor.run_context import RunContext
 
     model = load_model(model_path, RunContext(features_dir, offline=True))
-    site = "batch" if model.manifest.get("harmonization", {}).get("method", "none") != "none" else None
+    site = "batch" if model.card.harmonization.method != "none" else None
     return predict_studies(model, STUDIES, site, max_slices)
 
 

@@ -27,7 +27,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 HEAD = "@head"
-COLUMNS = ("features", "key")
 # Read whole segments rather than scattered rows once this share of them is wanted.
 _DENSE_SHARE = 0.25
 
@@ -160,11 +159,6 @@ class SegmentFolder:
                 lo, hi = int(unique[0]), int(unique[-1]) + 1
                 return dataset[lo:hi][unique - lo][inverse]
             return dataset[unique][inverse]  # h5py wants increasing, unique indices
-
-    def iter_rows(self, name: str, positions: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-        """``read_rows`` in chunks of ``chunk`` positions (sorted), for bounded memory."""
-        for start in range(0, len(positions), chunk):
-            yield self.read_rows(name, positions[start:start + chunk])
 
     def remove(self, names: Sequence[str]) -> None:
         for name in names:

@@ -22,6 +22,7 @@ from classifiers.workflows.model import LoadedModel, load_model
 from feature_extractor.run_context import RunContext
 
 from .predictions import PredictionService
+from .schema import fields_listing, response_models
 from .settings import ServeSettings
 from .uploads import UploadRejected
 
@@ -39,6 +40,7 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="covid-ct deep-features", version="1", description=RESEARCH_ONLY,
                   docs_url=None, redoc_url=None)
     service = PredictionService(model, settings, threading.Lock())
+    PredictResponse = response_models()
 
     def authorized(request: Request) -> None:
         if not settings.token:
@@ -94,7 +96,12 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
         """The model card: classifier, backbones, training sources, CV metrics, threshold, OOD, aggregation."""
         return service.model_card()
 
-    @app.post(f"{API}/predict", dependencies=[Depends(authorized)])
+    @app.get(f"{API}/fields", dependencies=[Depends(authorized)])
+    def fields() -> dict:
+        """The fields of an image's and a study's answer, in order, with their types and help."""
+        return fields_listing()
+
+    @app.post(f"{API}/predict", dependencies=[Depends(authorized)], response_model=PredictResponse)
     def predict(files: list[UploadFile] = File(..., description="PNG/JPEG/DICOM slices, or zips of DICOM studies"),
                 heatmaps: bool = Form(False, description="a heatmap per slice (top 3 per study); slower")) -> dict:
         """Per slice: the same fields as predictions.csv; per zipped study: those of studies.csv."""

@@ -1,14 +1,16 @@
 """What one request does: save the uploads, score slices and zipped studies, answer in JSON.
 
-The fields are those of the CSVs: per slice predictions.csv's (name, p_covid, label,
-ood_score, in_distribution, error), per study studies.csv's. Names are the uploaded file
-names with patient identifiers from DICOM headers removed (unless keep_identifiers).
+Each image's and each study's fields are those of the prediction record
+(classifiers/workflows/prediction_record.py), as in the CSVs, plus the pictures the page
+shows. Names are the uploaded file names with patient identifiers from DICOM headers removed
+(unless keep_identifiers).
 """
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+from classifiers.workflows import prediction_record as record
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
 from classifiers.workflows.studies import predict_studies
@@ -31,15 +33,15 @@ class PredictionService:
 
     # -- the model card -------------------------------------------------------------------
     def model_card(self) -> dict:
-        m = self.model.manifest
+        c = self.model.card
         return {
-            "model": self.model.path.name, "model_sha256": m.get("model_sha256"), "created": m.get("created"),
-            "classifier": m.get("classifier"), "params": m.get("params"), "threshold": self.model.threshold,
+            "model": self.model.path.name, "model_sha256": c.model_sha256, "created": c.created,
+            "classifier": c.classifier, "params": dict(c.params), "threshold": c.threshold,
             "backbones": [{k: b.get(k) for k in ("backbone", "weights_source", "weights_sha256", "pooling", "tta",
-                                                 "crop", "window", "feature_dim")} for b in m.get("backbones", [])],
-            "training": {k: v for k, v in m.get("training", {}).items() if k != "paths"},
-            "cv": m.get("cv"), "harmonization": m.get("harmonization"), "ood": m.get("ood"),
-            "study_aggregation": m.get("study_aggregation"), "versions": m.get("versions"),
+                                                 "crop", "window", "feature_dim")} for b in c.backbones],
+            "training": {k: v for k, v in c.to_manifest()["training"].items() if k != "data"},
+            "cv": dict(c.cv), "harmonization": c.to_manifest()["harmonization"], "ood": c.ood,
+            "study_aggregation": dict(c.study_aggregation), "versions": dict(c.versions),
             "research_use_only": True,
         }
 
@@ -111,8 +113,7 @@ class PredictionService:
         report = predict_records(self.model, [Record(str(p)) for _, p in slices])
         out = []
         for (name, _), row in zip(slices, report.rows):
-            item = {"name": redact(name), "p_covid": row.p_covid, "label": row.label, "ood_score": row.ood_score,
-                    "in_distribution": row.in_distribution, "error": row.error}
+            item = {"name": redact(name), **record.SLICE.as_json(row)}
             if row.error is None:
                 item.update(self._pictures(row.path, row.site, heatmaps))
             out.append(item)
@@ -126,12 +127,9 @@ class PredictionService:
             s = result.study
             shown = name if s.name == folder.name else f"{name}/{s.name}"  # names are relative to the zip
             studies.append({
-                "study": redact(shown), "series": s.series, "n_slices": len(s.slices), "n_used": len(result.scored),
-                "p_covid": result.p_covid, "label": result.label, "in_distribution": result.in_distribution,
-                "warnings": s.warnings, "error": result.error, "aggregation": report.aggregation,
+                **record.STUDY.as_json(result), "study": redact(shown), "aggregation": report.aggregation,
                 "top_slices": [{"slice": i, "p_covid": r.p_covid, **self._pictures(r.path, r.site, heatmaps)}
                                for i, r in result.top()],
                 "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)})
         return {"upload": redact(name), "studies": studies,
                 "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}
-

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ from sklearn.model_selection import cross_val_score
 
 from classifiers.estimators.registry import CLASSIFIERS, get_classifier
 from classifiers.estimators.search import GroupedSearchCV, grouped_folds
-from classifiers.workflows.bundle import latest_model, load_bundle, save_bundle
+from classifiers.workflows.bundle import ModelBundle, latest_model, load_bundle, save_bundle
+from classifiers.workflows.model_card import ModelCard
 from feature_extractor.errors import CovidCTError, ModelBundleError
 
 
@@ -70,19 +72,49 @@ def test_unknown_classifier_lists_the_registry():
         get_classifier("knn")
 
 
+FORMAT_3 = Path(__file__).parent / "data" / "manifest-format-3.json"
+
+
 def fitted_bundle(tmp_path):
     X, y, groups = grouped_data()
     model, _ = get_classifier("logreg").build()
-    return save_bundle(model.fit(X, y), {"classifier": "logreg", "command": "cli.py fit --clf logreg"},
-                       tmp_path / "models" / "m.joblib")
+    card = ModelCard.from_manifest(json.loads(FORMAT_3.read_text()))
+    card = card.with_changes(command="cli.py fit --clf logreg", feature_dim=X.shape[1])
+    return save_bundle(ModelBundle(model.fit(X, y), card, tmp_path / "models" / "m.joblib"))
 
 
 def test_bundle_round_trip_and_hash(tmp_path):
     bundle = fitted_bundle(tmp_path)
     manifest = json.loads((tmp_path / "models" / "m.json").read_text())
     assert manifest["model_sha256"] and manifest["model_file"] == "m.joblib"
-    assert load_bundle(bundle.path).manifest["classifier"] == "logreg"
+    assert manifest["format_version"] == 4 and manifest["error_rate"] == 0.1
+    loaded = load_bundle(bundle.path)
+    assert loaded.card == bundle.card and loaded.card.classifier == "logreg"
+    assert ModelCard.from_manifest(manifest).to_manifest() == manifest  # the reader and writer agree
     assert latest_model(tmp_path / "models") == bundle.path
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_old_manifest_formats_load_through_the_one_reader(version):
+    """A format-3 manifest as fit wrote it before the card, and a format-2 one (no harmonization,
+    detector or study aggregation): read by ModelCard.from_manifest with the current defaults."""
+    manifest = json.loads(FORMAT_3.read_text())
+    if version == 2:
+        for key in ("harmonization", "ood", "study_aggregation"):
+            del manifest[key]
+        del manifest["fit"]["harmonize"]
+        manifest["format_version"] = 2
+    card = ModelCard.from_manifest(manifest)
+    assert card.format_version == version and card.classifier == "logreg" and card.feature_dim == 448
+    assert card.fit.harmonize == "none" and card.harmonization.method == "none"
+    assert card.aggregation == ("mean" if version == 2 else manifest["study_aggregation"]["method"])
+    assert card.error_rate == 0.1 and card.conformal is None and card.lesion is None
+    assert (card.ood is None) == (version == 2)
+    assert card.specs[0].backbone == "mobilenet025" and card.blocks == [("mobilenet025", 0, 448)]
+    assert card.training.fingerprint == manifest["training"]["fingerprint"]
+    assert card.refit_settings.balance == "class" and card.fit.balance is None
+    written = card.to_manifest()
+    assert written["format_version"] == 4 and ModelCard.from_manifest(written) == card.with_changes(format_version=4)
 
 
 def test_changed_model_file_is_refused(tmp_path):
@@ -124,11 +156,11 @@ def test_a_new_classifier_is_one_registry_entry(workspace, monkeypatch, tmp_path
     root, data, _ = workspace
     context = RunContext(root / "features")
     alone = fit_model(data, FitSettings("knn", cv_folds=3), context=context, model_path=tmp_path / "knn.joblib")
-    assert set(alone.manifest["params"]) == {"kneighborsclassifier__n_neighbors"}  # scaled: in a pipeline
+    assert set(alone.card.params) == {"kneighborsclassifier__n_neighbors"}  # scaled: in a pipeline
     assert alone.estimator.steps[0][0] == "standardscaler"
     stack = fit_model(data, FitSettings("stack", base=("knn", "logreg"), cv_folds=3), context=context,
                       model_path=tmp_path / "stack.joblib")
-    assert [b["classifier"] for b in stack.manifest["cv"]["base_models"]] == ["knn", "logreg"]
+    assert [b["classifier"] for b in stack.card.cv["base_models"]] == ["knn", "logreg"]
 
 
 def test_the_command_line_offers_exactly_the_registry():
@@ -155,4 +187,4 @@ def test_a_format_2_model_still_loads(tmp_path):
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, "format_version": 2, "model_sha256": sha256_file(bundle.path)}))
     old = load_bundle(bundle.path)
-    assert old.harmonizer is None and old.ood is None and hasattr(old.estimator, "predict_proba")
+    assert not old.harmonizer.active and old.ood is None and hasattr(old.estimator, "predict_proba")

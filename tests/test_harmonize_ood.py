@@ -23,9 +23,24 @@ def test_each_site_is_standardized_by_its_own_statistics():
     for site in ("a", "b"):
         assert np.allclose(Z[sites == site].mean(0), 0, atol=1e-9)
         assert np.allclose(Z[sites == site].std(0), 1, atol=1e-9)
-    assert make_harmonizer("none") is None
     with pytest.raises(HarmonizationError, match="unknown harmonization"):
         make_harmonizer("combat-ish")
+
+
+def test_every_harmonization_has_the_one_interface():
+    """fit, predict, calibrate and leave one source out use the same calls whatever the method."""
+    X, sites = two_sites()
+    for method in ("none", "standardize"):
+        h = make_harmonizer(method).fit(X[sites == "a"], sites[sites == "a"])
+        known = h.with_site("b", X[sites == "b"])  # a copy that also knows b
+        Z = known.transform(X, sites)
+        assert h.knows("b") is False and known.knows("b") is (method == "standardize")
+        assert h.active is known.active is (method == "standardize")
+        if method == "none":
+            assert Z is X and known.site_step("b") == "passthrough" and known.sites == []
+        else:
+            assert np.allclose(Z[sites == "b"].mean(0), 0, atol=1e-9) and known.sites == ["a", "b"]
+            assert isinstance(known.site_step("b"), StandardScaler)
 
 
 def test_a_new_site_is_learned_from_enough_unlabeled_images_only():

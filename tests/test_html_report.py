@@ -125,10 +125,14 @@ def test_cases_table_lists_every_test_image_misclassified_first(report_file):
 
 def test_rows_are_ordered_misclassified_first_most_confident_mistake_on_top():
     from classifiers.presentation.html_report import CaseRow, order_rows
+    from classifiers.workflows.predict import PredictionRow
 
-    rows = [CaseRow("ok-high", 0.9, "COVID", "COVID"), CaseRow("unreadable", error="empty file"),
-            CaseRow("wrong-mild", 0.55, "COVID", "NonCOVID"), CaseRow("ok-low", 0.1, "NonCOVID", "NonCOVID"),
-            CaseRow("wrong-sure", 0.02, "NonCOVID", "COVID")]
+    def case(path, p=None, predicted=None, truth=None, error=None):
+        return CaseRow(PredictionRow(path, p, predicted, error=error), truth)
+
+    rows = [case("ok-high", 0.9, "COVID", "COVID"), case("unreadable", error="empty file"),
+            case("wrong-mild", 0.55, "COVID", "NonCOVID"), case("ok-low", 0.1, "NonCOVID", "NonCOVID"),
+            case("wrong-sure", 0.02, "NonCOVID", "COVID")]
     assert [r.path for r in order_rows(rows, 0.5)] == ["wrong-sure", "wrong-mild", "ok-high", "ok-low",
                                                        "unreadable"]
 

@@ -248,3 +248,48 @@ def test_every_bad_input_kind_of_predict_gets_its_own_error(open_server, tmp_pat
     for name, reason in expected.items():
         assert reason in answers[name]["error"] and answers[name]["p_covid"] is None, (name, answers[name])
     assert answers["good.png"]["error"] is None
+
+
+def test_a_field_declared_once_reaches_the_csv_the_api_schema_the_report_and_the_page(model, logreg_model,
+                                                                                       monkeypatch, tmp_path):
+    """prediction_record.py is the one declaration: a field added there (and nowhere else) is a
+    column of predictions.csv and of the report's table, a typed property of the API's schema and
+    its answers, and a line of the web page."""
+    from classifiers.presentation.html_report import render_html
+    from classifiers.workflows import prediction_record as record
+    from classifiers.workflows.predict import predict_and_write
+    from classifiers.workflows.report import collect
+
+    root, path = logreg_model
+    extra = record.RecordField("declared_once", str, "A field only this test declares.",
+                               get=lambda row: None if row.p_covid is None else "seen")
+    monkeypatch.setattr(record, "SLICE", record.SLICE.with_field(extra, after="p_covid"))
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    ct_like(11, True).save(folder / "a.png")
+    report = predict_and_write(folder, tmp_path / "p.csv", path, RunContext(root / "features"))
+    header, first = (tmp_path / "p.csv").read_text().splitlines()[:2]
+    assert header.split(",")[:3] == ["path", "p_covid", "declared_once"]
+    assert first.split(",")[2] == "seen" and report.rows[0].p_covid is not None
+    assert "declared_once" in render_html(collect(model, folder, heatmaps=0))
+    with Server(build_app(model, ServeSettings())) as url:
+        schema = httpx.get(url + "/openapi.json").json()["components"]["schemas"]
+        assert schema["ImageResult"]["properties"]["declared_once"]["description"] == extra.help
+        listed = [f["name"] for f in httpx.get(url + "/api/v1/fields").json()["image"]]
+        assert listed.index("declared_once") == listed.index("p_covid") + 1
+        answer = httpx.post(url + "/api/v1/predict", timeout=120,
+                            files=[("files", ("a.png", (folder / "a.png").read_bytes(), "image/png"))]).json()
+        assert answer["images"][0]["declared_once"] == "seen"
+        if CHROMIUM is None:
+            return
+        sync_api = pytest.importorskip("playwright.sync_api", reason="playwright drives the browser (test extra)")
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#files", str(folder / "a.png"))
+            page.click("#send")
+            page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=120_000)
+            assert page.inner_text("dd[data-field=declared_once]") == "seen"
+            assert page.get_attribute("dt[title='A field only this test declares.']", "title")
+            browser.close()

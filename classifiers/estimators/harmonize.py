@@ -10,12 +10,19 @@ images given to ``fit --adapt-to DIR``, or the images a run predicts on (their b
 The per-site maps are sklearn ``StandardScaler`` objects, so a linear head stays linear
 (Grad-CAM folds a site's scaler into its weights like any other scaler).
 
+One small interface for every command (fit, predict, calibrate, leave one source out): ``fit``
+on the training sources, ``transform`` rows by their sites, ``with_site`` (a copy that also
+knows a new site, from its unlabeled features), ``knows`` and ``site_step`` (the site's map as
+a pipeline step). ``make_harmonizer("none")`` gives :class:`NoHarmonization`, the same
+interface doing nothing, so no caller asks "is there a harmonizer?".
+
 Measured, not assumed: see BENCHMARKS "Generalization across sources". A site whose
 class mix differs from the others' loses part of the signal with its mean (MosMed is 77%
 COVID); this is the method's known price.
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import numpy as np
@@ -71,8 +78,7 @@ class SiteStandardizer(BaseEstimator):
 
     @property
     def sites(self) -> list[str]:
-        check_is_fitted(self, "scalers_")
-        return list(self.scalers_)
+        return list(getattr(self, "scalers_", {}))
 
     def scaler(self, site: str) -> StandardScaler:
         check_is_fitted(self, "scalers_")
@@ -93,8 +99,59 @@ class SiteStandardizer(BaseEstimator):
     def fit_transform(self, X: np.ndarray, sites: Sequence[str]) -> np.ndarray:
         return self.fit(X, sites).transform(X, sites)
 
+    def with_site(self, site: str, X: np.ndarray) -> "SiteStandardizer":
+        """A copy that also knows ``site``, learned from its unlabeled features ``X``."""
+        return copy.deepcopy(self).add_site(site, X)
 
-def make_harmonizer(method: str) -> SiteStandardizer | None:
+    def knows(self, site: str) -> bool:
+        return site in getattr(self, "scalers_", {})
+
+    def site_step(self, site: str):
+        """The site's map as a pipeline step (its StandardScaler)."""
+        return self.scaler(site)
+
+    @property
+    def active(self) -> bool:
+        return True
+
+
+class NoHarmonization(BaseEstimator):
+    """The harmonization interface doing nothing: features go to the classifier as they are."""
+
+    def fit(self, X: np.ndarray, sites: Sequence[str]) -> "NoHarmonization":
+        return self
+
+    def transform(self, X: np.ndarray, sites: Sequence[str]) -> np.ndarray:
+        return X
+
+    def fit_transform(self, X: np.ndarray, sites: Sequence[str]) -> np.ndarray:
+        return X
+
+    def add_site(self, site: str, X: np.ndarray) -> "NoHarmonization":
+        return self
+
+    def with_site(self, site: str, X: np.ndarray) -> "NoHarmonization":
+        return self
+
+    def knows(self, site: str) -> bool:
+        return False
+
+    def site_step(self, site: str):
+        return "passthrough"
+
+    @property
+    def sites(self) -> list[str]:
+        return []
+
+    @property
+    def active(self) -> bool:
+        return False
+
+
+Harmonizer = SiteStandardizer | NoHarmonization
+
+
+def make_harmonizer(method: str) -> Harmonizer:
     if method not in HARMONIZATIONS:
         raise HarmonizationError(f"unknown harmonization {method!r}; valid: {', '.join(HARMONIZATIONS)}")
-    return SiteStandardizer() if method == "standardize" else None
+    return SiteStandardizer() if method == "standardize" else NoHarmonization()

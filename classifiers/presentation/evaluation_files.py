@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feature_extractor.feature_spec import FeatureSpec
 
 from ..workflows.metrics import METRICS
 from .plots import plot_calibration, plot_confusion, plot_roc, plot_roc_by_source
@@ -20,7 +19,7 @@ PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confu
 def write_plots(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
     """The ROC, calibration and confusion-matrix PNGs; name (a key of PLOTS) -> file."""
     out_dir = Path(out_dir)
-    title = f"{report.manifest.get('classifier')} on {report.split} (n={report.n['images']})"
+    title = f"{report.card.classifier} on {report.split} (n={report.n['images']})"
     auc = report.metrics["roc_auc"]
     return {
         "roc": plot_roc(report.y, report.p, out_dir / PLOTS["roc"], f"ROC: {title}",
@@ -52,16 +51,16 @@ def write_cross_source(report: CrossSourceReport, out_dir: str | Path) -> dict[s
     curves = [(h.source, h.y, h.p, tuple(h.metrics["roc_auc"][k] for k in ("value", "ci_low", "ci_high")))
               for h in report.held_out]
     files = {"roc": plot_roc_by_source(curves, out_dir / "roc_by_source.png",
-                                       f"Leave one source out: {report.manifest.get('classifier')}")}
+                                       f"Leave one source out: {report.card.classifier}")}
     files["metrics"] = out_dir / "metrics.json"
     files["metrics"].write_text(json.dumps(report.to_json(), indent=2, default=_json_default) + "\n")
     files["report"] = out_dir / "report.md"
-    lines = [f"# Leave one source out: {report.manifest.get('classifier')}", "",
+    card = report.card
+    lines = [f"# Leave one source out: {card.classifier}", "",
              "_Research use only, not for clinical diagnosis._", "",
-             f"- configuration of `{report.model_path}` (sha256 {str(report.manifest.get('model_sha256'))[:16]}), "
-             f"refit without each source in turn: {json.dumps(report.manifest.get('fit'))}, balance "
-             f"{report.manifest.get('balance')}",
-             "- features: " + ", ".join(FeatureSpec.from_record(b).summary() for b in report.manifest["backbones"]),
+             f"- configuration of `{report.model_path}` (sha256 {card.model_sha256[:16]}), "
+             f"refit without each source in turn: {json.dumps(card.to_manifest()['fit'])}, balance {card.balance}",
+             "- features: " + ", ".join(spec.summary() for spec in card.specs),
              f"- data: `{report.data}`; every labeled image of the held-out source is scored",
              f"- CIs: 95% percentile bootstrap, {report.bootstrap['n']} resamples of patients", "",
              "| held out | images | trained on (images) | AUC (95% CI) | accuracy | sensitivity | specificity |",
@@ -83,19 +82,19 @@ def _json_default(value):
 
 
 def markdown(report: EvaluationReport) -> str:
-    m = report.manifest
-    backbones = ", ".join(FeatureSpec.from_record(b).summary() for b in m.get("backbones", []))
-    training = m.get("training", {})
+    card = report.card
+    backbones = ", ".join(spec.summary() for spec in card.specs)
+    training = card.training
     n = report.n
     lines = [
-        f"# Evaluation: {m.get('classifier')} on {report.split}",
+        f"# Evaluation: {card.classifier} on {report.split}",
         "",
         "_Research use only, not for clinical diagnosis._",
         "",
-        f"- model: `{report.model_path}` (sha256 {str(m.get('model_sha256'))[:16]}, fitted {m.get('created')})",
+        f"- model: `{report.model_path}` (sha256 {card.model_sha256[:16]}, fitted {card.created})",
         f"- features: {backbones}",
-        f"- trained on: {training.get('n_images')} images, splits {'+'.join(training.get('splits', []))} "
-        f"of `{'; '.join(training.get('data', []))}`",
+        f"- trained on: {training.n_images} images, splits {'+'.join(training.splits)} "
+        f"of `{'; '.join(training.data)}`",
         f"- evaluated on: `{report.data}` ({report.layout}), split **{report.split}**: {n['images']} images "
         f"({n['COVID']} COVID, {n['NonCOVID']} NonCOVID"
         + (f", {n['patients']} patients" if n.get("patients") else "") + ")",

@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from feature_extractor.dataset import printable_path
-from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.images import resize_rgb
 from feature_extractor.provenance import utc_now
 
+from ..workflows import prediction_record as record
 from ..workflows.metrics import METRICS
+from ..workflows.predict import PredictionRow
 from .evaluation_files import write_cross_source, write_plots
 
 if TYPE_CHECKING:
+    from ..workflows.model_card import ModelCard
     from ..workflows.cross_source import CrossSourceReport
     from ..workflows.evaluate import EvaluationReport
 
@@ -40,16 +42,34 @@ THUMB_SIDE = 128
 
 @dataclass
 class CaseRow:
-    path: str
-    p_covid: float | None = None
-    predicted: str | None = None
+    """One image of the report: its prediction (the slice record) and what the report adds."""
+
+    prediction: PredictionRow
     truth: str | None = None
     patient: str | None = None
-    error: str | None = None
     thumbnail: str | None = None   # data: URI
     heatmap: str | None = None     # data: URI
-    note: str | None = None        # e.g. no lungs found for the crop
-    in_distribution: bool | None = None  # False: its features lie far from the training images
+    note: str | None = None        # e.g. no lungs found for the crop, the held-out source
+
+    @property
+    def path(self) -> str:
+        return self.prediction.path
+
+    @property
+    def p_covid(self) -> float | None:
+        return self.prediction.p_covid
+
+    @property
+    def predicted(self) -> str | None:
+        return self.prediction.label
+
+    @property
+    def in_distribution(self) -> bool | None:
+        return self.prediction.in_distribution
+
+    @property
+    def error(self) -> str | None:
+        return self.prediction.error
 
     @property
     def misclassified(self) -> bool:
@@ -58,7 +78,7 @@ class CaseRow:
 
 @dataclass
 class ReportContent:
-    manifest: dict
+    card: ModelCard
     model_path: Path
     data: str
     threshold: float
@@ -174,36 +194,32 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _card(manifest: dict, model_path: Path, content: ReportContent) -> str:
-    t = manifest.get("training", {})
-    cv = manifest.get("cv", {})
-    choice = manifest.get("threshold_choice", {})
-    params = manifest.get("params", {})
+def _card(card: ModelCard, model_path: Path, content: ReportContent) -> str:
+    t = card.training
+    cv = card.cv
     items = [
-        ("model file", f"{printable_path(str(model_path))} (SHA-256 {manifest.get('model_sha256')})"),
-        ("fitted", f"{manifest.get('created')} by <code>{_e(manifest.get('command'))}</code>"),
-        ("classifier", manifest.get("classifier")),
-        ("hyperparameters", json.dumps(params, default=str) if manifest.get("classifier") != "stack" else
-         "base models " + ", ".join(manifest.get("params", {}).get("base", []) or [])),
-        ("decision threshold", f"{content.threshold:.3f} ({choice.get('rule', 'default')})"),
-        ("training data", f"{'; '.join(t.get('data', []))} ({t.get('layout')} layout), "
-                          f"splits {'+'.join(t.get('splits', []))}"),
+        ("model file", f"{printable_path(str(model_path))} (SHA-256 {card.model_sha256})"),
+        ("fitted", f"{card.created} by <code>{_e(card.command)}</code>"),
+        ("classifier", card.classifier),
+        ("hyperparameters", json.dumps(dict(card.params), default=str) if card.classifier != "stack" else
+         "base models " + ", ".join(card.params.get("base", []) or [])),
+        ("decision threshold", f"{content.threshold:.3f} ({card.threshold_choice.get('rule', 'default')})"),
+        ("training data", f"{'; '.join(t.data)} ({t.layout} layout), splits {'+'.join(t.splits)}"),
         ("sources", "; ".join(f"{x['name']}: {x['n_images']} images ({x['n_covid']} COVID, {x['n_noncovid']} "
-                              f"NonCOVID), fingerprint {x['fingerprint'][:16]}" for x in t.get("sources", []))),
-        ("training images", f"{t.get('n_images')} ({t.get('n_covid')} COVID, {t.get('n_noncovid')} NonCOVID), "
-                            f"{t.get('n_groups')} {t.get('grouping')} groups"),
-        ("training fingerprint", t.get("fingerprint")),
-        ("cross-validation", f"{cv.get('scheme')}: AUC {cv.get('auc', float('nan')):.3f} "
-                             f"± {cv.get('auc_std', float('nan')):.3f}"),
-        ("library versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())),
+                              f"NonCOVID), fingerprint {x['fingerprint'][:16]}" for x in t.sources)),
+        ("training images", f"{t.n_images} ({t.n_covid} COVID, {t.n_noncovid} NonCOVID), "
+                            f"{t.n_groups} {t.grouping} groups"),
+        ("training fingerprint", t.fingerprint),
+        ("cross-validation", f"{cv.get('scheme')}: AUC {card.cv_auc:.3f} ± {cv.get('auc_std', float('nan')):.3f}"),
+        ("library versions", ", ".join(f"{k} {v}" for k, v in card.versions.items())),
     ]
-    card = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'fitted' else _e(v)}</dd>" for k, v in items)
-    described = [FeatureSpec.from_record(b).describe() for b in manifest.get("backbones", [])]
+    listing = "".join(f"<dt>{_e(k)}</dt><dd>{v if k == 'fitted' else _e(v)}</dd>" for k, v in items)
+    described = [spec.describe() for spec in card.specs]
     head = "".join(f"<th>{_e(label)}</th>" for label in (described[0] if described else {}))
     backbones = "".join("<tr>" + "".join(f"<td><code>{_e(v)}</code></td>" if k == "weights SHA-256"
                                          else f"<td>{_e(v)}</td>" for k, v in d.items()) + "</tr>"
                         for d in described)
-    base = manifest.get("cv", {}).get("base_models", [])
+    base = cv.get("base_models", [])
     stack = ""
     if base:
         stack = ("<h3>Stacked ensemble: base models</h3><table><thead><tr><th>backbone</th><th>classifier</th>"
@@ -211,7 +227,7 @@ def _card(manifest: dict, model_path: Path, content: ReportContent) -> str:
                      f"<tr><td>{_e(b['block'])}</td><td>{_e(b['classifier'])}</td>"
                      f"<td class=num>{b['cv_auc']:.3f} ± {b['cv_auc_std']:.3f}</td>"
                      f"<td class=num>{b['meta_weight']:+.2f}</td></tr>" for b in base) + "</tbody></table>")
-    return (f"<section id=model-card><h2>Model card</h2><dl class=card>{card}</dl>"
+    return (f"<section id=model-card><h2>Model card</h2><dl class=card>{listing}</dl>"
             f"<h3>Backbones (frozen ImageNet CNNs)</h3><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{backbones}</tbody></table>{stack}</section>")
 
@@ -246,8 +262,8 @@ def _cross_source(cross: CrossSourceReport) -> str:
         f"<td class=num>{h.metrics['sensitivity']['value']:.3f}</td>"
         f"<td class=num>{h.metrics['specificity']['value']:.3f}</td></tr>" for h in cross.held_out)
     return ("<section id=metrics><h2>Leave one source out: how the model does on a hospital it has not seen</h2>"
-            f"<p>The model's configuration ({_e(cross.manifest.get('classifier'))}, balance "
-            f"{_e(cross.manifest.get('balance'))}) refit without each source in turn and scored on every "
+            f"<p>The model's configuration ({_e(cross.card.classifier)}, balance "
+            f"{_e(cross.card.balance)}) refit without each source in turn and scored on every "
             f"labeled image of that source; nothing about the held-out source reached the fit. 95% CIs: "
             f"percentile bootstrap, {cross.bootstrap['n']} resamples of patients. Each row of the table below "
             "is scored by the model that did not see its source.</p>"
@@ -270,18 +286,38 @@ def _breakdown(first: str, rows: list[tuple[str, dict, int | None]]) -> str:
             f"<th>AUC (95% CI)</th></tr></thead><tbody>{body}</tbody></table>")
 
 
+# The slice record's fields the table shows as columns (the file, its error and the heatmap
+# have their own places); each column is its declaration's name, with its help as a tooltip.
+_OWN_PLACE = ("path", "error", "heatmap")
+
+
+def _report_fields() -> list:
+    return [f for f in record.SLICE.fields if f.name not in _OWN_PLACE]
+
+
+def _field_cell(field, value) -> str:
+    if value is None:
+        return "<td data-value=-1></td>" if field.kind in (float, int) else "<td></td>"
+    if field.kind is float:
+        return f"<td class=num data-value='{float(value)}'>{float(value):.3f}</td>"
+    if field.kind is bool:
+        return f"<td>{'yes' if value else 'no'}</td>"
+    return f"<td>{_e('; '.join(value) if field.kind is list else value)}</td>"
+
+
 def _case_table(content: ReportContent) -> str:
     labeled = content.evaluation is not None or content.cross_source is not None
+    fields = _report_fields()
     head = ("<th>#</th><th>slice</th><th>heatmap</th><th class=sortable data-type=text>file</th>"
             + ("<th class=sortable data-type=text>patient</th><th class=sortable data-type=text>truth</th>" if labeled else "")
-            + "<th class=sortable data-type=num>P(COVID)</th><th class=sortable data-type=text>prediction</th>"
+            + "".join(f"<th class=sortable data-type={'num' if f.kind in (float, int) else 'text'} "
+                      f"title='{_e(f.help)}'>{_e(f.name)}</th>" for f in fields)
             + ("<th class=sortable data-type=num>result</th>" if labeled else ""))
     body = []
     for i, row in enumerate(content.rows, start=1):
         cls = "wrong" if row.misclassified else ("unreadable" if row.error else "")
         thumb = f"<img class=thumb alt='slice' src='{row.thumbnail}'>" if row.thumbnail else ""
         heat = f"<img class=heatmap alt='heatmap' src='{row.heatmap}'>" if row.heatmap else ""
-        p = "" if row.p_covid is None else f"{row.p_covid:.3f}"
         result = ""
         if labeled and row.predicted:
             result = (f"<td data-value={0 if row.misclassified else 1}>"
@@ -297,8 +333,8 @@ def _case_table(content: ReportContent) -> str:
             + ("<div class=warn>out of distribution: unlike the training images, P(COVID) unreliable</div>"
                if row.in_distribution is False else "") + "</td>"
             + (f"<td class=pt>{_e(row.patient)}</td><td>{_e(row.truth)}</td>" if labeled else "")
-            + f"<td class=num data-value='{p or -1}'>{p}</td><td>{_e(row.predicted)}</td>{result}"
-            "</tr>")
+            + "".join(_field_cell(f, f.value(row.prediction)) for f in fields) + result
+            + "</tr>")
     n_wrong = sum(r.misclassified for r in content.rows)
     n_heat = sum(1 for r in content.rows if r.heatmap)
     n_ood = sum(r.in_distribution is False for r in content.rows)
@@ -319,9 +355,9 @@ def _case_table(content: ReportContent) -> str:
 
 
 def render_html(content: ReportContent) -> str:
-    m = content.manifest
+    c = content.card
     on = " + ".join(Path(d).name for d in content.data.split("; "))
-    title = f"COVID-CT screening report: {m.get('classifier')} on {on}"
+    title = f"COVID-CT screening report: {c.classifier} on {on}"
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
@@ -347,7 +383,7 @@ def render_html(content: ReportContent) -> str:
         parts.append("<section id=metrics><h2>Performance</h2><p>Unlabeled data: no metrics, predictions "
                      "only.</p></section>")
     parts.append(_case_table(content))
-    parts.append(_card(m, content.model_path, content))
+    parts.append(_card(c, content.model_path, content))
     parts.append(f"<footer><p class=disclaimer>{DISCLAIMER}</p></footer>")
     parts.append(f"<script>{_SORT_JS}</script></body></html>")
     return "\n".join(parts)

@@ -1,12 +1,14 @@
-"""A fitted model on disk: the joblib file plus a JSON manifest beside it.
+"""A fitted model on disk: the joblib file plus a JSON manifest (its model card) beside it.
 
-The manifest says what made the model (each backbone's FeatureSpec record, feature dims,
-classifier and params, training data fingerprint, CV score, library versions) and holds the
-SHA-256 of the joblib file. joblib files are pickles and loading one runs code, so the hash
-is checked before anything is unpickled: load only models you trust.
+The joblib file holds the fitted parts: the classifier, the site harmonizer, the
+out-of-distribution detector, the conformal calibration and the lesion head. The manifest
+(model_card.py) says what made them and holds the SHA-256 of the joblib file. joblib files
+are pickles and loading one runs code, so the hash is checked before anything is unpickled:
+load only models you trust.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -18,10 +20,11 @@ import joblib
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.provenance import sha256_file
 
-MANIFEST_FORMAT = 3  # 3: the joblib file holds the estimator and its site harmonizer and OOD detector
-READABLE_FORMATS = (2, 3)  # 2: the joblib file is the estimator alone
-# 1: before FeatureSpec records and the estimator registry (refit those)
+from ..estimators.harmonize import NoHarmonization
+from .model_card import MANIFEST_FORMAT, ModelCard
+
 DEFAULT_MODELS_DIR = Path("models")
+PARTS = ("estimator", "harmonizer", "ood", "conformal", "lesion_head")
 
 
 def manifest_path(model_path: str | Path) -> Path:
@@ -30,37 +33,50 @@ def manifest_path(model_path: str | Path) -> Path:
 
 @dataclass
 class ModelBundle:
-    """``harmonizer``: per-site feature standardization (estimators/harmonize.py) or None;
-    ``ood``: the out-of-distribution detector (estimators/ood.py) or None."""
+    """A model's fitted parts, its card and its path. ``harmonizer``: per-site feature
+    standardization (estimators/harmonize.py; NoHarmonization when the model has none);
+    ``ood``: the out-of-distribution detector or None; ``conformal``: the conformal answers'
+    calibration (estimators/conformal.py) or None; ``lesion_head``: the per-location lesion
+    classifier (estimators/lesion_head.py) or None."""
 
     estimator: Any
-    manifest: dict
+    card: ModelCard
     path: Path
-    harmonizer: Any = None
+    harmonizer: Any = dataclasses.field(default_factory=NoHarmonization)
     ood: Any = None
+    conformal: Any = None
+    lesion_head: Any = None
+
+    def __post_init__(self) -> None:
+        if self.harmonizer is None:  # models of formats 2 and 3 saved None
+            self.harmonizer = NoHarmonization()
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest.get("threshold", 0.5))
+        return self.card.threshold
+
+    def parts(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in PARTS}
 
 
-def save_bundle(estimator: Any, manifest: dict, model_path: str | Path, harmonizer: Any = None,
-                ood: Any = None) -> ModelBundle:
-    """Write the model and its manifest; each lands complete or not at all (temp + rename)."""
-    model_path = Path(model_path)
+def save_bundle(bundle: ModelBundle) -> ModelBundle:
+    """Write the model and its manifest (the card, with the model file's name and SHA-256);
+    each lands complete or not at all (temp + rename). Returns the bundle as written."""
+    model_path = Path(bundle.path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_model = model_path.with_name(model_path.name + ".tmp")
-    joblib.dump({"estimator": estimator, "harmonizer": harmonizer, "ood": ood}, tmp_model)
-    manifest = {**manifest, "format_version": MANIFEST_FORMAT, "model_file": model_path.name,
-                "model_sha256": sha256_file(tmp_model)}
+    joblib.dump(bundle.parts(), tmp_model)
+    card = bundle.card.with_changes(model_file=model_path.name, model_sha256=sha256_file(tmp_model),
+                                    format_version=MANIFEST_FORMAT)
     tmp_manifest = manifest_path(model_path).with_name(manifest_path(model_path).name + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp_manifest.write_text(json.dumps(card.to_manifest(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp_model, model_path)
     os.replace(tmp_manifest, manifest_path(model_path))
-    return ModelBundle(estimator, manifest, model_path, harmonizer, ood)
+    return dataclasses.replace(bundle, card=card, path=model_path)
 
 
-def read_manifest(model_path: str | Path) -> dict:
+def read_card(model_path: str | Path) -> ModelCard:
+    """The model card of the model at ``model_path`` (its manifest, read and upgraded)."""
     path = manifest_path(model_path)
     if not Path(model_path).is_file():
         raise ModelBundleError(f"model file not found: {model_path}")
@@ -70,37 +86,25 @@ def read_manifest(model_path: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelBundleError(f"cannot read model manifest {path}: {exc}") from None
-    version = manifest.get("format_version")
-    if version not in READABLE_FORMATS:
-        older = isinstance(version, int) and version < min(READABLE_FORMATS)
-        raise ModelBundleError(
-            f"{model_path} has model format {version!r}; this version reads formats "
-            f"{' and '.join(map(str, READABLE_FORMATS))}. "
-            + (f"Refit it (its features are still cached): {_refit_command(manifest)}" if older
-               else "Use the covidct version that wrote it."))
-    return manifest
-
-
-def _refit_command(manifest: dict) -> str:
-    command = str(manifest.get("command") or "python cli.py fit ...")
-    first = (command.split() or [""])[0]
-    return f"python {command}" if first.endswith(".py") else command
+    if not isinstance(manifest, dict):
+        raise ModelBundleError(f"cannot read model manifest {path}: not a JSON object")
+    return ModelCard.from_manifest(manifest, str(model_path))
 
 
 def load_bundle(model_path: str | Path) -> ModelBundle:
     """Load a model after checking its file against the manifest's SHA-256."""
     model_path = Path(model_path)
-    manifest = read_manifest(model_path)
+    card = read_card(model_path)
     actual = sha256_file(model_path)
-    if actual != manifest.get("model_sha256"):
+    if actual != card.model_sha256:
         raise ModelBundleError(
             f"refusing to load {model_path}: its SHA-256 ({actual[:16]}...) does not match the "
-            f"manifest ({str(manifest.get('model_sha256'))[:16]}...). The file was changed or "
+            f"manifest ({card.model_sha256[:16]}...). The file was changed or "
             "replaced; model files are pickles and loading one runs code.")
     parts = joblib.load(model_path)
-    if manifest["format_version"] == 2:
+    if card.format_version == 2:  # the joblib file was the estimator alone
         parts = {"estimator": parts}
-    return ModelBundle(parts["estimator"], manifest, model_path, parts.get("harmonizer"), parts.get("ood"))
+    return ModelBundle(card=card, path=model_path, **{k: parts.get(k) for k in PARTS})
 
 
 def latest_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:

@@ -6,7 +6,7 @@ so that predict on that site's images uses them. The original model is not chang
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from feature_extractor.run_context import RunContext
 from ..estimators.recalibration import recalibrate
 from .bundle import ModelBundle, save_bundle
 from .model import extract_features, load_model
+from .model_card import Harmonization
 from .train import data_fingerprint
 
 
@@ -37,35 +38,34 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
     if not feats.good:
         raise CovidCTError(f"none of the {len(records)} images in {data} could be read")
     y = np.array([r.label for r in feats.good], dtype=int)
-    X, harmonizer = feats.raw, None
-    if model.harmonizer is not None:  # the site seen through its own images' statistics, kept
-        harmonizer = copy.deepcopy(model.harmonizer).add_site(site, feats.raw)
-        X = harmonizer.transform(feats.raw, [site] * len(y))
+    # The site seen through its own images' statistics (a harmonized model), kept in the new model.
+    harmonizer = model.harmonizer.with_site(site, feats.raw)
+    X = harmonizer.transform(feats.raw, [site] * len(y))
     result = recalibrate(model.bundle.estimator, X, y, method, target_sensitivity)
-    m = copy.deepcopy(model.manifest)
-    for key in ("model_sha256", "model_file", "format_version"):
-        m.pop(key, None)
+    card = model.card
     n_covid = int(np.sum(y == 1))
-    m.update({
-        "created": utc_now(), "command": command_line(),
-        "threshold": result.threshold["threshold"], "threshold_choice": result.threshold,
-        "calibration": {"from_model": str(model.path), "from_model_sha256": model.manifest["model_sha256"],
-                        "method": f"CalibratedClassifierCV({method}) around the frozen model", "site": site,
-                        "data": str(Path(data).resolve()), "n_images": len(y), "n_covid": n_covid,
-                        "n_noncovid": len(y) - n_covid, "fingerprint": data_fingerprint(feats.good),
-                        "unreadable": len(feats.errors)},
-        "versions": library_versions()})
-    if harmonizer is not None:
-        m["harmonization"]["sites"] = [s for s in m["harmonization"]["sites"] if s["name"] != site] + [
-            {"name": site, "role": "calibrate", "n_images": len(y), "fingerprint": data_fingerprint(feats.good)}]
+    sample = data_fingerprint(feats.good)
+    harmonization = card.harmonization
+    if harmonizer.active:
+        harmonization = Harmonization(harmonization.method, tuple(
+            s for s in harmonization.sites if s["name"] != site) + (
+            {"name": site, "role": "calibrate", "n_images": len(y), "fingerprint": sample},))
+    new = card.with_changes(
+        created=utc_now(), command=command_line(), versions=library_versions(),
+        threshold=result.threshold["threshold"], threshold_choice=result.threshold, harmonization=harmonization,
+        calibration={"from_model": str(model.path), "from_model_sha256": card.model_sha256,
+                     "method": f"CalibratedClassifierCV({method}) around the frozen model", "site": site,
+                     "data": str(Path(data).resolve()), "n_images": len(y), "n_covid": n_covid,
+                     "n_noncovid": len(y) - n_covid, "fingerprint": sample, "unreadable": len(feats.errors)})
     out = Path(out) if out else model.path.with_name(f"{model.path.stem}-{site}.joblib")
     if out.resolve() == model.path.resolve():
         raise CovidCTError("calibrate writes a new model; give --out another path than --model")
-    return save_bundle(result.estimator, m, out, harmonizer, model.ood)
+    return save_bundle(dataclasses.replace(model.bundle, estimator=result.estimator, card=new, path=out,
+                                           harmonizer=harmonizer))
 
 
 def calibrate_summary(bundle: ModelBundle) -> list[str]:
-    c, t = bundle.manifest["calibration"], bundle.manifest["threshold_choice"]
+    c, t = bundle.card.calibration, bundle.card.threshold_choice
     return [f"recalibrated {Path(c['from_model']).name} on {c['n_images']} labeled images of {c['site']} "
             f"({c['n_covid']} COVID, {c['n_noncovid']} NonCOVID): {c['method']}",
             f"threshold {t['threshold']:.3f} ({t['rule']}): sensitivity {t['sample_sensitivity']:.3f}, "

@@ -21,7 +21,8 @@ from feature_extractor.provenance import library_versions, utc_now
 
 from .metrics import bootstrap_metrics
 from .model import LoadedModel
-from .train import TRAIN_SPLITS, FitSettings, feature_blocks, train_estimator
+from .model_card import ModelCard
+from .train import TRAIN_SPLITS, train_estimator
 
 
 @dataclass
@@ -43,7 +44,7 @@ class HeldOutSource:
 @dataclass
 class CrossSourceReport:
     model_path: Path
-    manifest: dict
+    card: ModelCard
     data: str
     held_out: list[HeldOutSource]
     bootstrap: dict
@@ -51,8 +52,8 @@ class CrossSourceReport:
 
     def header(self) -> str:
         return (f"leave-one-source-out with the configuration of {self.model_path} "
-                f"({self.manifest.get('classifier')}, balance {self.manifest.get('balance')}, harmonize "
-                f"{self.manifest['fit'].get('harmonize', 'none')}) on {self.data}")
+                f"({self.card.classifier}, balance {self.card.balance}, harmonize "
+                f"{self.card.fit.harmonize}) on {self.data}")
 
     def table(self) -> str:
         lines = [f"{'held out':<16} {'n':>5} {'trained on':<24} {'AUC [95% CI]':<22} {'accuracy':>8} "
@@ -66,15 +67,13 @@ class CrossSourceReport:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        m = self.manifest
+        c = self.card
         return {
             "cv_by_source": [{"held_out": h.source, "trained_on": h.train_sources, "n_train": h.n_train, "n": h.n,
                               "threshold": h.threshold, "train_cv_auc": h.train_cv_auc, **h.metrics}
                              for h in self.held_out],
-            "model": {"path": str(self.model_path), "sha256": m.get("model_sha256"),
-                      "classifier": m.get("classifier"), "fit": m.get("fit"), "balance": m.get("balance"),
-                      "backbones": [{k: v for k, v in b.items() if k != "weights_path"}
-                                    for b in m.get("backbones", [])]},
+            "model": {"path": str(self.model_path), "sha256": c.model_sha256, "classifier": c.classifier,
+                      "fit": c.to_manifest()["fit"], "balance": c.balance, "backbones": c.public_backbones()},
             "data": self.data,
             "bootstrap": self.bootstrap,
             "unreadable": self.errors,
@@ -98,10 +97,8 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     sources = np.array([r.source for r in good], dtype=object)
     with_split = {s: dataset.source_has_split(s) for s in dataset.sources}
     trainable = np.array([not with_split[r.source] or r.split in TRAIN_SPLITS for r in good])
-    fit = dict(model.manifest["fit"], balance=model.manifest["balance"])
-    fit.setdefault("harmonize", "none")  # format-2 models
-    settings = FitSettings(**{**fit, "base": tuple(fit["base"])})
-    blocks = feature_blocks(model.manifest["backbones"])
+    settings = model.card.refit_settings
+    blocks = model.card.blocks
     one_class = [s for s in dataset.sources if len(set(y[sources == s])) < 2]
     if one_class:  # before any fit: no AUC can be measured on such a source
         raise CovidCTError(f"source(s) {', '.join(one_class)} have readable images of one class only")
@@ -110,9 +107,8 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
         test = sources == source
         train = ~test & trainable
         trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings)
-        X_test, h = X[test], trained.harmonizer
-        if h is not None:  # the held-out site by its own images' statistics (no labels), as --site batch
-            X_test = h.add_site(source, X_test).transform(X_test, sources[test])
+        # The held-out site by its own images' statistics (no labels), as --site batch.
+        X_test = trained.harmonizer.with_site(source, X[test]).transform(X[test], sources[test])
         p = trained.estimator.predict_proba(X_test)[:, 1]
         threshold = float(trained.threshold["threshold"])
         held_out.append(HeldOutSource(
@@ -123,5 +119,5 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
             [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test))
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
-    return CrossSourceReport(model.path, model.manifest, "; ".join(map(str, paths)), held_out, bootstrap,
+    return CrossSourceReport(model.path, model.card, "; ".join(map(str, paths)), held_out, bootstrap,
                              feats.errors)

@@ -27,6 +27,8 @@ from ..presentation.evaluation_files import write_cross_source, write_evaluation
 from .cross_source import leave_one_source_out
 from .metrics import METRICS, binary_metrics, bootstrap_metrics, patient_scores
 from .model import LoadedModel, load_model
+from .model_card import ModelCard
+from .predict import PredictionRow, score_features
 from .train import data_fingerprint, records_of_splits, training_records
 
 
@@ -37,22 +39,29 @@ class EvaluationReport:
     n: dict[str, int]
     threshold: float
     model_path: Path
-    manifest: dict
+    card: ModelCard
     split: str
     data: str
     layout: str
     data_fingerprint: str
     bootstrap: dict
     y: np.ndarray
-    p: np.ndarray
-    paths: list[str]
+    rows: list[PredictionRow]         # one per scored image, in the order of y
     patient_level: dict[str, dict] = field(default_factory=dict)  # "mean"/"max" -> metrics
     by_source: dict[str, dict] = field(default_factory=dict)      # source -> {n, metrics}, when several
     cv: dict | None = None
     errors: dict[str, str] = field(default_factory=dict)
-    sites: list = field(default_factory=list)                      # per image, harmonized models
     site_notes: dict[str, str] = field(default_factory=dict)
-    in_distribution: np.ndarray | None = None                      # per image, models with a detector
+
+    @property
+    def p(self) -> np.ndarray:
+        return np.array([r.p_covid for r in self.rows], dtype=float)
+
+    @property
+    def in_distribution(self) -> np.ndarray | None:
+        """Per image, for models with a detector."""
+        flags = [r.in_distribution for r in self.rows]
+        return None if not flags or flags[0] is None else np.array(flags, dtype=bool)
 
     def ood_line(self) -> str | None:
         if self.in_distribution is None:
@@ -94,18 +103,16 @@ class EvaluationReport:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        m = self.manifest
+        c = self.card
         return {
             **self.metrics,
             "n": self.n,
             "threshold": self.threshold,
             "confusion_matrix": {"labels": ["NonCOVID", "COVID"], "rows": "true", "columns": "predicted",
                                  "matrix": self.confusion},
-            "model": {"path": str(self.model_path), "sha256": m.get("model_sha256"),
-                      "classifier": m.get("classifier"), "created": m.get("created"),
-                      "backbones": [{k: v for k, v in b.items() if k != "weights_path"}
-                                    for b in m.get("backbones", [])],
-                      "training_fingerprint": m.get("training", {}).get("fingerprint")},
+            "model": {"path": str(self.model_path), "sha256": c.model_sha256, "classifier": c.classifier,
+                      "created": c.created, "backbones": c.public_backbones(),
+                      "training_fingerprint": c.training.fingerprint},
             "split": self.split,
             "data": {"path": self.data, "layout": self.layout, "fingerprint": self.data_fingerprint},
             "bootstrap": self.bootstrap,
@@ -114,7 +121,7 @@ class EvaluationReport:
             "sites": self.site_notes,
             "out_of_distribution": None if self.in_distribution is None else {
                 "n_flagged": int(np.sum(~self.in_distribution)), "n": int(len(self.in_distribution)),
-                "detector": self.manifest.get("ood")},
+                "detector": c.ood},
             "cv": self.cv,
             "unreadable": self.errors,
             "created": utc_now(),
@@ -128,7 +135,7 @@ def cross_validate_model(model: LoadedModel, records: Sequence[Record], X: np.nd
     y = np.array([r.label for r in records], dtype=int)
     groups = np.array([r.group for r in records])
     sources = np.array([r.source for r in records], dtype=object)
-    balance = model.manifest.get("balance", "class")
+    balance = model.card.balance
     cv = grouped_folds(y, groups, n_splits, random_state)
     per_fold = []
     for train, test in cv.split(X, y, groups):
@@ -153,8 +160,7 @@ def held_out_records(dataset: Dataset, split: str = "test") -> tuple[list[Record
 
 
 def _refuse_training_images(model: LoadedModel, good: Sequence[Record]) -> None:
-    trained = {s["fingerprint"]: s["name"] for s in model.manifest["training"].get("sources", [])}
-    trained.setdefault(model.manifest["training"].get("fingerprint"), "its training data")
+    trained = model.card.training.source_fingerprints()
     for source in dict.fromkeys(r.source for r in good):
         name = trained.get(data_fingerprint([r for r in good if r.source == source]))
         if name is not None:
@@ -182,7 +188,8 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
     fingerprint = data_fingerprint(feats.good)
     y = np.array([r.label for r in feats.good], dtype=int)
     groups = np.array([r.group for r in feats.good])
-    p = model.predict_proba(feats.X)
+    rows = score_features(model, feats)
+    p = np.array([r.p_covid for r in rows])
     threshold = model.threshold
     cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
     unit = "patient" if dataset.has_patients else "image"
@@ -191,12 +198,8 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
         bootstrap_metrics(y, p, groups, threshold, n_boot, seed), cm.tolist(),
         {"images": len(y), "COVID": int(np.sum(y == 1)), "NonCOVID": int(np.sum(y == 0)),
          "patients": int(len(np.unique(groups))) if dataset.has_patients else None},
-        threshold, model.path, model.manifest, split, "; ".join(map(str, paths)), dataset.layout, fingerprint,
-        bootstrap, y, p, [r.path for r in feats.good], errors=feats.errors, sites=feats.sites,
-        site_notes=feats.site_notes)
-    ood = model.ood_scores(feats)
-    if ood is not None:
-        report.in_distribution = ood[1]
+        threshold, model.path, model.card, split, "; ".join(map(str, paths)), dataset.layout, fingerprint,
+        bootstrap, y, rows, errors=feats.errors, site_notes=feats.site_notes)
     sources = np.array([r.source for r in feats.good])
     if len(set(sources)) > 1:
         for source in dict.fromkeys(sources):

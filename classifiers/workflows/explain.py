@@ -88,7 +88,7 @@ class ModelExplainer:
         if method == "gradcam" and self.head is None:
             raise CovidCTError(
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
-                f"{model.manifest.get('classifier')!r}: use --explain-method occlusion")
+                f"{model.card.classifier!r}: use --explain-method occlusion")
         # Built now, so unsuitable pooling is refused before any prediction runs. Each comes
         # with the (start, stop) columns of its maps' features in the model's feature vector.
         self._cam_models = []

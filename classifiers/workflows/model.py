@@ -1,7 +1,7 @@
 """A saved model, loaded and verified once per command, with the feature extractors that
 reproduce its features: predict, evaluate, the explainer and the report all share one.
 
-The manifest is read here and nowhere else in the workflows: each backbone's FeatureSpec,
+Its manifest is read once, as a typed ModelCard (model_card.py): each backbone's FeatureSpec,
 the threshold, where the weights are now (``--weights NAME=FILE``, checked by SHA-256), and
 whether a ``--crop`` given on the command line is the model's own.
 """
@@ -18,12 +18,12 @@ from feature_extractor.cache import FeatureCache
 from feature_extractor.dataset import Record
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport, FeatureExtractor
-from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.run_context import RunContext
 from feature_extractor.weights import parse_weights_options
 
 from .bundle import ModelBundle, latest_model, load_bundle
 from .features import feature_matrix
+from .model_card import ModelCard
 
 
 BATCH = "batch"  # --site batch: standardize by the statistics of the images of this run
@@ -82,7 +82,7 @@ class LoadedModel:
     def __init__(self, bundle: ModelBundle, context: RunContext | None = None):
         self.bundle = bundle
         self.context = context or RunContext()
-        specs = [FeatureSpec.from_record(entry) for entry in bundle.manifest["backbones"]]
+        specs = bundle.card.specs
         overrides = parse_weights_options(self.context.weights_overrides, [s.backbone for s in specs],
                                           default=None)
         # An override says where the weights are; the SHA-256 they must have stays the model's.
@@ -90,8 +90,8 @@ class LoadedModel:
                       for s in specs]
 
     @property
-    def manifest(self) -> dict:
-        return self.bundle.manifest
+    def card(self) -> ModelCard:
+        return self.bundle.card
 
     @property
     def path(self) -> Path:
@@ -103,7 +103,7 @@ class LoadedModel:
 
     @property
     def feature_dim(self) -> int:
-        return int(self.manifest["feature_dim"])
+        return self.card.feature_dim
 
     @cached_property
     def extractors(self) -> list[FeatureExtractor]:
@@ -131,16 +131,16 @@ class LoadedModel:
     def features(self, records: Sequence[Record], site: str | None = None) -> ModelFeatures:
         """Every backbone's features of ``records``, through the cache (new images run the CNN),
         standardized by site when the model harmonizes (see ``assign_sites``)."""
-        if site is not None and self.harmonizer is None:
+        if site is not None and not self.harmonizer.active:
             raise ModelBundleError(f"--site is for models fit with --harmonize; {self.path} standardizes no site")
         feats = extract_features(self.extractors, records)
         if not feats.good:
             feats.X = feats.raw = np.zeros((0, self.feature_dim), np.float32)
         if feats.X.shape[1] != self.feature_dim:
             raise ModelBundleError(f"features have {feats.X.shape[1]} columns, the model expects {self.feature_dim}")
-        if self.harmonizer is not None and feats.good:
+        if self.harmonizer.active and feats.good:
             feats.sites, feats.site_notes = self.assign_sites(feats.good, feats.raw, site)
-            feats.X = self.harmonizer.transform(feats.raw, feats.sites)
+        feats.X = self.harmonizer.transform(feats.raw, feats.sites)
         return feats
 
     def assign_sites(self, records: Sequence[Record], X: np.ndarray,
@@ -151,15 +151,13 @@ class LoadedModel:
         when the model knows it, else the site it was recalibrated on or its one --adapt-to site,
         else its batch."""
         h = self.harmonizer
-        sites = h.sites
-        known = self.manifest["harmonization"]["sites"]
-        adapted = [s["name"] for s in known if s["role"] == "calibrate"][-1:] or \
-            [s["name"] for s in known if s["role"] == "adapt-to"]
+        known = self.card.harmonization
+        adapted = known.site_names("calibrate")[-1:] or known.site_names("adapt-to")
         names = []
         for r in records:
             if site not in (None, BATCH):
                 names.append(site)
-            elif site is None and r.source in sites:
+            elif site is None and h.knows(r.source):
                 names.append(r.source)
             elif site is None and len(adapted) == 1:
                 names.append(adapted[0])
@@ -172,19 +170,19 @@ class LoadedModel:
                 h.add_site(name, X[rows])
                 notes[name] = f"standardized by the {int(rows.sum())} images' own statistics"
             else:
-                h.scaler(name)  # an unknown name fails here, with the known ones
+                h.site_step(name)  # an unknown name fails here, with the known ones
                 notes[name] = f"standardized by the model's statistics of {name} ({h.n_images_[name]} images)"
         return names, notes
 
     def estimator_for_site(self, site: str | None = None):
         """The classifier on raw features of ``site`` (its scaler in front when the model harmonizes)."""
-        if self.harmonizer is None or site is None:
+        if not self.harmonizer.active or site is None:
             return self.bundle.estimator
         from sklearn.pipeline import Pipeline
 
         est = self.bundle.estimator
         steps = list(est.steps) if isinstance(est, Pipeline) else [("classifier", est)]
-        return Pipeline([("site", self.harmonizer.scaler(site))] + steps)
+        return Pipeline([("site", self.harmonizer.site_step(site))] + steps)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """P(COVID) of each row of ``X`` (the classifier's input: ModelFeatures.X)."""

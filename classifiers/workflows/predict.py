@@ -9,19 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled, printable_path
+from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
 from feature_extractor.extract import ExtractionReport
 from feature_extractor.run_context import RunContext
 
 from ..presentation.csv_files import write_csv
-from .model import LoadedModel, load_model
-
-CSV_COLUMNS = ("path", "p_covid", "label", "ood_score", "in_distribution", "error")
-HEATMAP_COLUMN = "heatmap"  # added when predictions are explained
+from . import prediction_record as record
+from .model import LoadedModel, ModelFeatures, load_model
 
 
 @dataclass
 class PredictionRow:
+    """One image's prediction: the fields of the slice record (prediction_record.SLICE) and
+    ``site``, which the model uses but does not report."""
+
     path: str
     p_covid: float | None = None
     label: str | None = None
@@ -78,18 +79,26 @@ def predict_folder(model: LoadedModel, folder: str | Path, site: str | None = No
     return predict_records(model, load_unlabeled(folder).records, site)
 
 
+def score_features(model: LoadedModel, feats: ModelFeatures) -> list[PredictionRow]:
+    """The prediction of each readable record of ``feats`` (in the order of ``feats.good``):
+    everything the slice record holds. The one place a prediction row is filled in."""
+    threshold = model.threshold
+    ood = model.ood_scores(feats)
+    rows = []
+    for i, (r, p) in enumerate(zip(feats.good, model.predict_proba(feats.X))):
+        row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], site=feats.sites[i])
+        if ood is not None:
+            row.ood_score, row.in_distribution = float(ood[0][i]), bool(ood[1][i])
+        rows.append(row)
+    return rows
+
+
 def predict_records(model: LoadedModel, records: list[Record], site: str | None = None) -> PredictionReport:
     """predict_folder for given records (a study's slices)."""
     feats = model.features(records, site)
-    threshold = model.threshold
-    ood = model.ood_scores(feats)
-    good = {}
-    for i, (r, p) in enumerate(zip(feats.good, model.predict_proba(feats.X))):
-        good[r.path] = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], site=feats.sites[i])
-        if ood is not None:
-            good[r.path].ood_score, good[r.path].in_distribution = float(ood[0][i]), bool(ood[1][i])
+    good = {row.path: row for row in score_features(model, feats)}
     rows = [good.get(r.path) or PredictionRow(r.path, error=feats.errors[r.path]) for r in feats.records]
-    return PredictionReport(rows, model.path, threshold, feats.extractions, site_notes=feats.site_notes)
+    return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes)
 
 
 def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
@@ -123,9 +132,5 @@ def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
 
 
 def write_predictions_csv(rows: list[PredictionRow], out: str | Path) -> Path:
-    explained = any(r.heatmap for r in rows)
-    return write_csv(out, CSV_COLUMNS + ((HEATMAP_COLUMN,) if explained else ()), (
-        [printable_path(row.path), "" if row.p_covid is None else f"{row.p_covid:.6f}",
-         row.label or "", "" if row.ood_score is None else f"{row.ood_score:.5f}",
-         "" if row.in_distribution is None else str(row.in_distribution).lower(), row.error or ""]
-        + ([printable_path(row.heatmap or "")] if explained else []) for row in rows))
+    schema = record.SLICE
+    return write_csv(out, schema.csv_header(rows), schema.csv_rows(rows))

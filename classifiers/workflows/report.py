@@ -21,7 +21,7 @@ from .cross_source import leave_one_source_out
 from .evaluate import evaluate_model
 from .explain import ModelExplainer
 from .model import LoadedModel, load_model
-from .predict import predict_folder
+from .predict import PredictionRow, predict_folder
 
 
 def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: str = "test",
@@ -45,19 +45,14 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
     if dataset is not None:
         evaluation = evaluate_model(model, paths, split, n_boot)
         truth = {r.path: r for r in dataset.records}
-        inside = evaluation.in_distribution if evaluation.in_distribution is not None else [None] * len(evaluation.p)
-        rows = [CaseRow(path, float(p), LABEL_NAMES[int(p >= threshold)], LABEL_NAMES[int(y)],
-                        truth[path].patient, in_distribution=None if ok is None else bool(ok))
-                for path, p, y, ok in zip(evaluation.paths, evaluation.p, evaluation.y, inside)]
-        sites = dict(zip(evaluation.paths, evaluation.sites))
-        rows += [CaseRow(path, error=reason) for path, reason in evaluation.errors.items()]
+        rows = [CaseRow(row, LABEL_NAMES[int(y)], truth[row.path].patient)
+                for row, y in zip(evaluation.rows, evaluation.y)]
+        rows += [CaseRow(PredictionRow(path, error=reason)) for path, reason in evaluation.errors.items()]
     else:
-        predicted = predict_folder(model, paths[0])
-        rows = [CaseRow(r.path, r.p_covid, r.label, error=r.error, in_distribution=r.in_distribution)
-                for r in predicted.rows]
-        sites = {r.path: r.site for r in predicted.rows}
+        rows = [CaseRow(r) for r in predict_folder(model, paths[0]).rows]
+    sites = {r.path: r.prediction.site for r in rows}
     rows = order_rows(rows, threshold)
-    content = ReportContent(model.manifest, model.path, "; ".join(map(str, paths)), threshold, rows, evaluation,
+    content = ReportContent(model.card, model.path, "; ".join(map(str, paths)), threshold, rows, evaluation,
                             explain_method=explain_method if heatmaps else None)
     if evaluation is not None:
         content.plots = plot_uris(evaluation)
@@ -67,11 +62,11 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
 
 def _collect_cross_source(model: LoadedModel, paths: Sequence[str | Path], n_boot: int) -> ReportContent:
     cross = leave_one_source_out(model, paths, n_boot)
-    rows = [CaseRow(r.path, float(p), LABEL_NAMES[int(p >= h.threshold)], LABEL_NAMES[int(y)], r.patient,
-                    note=f"held out: {h.source}")
+    rows = [CaseRow(PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= h.threshold)]), LABEL_NAMES[int(y)],
+                    r.patient, note=f"held out: {h.source}")
             for h in cross.held_out for r, p, y in zip(h.records, h.p, h.y)]
     rows = order_rows(rows, model.threshold)
-    content = ReportContent(model.manifest, model.path, "; ".join(map(str, paths)), model.threshold, rows,
+    content = ReportContent(model.card, model.path, "; ".join(map(str, paths)), model.threshold, rows,
                             plots=plot_uris(cross_source=cross), cross_source=cross)
     _thumbnails(model, rows, None, 0)
     return content
@@ -99,7 +94,7 @@ def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
     try:
         return model.extractors[0].prepare(row.path)
     except (ImageDecodeError, OSError) as exc:  # changed since it was scored
-        row.error = str(exc)
+        row.prediction.error = str(exc)
         return None
 
 

@@ -16,16 +16,35 @@ from feature_extractor.dataset import LABEL_NAMES, Record, printable_path
 from feature_extractor.run_context import RunContext
 from feature_extractor.studies import Redactor, Study, find_studies, slices_to_score
 
-from ..estimators.study_aggregation import DEFAULT_AGGREGATION, aggregate
+from ..estimators.study_aggregation import aggregate
 from ..presentation.csv_files import write_csv
+from . import prediction_record as record
 from .model import LoadedModel, load_model
 from .predict import PredictionRow, predict_records
 
-SLICE_COLUMNS = ("study", "slice", "path", "p_covid", "label", "ood_score", "in_distribution", "used", "note", "error")
-STUDY_COLUMNS = ("study", "series", "n_slices", "n_used", "p_covid", "label", "top_slices", "in_distribution",
-                 "warnings", "error")
 IDENTIFIER_COLUMNS = ("study_uid", "series_uid")
 TOP_SLICES = 3
+
+
+@dataclass
+class StudySlice:
+    """One slice of a study as the slice CSV lists it: where it sits, its prediction (None when
+    not scored) and why not; the slice record's other fields are the prediction's."""
+
+    study: str
+    slice: int | None
+    path: str
+    prediction: PredictionRow | None
+    note: str | None = None
+
+    @property
+    def used(self) -> bool:
+        return self.prediction is not None and self.prediction.p_covid is not None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "prediction":
+            raise AttributeError(name)
+        return getattr(self.prediction, name, None)
 
 
 @dataclass
@@ -102,7 +121,7 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
         plans.append((study, used, not_used))
     records = [Record(path) for _, used, _ in plans for path in used]
     predictions = {row.path: row for row in predict_records(model, records, site).rows} if records else {}
-    method = model.manifest.get("study_aggregation", {}).get("method", DEFAULT_AGGREGATION)
+    method = model.card.aggregation
     threshold = model.threshold
     results = []
     for study, used, not_used in plans:
@@ -125,36 +144,24 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
     return StudyPredictionReport(results, model.path, threshold, method, redact, scan.unassigned, keep_identifiers)
 
 
+def study_slices(result: StudyResult) -> list[StudySlice]:
+    """Every slice of a study's chosen series, then the study's files that are not among them."""
+    name = result.study.name
+    out = [StudySlice(name, number, result.study.slices[number - 1], row, note)
+           for number, row, note in result.rows]
+    out += [StudySlice(name, None, path, None, reason) for path, reason in result.study.errors.items() if path]
+    return out
+
+
 def write_study_csvs(report: StudyPredictionReport, out: str | Path, studies_out: str | Path) -> None:
-    redact = report.redact
-    slice_rows = []
-    for result in report.results:
-        name = result.study.name
-        for number, row, note in result.rows:
-            path = result.study.slices[number - 1]
-            slice_rows.append([
-                name, number, redact(printable_path(path)),
-                "" if row is None or row.p_covid is None else f"{row.p_covid:.6f}",
-                "" if row is None else row.label or "",
-                "" if row is None or row.ood_score is None else f"{row.ood_score:.5f}",
-                "" if row is None or row.in_distribution is None else str(row.in_distribution).lower(),
-                str(row is not None and row.p_covid is not None).lower(), note or "",
-                "" if row is None else row.error or ""])
-        for path, reason in result.study.errors.items():
-            if path:
-                slice_rows.append([name, "", redact(printable_path(path)), "", "", "", "", "false", reason, ""])
-    report.out = write_csv(out, SLICE_COLUMNS, slice_rows)
+    slices = [s for result in report.results for s in study_slices(result)]
+    schema = record.study_slice()
+    report.out = write_csv(out, schema.csv_header(slices), schema.csv_rows(slices, report.redact))
     keep = report.keep_identifiers
-    study_rows = []
-    for result in report.results:
-        s = result.study
-        study_rows.append([
-            s.name, s.series, len(s.slices), len(result.scored),
-            "" if result.p_covid is None else f"{result.p_covid:.6f}", result.label or "", result.top_slices(),
-            "" if result.in_distribution is None else str(result.in_distribution).lower(),
-            " | ".join(s.warnings), result.error or ""]
-            + ([s.identifiers.get(c, "") for c in IDENTIFIER_COLUMNS] if keep else []))
-    report.studies_out = write_csv(studies_out, STUDY_COLUMNS + (IDENTIFIER_COLUMNS if keep else ()), study_rows)
+    header = record.STUDY.csv_header(report.results) + (list(IDENTIFIER_COLUMNS) if keep else [])
+    rows = [cells + ([result.study.identifiers.get(c, "") for c in IDENTIFIER_COLUMNS] if keep else [])
+            for result, cells in zip(report.results, record.STUDY.csv_rows(report.results))]
+    report.studies_out = write_csv(studies_out, header, rows)
 
 
 def predict_studies_and_write(folder: str | Path, out: str | Path = "predictions.csv",

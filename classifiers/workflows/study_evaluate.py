@@ -86,7 +86,7 @@ def evaluate_studies(folder: str | Path, labels_csv: str | Path, model_path: str
     out_dir.mkdir(parents=True, exist_ok=True)
     write_study_csvs(report, out_dir / "slices.csv", out_dir / "studies.csv")
     (out_dir / "metrics.json").write_text(json.dumps({
-        "created": utc_now(), "model": str(model.path), "model_sha256": model.manifest.get("model_sha256"),
+        "created": utc_now(), "model": str(model.path), "model_sha256": model.card.model_sha256,
         "level": "study", "n_studies": len(y_arr), "n_covid": int(y_arr.sum()),
         "aggregation": report.aggregation, "threshold": report.threshold, "max_slices": max_slices,
         "metrics": metrics, "unlabeled_studies": len(unlabeled),

@@ -5,7 +5,6 @@ the test split is never read here. Hyperparameters are chosen by patient-grouped
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,56 +19,20 @@ from feature_extractor.provenance import command_line, fingerprint, library_vers
 from feature_extractor.run_context import RunContext
 from feature_extractor.weights import NONE, NONE_WARNING
 
-from ..estimators.balance import BALANCES, default_balance, sample_weights
-from ..estimators.harmonize import HarmonizationError, make_harmonizer
+from ..estimators.balance import default_balance, sample_weights
+from ..estimators.harmonize import Harmonizer, HarmonizationError, make_harmonizer
 from ..estimators.ood import NearestNeighborOOD
-from ..estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK, get_classifier
+from ..estimators.registry import STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
 from ..estimators.study_aggregation import choose_aggregation
 from ..estimators.thresholds import threshold_for_sensitivity
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
+from .fit_settings import FitSettings
 from .model import extract_features
+from .model_card import Harmonization, ModelCard, TrainingData, feature_blocks
 
 TRAIN_SPLITS = ("train", "val")
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How fit trains.
-
-    Parameters
-    ----------
-    clf : a registry classifier (classifiers/estimators/registry.py) or "stack".
-    base : the stack's base classifiers (registry names).
-    cv_folds : patient-grouped CV folds for tuning (fewer when a class has fewer patients).
-    seed : random seed of the folds and the estimators.
-    target_sensitivity : choose the decision threshold on out-of-fold predictions of the
-        training images to reach this COVID recall (None: 0.5).
-    balance : "none", "class" or "source" (see estimators/balance.py); None: source when the
-        training data has several sources, class otherwise.
-    harmonize : "none" or "standardize": each site's features standardized by its own mean
-        and sd before the classifier (estimators/harmonize.py).
-    """
-
-    clf: str
-    base: tuple[str, ...] = DEFAULT_BASE
-    cv_folds: int = 5
-    seed: int = 0
-    target_sensitivity: float | None = None
-    balance: str | None = None
-    harmonize: str = "none"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "base", tuple(self.base))
-        make_harmonizer(self.harmonize)  # refuses an unknown method
-        if self.balance is not None and self.balance not in BALANCES:
-            raise CovidCTError(f"unknown balance {self.balance!r}; valid: {', '.join(BALANCES)}")
-        if self.clf != STACK:
-            get_classifier(self.clf)
-        unknown = [b for b in self.base if b not in CLASSIFIERS]
-        if unknown:
-            raise CovidCTError(f"unknown base classifier(s) {unknown}; valid: {', '.join(CLASSIFIERS)}")
 
 
 def records_of_splits(dataset: Dataset, splits: Sequence[str]) -> tuple[list[Record], list[str]]:
@@ -113,8 +76,8 @@ def source_summaries(records: Sequence[Record]) -> list[dict]:
 class TrainedEstimator:
     """A fitted estimator and what its training said: params, CV scores, out-of-fold
     probabilities, the balance used and the threshold chosen. ``harmonizer``: the per-site
-    standardization fitted on the training sources (None without --harmonize); the estimator
-    reads its output."""
+    standardization fitted on the training sources (NoHarmonization without --harmonize); the
+    estimator reads its output."""
 
     estimator: object
     params: dict
@@ -122,7 +85,7 @@ class TrainedEstimator:
     oof: np.ndarray
     balance: str
     threshold: dict
-    harmonizer: object = None
+    harmonizer: Harmonizer
 
 
 def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: Sequence[str | None],
@@ -131,8 +94,7 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
     features (harmonized here when ``settings.harmonize`` says so). ``blocks``: the (backbone,
     start, stop) columns of each backbone, for the stack."""
     harmonizer = make_harmonizer(settings.harmonize)
-    if harmonizer is not None:
-        X = harmonizer.fit_transform(X, sources)
+    X = harmonizer.fit_transform(X, sources)
     balance = settings.balance or default_balance(len(set(sources)))
     weights = sample_weights(balance, y, sources)
     if settings.clf == STACK:
@@ -192,41 +154,25 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         harmonizer = trained.harmonizer
         adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
     ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
-    threshold = trained.threshold
     grouping = "patient" if dataset.has_patients else "image"
     training_sources = source_summaries(records)
-    manifest = {
-        "created": utc_now(),
-        "command": command_line(),
-        "classifier": settings.clf,
-        "params": trained.params,
-        "fit": dataclasses.asdict(settings),
-        "engine": context.engine.record(),
-        "threshold": threshold["threshold"],
-        "threshold_choice": threshold,
-        "balance": trained.balance,
-        "harmonization": {"method": settings.harmonize, "sites": (
+    card = ModelCard(
+        classifier=settings.clf, fit=settings, backbones=tuple(backbones), feature_dim=int(X.shape[1]),
+        training=TrainingData(
+            tuple(str(Path(p).resolve()) for p in paths), dataset.layout, tuple(splits), len(records),
+            int(np.sum(y == 1)), int(np.sum(y == 0)), int(len(np.unique(groups))), grouping,
+            data_fingerprint(records), tuple(training_sources)),
+        threshold=trained.threshold["threshold"], threshold_choice=trained.threshold, balance=trained.balance,
+        harmonization=Harmonization(settings.harmonize, tuple(
             [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
-             for s in training_sources] + adapted) if harmonizer else []},
-        "ood": ood.describe(),
-        "study_aggregation": choose_aggregation(trained.oof, y, groups),
-        "backbones": backbones,
-        "feature_dim": int(X.shape[1]),
-        "training": {
-            "data": [str(Path(p).resolve()) for p in paths], "layout": dataset.layout, "splits": splits,
-            "n_images": len(records), "n_covid": int(np.sum(y == 1)),
-            "n_noncovid": int(np.sum(y == 0)), "n_groups": int(len(np.unique(groups))),
-            "grouping": grouping, "fingerprint": data_fingerprint(records),
-            "sources": training_sources},
-        "cv": {"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
-                         f"random_state={settings.seed}) grouped by {grouping}",
-               "scoring": "roc_auc", **trained.cv},
-        "versions": library_versions(),
-    }
-    if any(b["weights_source"] == NONE for b in backbones):
-        manifest["warning"] = NONE_WARNING
+             for s in training_sources] + adapted) if harmonizer.active else ()),
+        ood=ood.describe(), study_aggregation=choose_aggregation(trained.oof, y, groups), params=trained.params,
+        cv={"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
+                      f"random_state={settings.seed}) grouped by {grouping}", "scoring": "roc_auc", **trained.cv},
+        engine=context.engine.record(), created=utc_now(), command=command_line(), versions=library_versions(),
+        warning=NONE_WARNING if any(b["weights_source"] == NONE for b in backbones) else None)
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(trained.estimator, manifest, path, harmonizer, ood)
+    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood))
 
 
 def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunContext) -> dict:
@@ -242,36 +188,28 @@ def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunCont
             "n_unreadable": len(feats.errors), "fingerprint": fingerprint(r.key for r in feats.good)}
 
 
-def feature_blocks(backbones: Sequence[dict]) -> list[tuple[str, int, int]]:
-    """(backbone, start, stop) columns of each backbone's features, from manifest entries."""
-    bounds = np.cumsum([0] + [int(b["feature_dim"]) for b in backbones])
-    return [(b["backbone"], int(a), int(z)) for b, a, z in zip(backbones, bounds[:-1], bounds[1:])]
-
-
 def fit_summary(bundle: ModelBundle) -> list[str]:
     """What fit reports: data, features, CV scores, threshold and the files written."""
-    m = bundle.manifest
-    t = m["training"]
-    lines = [f"trained {m['classifier']} on {t['n_images']} images ({t['n_covid']} COVID, "
-             f"{t['n_noncovid']} NonCOVID, {t['n_groups']} {t['grouping']} groups; "
-             f"splits: {'+'.join(t['splits'])})"]
-    if len(t["sources"]) > 1:
+    c = bundle.card
+    t = c.training
+    lines = [f"trained {c.classifier} on {t.n_images} images ({t.n_covid} COVID, "
+             f"{t.n_noncovid} NonCOVID, {t.n_groups} {t.grouping} groups; splits: {'+'.join(t.splits)})"]
+    if len(t.sources) > 1:
         lines += [f"  source {s['name']}: {s['n_images']} images ({s['n_covid']} COVID, {s['n_noncovid']} "
-                  f"NonCOVID; {'+'.join(s['splits'])})" for s in t["sources"]]
-    lines.append(f"features: {' + '.join(b['backbone'] for b in m['backbones'])} ({m['feature_dim']} dims, "
-                 f"crop {m['backbones'][0]['crop']})")
-    for b in m["cv"].get("base_models", []):
+                  f"NonCOVID; {'+'.join(s['splits'])})" for s in t.sources]
+    lines.append(f"features: {' + '.join(b['backbone'] for b in c.backbones)} ({c.feature_dim} dims, "
+                 f"crop {c.backbones[0]['crop']})")
+    for b in c.cv.get("base_models", []):
         lines.append(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
                      f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
-    params = "" if m["classifier"] == STACK else f" with {m['params']}"
-    weighted = ", source-balanced weights" if m["balance"] == "source" else ""
-    lines.append(f"CV AUC {m['cv']['auc']:.3f} +- {m['cv']['auc_std']:.3f}{params}{weighted}")
-    sites = m["harmonization"]["sites"]
-    if sites:
+    params = "" if c.classifier == STACK else f" with {dict(c.params)}"
+    weighted = ", source-balanced weights" if c.balance == "source" else ""
+    lines.append(f"CV AUC {c.cv_auc:.3f} +- {c.cv['auc_std']:.3f}{params}{weighted}")
+    if c.harmonization.sites:
         lines.append("features standardized per site: " + ", ".join(
-            f"{s['name']} ({s['role']}, {s['n_images']} images)" for s in sites))
-    lines.append(f"out-of-distribution cut-off {m['ood']['cut_off']:.4f} ({m['ood']['cut_off_rule']})")
-    choice = m["threshold_choice"]
+            f"{s['name']} ({s['role']}, {s['n_images']} images)" for s in c.harmonization.sites))
+    lines.append(f"out-of-distribution cut-off {c.ood['cut_off']:.4f} ({c.ood['cut_off_rule']})")
+    choice = c.threshold_choice
     if choice["rule"] != "default":
         lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
                      f"{choice['oof_sensitivity']:.3f}, specificity {choice['oof_specificity']:.3f})")

@@ -1,9 +1,13 @@
 "use strict";
 // The page's only script: upload, ask for the token once if the server wants one, show results.
+// What each answer shows comes from the server's field list (/api/v1/fields), which is made
+// from the prediction record's declarations: a new field appears here without a change.
 (function () {
   const $ = (id) => document.getElementById(id);
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
   const fmt = (p) => (p === null || p === undefined ? "" : p.toFixed(3));
+  const HEADLINE = new Set(["answer", "label", "p_covid", "error", "study", "name"]);
+  let fields = {image: [], study: []};
   let dropped = null;
 
   function headers() {
@@ -24,10 +28,26 @@
     return body;
   }
 
-  function verdict(label, p, threshold) {
-    if (p === null || p === undefined) return "";
-    const cls = label === "COVID" ? "covid" : "noncovid";
-    return `<span class="${cls}">${esc(label)}</span> P(COVID) ${fmt(p)} (threshold ${threshold})`;
+  // The headline: the answer (COVID in red, NonCOVID in green, anything else neutral), P(COVID) beside it.
+  function verdict(item, threshold) {
+    const answer = item.answer ?? item.label;
+    if (answer === null || answer === undefined) return "";
+    const cls = {COVID: "covid", NonCOVID: "noncovid"}[answer] || "neutral";
+    return `<span class="${cls}">${esc(answer)}</span> P(COVID) ${fmt(item.p_covid)} (threshold ${threshold})`;
+  }
+
+  function shown(field, value) {
+    if (value === null || value === undefined || value === "") return "–";
+    if (field.type === "number") return Number(value).toFixed(3);
+    if (field.type === "boolean") return value ? "yes" : "no";
+    if (field.type === "list") return value.length ? value.map(esc).join("; ") : "–";
+    return esc(value);
+  }
+
+  function details(kind, item) {
+    const rows = fields[kind].filter((f) => !HEADLINE.has(f.name))
+      .map((f) => `<dt title="${esc(f.help)}">${esc(f.name)}</dt><dd data-field="${esc(f.name)}">${shown(f, item[f.name])}</dd>`);
+    return rows.length ? `<dl class="fields">${rows.join("")}</dl>` : "";
   }
 
   function ood(flag) {
@@ -38,7 +58,7 @@
     const out = [];
     for (const image of result.images) {
       out.push(`<article class="card" aria-label="image ${esc(image.name)}"><div><h3>${esc(image.name)}</h3>`
-        + (image.error ? `<p class="error">error: ${esc(image.error)}</p>` : `<p>${verdict(image.label, image.p_covid, result.threshold)}${ood(image.in_distribution)}</p>`)
+        + (image.error ? `<p class="error">error: ${esc(image.error)}</p>` : `<p>${verdict(image, result.threshold)}${ood(image.in_distribution)}</p>${details("image", image)}`)
         + `</div>`
         + (image.image ? `<figure><img src="${image.image}" alt="slice ${esc(image.name)}"><figcaption>slice</figcaption></figure>` : "")
         + (image.heatmap ? `<figure><img class="heatmap" src="${image.heatmap}" alt="heatmap of ${esc(image.name)}"><figcaption>what raised P(COVID)</figcaption></figure>` : "")
@@ -49,9 +69,9 @@
       for (const s of upload.studies) {
         const strip = s.top_slices.map((t) => `<figure><img src="${t.heatmap || t.image || ""}" alt="slice ${t.slice}, P(COVID) ${fmt(t.p_covid)}"><figcaption>slice ${t.slice}: ${fmt(t.p_covid)}</figcaption></figure>`).join("");
         out.push(`<article class="card" aria-label="study ${esc(s.study)}"><div><h3>study ${esc(s.study)}</h3>`
-          + (s.error ? `<p class="error">${esc(s.error)}</p>` : `<p>${verdict(s.label, s.p_covid, result.threshold)}${ood(s.in_distribution)}</p>`)
-          + `<p>${esc(s.series)}; ${s.n_used} of ${s.n_slices} slices scored (${esc(s.aggregation)})</p>`
-          + s.warnings.map((w) => `<p class="warn">warning: ${esc(w)}</p>`).join("")
+          + (s.error ? `<p class="error">${esc(s.error)}</p>` : `<p>${verdict(s, result.threshold)}${ood(s.in_distribution)}</p>`)
+          + `<p>${esc(s.aggregation)} of slice probabilities</p>`
+          + details("study", s)
           + `</div><div class="strip">${strip}</div></article>`);
       }
     }
@@ -68,6 +88,7 @@
     $("send").disabled = true;
     $("status").textContent = `Sending ${files.length} file(s)...`;
     try {
+      if (!fields.image.length) fields = await call("/api/v1/fields", {});
       render(await call("/api/v1/predict", {method: "POST", body: form}));
       $("status").textContent = "Done.";
     } catch (error) {
@@ -81,6 +102,7 @@
   async function loadModel() {
     try {
       const card = await call("/api/v1/model", {});
+      fields = await call("/api/v1/fields", {});
       $("model").textContent = `Model ${card.model} (${card.classifier}; ${card.backbones.map((b) => b.backbone).join(", ")}), threshold ${card.threshold}.`;
     } catch (error) {
       $("model").textContent = "Model card unavailable: " + error.message;

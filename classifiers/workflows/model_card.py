@@ -1,0 +1,241 @@
+"""The model card: a fitted model's manifest, read in one place and typed.
+
+The manifest (``<model>.json`` beside the joblib file) says what made a model: each
+backbone's FeatureSpec record, the classifier and its settings, the training data and its
+fingerprints, the CV scores, the threshold, the site harmonization, the out-of-distribution
+detector, the study aggregation, the conformal calibration, the lesion head, the library
+versions and the SHA-256 of the model file. Every command reads it through
+:meth:`ModelCard.from_manifest`, which upgrades older formats first (the way FeatureSpec reads
+older caches), so no reader needs its own defaults for a key an old model lacks.
+
+Formats: 4 (since 2026-11-30: conformal calibration, lesion head, default error rate);
+3 (the joblib file holds the estimator, the site harmonizer and the OOD detector); 2 (the joblib
+file is the estimator alone; no harmonization, detector or study aggregation). Format 1
+(before FeatureSpec records) is refused with the fit command that made it.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from feature_extractor.errors import ModelBundleError
+from feature_extractor.feature_spec import FeatureSpec
+
+from .fit_settings import FitSettings
+
+MANIFEST_FORMAT = 4
+READABLE_FORMATS = (2, 3, 4)
+DEFAULT_ERROR_RATE = 0.1   # conformal answers' error rate unless fit says otherwise
+DEFAULT_AGGREGATION = "mean"  # study aggregation of models fitted before it was chosen
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the model was trained on (no paths of images, no patient ids)."""
+
+    data: tuple[str, ...] = ()
+    layout: str = ""
+    splits: tuple[str, ...] = ()
+    n_images: int = 0
+    n_covid: int = 0
+    n_noncovid: int = 0
+    n_groups: int = 0
+    grouping: str = "image"
+    fingerprint: str = ""
+    sources: tuple[dict, ...] = ()   # per source: name, n_images, n_covid, n_noncovid, splits, fingerprint
+
+    def source_fingerprints(self) -> dict[str, str]:
+        """fingerprint -> source name, for every training source and for the whole."""
+        known = {s["fingerprint"]: s["name"] for s in self.sources}
+        known.setdefault(self.fingerprint, "its training data")
+        return known
+
+
+@dataclass(frozen=True)
+class Harmonization:
+    method: str = "none"
+    sites: tuple[dict, ...] = ()   # name, role (training, adapt-to, calibrate), n_images, fingerprint
+
+    def site_names(self, role: str) -> list[str]:
+        return [s["name"] for s in self.sites if s["role"] == role]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Every key of a manifest, typed. ``to_manifest`` writes it back (format MANIFEST_FORMAT)."""
+
+    classifier: str
+    fit: FitSettings                # as given to fit (its balance None: chosen by the data; see ``balance``)
+    backbones: tuple[dict, ...]     # FeatureSpec records plus feature_dim and cache_file
+    feature_dim: int
+    training: TrainingData
+    threshold: float = 0.5
+    threshold_choice: Mapping[str, Any] = field(default_factory=lambda: {"threshold": 0.5, "rule": "default"})
+    balance: str = "class"
+    harmonization: Harmonization = Harmonization()
+    ood: Mapping[str, Any] | None = None
+    study_aggregation: Mapping[str, Any] = field(default_factory=lambda: {"method": DEFAULT_AGGREGATION})
+    params: Mapping[str, Any] = field(default_factory=dict)
+    cv: Mapping[str, Any] = field(default_factory=dict)
+    engine: Mapping[str, Any] = field(default_factory=lambda: {"engine": "local"})
+    conformal: Mapping[str, Any] | None = None   # estimators/conformal.py: its record
+    lesion: Mapping[str, Any] | None = None      # the lesion head's record (workflows/lesions.py)
+    error_rate: float = DEFAULT_ERROR_RATE
+    calibration: Mapping[str, Any] | None = None  # set by calibrate: where the model came from
+    created: str = ""
+    command: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+    warning: str | None = None
+    model_file: str = ""
+    model_sha256: str = ""
+    format_version: int = MANIFEST_FORMAT
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def specs(self) -> list[FeatureSpec]:
+        """Each backbone's FeatureSpec, in the order of the feature columns."""
+        return [FeatureSpec.from_record(b) for b in self.backbones]
+
+    @property
+    def blocks(self) -> list[tuple[str, int, int]]:
+        """(backbone, start, stop) columns of each backbone's features (the stack's blocks)."""
+        return feature_blocks(self.backbones)
+
+    @property
+    def refit_settings(self) -> FitSettings:
+        """The fit settings that reproduce this model's training (the balance it used)."""
+        return dataclasses.replace(self.fit, balance=self.balance)
+
+    @property
+    def aggregation(self) -> str:
+        return str(self.study_aggregation.get("method", DEFAULT_AGGREGATION))
+
+    @property
+    def cv_auc(self) -> float:
+        return float(self.cv.get("auc", float("nan")))
+
+    @property
+    def has_lesion_head(self) -> bool:
+        return self.lesion is not None
+
+    def public_backbones(self) -> list[dict]:
+        """The backbone records without local paths (for reports and the API)."""
+        return [{k: v for k, v in b.items() if k != "weights_path"} for b in self.backbones]
+
+    def with_changes(self, **changes: Any) -> "ModelCard":
+        return dataclasses.replace(self, **changes)
+
+    # -- reading and writing ---------------------------------------------------------------
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], where: str = "the model") -> "ModelCard":
+        """The card of a manifest of any readable format (older ones upgraded first)."""
+        version = manifest.get("format_version")
+        if version not in READABLE_FORMATS:
+            older = isinstance(version, int) and version < min(READABLE_FORMATS)
+            raise ModelBundleError(
+                f"{where} has model format {version!r}; this version reads formats "
+                f"{', '.join(map(str, READABLE_FORMATS[:-1]))} and {READABLE_FORMATS[-1]}. "
+                + (f"Refit it (its features are still cached): {_refit_command(manifest)}" if older
+                   else "Use the covidct version that wrote it."))
+        m = _upgrade(copy.deepcopy(dict(manifest)))
+        fit = dict(m["fit"])
+        fit["base"] = tuple(fit.get("base", ()))
+        known = {f.name for f in dataclasses.fields(FitSettings)}
+        t = m["training"]
+        h = m["harmonization"]
+        try:
+            return cls(
+                classifier=str(m["classifier"]),
+                fit=FitSettings(**{k: v for k, v in fit.items() if k in known}),
+                backbones=tuple(m["backbones"]),
+                feature_dim=int(m["feature_dim"]),
+                training=TrainingData(
+                    tuple(t.get("data", ())), t.get("layout", ""), tuple(t.get("splits", ())),
+                    int(t.get("n_images", 0)), int(t.get("n_covid", 0)), int(t.get("n_noncovid", 0)),
+                    int(t.get("n_groups", 0)), t.get("grouping", "image"), t.get("fingerprint", ""),
+                    tuple(t.get("sources", ()))),
+                threshold=float(m["threshold"]),
+                threshold_choice=m["threshold_choice"],
+                balance=str(m["balance"]),
+                harmonization=Harmonization(h.get("method", "none"), tuple(h.get("sites", ()))),
+                ood=m.get("ood"),
+                study_aggregation=m["study_aggregation"],
+                params=m.get("params", {}),
+                cv=m.get("cv", {}),
+                engine=m.get("engine", {"engine": "local"}),
+                conformal=m.get("conformal"),
+                lesion=m.get("lesion"),
+                error_rate=float(m["error_rate"]),
+                calibration=m.get("calibration"),
+                created=m.get("created", ""),
+                command=m.get("command", ""),
+                versions=m.get("versions", {}),
+                warning=m.get("warning"),
+                model_file=m.get("model_file", ""),
+                model_sha256=m.get("model_sha256", ""),
+                format_version=int(version),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelBundleError(f"{where}: its manifest is incomplete or damaged ({exc!r})") from None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest as JSON values, in the current format."""
+        t = self.training
+        out = {
+            "created": self.created, "command": self.command, "classifier": self.classifier,
+            "params": dict(self.params), "fit": {**dataclasses.asdict(self.fit), "base": list(self.fit.base)},
+            "engine": dict(self.engine), "threshold": self.threshold, "threshold_choice": dict(self.threshold_choice),
+            "balance": self.balance,
+            "harmonization": {"method": self.harmonization.method, "sites": list(self.harmonization.sites)},
+            "ood": self.ood, "study_aggregation": dict(self.study_aggregation), "conformal": self.conformal,
+            "error_rate": self.error_rate, "lesion": self.lesion,
+            "backbones": list(self.backbones), "feature_dim": self.feature_dim,
+            "training": {"data": list(t.data), "layout": t.layout, "splits": list(t.splits), "n_images": t.n_images,
+                         "n_covid": t.n_covid, "n_noncovid": t.n_noncovid, "n_groups": t.n_groups,
+                         "grouping": t.grouping, "fingerprint": t.fingerprint, "sources": list(t.sources)},
+            "cv": dict(self.cv), "versions": dict(self.versions),
+        }
+        if self.calibration is not None:
+            out["calibration"] = dict(self.calibration)
+        if self.warning:
+            out["warning"] = self.warning
+        out.update({"format_version": MANIFEST_FORMAT, "model_file": self.model_file,
+                    "model_sha256": self.model_sha256})
+        return out
+
+
+def feature_blocks(backbones: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, int]]:
+    """(backbone, start, stop) columns of each backbone's features, from manifest entries."""
+    out, start = [], 0
+    for b in backbones:
+        stop = start + int(b["feature_dim"])
+        out.append((b["backbone"], start, stop))
+        start = stop
+    return out
+
+
+def _upgrade(m: dict) -> dict:
+    """A manifest of an older readable format brought to the current one, step by step."""
+    if m["format_version"] == 2:  # before harmonization, the OOD detector and study aggregation
+        m.setdefault("harmonization", {"method": "none", "sites": []})
+        m.setdefault("ood", None)
+        m.setdefault("study_aggregation", {"method": DEFAULT_AGGREGATION})
+        m["fit"] = {"harmonize": "none", **m.get("fit", {})}
+        m["format_version"] = 3
+    if m["format_version"] == 3:  # before conformal answers and the lesion head
+        m.setdefault("conformal", None)
+        m.setdefault("lesion", None)
+        m.setdefault("error_rate", DEFAULT_ERROR_RATE)
+        m["format_version"] = 4
+    m.setdefault("threshold", 0.5)
+    m.setdefault("threshold_choice", {"threshold": m["threshold"], "rule": "default"})
+    m.setdefault("balance", m.get("fit", {}).get("balance") or "class")
+    return m
+
+
+def _refit_command(manifest: Mapping[str, Any]) -> str:
+    command = str(manifest.get("command") or "python cli.py fit ...")
+    first = (command.split() or [""])[0]
+    return f"python {command}" if first.endswith(".py") else command

@@ -1,0 +1,190 @@
+"""The prediction record: every field a prediction carries, declared once.
+
+A field is declared here with its name, type, help and place in the order; everything that
+shows predictions is made from these declarations: the CSV writers (predictions.csv, the
+study CSVs), the JSON API's schema (service/app.py), the web page (it renders the fields the
+API lists), the HTML report's table and the ``--out`` help. Adding a field is one entry here
+(and computing its value where the prediction is made).
+
+Three records: ``SLICE`` (one image: predictions.csv, the API's images), ``STUDY`` (one study:
+studies.csv, the API's studies) and ``study_slice()`` (a study's slice: the slice CSV of
+``predict --studies``, which is ``SLICE`` plus where the slice sits in its study).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Literal, Sequence
+
+from feature_extractor.dataset import printable_path
+
+
+@dataclass(frozen=True)
+class RecordField:
+    """One field of a record.
+
+    ``kind``: float, int, str, bool or list (a list of text; "; "-joined in CSV).
+    ``choices``: the only values a text field takes (the API types it as an enum).
+    ``digits``: decimals of a float in CSV. ``optional``: the CSV column is written only when
+    some row has a value (e.g. the heatmap file). ``csv``/``api``: where it appears.
+    ``get``: how to read it from a row object (default: the attribute of its name).
+    ``path``: a file path (written as printable text, identifiers redacted in study outputs).
+    """
+
+    name: str
+    kind: type
+    help: str
+    choices: tuple[str, ...] = ()
+    digits: int = 6
+    optional: bool = False
+    csv: bool = True
+    api: bool = True
+    path: bool = False
+    get: Callable[[Any], Any] | None = None
+
+    def value(self, row: Any) -> Any:
+        return self.get(row) if self.get is not None else getattr(row, self.name, None)
+
+    def cell(self, value: Any) -> str:
+        """The CSV text of a value ('' for none)."""
+        if value is None:
+            return ""
+        if self.kind is bool:
+            return str(bool(value)).lower()
+        if self.kind is float:
+            return f"{float(value):.{self.digits}f}"
+        if self.kind is list:
+            return "; ".join(map(str, value))
+        if self.path:
+            return printable_path(str(value))
+        return str(value)
+
+    def json(self, value: Any) -> Any:
+        if value is None:
+            return None
+        if self.kind is float:
+            return float(value)
+        if self.kind is list:
+            return [str(v) for v in value]
+        if self.path:
+            return printable_path(str(value))
+        return self.kind(value)
+
+    def annotation(self) -> Any:
+        """The type of the field in the JSON API (always nullable: unreadable rows have none)."""
+        if self.choices:
+            return Literal[self.choices] | None  # type: ignore[valid-type]
+        return (list[str] if self.kind is list else self.kind) | None
+
+    def describe(self) -> dict[str, Any]:
+        kind = {float: "number", int: "integer", str: "text", bool: "boolean", list: "list"}[self.kind]
+        return {"name": self.name, "type": kind, "help": self.help, **({"choices": list(self.choices)}
+                                                                        if self.choices else {})}
+
+
+@dataclass(frozen=True)
+class RecordSchema:
+    """An ordered set of fields and what is made from them."""
+
+    name: str
+    fields: tuple[RecordField, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: a field is declared twice: {names}")
+
+    def __getitem__(self, name: str) -> RecordField:
+        return next(f for f in self.fields if f.name == name)
+
+    def with_field(self, new: RecordField, after: str | None = None) -> "RecordSchema":
+        """This record with one more field (after ``after``, else last)."""
+        fields = list(self.fields)
+        at = len(fields) if after is None else [f.name for f in fields].index(after) + 1
+        return replace(self, fields=tuple(fields[:at] + [new] + fields[at:]))
+
+    def csv_fields(self, rows: Sequence[Any] = ()) -> list[RecordField]:
+        return [f for f in self.fields if f.csv and (not f.optional or any(f.value(r) is not None for r in rows))]
+
+    def csv_header(self, rows: Sequence[Any] = ()) -> list[str]:
+        return [f.name for f in self.csv_fields(rows)]
+
+    def csv_rows(self, rows: Sequence[Any], redact: Callable[[str], str] = str) -> list[list[str]]:
+        """One list of cells per row; ``redact`` runs over every path cell."""
+        fields = self.csv_fields(rows)
+        return [[redact(f.cell(f.value(r))) if f.path else f.cell(f.value(r)) for f in fields] for r in rows]
+
+    def api_fields(self) -> list[RecordField]:
+        return [f for f in self.fields if f.api]
+
+    def as_json(self, row: Any, redact: Callable[[str], str] = str) -> dict[str, Any]:
+        out = {}
+        for f in self.api_fields():
+            value = f.json(f.value(row))
+            out[f.name] = redact(value) if f.path and value is not None else value
+        return out
+
+    def api_model(self, model_name: str, extra: dict[str, tuple[Any, Any]] | None = None):
+        """A pydantic model of this record for the JSON API (``extra``: more fields, as
+        pydantic.create_model takes them)."""
+        from pydantic import Field, create_model
+
+        fields = {f.name: (f.annotation(), Field(None, description=f.help)) for f in self.api_fields()}
+        return create_model(model_name, **fields, **(extra or {}))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The fields the API and the page show, in order: name, type, help (and choices)."""
+        return [f.describe() for f in self.api_fields()]
+
+    def help_line(self) -> str:
+        return ",".join(f.name for f in self.fields if f.csv)
+
+
+ANSWERS = ("COVID", "NonCOVID", "uncertain", "not assessable")
+LABELS = ("COVID", "NonCOVID")
+
+SLICE = RecordSchema("slice", (
+    RecordField("path", str, "The image file.", path=True, api=False),  # the API gives the uploaded name
+    RecordField("p_covid", float, "The model's probability of COVID-19 (a detail: see the answer)."),
+    RecordField("label", str, "COVID when p_covid reaches the model's threshold, else NonCOVID; kept for "
+                "scripts that read it.", choices=LABELS),
+    RecordField("ood_score", float, "How unlike the model's training images the image is (cosine distance "
+                "to its 5th nearest training image).", digits=5),
+    RecordField("in_distribution", bool, "False: the image lies far from the training images; its "
+                "p_covid is not backed by the model's validation."),
+    RecordField("error", str, "Why the file could not be scored (unreadable, not an image, ...)."),
+    RecordField("heatmap", str, "The PNG written by --explain for this image.", optional=True, api=False,
+                path=True),
+))
+
+STUDY = RecordSchema("study", (
+    RecordField("study", str, "The study: its folder below the input folder (identifiers removed).",
+                get=lambda r: r.study.name),
+    RecordField("series", str, "The series used: plane, slice thickness, kernel, files used of the study's.",
+                get=lambda r: r.study.series),
+    RecordField("n_slices", int, "Slices of the series used.", get=lambda r: len(r.study.slices)),
+    RecordField("n_used", int, "Slices scored (inside the lungs; --max-slices).", get=lambda r: len(r.scored)),
+    RecordField("p_covid", float, "The study's probability of COVID-19: its slices' pooled by the model's "
+                "study aggregation."),
+    RecordField("label", str, "COVID when the study's p_covid reaches the threshold, else NonCOVID.",
+                choices=LABELS),
+    RecordField("top_slices", str, "The highest-scoring slices: number (p_covid).", get=lambda r: r.top_slices(),
+                api=False),  # the API lists them with their pictures
+    RecordField("in_distribution", bool, "False when most scored slices lie far from the training images."),
+    RecordField("warnings", list, "What to know about the series (spacing, orientation, other series).",
+                get=lambda r: r.study.warnings),
+    RecordField("error", str, "Why the study has no answer."),
+))
+
+_PLACE = (
+    RecordField("study", str, "The study the slice belongs to."),
+    RecordField("slice", int, "The slice's position in its series (1 = first, along the body)."),
+)
+_USE = (
+    RecordField("used", bool, "Whether the slice was scored."),
+    RecordField("note", str, "Why a slice was not scored (outside the lungs, not sampled, another series)."),
+)
+
+
+def study_slice() -> RecordSchema:
+    """A study's slice: where it sits, the slice record, and whether it was scored."""
+    return RecordSchema("study slice", _PLACE + tuple(f for f in SLICE.fields if f.name != "heatmap") + _USE)

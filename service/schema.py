@@ -1,0 +1,44 @@
+"""The JSON API's types, made from the prediction record's declarations (prediction_record.py)
+plus what only the API carries (uploaded names, pictures, the top slices' strip)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, Field, create_model
+
+from classifiers.workflows import prediction_record as record
+
+PICTURE = "A JPEG data: URI"
+
+
+class TopSlice(BaseModel):
+    slice: int = Field(description="The slice's position in its series (1 = first).")
+    p_covid: float = Field(description="The slice's probability of COVID-19.")
+    image: Optional[str] = Field(None, description=f"{PICTURE}: the slice.")
+    heatmap: Optional[str] = Field(None, description=f"{PICTURE}: the slice with its heatmap.")
+
+
+def response_models() -> type[BaseModel]:
+    """The /predict response type, from the record declarations as they are now."""
+    image = record.SLICE.api_model("ImageResult", {
+        "name": (str, Field(description="The uploaded file's name (patient identifiers removed).")),
+        "image": (Optional[str], Field(None, description=f"{PICTURE}: the slice.")),
+        "heatmap": (Optional[str], Field(None, description=f"{PICTURE}: the slice with its heatmap.")),
+    })
+    study = record.STUDY.api_model("StudyResult", {
+        "aggregation": (str, Field(description="How slice probabilities were pooled into the study's.")),
+        "top_slices": (list[TopSlice], Field(description="The highest-scoring slices, with pictures.")),
+        "failed_slices": (int, Field(description="Slices that could not be decoded.")),
+    })
+    upload = create_model(
+        "UploadResult", upload=(str, Field(description="The zip's name.")), studies=(list[study], ...),
+        error=(Optional[str], Field(None, description="Why the zip held no study.")))
+    return create_model(
+        "PredictResponse", model=(str, ...), threshold=(float, ...), research_use_only=(bool, ...),
+        images=(list[image], Field(description="One per uploaded slice, in upload order.")),
+        studies=(list[upload], Field(description="One per uploaded zip.")))
+
+
+def fields_listing() -> dict:
+    """What the page shows for an image and for a study: each field's name, type and help."""
+    return {"image": record.SLICE.describe(), "study": record.STUDY.describe()}
