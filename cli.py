@@ -20,14 +20,14 @@ from typing import Iterator
 import click
 
 from classifiers.estimators.balance import BALANCES
-from classifiers.estimators.options import CALIBRATION_METHODS, HARMONIZATIONS
+from classifiers.estimators.options import CALIBRATION_METHODS, HARMONIZATIONS, LESION_HEADS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows import prediction_record as record
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
 from feature_extractor.dataset import SPLITS
 from feature_extractor.engine import ENGINES, LOCAL, EngineSettings
 from feature_extractor.errors import CovidCTError
-from feature_extractor.feature_spec import SETTING, SETTINGS
+from feature_extractor.feature_spec import DENSE_GRID, DENSE_INPUT, SETTING, SETTINGS
 from feature_extractor.run_context import RunContext
 
 EXIT_ERROR, EXIT_PARTIAL = 1, 3
@@ -164,7 +164,8 @@ bootstrap_option = click.option("--bootstrap", "n_boot", type=click.IntRange(100
 explain_method_option = click.option(
     "--explain-method", type=click.Choice(EXPLAIN_METHODS), default=EXPLAIN_METHODS[0], show_default=True,
     help="occlusion: any classifier, the stack too (about 50 forward passes per image and backbone); "
-         "gradcam: linear heads (logreg) only, one forward pass.")
+         "gradcam: linear heads (logreg) only, one forward pass; lesion: the lesion map of a model with a "
+         "lesion head (probability of lesion in the lungs, share of lung involved).")
 site_option = click.option(
     "--site", default=None, metavar="NAME|batch",
     help="For a model fit with --harmonize: whose feature statistics standardize these images. NAME: a "
@@ -218,6 +219,10 @@ def model_options(engine: str | None = None):
 
 
 EXTRACTING = "feature extraction of images not cached: decoding in tasks, the CNN in an actor pool"
+lesion_data_option = click.option(
+    "--lesion-data", "lesion_data", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder of slices with radiologists' masks (manifest.csv: path, patient, infected, infection_mask, "
+         "lung_mask) or slice labels (slices.csv: path, patient, infection). Repeatable.")
 
 
 @click.group(cls=DomainErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -314,25 +319,48 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, en
               help="A folder of unlabeled images of a site the model will be used on: its feature statistics "
                    "are learned (with --harmonize) and recorded. Repeatable.")
 @feature_settings(select=True)
+@lesion_data_option
+@click.option("--lesion-features", is_flag=True,
+              help="With --lesion-data: each image's lesion summaries (share of lung involved, highest and mean "
+                   "probability, left and right shares, peripheral share) join its image features.")
+@click.option("--lesion-backbone", default=None, metavar="NAME",
+              help="With --lesion-data: which of the model's backbones gives the dense features.  "
+                   "[default: the first with hypercolumn layers]")
+@click.option("--lesion-input", type=click.IntRange(32, 2048), default=DENSE_INPUT, show_default=True,
+              help="With --lesion-data: the dense features' input side in px.")
+@click.option("--lesion-grid", type=click.IntRange(4, 512), default=DENSE_GRID, show_default=True,
+              help="With --lesion-data: the lesion map's grid (cells a side).")
+@click.option("--lesion-heads", default=",".join(LESION_HEADS), show_default=True, metavar="CLF,CLF,...",
+              help="With --lesion-data: the lesion head's candidates, chosen by patient-grouped CV.")
 @engine_options("the grouped-CV fits of tuning (joblib's Ray backend)")
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
-        cv_folds, seed, balance, harmonize, adapt_to, engine, **settings) -> None:
+        cv_folds, seed, balance, harmonize, adapt_to, lesion_data, lesion_features, lesion_backbone, lesion_input,
+        lesion_grid, lesion_heads, engine, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
+    With --lesion-data, a lesion head is trained on radiologists' infection masks and saved with
+    the model: predict then gives each slice's share of lung involved and its lesion map.
     """
     from classifiers.workflows.features import FeatureSelection
+    from classifiers.workflows.lesions import LesionSettings
     from classifiers.workflows.train import FitSettings, fit_model, fit_summary
 
     if weights and not backbone_names:
         raise click.BadParameter("name the backbones with --backbone when using --weights",
                                  param_hint="--weights")
+    if not lesion_data:
+        _refuse_together("no --lesion-data", {"--lesion-features": "lesion_features", "--lesion-backbone":
+                                              "lesion_backbone", "--lesion-input": "lesion_input",
+                                              "--lesion-grid": "lesion_grid", "--lesion-heads": "lesion_heads"})
     bases = tuple(b.strip() for b in base.split(",") if b.strip())
-    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity, balance, harmonize),
+    heads = tuple(h.strip() for h in lesion_heads.split(",") if h.strip())
+    bundle = fit_model(data, FitSettings(clf, bases, cv_folds, seed, target_sensitivity, balance, harmonize,
+                                         lesion_features),
                        FeatureSelection.from_options(backbone_names, weights, **settings),
-                       _context(features_dir, engine=engine), model_path, adapt_to)
-    for line in fit_summary(bundle):
-        click.echo(line)
+                       _context(features_dir, engine=engine), model_path, adapt_to, lesion_data,
+                       LesionSettings(lesion_backbone, lesion_input, lesion_grid, heads=heads, seed=seed))
+    _finish(fit_summary(bundle))
 
 
 @main.command()
@@ -357,13 +385,26 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
                    "study,label (study: the folder name predict --studies writes, or the StudyInstanceUID).")
 @click.option("--max-slices", type=click.IntRange(1), default=None,
               help="With --studies: score at most N slices per study, evenly spaced within the lungs.")
+@lesion_data_option
 def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_boot, crop, site, study_labels,
-             max_slices) -> None:
+             max_slices, lesion_data) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
-    (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check).
+    (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check). With
+    --lesion-data: the model's lesion head against radiologists' masks and slice labels.
     """
+    if lesion_data:
+        _refuse_together("--lesion-data", {"--data": "data", "--split": "split", "--cv": "cv_folds",
+                                           "--cv-by": "cv_by", "--studies": "study_labels", "--site": "site"})
+        from classifiers.workflows.lesion_evaluate import evaluate_lesions, write_lesion_evaluation
+        from classifiers.workflows.model import load_model
+
+        model = load_model(model_path, context)
+        evaluation = evaluate_lesions(model, lesion_data)
+        out = write_lesion_evaluation(evaluation, report_dir or Path("reports") / f"{model.path.stem}-lesions")
+        _finish([evaluation.table(), f"wrote {out}"], evaluation.failures)
+        return
     if cv_by:
         _refuse_together("--cv-by source", {"--split": "split", "--cv": "cv_folds", "--site": "site",
                                              "--studies": "study_labels"})
@@ -403,6 +444,9 @@ def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_bo
 @click.option("--explain-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the heatmap PNGs go.  [default: heatmaps/ beside --out]")
 @explain_method_option
+@click.option("--lesion-maps", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="A model with a lesion head: write each image's <stem>_lesion.png (pixel = probability of lesion "
+                   "x 255) and <stem>_lungs.png at the image's size into DIR (in the image's subfolder).")
 @model_crop_option
 @site_option
 @click.option("--studies", is_flag=True,
@@ -415,7 +459,7 @@ def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_bo
 @click.option("--keep-identifiers", is_flag=True,
               help="With --studies: write study/series UIDs and file names as they are. Default: patient "
                    "name, ID and birth date from the headers are removed from every output.")
-def predict(folder, model_path, context, out, explain, explain_dir, explain_method, crop, site, studies,
+def predict(folder, model_path, context, out, explain, explain_dir, explain_method, lesion_maps, crop, site, studies,
             max_slices, keep_identifiers) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
@@ -423,7 +467,8 @@ def predict(folder, model_path, context, out, explain, explain_dir, explain_meth
     in the `error` column.
     """
     if studies:
-        _refuse_together("--studies", {"--crop": "crop", "--explain": "explain", "--explain-dir": "explain_dir"})
+        _refuse_together("--studies", {"--crop": "crop", "--explain": "explain", "--explain-dir": "explain_dir",
+                                       "--lesion-maps": "lesion_maps"})
         from classifiers.workflows.studies import predict_studies_and_write
 
         report = predict_studies_and_write(folder, out, None, model_path, context, None, site, max_slices,
@@ -435,7 +480,7 @@ def predict(folder, model_path, context, out, explain, explain_dir, explain_meth
     from classifiers.workflows.predict import predict_and_write
 
     report = predict_and_write(folder, out, model_path, context, crop, explain_method if explain else None,
-                               explain_dir, site)
+                               explain_dir, site, lesion_maps)
     _finish(report.summary(), report.failures)
 
 

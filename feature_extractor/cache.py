@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 
 import h5py
 import numpy as np
@@ -48,6 +48,14 @@ from .provenance import library_versions, utc_now
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class CacheIdentity(Protocol):
+    """What a cache of rows keyed by image SHA-256 is of: a FeatureSpec, or derived rows."""
+
+    def cache_file_name(self) -> str: ...
+
+    def to_record(self) -> dict: ...
 
 # Compaction writes segments of about this many bytes of features; a segment under an eighth
 # of it is "small" and gets merged. Memory while compacting: one chunk of rows.
@@ -83,9 +91,10 @@ class FeatureCache:
 
     # -- creation and locking -------------------------------------------------------------
     @classmethod
-    def create(cls, features_dir: str | Path, spec: FeatureSpec, feature_dim: int,
+    def create(cls, features_dir: str | Path, spec: FeatureSpec | CacheIdentity, feature_dim: int,
                provenance: dict | None = None) -> "FeatureCache":
-        """A new, empty cache for ``spec`` (resolved weights); see also :func:`find_cache`."""
+        """A new, empty cache for ``spec`` (resolved weights); see also :func:`find_cache`. Any
+        other identity with a file name and a record (the lesion maps' cache) works the same way."""
         features_dir = Path(features_dir)
         features_dir.mkdir(parents=True, exist_ok=True)
         cache = cls(features_dir / spec.cache_file_name())

@@ -3,7 +3,8 @@
 A FeatureSpec holds everything that changes the numbers a backbone gives for an image: the
 backbone, the identity of its weights (source and SHA-256), the input size, the pooling, the
 test-time augmentation, the precision, the lung crop with its algorithm's version, and the
-DICOM window. This module alone
+DICOM window. With a ``grid``, the spec is of dense features (hypercolumns.py): the backbone's
+declared intermediate layers on a grid x grid lattice, for lesion maps. This module alone
 
 - builds the cache identity and the cache file name (``identity``, ``cache_file_name``);
 - writes and reads cache attributes and model-manifest entries (``to_record``, ``from_record``);
@@ -79,6 +80,7 @@ class Setting:
 
 
 DEFAULT_WINDOW = (-600.0, 1500.0)  # (level, width) in HU: the usual lung window
+DENSE_INPUT, DENSE_GRID = 448, 56   # dense features (hypercolumns.py): input side and grid
 SETTINGS: tuple[Setting, ...] = (
     Setting("pooling", "pooling", "avg", "avg: global average of the last conv block; avgmax: average and max; "
             "multiscale: average of the last activation at each of the last 3 resolutions.",
@@ -123,6 +125,7 @@ class FeatureSpec:
     crop: str = SETTING["crop"].default
     window: tuple[float, ...] = DEFAULT_WINDOW
     crop_version: int | None = field(default=None)  # None: this code's version of ``crop``
+    grid: int | None = None   # dense features on a grid x grid lattice; None: pooled features
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise once, here
@@ -136,6 +139,10 @@ class FeatureSpec:
         put(self, "window", parse_window(window_text(self.window)))  # checked as if typed
         if self.crop_version is None:
             put(self, "crop_version", crop_version(self.crop))
+        if self.grid is not None:
+            put(self, "grid", int(self.grid))
+            if self.grid < 1 or min(self.input_size) < self.grid:
+                raise SettingsError(f"grid {self.grid} does not fit an input of {self.input_size[0]} px")
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -168,11 +175,18 @@ class FeatureSpec:
         """What a cache file and a model's features are identified by (JSON values)."""
         if self.weights_sha256 is None:
             raise SettingsError(f"{self.backbone}: the weights must be resolved (hashed) first")
+        dense = {}
+        if self.grid is not None:  # only dense specs carry these: pooled caches keep their names
+            from .hypercolumns import DENSE_VERSION
+            from .lung_mask import LUNG_MASK_VERSION
+
+            dense = {"grid": self.grid, "dense_layers": list(self.backbone_spec.dense_layers),
+                     "dense_version": DENSE_VERSION, "lung_mask_version": LUNG_MASK_VERSION}
         return {"backbone": self.backbone, "weights_source": self.weights.source,
                 "weights_sha256": self.weights_sha256, "input_size": list(self.input_size),
                 "preprocessing": self.backbone_spec.preprocessing,
                 **{s.name: s.text(getattr(self, s.name)) for s in SETTINGS},
-                "crop_version": self.crop_version}
+                "crop_version": self.crop_version, **dense}
 
     def identity_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
@@ -216,10 +230,11 @@ class FeatureSpec:
                                 "older version")
         source = str(record["weights_source"])
         weights = WeightsChoice(source, str(record.get("weights_path") or "") or None)
+        grid = record.get("grid")
         return cls(str(record["backbone"]), weights, str(record["weights_sha256"]),
                    tuple(int(v) for v in record["input_size"]),
                    **{s.name: s.value(str(record[s.name])) for s in SETTINGS},
-                   crop_version=int(record["crop_version"]))
+                   crop_version=int(record["crop_version"]), grid=None if grid is None else int(grid))
 
     # -- descriptions -----------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
@@ -230,6 +245,8 @@ class FeatureSpec:
         out.update({s.label: s.text(getattr(self, s.name)) for s in SETTINGS})
         if self.crop_version:
             out[SETTING["crop"].label] += f" (v{self.crop_version})"
+        if self.grid is not None:
+            out["dense grid"] = f"{self.grid}x{self.grid} of {', '.join(self.backbone_spec.dense_layers)}"
         return out
 
     def summary(self) -> str:
@@ -238,6 +255,8 @@ class FeatureSpec:
         parts = [f"weights {self.weights.source}" + (f" {sha}" if sha else ""), "x".join(map(str, self.input_size))]
         parts += [f"{s.name} {s.text(getattr(self, s.name))}" for s in SETTINGS
                   if getattr(self, s.name) != s.default]
+        if self.grid is not None:
+            parts.append(f"hypercolumns on a {self.grid}x{self.grid} grid")
         return f"{self.backbone} ({', '.join(parts)})"
 
 

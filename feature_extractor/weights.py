@@ -161,8 +161,9 @@ def resolve_weights(backbone: str | BackboneSpec, choice: WeightsChoice,
 
 def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
                        input_size: tuple[int, int] | None = None, pooling: str = "avg",
-                       precision: str = "fp32"):
+                       precision: str = "fp32", grid: int | None = None):
     """Build the backbone with its weights; returns (model, weights with sha256 filled in).
+    ``grid``: its dense features (backbones.dense_model) instead of pooled ones.
 
     Download failures and unusable files become WeightsUnavailableError with a fix.
     """
@@ -172,10 +173,12 @@ def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
         from .keras_runtime import keras_module
 
         keras_module().utils.set_random_seed(RANDOM_SEED)
-        model = build_model(spec, None, input_size, pooling, precision)
+        model = build_model(spec, None, input_size, pooling, precision, grid)
         return model, ResolvedWeights(NONE, None, _hash_model_weights(model))
     try:
-        model = build_model(spec, weights.keras_argument, input_size, pooling, precision)
+        model = build_model(spec, weights.keras_argument, input_size, pooling, precision, grid)
+    except CovidCTError:
+        raise
     except Exception as exc:  # keras raises bare Exception for download failures
         reason = " ".join(str(exc).split())[:300]
         if weights.source == IMAGENET and weights.sha256 is None:

@@ -83,6 +83,23 @@ def test_user_mistakes_are_one_line_errors(workspace, tmp_path):
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_options_that_would_be_silently_ignored_are_refused(logreg_model, tmp_path):
+    root, model = logreg_model
+    common = ["--model", model, "--features-dir", root / "features"]
+    for args, message in [
+        (["evaluate", *common, "--cv-by", "source", "--split", "val"], "--split cannot be used with --cv-by source"),
+        (["evaluate", *common, "--cv-by", "source", "--cv", "3"], "--cv cannot be used with --cv-by source"),
+        (["evaluate", *common, "--cv-by", "source", "--site", "batch"], "--site cannot be used with --cv-by source"),
+        (["predict", tmp_path, *common, "--studies", "--crop", "lungs"], "--crop cannot be used with --studies"),
+        (["report", *common, "--cv-by", "source", "--split", "val"], "--split cannot be used with --cv-by source"),
+        (["evaluate", *common, "--max-slices", "3"], "--max-slices needs --studies"),
+    ]:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+        assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
+
+
 def test_help_reads_well():
     for sub in ([], ["extract"], ["fit"], ["predict"], ["evaluate"], ["backbones"]):
         result = run(*sub, "--help")

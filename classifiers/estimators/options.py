@@ -3,3 +3,4 @@
 
 HARMONIZATIONS = ("none", "standardize")   # estimators/harmonize.py
 CALIBRATION_METHODS = ("sigmoid", "isotonic")  # estimators/recalibration.py
+LESION_HEADS = ("logreg", "sgd", "xgboost")     # estimators/lesion_head.py: the default candidates

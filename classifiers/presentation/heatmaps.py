@@ -41,6 +41,8 @@ def heat_on_slice(expl: Explanation) -> tuple[np.ndarray, np.ndarray]:
     h, w = original.shape[:2]
     top, left, bottom, right = expl.prepared.crop.bbox if expl.prepared.crop is not None else (0, 0, h, w)
     heat = expl.heatmap
+    if expl.method == "lesion":  # already the full slice's size
+        return original, heat.astype(np.float32)
     if expl.method == "occlusion":  # soften the patch grid's steps for display (sigma: half a stride)
         from scipy.ndimage import gaussian_filter
 
@@ -65,7 +67,10 @@ def _blend(base: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def _vmax(heat: np.ndarray, method: str) -> float:
-    """Colour scale top; for occlusion at least a 0.02 drop in P(COVID), so noise stays faint."""
+    """Colour scale top; for occlusion at least a 0.02 drop in P(COVID), so noise stays faint;
+    probabilities of lesion on their own scale (0-1)."""
+    if method == "lesion":
+        return 1.0
     peak = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0
     return max(peak, 0.02 if method == "occlusion" else 1e-12)
 
@@ -102,14 +107,17 @@ def render(expl: Explanation, out: str | Path, threshold: float = 0.5) -> Path:
     vmax = _vmax(heat, expl.method)
     right.imshow(_blend(original, heat, vmax))
     scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, vmax), "jet")
-    what = ("drop in P(COVID) when hidden" if expl.method == "occlusion"
-            else "contribution to the logit vs the average training slice")
+    what = {"occlusion": "drop in P(COVID) when hidden", "lesion": "probability of lesion (lesion head)"}.get(
+        expl.method, "contribution to the logit vs the average training slice")
     fig.colorbar(scale, ax=right, fraction=0.046, pad=0.04).set_label(what, fontsize=8)
     peak = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0
     floor = 0.02 if expl.method == "occlusion" else 0.0
-    right.set_title(f"{expl.method}: regions that raised P(COVID)" if peak > floor else
-                    f"{expl.method}: no single region raised P(COVID)"
-                    + (f" by {floor:g} or more" if floor else ""), fontsize=9)
+    if expl.method == "lesion":
+        right.set_title(f"lesion map: {expl.involved}", fontsize=9)
+    else:
+        right.set_title(f"{expl.method}: regions that raised P(COVID)" if peak > floor else
+                        f"{expl.method}: no single region raised P(COVID)"
+                        + (f" by {floor:g} or more" if floor else ""), fontsize=9)
     for ax in (left, right):
         ax.axis("off")
     name = printable_path(Path(expl.path).name)

@@ -8,8 +8,15 @@ each patch covered. Grad-CAM needs a linear head (a scaler and a linear model, e
 ``--clf logreg``): the head's weights are folded into the backbone's graph and the class
 activation map is read from every pooled feature map, in one backward pass.
 
-Heatmaps live on the model's input canvas (the lung crop with --crop lungs);
-presentation/heatmaps.py draws them onto the full slice.
+The lesion map (``lesion``, models with a lesion head) is the explanation a radiologist can
+check: each pixel's probability of lesion from the head trained on radiologists' masks, inside
+the lungs, with the share of the lung involved. It explains what the slice shows, not how the
+COVID classifier weighed it.
+
+Heatmaps live on the model's input canvas (the lung crop with --crop lungs; the full slice for
+lesion maps); presentation/heatmaps.py draws them onto the full slice. For a model that reads
+lesion summaries (fit --lesion-features), occlusion and Grad-CAM hold the image's own summaries
+fixed: they show what the CNN features contribute.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from feature_extractor.images import ImageDecodeError, PreparedImage, resize_map
 
 from .model import LoadedModel
 
-METHODS = ("occlusion", "gradcam")
+METHODS = ("occlusion", "gradcam", "lesion")
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Explanation:
     heatmap: np.ndarray      # (H, W) on the input canvas; occlusion: drop in P(COVID), signed
     method: str
     prepared: PreparedImage  # the slice and its crop, to draw the map where it belongs
+    involved: str | None = None  # lesion maps: "12.3% of lung involved"
 
 
 def linear_head(estimator) -> tuple[np.ndarray, float, np.ndarray] | None:
@@ -89,6 +97,10 @@ class ModelExplainer:
             raise CovidCTError(
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
                 f"{model.card.classifier!r}: use --explain-method occlusion")
+        if method == "lesion" and model.lesions is None:
+            raise CovidCTError(f"--explain-method lesion needs a model with a lesion head; {model.path} has none "
+                               "(fit it with --lesion-data DIR)")
+        self._extra = np.zeros(len(model.card.lesion_columns), np.float32)  # the image's lesion summaries
         # Built now, so unsuitable pooling is refused before any prediction runs. Each comes
         # with the (start, stop) columns of its maps' features in the model's feature vector.
         self._cam_models = []
@@ -109,6 +121,7 @@ class ModelExplainer:
             # One batch: every image's occlusion set has the same size, so the compiled
             # function is traced once; one image alone runs eagerly (no tracing at all).
             blocks.append(ex.features_of(images, eager=len(images) == 1))
+        blocks.append(np.repeat(self._extra[None], len(canvases), axis=0))
         return self.estimator.predict_proba(np.hstack(blocks))[:, 1]
 
     def use_site(self, site: str | None) -> None:
@@ -122,16 +135,39 @@ class ModelExplainer:
                 site: str | None = None) -> Explanation:
         """Raises ImageDecodeError or OSError for an unreadable file. ``site``: see use_site."""
         self.use_site(site)
+        if self.method == "lesion":
+            return self._lesion(str(path), site)
+        if len(self._extra):
+            from feature_extractor.dataset import Record
+
+            summary = self.model.lesions.summaries([Record(str(path))])[str(path)]
+            if isinstance(summary, str):
+                raise ImageDecodeError(summary)
+            self._extra = summary.classifier_features()
         prepared = prepared or self.extractors[0].prepare(path)
         canvas = prepared.model_input(self.canvas_size)
         if self.method == "gradcam":
             maps, _, features = self.class_activation_maps(canvas)
-            p = float(self.estimator.predict_proba(features[None])[0, 1])
+            p = float(self.estimator.predict_proba(np.r_[features, self._extra][None])[0, 1])
             # Each map's mean is its share of the logit; upsampled, they add up on the canvas.
             heat = np.sum([resize_map(m, canvas.shape[:2]) for m in maps], axis=0).astype(np.float32)
         else:
             p, heat = self._occlusion(canvas)
         return Explanation(str(path), p, heat, self.method, prepared)
+
+    def _lesion(self, path: str, site: str | None) -> Explanation:
+        from feature_extractor.dataset import Record
+
+        from ..presentation.lesion_maps import heat, involved
+        from .predict import score_features
+
+        lesion_map = self.model.lesions.lesion_map(path)
+        feats = self.model.features([Record(path)], site)
+        if not feats.good:
+            raise ImageDecodeError(feats.errors.get(path, "cannot be scored"))
+        p = score_features(self.model, feats)[0].p_covid
+        original = np.repeat(np.clip(np.round(lesion_map.grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        return Explanation(path, p, heat(lesion_map), "lesion", PreparedImage(original), involved(lesion_map))
 
     # -- occlusion sensitivity ------------------------------------------------------------
     def occlusion_windows(self) -> list[tuple[int, int, int, int]]:

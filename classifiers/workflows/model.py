@@ -43,6 +43,7 @@ class ModelFeatures:
     raw: np.ndarray | None = None
     sites: list[str | None] = field(default_factory=list)
     site_notes: dict[str, str] = field(default_factory=dict)
+    lesions: dict = field(default_factory=dict)   # path -> LesionSummary, models with a lesion head
 
     def __post_init__(self) -> None:
         if self.raw is None:
@@ -106,6 +107,13 @@ class LoadedModel:
         return self.card.feature_dim
 
     @cached_property
+    def lesions(self):
+        """The lesion mapper (workflows/lesions.py), None for a model without a lesion head."""
+        from .lesions import mapper_for
+
+        return mapper_for(self.bundle, self.context)
+
+    @cached_property
     def extractors(self) -> list[FeatureExtractor]:
         """One per backbone, built once; each builds its CNN only when an image needs it."""
         return [FeatureExtractor(spec, self.context) for spec in self.specs]
@@ -141,6 +149,20 @@ class LoadedModel:
         if self.harmonizer.active and feats.good:
             feats.sites, feats.site_notes = self.assign_sites(feats.good, feats.raw, site)
         feats.X = self.harmonizer.transform(feats.raw, feats.sites)
+        if self.lesions is not None and feats.good:
+            summaries = self.lesions.summaries(feats.good)
+            unreadable = {p: s for p, s in summaries.items() if isinstance(s, str)}
+            if unreadable:  # readable for the CNN but not for the lesion map: rare, e.g. a colour DICOM
+                feats.errors.update(unreadable)
+                keep = np.array([r.path not in unreadable for r in feats.good])
+                feats.good = [r for r, k in zip(feats.good, keep) if k]
+                feats.X, feats.raw = feats.X[keep], feats.raw[keep]
+                feats.sites = [s for s, k in zip(feats.sites, keep) if k]
+            feats.lesions = {p: s for p, s in summaries.items() if p not in unreadable}
+        if self.card.lesion_columns:
+            lesion = np.stack([feats.lesions[r.path].classifier_features() for r in feats.good]) if feats.good \
+                else np.zeros((0, len(self.card.lesion_columns)), np.float32)
+            feats.X = np.hstack([feats.X, lesion])
         return feats
 
     def assign_sites(self, records: Sequence[Record], X: np.ndarray,

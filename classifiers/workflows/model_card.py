@@ -100,8 +100,14 @@ class ModelCard:
 
     @property
     def blocks(self) -> list[tuple[str, int, int]]:
-        """(backbone, start, stop) columns of each backbone's features (the stack's blocks)."""
-        return feature_blocks(self.backbones)
+        """(backbone, start, stop) columns of each backbone's features, and of the lesion
+        summaries when the classifier reads them (the stack's blocks)."""
+        return feature_blocks(self.backbones, self.fit.lesion_features)
+
+    @property
+    def lesion_columns(self) -> tuple[str, ...]:
+        """The lesion summaries joined after the image features (none without --lesion-features)."""
+        return tuple(self.lesion.get("classifier_features", ())) if self.fit.lesion_features and self.lesion else ()
 
     @property
     def refit_settings(self) -> FitSettings:
@@ -206,13 +212,20 @@ class ModelCard:
         return out
 
 
-def feature_blocks(backbones: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, int]]:
-    """(backbone, start, stop) columns of each backbone's features, from manifest entries."""
+LESION_BLOCK = "lesion"
+N_LESION_COLUMNS = 6  # workflows/lesions.py CLASSIFIER_SUMMARY
+
+
+def feature_blocks(backbones: Sequence[Mapping[str, Any]], lesion: bool = False) -> list[tuple[str, int, int]]:
+    """(backbone, start, stop) columns of each backbone's features, from manifest entries; with
+    ``lesion``, the lesion summaries' block after them."""
     out, start = [], 0
     for b in backbones:
         stop = start + int(b["feature_dim"])
         out.append((b["backbone"], start, stop))
         start = stop
+    if lesion:
+        out.append((LESION_BLOCK, start, start + N_LESION_COLUMNS))
     return out
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
+from feature_extractor.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport
 from feature_extractor.run_context import RunContext
 
@@ -31,6 +32,10 @@ class PredictionRow:
     ood_score: float | None = None
     in_distribution: bool | None = None
     site: str | None = None     # whose feature statistics standardized it (harmonized models)
+    lesion_fraction: float | None = None
+    lung_note: str | None = None
+    lesion_map: str | None = None   # PNG written by --lesion-maps
+    lesion: object = None           # the LesionSummary (models with a lesion head)
 
 
 @dataclass
@@ -89,6 +94,9 @@ def score_features(model: LoadedModel, feats: ModelFeatures) -> list[PredictionR
         row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], site=feats.sites[i])
         if ood is not None:
             row.ood_score, row.in_distribution = float(ood[0][i]), bool(ood[1][i])
+        lesion = feats.lesions.get(r.path)
+        if lesion is not None:
+            row.lesion, row.lesion_fraction, row.lung_note = lesion, lesion.lesion_fraction, lesion.lung_note
         rows.append(row)
     return rows
 
@@ -104,13 +112,18 @@ def predict_records(model: LoadedModel, records: list[Record], site: str | None 
 def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
                       model_path: str | Path | None = None, context: RunContext | None = None,
                       crop: str | None = None, explain_method: str | None = None,
-                      explain_dir: str | Path | None = None, site: str | None = None) -> PredictionReport:
+                      explain_dir: str | Path | None = None, site: str | None = None,
+                      lesion_maps: str | Path | None = None) -> PredictionReport:
     """predict: predictions.csv for every image under ``folder`` (``crop``: confirm the
     model's crop); with ``explain_method``, a heatmap PNG per readable image in
     ``explain_dir`` (default: heatmaps/ beside ``out``) and a heatmap column. ``site``: whose
-    feature statistics standardize the images, for a harmonized model."""
+    feature statistics standardize the images, for a harmonized model. ``lesion_maps``: a
+    folder for each image's ``<stem>_lesion.png`` and ``<stem>_lungs.png`` (in the image's
+    subfolder below ``folder``), for a model with a lesion head."""
     model = load_model(model_path, context)
     model.check_crop(crop)
+    if lesion_maps is not None and model.lesions is None:
+        raise ModelBundleError(f"--lesion-maps: {model.path} has no lesion head; fit it with --lesion-data DIR")
     explainer = None
     if explain_method:  # an unsuitable method fails before the long part
         from .explain import ModelExplainer
@@ -127,8 +140,32 @@ def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
         for row in readable:
             row.heatmap = written.get(row.path)
         report.explained = f"{len(written)} {explain_method} heatmaps in {explain_dir}/"
+    if lesion_maps is not None:
+        write_lesion_maps(model, [r for r in report.rows if not r.error], folder, lesion_maps)
+        report.explained = ((report.explained + "; ") if report.explained else "") + \
+            f"{sum(1 for r in report.rows if r.lesion_map)} lesion maps in {lesion_maps}/"
     report.out = write_predictions_csv(report.rows, out)
     return report
+
+
+def write_lesion_maps(model: LoadedModel, rows: list[PredictionRow], root: str | Path, out_dir: str | Path) -> None:
+    """Each row's lesion and lung PNGs under ``out_dir``, in its folder relative to ``root``."""
+    from feature_extractor.images import ImageDecodeError
+
+    from ..presentation.lesion_maps import map_files
+
+    with model.context.progress("lesion maps   ", len(rows)) as progress:
+        for row in rows:
+            try:
+                where = Path(row.path).parent.relative_to(root)
+            except ValueError:
+                where = Path()
+            try:
+                lesion, _ = map_files(model.lesions.lesion_map(row.path), Path(out_dir) / where, Path(row.path).stem)
+                row.lesion_map = str(lesion)
+            except (ImageDecodeError, OSError):
+                pass  # its row already carries the reason it could not be scored
+            progress(1)
 
 
 def write_predictions_csv(rows: list[PredictionRow], out: str | Path) -> Path:

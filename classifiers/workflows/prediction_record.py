@@ -151,9 +151,15 @@ SLICE = RecordSchema("slice", (
                 "to its 5th nearest training image).", digits=5),
     RecordField("in_distribution", bool, "False: the image lies far from the training images; its "
                 "p_covid is not backed by the model's validation."),
+    RecordField("lesion_fraction", float, "Share of the lung the lesion head calls lesion (models with a lesion "
+                "head; empty without one or without lung in the slice).", digits=4),
+    RecordField("lung_note", str, "How the lung mask was found when it was not the usual way (a fallback, or "
+                "no lung in the slice).", optional=True),
     RecordField("error", str, "Why the file could not be scored (unreadable, not an image, ...)."),
     RecordField("heatmap", str, "The PNG written by --explain for this image.", optional=True, api=False,
                 path=True),
+    RecordField("lesion_map", str, "The lesion map written by --lesion-maps (pixel = probability x 255).",
+                optional=True, api=False, path=True),
 ))
 
 STUDY = RecordSchema("study", (
@@ -167,8 +173,12 @@ STUDY = RecordSchema("study", (
                 "study aggregation."),
     RecordField("label", str, "COVID when the study's p_covid reaches the threshold, else NonCOVID.",
                 choices=LABELS),
+    RecordField("lesion_burden", float, "The lesion's share of the lung volume over the scored slices (models "
+                "with a lesion head).", digits=4),
     RecordField("top_slices", str, "The highest-scoring slices: number (p_covid).", get=lambda r: r.top_slices(),
                 api=False),  # the API lists them with their pictures
+    RecordField("top_lesion_slices", str, "The slices with the largest share of lung involved: number (share).",
+                get=lambda r: r.top_lesion_slices()),
     RecordField("in_distribution", bool, "False when most scored slices lie far from the training images."),
     RecordField("warnings", list, "What to know about the series (spacing, orientation, other series).",
                 get=lambda r: r.study.warnings),

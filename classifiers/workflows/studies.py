@@ -67,6 +67,23 @@ class StudyResult:
     def top_slices(self) -> str:
         return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in self.top())
 
+    @property
+    def lesion_burden(self) -> float | None:
+        """The lesion's share of the lung volume over the scored slices (a model with a lesion head;
+        slices of a series are equally thick, so areas add up to volumes)."""
+        summaries = [r.lesion for _, r in self.scored if r.lesion is not None]
+        lung = sum(s.lung_fraction for s in summaries)
+        return sum(s.lesion_area for s in summaries) / lung if summaries and lung > 0 else None
+
+    def top_lesion(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
+        """The ``n`` slices with the largest share of lung involved."""
+        with_lesion = [(i, r) for i, r in self.scored if r.lesion_fraction is not None]
+        return sorted(with_lesion, key=lambda ir: -ir[1].lesion_fraction)[:n]
+
+    def top_lesion_slices(self) -> str | None:
+        top = self.top_lesion()
+        return "; ".join(f"{i} ({100 * r.lesion_fraction:.0f}%)" for i, r in top) if top else None
+
 
 @dataclass
 class StudyPredictionReport:

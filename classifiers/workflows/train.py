@@ -14,6 +14,9 @@ import numpy as np
 from feature_extractor.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
 from feature_extractor.engine import joblib_engine
 from feature_extractor.extract import FeatureExtractor
+from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.hypercolumns import dense_spec
+from feature_extractor.lesion_data import check_masks, load_lesion_data
 from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
 from feature_extractor.run_context import RunContext
@@ -30,6 +33,7 @@ from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
 from .fit_settings import FitSettings
 from .model import extract_features
+from .lesions import CLASSIFIER_SUMMARY, LesionMapper, LesionSettings, train_lesion_head
 from .model_card import Harmonization, ModelCard, TrainingData, feature_blocks
 
 TRAIN_SPLITS = ("train", "val")
@@ -89,12 +93,16 @@ class TrainedEstimator:
 
 
 def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: Sequence[str | None],
-                    blocks: Sequence[tuple[str, int, int]], settings: FitSettings) -> TrainedEstimator:
+                    blocks: Sequence[tuple[str, int, int]], settings: FitSettings,
+                    lesion: np.ndarray | None = None) -> TrainedEstimator:
     """Tune and fit ``settings.clf`` on arrays: the whole of fit but the files. ``X``: raw
-    features (harmonized here when ``settings.harmonize`` says so). ``blocks``: the (backbone,
-    start, stop) columns of each backbone, for the stack."""
+    features (harmonized here when ``settings.harmonize`` says so); ``lesion``: the lesion
+    summaries joined after them (never harmonized: they measure the disease, not the site).
+    ``blocks``: the (backbone, start, stop) columns of each block, for the stack."""
     harmonizer = make_harmonizer(settings.harmonize)
     X = harmonizer.fit_transform(X, sources)
+    if lesion is not None:
+        X = np.hstack([X, lesion])
     balance = settings.balance or default_balance(len(set(sources)))
     weights = sample_weights(balance, y, sources)
     if settings.clf == STACK:
@@ -123,13 +131,22 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
 
 def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
               selection: FeatureSelection | None = None, context: RunContext | None = None,
-              model_path: str | Path | None = None, adapt_to: Sequence[str | Path] = ()) -> ModelBundle:
+              model_path: str | Path | None = None, adapt_to: Sequence[str | Path] = (),
+              lesion_data: Sequence[str | Path] = (), lesion_settings: LesionSettings | None = None) -> ModelBundle:
     """fit: train ``settings.clf`` on cached features of the training images of one or more
     datasets and save it with its manifest (default path: models/<clf>.joblib). The test split
     is never read. ``adapt_to``: folders of unlabeled images of sites the model will be used
     on; with ``settings.harmonize``, each one's feature statistics are learned (its features
-    are extracted if they are not cached)."""
+    are extracted if they are not cached). ``lesion_data``: folders of slices with
+    radiologists' infection masks: a lesion head is trained on them (workflows/lesions.py) and
+    saved with the model; with ``settings.lesion_features`` its summaries of each image join
+    the image features."""
     context = context or RunContext()
+    lesions = load_lesion_data(lesion_data) if lesion_data else None
+    if settings.lesion_features and lesions is None:
+        raise CovidCTError("--lesion-features needs a lesion head: add --lesion-data DIR (slices with infection masks)")
+    if lesions is not None:
+        check_masks(lesions)  # a mask that does not fit its slice stops fit before anything runs
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     dataset = load_datasets(paths)
     records, splits = training_records(dataset)
@@ -149,8 +166,17 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     groups = np.array([r.group for r in records])
     record_sources = [r.source for r in records]
     backbones = [s.manifest_entry() for s in sources]
+    head, lesion_record, lesion_columns = None, None, None
+    if lesions is not None:
+        spec = lesion_dense_spec([s.spec for s in sources], lesion_settings or LesionSettings())
+        head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
+        if settings.lesion_features:
+            mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context)
+            lesion_columns = lesion_matrix(mapper, records)
+            lesion_record["classifier_features"] = list(CLASSIFIER_SUMMARY)
+    blocks = feature_blocks(backbones, settings.lesion_features)
     with joblib_engine(context.engine):  # with --engine ray, the grouped-CV fits fan out over Ray
-        trained = train_estimator(X, y, groups, record_sources, feature_blocks(backbones), settings)
+        trained = train_estimator(X, y, groups, record_sources, blocks, settings, lesion_columns)
         harmonizer = trained.harmonizer
         adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
     ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
@@ -170,9 +196,38 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         cv={"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
                       f"random_state={settings.seed}) grouped by {grouping}", "scoring": "roc_auc", **trained.cv},
         engine=context.engine.record(), created=utc_now(), command=command_line(), versions=library_versions(),
-        warning=NONE_WARNING if any(b["weights_source"] == NONE for b in backbones) else None)
+        warning=NONE_WARNING if any(b["weights_source"] == NONE for b in backbones) else None,
+        lesion=lesion_record)
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood))
+    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, lesion_head=head))
+
+
+def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
+    """The dense features of the lesion head: of ``settings.backbone`` (default: the first of the
+    model's backbones that has hypercolumn layers), with that backbone's weights."""
+    from feature_extractor.backbones import BACKBONES, get_backbone
+
+    dense = [s for s in specs if s.backbone_spec.dense_layers]
+    if settings.backbone is not None:
+        name = get_backbone(settings.backbone).name
+        dense = [s for s in specs if s.backbone == name]
+        if not dense:
+            raise CovidCTError(f"--lesion-backbone {name}: the lesion head uses one of the model's backbones "
+                               f"({', '.join(s.backbone for s in specs)}) with its weights")
+    if not dense:
+        able = ", ".join(sorted(n for n, b in BACKBONES.items() if b.dense_layers))
+        raise CovidCTError(f"none of the model's backbones ({', '.join(s.backbone for s in specs)}) has hypercolumn "
+                           f"layers declared; lesion maps work with {able}")
+    return dense_spec(dense[0], settings.input_side, settings.grid)
+
+
+def lesion_matrix(mapper: LesionMapper, records: Sequence[Record]) -> np.ndarray:
+    """The lesion summaries (CLASSIFIER_SUMMARY) of ``records``, one row each."""
+    summaries = mapper.summaries(records)
+    bad = [(r.path, summaries[r.path]) for r in records if isinstance(summaries[r.path], str)]
+    if bad:
+        raise CovidCTError(f"{len(bad)} images cannot be read for lesion maps, e.g. {bad[0][0]}: {bad[0][1]}")
+    return np.stack([summaries[r.path].classifier_features() for r in records])
 
 
 def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunContext) -> dict:

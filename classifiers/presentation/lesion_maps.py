@@ -1,0 +1,55 @@
+"""Lesion maps as pictures: the PNG files of ``predict --lesion-maps`` and the overlays of the
+report, the study page, ``--explain-method lesion`` and the web page."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from feature_extractor.images import resize_rgb
+
+LESION_COLOUR = np.array([255, 64, 0], np.float32)   # lesion: orange-red
+LUNG_COLOUR = np.array([40, 200, 255], np.float32)   # the lung outline: cyan
+
+
+def map_files(lesion_map, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
+    """``<stem>_lesion.png`` (pixel = probability x 255) and ``<stem>_lungs.png`` (0 / 255), at the
+    slice's own size, in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lesion, lungs = out_dir / f"{stem}_lesion.png", out_dir / f"{stem}_lungs.png"
+    Image.fromarray(np.round(np.clip(lesion_map.probability, 0, 1) * 255).astype(np.uint8), "L").save(lesion)
+    Image.fromarray(lesion_map.lungs.astype(np.uint8) * 255, "L").save(lungs)
+    return lesion, lungs
+
+
+def involved(lesion_map) -> str:
+    """'12.3% of lung involved', or why there is no share."""
+    share = lesion_map.summary.lesion_fraction
+    return "no lung found" if share is None else f"{100 * share:.1f}% of lung involved"
+
+
+def overlay(grey: np.ndarray, lesion_map, max_side: int | None = 256) -> np.ndarray:
+    """The slice (grey, (H, W)) with the lesion in colour (opacity growing with its probability
+    above the head's threshold) and the lungs' outline; RGB uint8 scaled to ``max_side``."""
+    from scipy import ndimage as ndi
+
+    base = np.repeat(np.clip(grey, 0, 255).astype(np.float32)[..., None], 3, axis=2)
+    p = np.where(lesion_map.lungs, lesion_map.probability, 0.0)
+    alpha = np.clip((p - lesion_map.threshold) / max(1 - lesion_map.threshold, 1e-6), 0, 1) * 0.45
+    alpha = np.where(p >= lesion_map.threshold, 0.25 + alpha, 0.0)[..., None]
+    out = (1 - alpha) * base + alpha * LESION_COLOUR
+    edge = lesion_map.lungs & ~ndi.binary_erosion(lesion_map.lungs, iterations=max(1, round(max(p.shape) / 256)))
+    out[edge] = LUNG_COLOUR
+    rgb = np.round(out).astype(np.uint8)
+    if max_side:
+        scale = max_side / max(rgb.shape[:2])
+        rgb = resize_rgb(rgb, (max(1, round(rgb.shape[0] * scale)), max(1, round(rgb.shape[1] * scale))))
+    return rgb
+
+
+def heat(lesion_map) -> np.ndarray:
+    """The lesion probability inside the lungs, for the heatmap renderer (0 outside)."""
+    return np.where(lesion_map.lungs, lesion_map.probability, 0.0).astype(np.float32)
+
