@@ -253,23 +253,42 @@ def backbones() -> None:
 
 
 @main.command()
-@click.option("--backbone", "-b", "backbone_names", multiple=True, required=True,
-              help="Backbone name (see `backbones`). Repeatable.")
+@click.option("--backbone", "-b", "backbone_names", multiple=True,
+              help="Backbone name (see `backbones`). Repeatable. Needed unless only --lesion-data is checked.")
 @data_option
 @weights_option
 @features_option
 @batch_option
 @feature_settings(select=False)
 @offline_option
+@lesion_data_option
 @engine_options("decoding in tasks, the CNN in an actor pool")
-def extract(backbone_names, data, weights, features_dir, batch_size, offline, engine, **settings) -> None:
+def extract(backbone_names, data, weights, features_dir, batch_size, offline, lesion_data, engine, **settings) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone, weights and settings) are not run
     again. Each setting (--pooling, --tta, --precision, --crop, --window) has its own cache.
+    --lesion-data: check lesion data (every mask against its slice) before fit trains a lesion
+    head on it; their dense features are not cached (fit computes them; see README, "Lesions").
     """
     from feature_extractor.extract import DatasetExtraction
     from feature_extractor.feature_spec import specs_from_options
+
+    if lesion_data:
+        from feature_extractor.lesion_data import check_masks, load_lesion_data
+
+        lesions = load_lesion_data(lesion_data)
+        check_masks(lesions)
+        d = lesions.describe()
+        click.echo(f"lesion data: {d['n_slices']} slices of {d['patients']} patients ({d['n_infected']} infected, "
+                   f"{d['n_with_masks']} with infection masks, {d['n_with_lung_masks']} with lung masks): every mask fits "
+                   "its slice")
+        for note in lesions.notes:
+            click.secho(f"  note: {note}", fg="yellow", err=True)
+        if not backbone_names:
+            return
+    if not backbone_names:
+        raise click.UsageError("Missing option '--backbone' / '-b'.")
 
     run = DatasetExtraction(data, specs_from_options(backbone_names, weights, **settings),
                             _context(features_dir, batch_size, offline, engine=engine))

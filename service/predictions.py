@@ -105,6 +105,11 @@ class PredictionService:
         out = {"image": data_uri(thumbnail(prepared.original, 256))}
         if heatmap:
             out["heatmap"] = data_uri(overlay_rgb(self._explainer_for().explain(path, prepared, site), 256))
+        if self.model.lesions is not None:
+            from classifiers.presentation.lesion_maps import overlay
+
+            lesion_map = self.model.lesions.lesion_map(path)
+            out["lesion"] = data_uri(overlay(lesion_map.grey, lesion_map, 256))
         return out
 
     def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool) -> list[dict]:
@@ -128,8 +133,8 @@ class PredictionService:
             shown = name if s.name == folder.name else f"{name}/{s.name}"  # names are relative to the zip
             studies.append({
                 **record.STUDY.as_json(result), "study": redact(shown), "aggregation": report.aggregation,
-                "top_slices": [{"slice": i, "p_covid": r.p_covid, **self._pictures(r.path, r.site, heatmaps)}
-                               for i, r in result.top()],
+                "top_slices": [{"slice": i, "p_covid": r.p_covid, "lesion_fraction": r.lesion_fraction,
+                                **self._pictures(r.path, r.site, heatmaps)} for i, r in result.top()],
                 "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)})
         return {"upload": redact(name), "studies": studies,
                 "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}

@@ -16,6 +16,8 @@ class TopSlice(BaseModel):
     p_covid: float = Field(description="The slice's probability of COVID-19.")
     image: Optional[str] = Field(None, description=f"{PICTURE}: the slice.")
     heatmap: Optional[str] = Field(None, description=f"{PICTURE}: the slice with its heatmap.")
+    lesion: Optional[str] = Field(None, description=f"{PICTURE}: the lesion map over the slice.")
+    lesion_fraction: Optional[float] = Field(None, description="Share of the slice's lung called lesion.")
 
 
 def response_models() -> type[BaseModel]:
@@ -24,6 +26,8 @@ def response_models() -> type[BaseModel]:
         "name": (str, Field(description="The uploaded file's name (patient identifiers removed).")),
         "image": (Optional[str], Field(None, description=f"{PICTURE}: the slice.")),
         "heatmap": (Optional[str], Field(None, description=f"{PICTURE}: the slice with its heatmap.")),
+        "lesion": (Optional[str], Field(None, description=f"{PICTURE}: the lesion map over the slice (models "
+                                                          "with a lesion head).")),
     })
     study = record.STUDY.api_model("StudyResult", {
         "aggregation": (str, Field(description="How slice probabilities were pooled into the study's.")),

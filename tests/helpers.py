@@ -147,3 +147,50 @@ def non_ct_pictures(folder: Path, n: int = 30, seed: int = 0) -> list[Path]:
         Image.fromarray(np.ascontiguousarray(image)).save(path)
         paths.append(path)
     return paths
+
+
+def lesion_slice(seed: int, infected: bool, size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A lung-windowed CT-like slice with its lung and infection masks: a bright body on dark
+    air, two dark lungs with faint vessels, and, when ``infected``, ground-glass blobs in the lungs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.full((size, size), 10.0)
+    body = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.47) ** 2 < 1
+    img[body] = 225
+    lungs = np.zeros((size, size), bool)
+    for cx in (0.3, 0.7):
+        lungs |= ((yy - 0.5) / 0.3) ** 2 + ((xx - cx) / 0.15) ** 2 < 1
+    img[lungs] = 75
+    infection = np.zeros((size, size), bool)
+    if infected:
+        for _ in range(3):
+            cy, cx = rng.uniform(0.35, 0.65), rng.choice([0.3, 0.7]) + rng.uniform(-0.05, 0.05)
+            infection |= ((yy - cy) ** 2 + (xx - cx) ** 2) < 0.006
+        infection &= lungs
+        img[infection] = 165
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), lungs, infection
+
+
+def make_lesion_data(root: Path, patients: int = 3, per_patient: int = 6, size: int = 96) -> Path:
+    """A lesion-slices-like folder: slices/, masks/ and manifest.csv (half the slices infected)."""
+    (root / "slices").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        for j in range(per_patient):
+            infected = j % 2 == 0
+            img, lungs, infection = lesion_slice(100 * p + j, infected, size)
+            name = f"p{p}_z{j:03d}"
+            Image.fromarray(img, "L").save(root / "slices" / f"{name}.png")
+            Image.fromarray(lungs.astype(np.uint8) * 255, "L").save(root / "masks" / f"{name}_lungs.png")
+            Image.fromarray(infection.astype(np.uint8) * 255, "L").save(root / "masks" / f"{name}_infection.png")
+            rows.append([f"slices/{name}.png", f"p{p}", j + 1, int(infected),
+                         round(float(infection.sum() / lungs.sum()), 4), round(float(lungs.mean()), 4),
+                         f"masks/{name}_lungs.png", f"masks/{name}_infection.png"])
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "patient", "slice", "infected", "infection_fraction", "lung_fraction", "lung_mask",
+                         "infection_mask"])
+        writer.writerows(rows)
+    return root

@@ -50,6 +50,8 @@ class CaseRow:
     thumbnail: str | None = None   # data: URI
     heatmap: str | None = None     # data: URI
     note: str | None = None        # e.g. no lungs found for the crop, the held-out source
+    lesion_overlay: str | None = None  # data: URI: the lesion map over the slice (models with a lesion head)
+    involved: str | None = None        # "12.3% of lung involved"
 
     @property
     def path(self) -> str:
@@ -152,7 +154,7 @@ dl.card dd{margin:0;word-break:break-all}
 nav a{margin-right:14px}
 #cases th.sortable{cursor:pointer;user-select:none} #cases th.sortable:after{content:" \\2195";color:#99a}
 #cases th[aria-sort=ascending]:after{content:" \\2191"} #cases th[aria-sort=descending]:after{content:" \\2193"}
-#cases img{display:block;max-width:140px;max-height:140px}
+#cases img{display:block;max-width:160px;max-height:160px}
 td.pt{max-width:10em;overflow-wrap:anywhere} .warn{color:#b35c00;font-family:system-ui,sans-serif;margin-top:4px}
 tr.wrong{background:#fde8e8} tr.unreadable{background:#f2f2f2;color:#666}
 .tag{display:inline-block;border-radius:4px;padding:1px 6px;font-size:.85em;font-weight:600}
@@ -308,7 +310,9 @@ def _field_cell(field, value) -> str:
 def _case_table(content: ReportContent) -> str:
     labeled = content.evaluation is not None or content.cross_source is not None
     fields = _report_fields()
-    head = ("<th>#</th><th>slice</th><th>heatmap</th><th class=sortable data-type=text>file</th>"
+    lesions = any(r.lesion_overlay for r in content.rows)
+    head = ("<th>#</th><th>slice</th><th>heatmap</th>" + ("<th>lesion map</th>" if lesions else "")
+            + "<th class=sortable data-type=text>file</th>"
             + ("<th class=sortable data-type=text>patient</th><th class=sortable data-type=text>truth</th>" if labeled else "")
             + "".join(f"<th class=sortable data-type={'num' if f.kind in (float, int) else 'text'} "
                       f"title='{_e(f.help)}'>{_e(f.name)}</th>" for f in fields)
@@ -318,6 +322,8 @@ def _case_table(content: ReportContent) -> str:
         cls = "wrong" if row.misclassified else ("unreadable" if row.error else "")
         thumb = f"<img class=thumb alt='slice' src='{row.thumbnail}'>" if row.thumbnail else ""
         heat = f"<img class=heatmap alt='heatmap' src='{row.heatmap}'>" if row.heatmap else ""
+        lesion = (f"<td><img class=lesion alt='lesion map' src='{row.lesion_overlay}'>"
+                  f"<div>{_e(row.involved)}</div></td>" if row.lesion_overlay else "<td></td>") if lesions else ""
         result = ""
         if labeled and row.predicted:
             result = (f"<td data-value={0 if row.misclassified else 1}>"
@@ -326,7 +332,7 @@ def _case_table(content: ReportContent) -> str:
         elif labeled:
             result = "<td data-value=-1></td>"
         body.append(
-            f"<tr class='{cls}'><td class=num>{i}</td><td>{thumb}</td><td>{heat}</td>"
+            f"<tr class='{cls}'><td class=num>{i}</td><td>{thumb}</td><td>{heat}</td>{lesion}"
             f"<td class=path title='{_e(printable_path(row.path))}' data-value='{_e(printable_path(Path(row.path).name))}'>"
             f"{_e(printable_path(Path(row.path).name))}"
             + (f"<div class=warn>{_e(row.error or row.note)}</div>" if row.error or row.note else "")
@@ -344,6 +350,10 @@ def _case_table(content: ReportContent) -> str:
                  "warm. Heatmaps on text, arrows, borders or the table mean the model uses the image source, "
                  "not the lungs." if n_heat else "No heatmaps: they explain the saved model, not the models refit "
                  "without each source." if content.cross_source else "No heatmaps were asked for (--heatmaps 0).")
+    if lesions:
+        heat_note += (" Lesion maps: the lesion head's probability of lesion inside the lungs (orange; the lungs "
+                      "outlined in cyan), learned from radiologists' masks: check them against the slice. A lesion "
+                      "is not COVID: other pneumonias have lesions too.")
     toggle = ("<label><input type=checkbox id=only-wrong> show misclassified only</label>" if labeled else "")
     return (f"<section id=predictions><h2>Predictions ({len(content.rows)} images"
             + (f", {n_wrong} misclassified" if labeled else "")

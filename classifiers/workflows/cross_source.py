@@ -92,6 +92,7 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     feats = model.features([r for r in dataset.records if r.label is not None])
     good = feats.good
     X = feats.raw  # each refit harmonizes its own training sources
+    lesion = feats.X[:, model.feature_dim:] if model.card.lesion_columns else None  # never harmonized
     y = np.array([r.label for r in good], dtype=int)
     groups = np.array([r.group for r in good])
     sources = np.array([r.source for r in good], dtype=object)
@@ -106,9 +107,12 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     for source in dataset.sources:
         test = sources == source
         train = ~test & trainable
-        trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings)
+        trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings,
+                                  None if lesion is None else lesion[train])
         # The held-out site by its own images' statistics (no labels), as --site batch.
         X_test = trained.harmonizer.with_site(source, X[test]).transform(X[test], sources[test])
+        if lesion is not None:
+            X_test = np.hstack([X_test, lesion[test]])
         p = trained.estimator.predict_proba(X_test)[:, 1]
         threshold = float(trained.threshold["threshold"])
         held_out.append(HeldOutSource(

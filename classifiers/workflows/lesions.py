@@ -138,6 +138,14 @@ def summarize(probability: np.ndarray, lungs: np.ndarray, threshold: float, fall
                          n_lung / area, n_lesion / area, 1.0 if fallback else 0.0)
 
 
+def lesion_map_of(dense: DenseSlice, cell_probability: np.ndarray, threshold: float) -> LesionMap:
+    """A slice's full-size lesion map from its grid of cell probabilities (bilinear upsampling)."""
+    probability = np.clip(resize_map(cell_probability.astype(np.float32), dense.shape), 0.0, 1.0)
+    lungs = dense.lungs.mask
+    return LesionMap(probability, lungs, threshold, summarize(probability, lungs, threshold, dense.lungs.note is not None),
+                     dense.grey)
+
+
 # -- training ------------------------------------------------------------------------------
 def cell_shares(mask: np.ndarray, grid: int) -> np.ndarray:
     """Share of each grid cell a full-size mask covers, (grid, grid)."""
@@ -290,10 +298,7 @@ class LesionMapper:
         return self.head.predict_proba(grid_features.reshape(-1, grid_features.shape[-1]))[:, 1].reshape(g, g)
 
     def full_map(self, dense: DenseSlice, cell_probability: np.ndarray) -> LesionMap:
-        probability = np.clip(resize_map(cell_probability.astype(np.float32), dense.shape), 0.0, 1.0)
-        lungs = dense.lungs.mask
-        return LesionMap(probability, lungs, self.threshold,
-                         summarize(probability, lungs, self.threshold, dense.lungs.note is not None), dense.grey)
+        return lesion_map_of(dense, cell_probability, self.threshold)
 
     def summaries(self, records: Sequence[Record]) -> dict[str, LesionSummary | str]:
         """path -> summary (or why the slice could not be read), computing only the slices the

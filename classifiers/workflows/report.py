@@ -76,10 +76,16 @@ def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplain
                 sites: dict[str, str | None] | None = None) -> None:
     """A thumbnail for every readable row; a heatmap for the first ``heatmaps`` of them
     (``sites``: each image's site, for a harmonized model)."""
+    from ..presentation.lesion_maps import involved, overlay
+
     readable = [r for r in rows if r.error is None]
     with model.context.progress("report images ", len(readable)) as update:
         for i, row in enumerate(readable):
             prepared = _prepare(model, row)
+            if prepared is not None and model.lesions is not None:
+                lesion_map = model.lesions.lesion_map(row.path)
+                row.lesion_overlay = data_uri(overlay(lesion_map.grey, lesion_map, THUMB_SIDE + 32))
+                row.involved = involved(lesion_map)
             if prepared is not None:
                 row.thumbnail = data_uri(thumbnail(prepared.original))
                 if prepared.crop_fallback:

@@ -50,6 +50,10 @@
     return rows.length ? `<dl class="fields">${rows.join("")}</dl>` : "";
   }
 
+  function involved(share) {
+    return share === null || share === undefined ? "no lung found" : `${(100 * share).toFixed(1)}% of lung involved`;
+  }
+
   function ood(flag) {
     return flag === false ? ' <span class="warn">out of distribution: unlike the training images</span>' : "";
   }
@@ -62,12 +66,13 @@
         + `</div>`
         + (image.image ? `<figure><img src="${image.image}" alt="slice ${esc(image.name)}"><figcaption>slice</figcaption></figure>` : "")
         + (image.heatmap ? `<figure><img class="heatmap" src="${image.heatmap}" alt="heatmap of ${esc(image.name)}"><figcaption>what raised P(COVID)</figcaption></figure>` : "")
+        + (image.lesion ? `<figure><img class="lesion" src="${image.lesion}" alt="lesion map of ${esc(image.name)}"><figcaption>lesion map: ${involved(image.lesion_fraction)}</figcaption></figure>` : "")
         + `</article>`);
     }
     for (const upload of result.studies) {
       if (upload.error) out.push(`<article class="card"><h3>${esc(upload.upload)}</h3><p class="error">${esc(upload.error)}</p></article>`);
       for (const s of upload.studies) {
-        const strip = s.top_slices.map((t) => `<figure><img src="${t.heatmap || t.image || ""}" alt="slice ${t.slice}, P(COVID) ${fmt(t.p_covid)}"><figcaption>slice ${t.slice}: ${fmt(t.p_covid)}</figcaption></figure>`).join("");
+        const strip = s.top_slices.map((t) => `<figure><img src="${t.heatmap || t.lesion || t.image || ""}" alt="slice ${t.slice}, P(COVID) ${fmt(t.p_covid)}"><figcaption>slice ${t.slice}: ${fmt(t.p_covid)}${t.lesion ? "; " + involved(t.lesion_fraction) : ""}</figcaption></figure>`).join("");
         out.push(`<article class="card" aria-label="study ${esc(s.study)}"><div><h3>study ${esc(s.study)}</h3>`
           + (s.error ? `<p class="error">${esc(s.error)}</p>` : `<p>${verdict(s, result.threshold)}${ood(s.in_distribution)}</p>`)
           + `<p>${esc(s.aggregation)} of slice probabilities</p>`
