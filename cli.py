@@ -20,7 +20,7 @@ from typing import Iterator
 import click
 
 from classifiers.estimators.balance import BALANCES
-from classifiers.estimators.options import CALIBRATION_METHODS, HARMONIZATIONS, LESION_HEADS
+from classifiers.estimators.options import CALIBRATION_METHODS, DEFAULT_ERROR_RATE, HARMONIZATIONS, LESION_HEADS
 from classifiers.estimators.registry import CLASSIFIERS, DEFAULT_BASE, STACK
 from classifiers.workflows import prediction_record as record
 from classifiers.workflows.explain import METHODS as EXPLAIN_METHODS
@@ -219,6 +219,11 @@ def model_options(engine: str | None = None):
 
 
 EXTRACTING = "feature extraction of images not cached: decoding in tasks, the CNN in an actor pool"
+error_rate_option = click.option(
+    "--error-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="A",
+    help="The answers' error rate: COVID or NonCOVID only where each class is missed at most this share of the "
+         "time (conformal, on the model's calibration images); else uncertain.  [default: the model's, 0.1 unless "
+         "fit said otherwise]")
 lesion_data_option = click.option(
     "--lesion-data", "lesion_data", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A folder of slices with radiologists' masks (manifest.csv: path, patient, infected, infection_mask, "
@@ -351,10 +356,13 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, le
               help="With --lesion-data: the lesion map's grid (cells a side).")
 @click.option("--lesion-heads", default=",".join(LESION_HEADS), show_default=True, metavar="CLF,CLF,...",
               help="With --lesion-data: the lesion head's candidates, chosen by patient-grouped CV.")
+@click.option("--error-rate", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_ERROR_RATE,
+              show_default=True, metavar="A", help="The conformal answers' default error rate, recorded in the model "
+                                                   "(predict, evaluate and serve may ask for another).")
 @engine_options("the grouped-CV fits of tuning (joblib's Ray backend)")
 def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model_path, weights,
         cv_folds, seed, balance, harmonize, adapt_to, lesion_data, lesion_features, lesion_backbone, lesion_input,
-        lesion_grid, lesion_heads, engine, **settings) -> None:
+        lesion_grid, lesion_heads, error_rate, engine, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
@@ -378,7 +386,7 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
                                          lesion_features),
                        FeatureSelection.from_options(backbone_names, weights, **settings),
                        _context(features_dir, engine=engine), model_path, adapt_to, lesion_data,
-                       LesionSettings(lesion_backbone, lesion_input, lesion_grid, heads=heads, seed=seed))
+                       LesionSettings(lesion_backbone, lesion_input, lesion_grid, heads=heads, seed=seed), error_rate)
     _finish(fit_summary(bundle))
 
 
@@ -405,8 +413,9 @@ def fit(clf, base, target_sensitivity, backbone_names, data, features_dir, model
 @click.option("--max-slices", type=click.IntRange(1), default=None,
               help="With --studies: score at most N slices per study, evenly spaced within the lungs.")
 @lesion_data_option
+@error_rate_option
 def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_boot, crop, site, study_labels,
-             max_slices, lesion_data) -> None:
+             max_slices, lesion_data, error_rate) -> None:
     """Metrics with 95% CIs of a model on held-out labeled images, with plots and a report.
 
     Default: the official test split. With --data pointing at another labeled folder
@@ -434,7 +443,7 @@ def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_bo
         if len(data) != 1:
             raise click.BadParameter("--studies evaluates one folder of studies", param_hint="--data")
         evaluation, out_dir = evaluate_studies(data[0], study_labels, model_path, context, report_dir, n_boot, site,
-                                               max_slices)
+                                               max_slices, error_rate=error_rate)
         _finish([evaluation.table(), f"wrote metrics.json, studies.csv and slices.csv in {out_dir}/"],
                 evaluation.predictions.failures)
         return
@@ -443,7 +452,7 @@ def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_bo
     from classifiers.workflows.evaluate import evaluate_and_write
 
     report, files = evaluate_and_write(data, model_path, split, context, report_dir, n_boot, cv_folds, crop, cv_by,
-                                       site)
+                                       site, error_rate)
     plots = len(files) - 2
     _finish([report.header(), report.table(),
              f"wrote {files['metrics']}, {files['report']} and {plots} plot{'s' * (plots > 1)} in "
@@ -478,8 +487,9 @@ def evaluate(model_path, context, data, split, report_dir, cv_folds, cv_by, n_bo
 @click.option("--keep-identifiers", is_flag=True,
               help="With --studies: write study/series UIDs and file names as they are. Default: patient "
                    "name, ID and birth date from the headers are removed from every output.")
+@error_rate_option
 def predict(folder, model_path, context, out, explain, explain_dir, explain_method, lesion_maps, crop, site, studies,
-            max_slices, keep_identifiers) -> None:
+            max_slices, keep_identifiers, error_rate) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
@@ -491,7 +501,7 @@ def predict(folder, model_path, context, out, explain, explain_dir, explain_meth
         from classifiers.workflows.studies import predict_studies_and_write
 
         report = predict_studies_and_write(folder, out, None, model_path, context, None, site, max_slices,
-                                           keep_identifiers)
+                                           keep_identifiers, error_rate)
         _finish(report.summary(), report.failures)
         return
     if max_slices or keep_identifiers:
@@ -499,7 +509,7 @@ def predict(folder, model_path, context, out, explain, explain_dir, explain_meth
     from classifiers.workflows.predict import predict_and_write
 
     report = predict_and_write(folder, out, model_path, context, crop, explain_method if explain else None,
-                               explain_dir, site, lesion_maps)
+                               explain_dir, site, lesion_maps, error_rate)
     _finish(report.summary(), report.failures)
 
 
@@ -540,7 +550,9 @@ def calibrate(model_path, context, data, out, method, target_sensitivity) -> Non
 @click.option("--studies", is_flag=True,
               help="--data is a folder of studies (see predict --studies): each study with its answer and a "
                    "strip of its 3 top-scoring slices with heatmaps (--heatmaps 0: without).")
-def report(model_path, context, data, split, out, heatmaps, cv_by, explain_method, n_boot, studies) -> None:
+@error_rate_option
+def report(model_path, context, data, split, out, heatmaps, cv_by, explain_method, n_boot, studies,
+           error_rate) -> None:
     """One self-contained HTML report: model card, metrics with CIs, plots, and every image
     with its thumbnail, heatmap and prediction (misclassified first).
 
@@ -555,12 +567,13 @@ def report(model_path, context, data, split, out, heatmaps, cv_by, explain_metho
         if len(data) != 1:
             raise click.BadParameter("--studies reports one folder of studies", param_hint="--data")
         result, path = study_report_to_html(data[0], out, model_path, context, explain_method=explain_method,
-                                            heatmaps=heatmaps > 0)
+                                            heatmaps=heatmaps > 0, error_rate=error_rate)
         _finish([f"wrote {path}: {len(result.results)} studies"])
         return
     from classifiers.workflows.report import report_to_html
 
-    path, content = report_to_html(data, out, model_path, context, split, heatmaps, explain_method, n_boot, cv_by)
+    path, content = report_to_html(data, out, model_path, context, split, heatmaps, explain_method, n_boot, cv_by,
+                                   error_rate)
     _finish([content.summary(path)], content.failures)
 
 
@@ -578,8 +591,9 @@ def report(model_path, context, data, split, out, heatmaps, cv_by, explain_metho
 @click.option("--keep-identifiers", is_flag=True,
               help="Patient identifiers from DICOM headers in responses (default: removed).")
 @explain_method_option
+@error_rate_option
 def serve(model_path, context, host, port, token_file, max_request_mb, max_files, keep_identifiers,
-          explain_method) -> None:
+          explain_method, error_rate) -> None:
     """A web page and a JSON API for one model: upload slices or a zipped DICOM study.
 
     The model is loaded once (with its integrity check); requests queue for the CNN; seen images
@@ -589,7 +603,7 @@ def serve(model_path, context, host, port, token_file, max_request_mb, max_files
     from service.settings import ServeSettings
 
     settings = ServeSettings(host, port, ServeSettings.read_token(token_file), max_request_mb, max_files,
-                             keep_identifiers=keep_identifiers, heatmap_method=explain_method)
+                             keep_identifiers=keep_identifiers, heatmap_method=explain_method, error_rate=error_rate)
     if keep_identifiers:
         click.secho("warning: --keep-identifiers: responses carry patient identifiers from DICOM headers",
                     fg="yellow", err=True)

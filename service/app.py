@@ -32,7 +32,7 @@ RESEARCH_ONLY = "Research use only: not a diagnostic device."
 
 
 def create_app(model_path: str | Path | None, context: RunContext, settings: ServeSettings) -> FastAPI:
-    model = load_model(model_path, context)  # the integrity check happens here, once
+    model = load_model(model_path, context, settings.error_rate)  # the integrity check happens here, once
     return build_app(model, settings)
 
 

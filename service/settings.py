@@ -30,6 +30,7 @@ class ServeSettings:
     zip_max_ratio, zip_max_total_mb : zip-bomb caps: uncompressed/compressed per member and in total.
     keep_identifiers : patient identifiers from DICOM headers in responses (default: removed).
     heatmap_method : how the page's heatmaps are made (gradcam: linear heads only).
+    error_rate : the answers' error rate (None: the one the model recorded at fit).
     """
 
     host: str = LOOPBACK
@@ -41,6 +42,7 @@ class ServeSettings:
     zip_max_total_mb: float = 4096.0
     keep_identifiers: bool = False
     heatmap_method: str = "occlusion"
+    error_rate: float | None = None   # the answers' error rate (None: the model's)
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:

@@ -223,12 +223,13 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
 def evaluate_and_write(data: str | Path | Sequence[str | Path], model_path: str | Path | None = None, split: str = "test",
                        context: RunContext | None = None, report_dir: str | Path | None = None,
                        n_boot: int = 2000, cv_folds: int | None = None, crop: str | None = None,
-                       cv_by: str | None = None, site: str | None = None):
+                       cv_by: str | None = None, site: str | None = None, error_rate: float | None = None):
     """evaluate: metrics of a saved model, written as metrics.json, report.md and plots into
     ``report_dir`` (default reports/<model>-<split>/). ``crop``: confirm the model's crop.
     ``cv_by="source"``: leave one source out instead (default reports/<model>-by-source/).
-    Returns the report (EvaluationReport or CrossSourceReport) and the files written."""
-    model = load_model(model_path, context)
+    ``error_rate``: the answers' (default: the model's). Returns the report (EvaluationReport
+    or CrossSourceReport) and the files written."""
+    model = load_model(model_path, context, error_rate)
     model.check_crop(crop)
     if cv_by == "source":
         cross = leave_one_source_out(model, data, n_boot)

@@ -78,11 +78,16 @@ class LoadedModel:
     ----------
     bundle : the model, its manifest and path (see bundle.load_bundle).
     context : features folder, batch size, offline mode, weights overrides, progress.
+    error_rate : the conformal answers' error rate (None: the one the model recorded at fit).
     """
 
-    def __init__(self, bundle: ModelBundle, context: RunContext | None = None):
+    def __init__(self, bundle: ModelBundle, context: RunContext | None = None, error_rate: float | None = None):
+        from ..estimators.conformal import check_error_rate
+
         self.bundle = bundle
         self.context = context or RunContext()
+        self.error_rate = bundle.card.error_rate if error_rate is None else float(error_rate)
+        check_error_rate(self.error_rate)
         specs = bundle.card.specs
         overrides = parse_weights_options(self.context.weights_overrides, [s.backbone for s in specs],
                                           default=None)
@@ -210,6 +215,16 @@ class LoadedModel:
         """P(COVID) of each row of ``X`` (the classifier's input: ModelFeatures.X)."""
         return self.bundle.estimator.predict_proba(X)[:, 1] if len(X) else np.zeros(0)
 
+    def answers(self, p_covid, in_distribution=None, level: str = "slices") -> list[str | None]:
+        """The conformal answer (COVID, NonCOVID, uncertain, not assessable) of each probability
+        at the model's error rate; ``level``: "slices" or "studies". None for a model fitted
+        before conformal answers (format 3 and older)."""
+        calibration = self.bundle.conformal
+        part = None if calibration is None else getattr(calibration, level)
+        if part is None:
+            return [None] * len(p_covid)
+        return part.answers(p_covid, self.error_rate, in_distribution)
+
     def ood_scores(self, feats: ModelFeatures) -> tuple[np.ndarray, np.ndarray] | None:
         """(score, in_distribution) of each good record; None for a model without a detector."""
         if self.ood is None:
@@ -218,6 +233,8 @@ class LoadedModel:
         return scores, self.ood.in_distribution(scores)
 
 
-def load_model(model_path: str | Path | None = None, context: RunContext | None = None) -> LoadedModel:
-    """The model at ``model_path`` (default: the newest in models/), hash-checked and unpickled."""
-    return LoadedModel(load_bundle(model_path or latest_model()), context)
+def load_model(model_path: str | Path | None = None, context: RunContext | None = None,
+               error_rate: float | None = None) -> LoadedModel:
+    """The model at ``model_path`` (default: the newest in models/), hash-checked and unpickled;
+    ``error_rate``: its answers' error rate (default: the model's own)."""
+    return LoadedModel(load_bundle(model_path or latest_model()), context, error_rate)

@@ -23,11 +23,11 @@ from typing import Any, Mapping, Sequence
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.feature_spec import FeatureSpec
 
+from ..estimators.options import DEFAULT_ERROR_RATE
 from .fit_settings import FitSettings
 
 MANIFEST_FORMAT = 4
 READABLE_FORMATS = (2, 3, 4)
-DEFAULT_ERROR_RATE = 0.1   # conformal answers' error rate unless fit says otherwise
 DEFAULT_AGGREGATION = "mean"  # study aggregation of models fitted before it was chosen
 
 

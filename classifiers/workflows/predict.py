@@ -27,6 +27,7 @@ class PredictionRow:
     path: str
     p_covid: float | None = None
     label: str | None = None
+    answer: str | None = None
     error: str | None = None
     heatmap: str | None = None  # PNG written by --explain
     ood_score: float | None = None
@@ -47,6 +48,7 @@ class PredictionReport:
     out: Path | None = None                  # the CSV, once written
     explained: str | None = None             # "N METHOD heatmaps in DIR/", once written
     site_notes: dict[str, str] = field(default_factory=dict)
+    error_rate: float | None = None
 
     @property
     def n_failed(self) -> int:
@@ -67,8 +69,10 @@ class PredictionReport:
     def summary(self) -> list[str]:
         n_ok = len(self.rows) - self.n_failed
         lines = [f"wrote {self.explained}"] if self.explained else []
-        lines.append(f"{len(self.rows)} files: {self.n_covid} COVID, {n_ok - self.n_covid} NonCOVID, "
-                     f"{self.n_failed} could not be read (model {self.model_path}, threshold {self.threshold})")
+        lines.append(f"{len(self.rows)} files, answers: {record.answer_counts(self.rows, self.error_rate)}; "
+                     f"{self.n_failed} could not be read (model {self.model_path})")
+        lines.append(f"  P(COVID) >= threshold {self.threshold:.3f} (the label column): {self.n_covid} COVID, "
+                     f"{n_ok - self.n_covid} NonCOVID")
         lines += [f"site {site}: {note}" for site, note in self.site_notes.items()]
         if any(r.ood_score is not None for r in self.rows):
             lines.append(f"{self.n_out_of_distribution} of {n_ok} images look unlike the model's training "
@@ -89,9 +93,11 @@ def score_features(model: LoadedModel, feats: ModelFeatures) -> list[PredictionR
     everything the slice record holds. The one place a prediction row is filled in."""
     threshold = model.threshold
     ood = model.ood_scores(feats)
+    p_covid = model.predict_proba(feats.X)
+    answers = model.answers(p_covid, None if ood is None else ood[1])
     rows = []
-    for i, (r, p) in enumerate(zip(feats.good, model.predict_proba(feats.X))):
-        row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], site=feats.sites[i])
+    for i, (r, p) in enumerate(zip(feats.good, p_covid)):
+        row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], answers[i], site=feats.sites[i])
         if ood is not None:
             row.ood_score, row.in_distribution = float(ood[0][i]), bool(ood[1][i])
         lesion = feats.lesions.get(r.path)
@@ -106,21 +112,23 @@ def predict_records(model: LoadedModel, records: list[Record], site: str | None 
     feats = model.features(records, site)
     good = {row.path: row for row in score_features(model, feats)}
     rows = [good.get(r.path) or PredictionRow(r.path, error=feats.errors[r.path]) for r in feats.records]
-    return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes)
+    return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes,
+                            error_rate=model.error_rate)
 
 
 def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
                       model_path: str | Path | None = None, context: RunContext | None = None,
                       crop: str | None = None, explain_method: str | None = None,
                       explain_dir: str | Path | None = None, site: str | None = None,
-                      lesion_maps: str | Path | None = None) -> PredictionReport:
+                      lesion_maps: str | Path | None = None, error_rate: float | None = None) -> PredictionReport:
     """predict: predictions.csv for every image under ``folder`` (``crop``: confirm the
     model's crop); with ``explain_method``, a heatmap PNG per readable image in
     ``explain_dir`` (default: heatmaps/ beside ``out``) and a heatmap column. ``site``: whose
     feature statistics standardize the images, for a harmonized model. ``lesion_maps``: a
     folder for each image's ``<stem>_lesion.png`` and ``<stem>_lungs.png`` (in the image's
-    subfolder below ``folder``), for a model with a lesion head."""
-    model = load_model(model_path, context)
+    subfolder below ``folder``), for a model with a lesion head. ``error_rate``: the answers'
+    (default: the model's)."""
+    model = load_model(model_path, context, error_rate)
     model.check_crop(crop)
     if lesion_maps is not None and model.lesions is None:
         raise ModelBundleError(f"--lesion-maps: {model.path} has no lesion head; fit it with --lesion-data DIR")

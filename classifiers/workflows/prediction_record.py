@@ -17,6 +17,8 @@ from typing import Any, Callable, Literal, Sequence
 
 from feature_extractor.dataset import printable_path
 
+from ..estimators.options import ANSWERS
+
 
 @dataclass(frozen=True)
 class RecordField:
@@ -139,11 +141,13 @@ class RecordSchema:
         return ",".join(f.name for f in self.fields if f.csv)
 
 
-ANSWERS = ("COVID", "NonCOVID", "uncertain", "not assessable")
 LABELS = ("COVID", "NonCOVID")
 
 SLICE = RecordSchema("slice", (
     RecordField("path", str, "The image file.", path=True, api=False),  # the API gives the uploaded name
+    RecordField("answer", str, "COVID or NonCOVID where the model's error rate is known (at --error-rate); "
+                "uncertain where it is not; not assessable where the image is unlike what the model was "
+                "validated on.", choices=ANSWERS),
     RecordField("p_covid", float, "The model's probability of COVID-19 (a detail: see the answer)."),
     RecordField("label", str, "COVID when p_covid reaches the model's threshold, else NonCOVID; kept for "
                 "scripts that read it.", choices=LABELS),
@@ -165,6 +169,9 @@ SLICE = RecordSchema("slice", (
 STUDY = RecordSchema("study", (
     RecordField("study", str, "The study: its folder below the input folder (identifiers removed).",
                 get=lambda r: r.study.name),
+    RecordField("answer", str, "The study's answer: COVID or NonCOVID at a known error rate (calibrated on the "
+                "training patients with several slices), uncertain, or not assessable (most scored slices unlike "
+                "the training images).", choices=ANSWERS),
     RecordField("series", str, "The series used: plane, slice thickness, kernel, files used of the study's.",
                 get=lambda r: r.study.series),
     RecordField("n_slices", int, "Slices of the series used.", get=lambda r: len(r.study.slices)),
@@ -193,6 +200,14 @@ _USE = (
     RecordField("used", bool, "Whether the slice was scored."),
     RecordField("note", str, "Why a slice was not scored (outside the lungs, not sampled, another series)."),
 )
+
+
+def answer_counts(rows, error_rate: float | None) -> str:
+    """'3 COVID, 5 NonCOVID, 2 uncertain, 1 not assessable (error rate 0.1)' for rows with an answer."""
+    answered = [r.answer for r in rows if getattr(r, "answer", None)]
+    if not answered:
+        return "no answers (a model fitted before conformal answers: refit it, or calibrate it on a site's labels)"
+    return ", ".join(f"{answered.count(a)} {a}" for a in ANSWERS) + f" (error rate {error_rate:g})"
 
 
 def study_slice() -> RecordSchema:

@@ -107,7 +107,8 @@ def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
 def report_to_html(data: str | Path | Sequence[str | Path], out: str | Path = "report.html", model_path: str | Path | None = None,
                    context: RunContext | None = None, split: str = "test", heatmaps: int = 50,
                    explain_method: str = "occlusion", n_boot: int = 2000,
-                   cv_by: str | None = None) -> tuple[Path, ReportContent]:
+                   cv_by: str | None = None, error_rate: float | None = None) -> tuple[Path, ReportContent]:
     """report: one self-contained HTML file (see presentation/html_report.py)."""
-    content = collect(load_model(model_path, context), data, split, heatmaps, explain_method, n_boot, cv_by)
+    content = collect(load_model(model_path, context, error_rate), data, split, heatmaps, explain_method, n_boot,
+                      cv_by)
     return write_html(content, out), content

@@ -55,6 +55,7 @@ class StudyResult:
     label: str | None = None
     in_distribution: bool | None = None
     error: str | None = None
+    answer: str | None = None
 
     @property
     def scored(self) -> list[tuple[int, PredictionRow]]:
@@ -96,6 +97,7 @@ class StudyPredictionReport:
     keep_identifiers: bool = False
     out: Path | None = None
     studies_out: Path | None = None
+    error_rate: float | None = None
 
     @property
     def failures(self) -> dict[str, str]:
@@ -114,9 +116,11 @@ class StudyPredictionReport:
     def summary(self) -> list[str]:
         n_covid = sum(1 for r in self.results if r.label == LABEL_NAMES[1])
         n_scored = sum(1 for r in self.results if r.p_covid is not None)
-        lines = [f"{len(self.results)} studies: {n_covid} COVID, {n_scored - n_covid} NonCOVID, "
+        lines = [f"{len(self.results)} studies, answers: {record.answer_counts(self.results, self.error_rate)}; "
                  f"{len(self.results) - n_scored} without a scored slice (model {self.model_path}, "
-                 f"{self.aggregation} of slice probabilities, threshold {self.threshold})"]
+                 f"{self.aggregation} of slice probabilities)",
+                 f"  P(COVID) >= threshold {self.threshold:.3f} (the label column): {n_covid} COVID, "
+                 f"{n_scored - n_covid} NonCOVID"]
         for result in self.results:
             for warning in result.study.warnings:
                 lines.append(f"  warning: {result.study.name}: {warning}")
@@ -146,10 +150,12 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
         result = StudyResult(study, rows)
         scored = result.scored
         if scored:
-            result.p_covid = aggregate([r.p_covid for _, r in scored], method)
+            areas = [r.lesion.lesion_area if r.lesion is not None else 0.0 for _, r in scored]
+            result.p_covid = aggregate([r.p_covid for _, r in scored], method, areas)
             result.label = LABEL_NAMES[int(result.p_covid >= threshold)]
             flags = [r.in_distribution for _, r in scored if r.in_distribution is not None]
             result.in_distribution = (sum(flags) * 2 >= len(flags)) if flags else None
+            result.answer = model.answers([result.p_covid], [result.in_distribution], "studies")[0]
         elif not study.slices:
             reasons = sorted(set(study.errors.values()) - {"no CT image series in the study"})
             result.error = "no CT image series in the study" + (f" ({'; '.join(reasons)})" if reasons else "")
@@ -158,7 +164,8 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
         else:
             result.error = "no slice could be decoded"
         results.append(result)
-    return StudyPredictionReport(results, model.path, threshold, method, redact, scan.unassigned, keep_identifiers)
+    return StudyPredictionReport(results, model.path, threshold, method, redact, scan.unassigned, keep_identifiers,
+                                 error_rate=model.error_rate)
 
 
 def study_slices(result: StudyResult) -> list[StudySlice]:
@@ -185,9 +192,9 @@ def predict_studies_and_write(folder: str | Path, out: str | Path = "predictions
                               studies_out: str | Path | None = None, model_path: str | Path | None = None,
                               context: RunContext | None = None, crop: str | None = None,
                               site: str | None = None, max_slices: int | None = None,
-                              keep_identifiers: bool = False) -> StudyPredictionReport:
+                              keep_identifiers: bool = False, error_rate: float | None = None) -> StudyPredictionReport:
     """predict --studies: the slice CSV at ``out`` and studies.csv beside it (or at ``studies_out``)."""
-    model = load_model(model_path, context)
+    model = load_model(model_path, context, error_rate)
     model.check_crop(crop)
     report = predict_studies(model, folder, site, max_slices, keep_identifiers)
     write_study_csvs(report, out, studies_out or Path(out).with_name("studies.csv"))
@@ -197,14 +204,14 @@ def predict_studies_and_write(folder: str | Path, out: str | Path = "predictions
 def study_report_to_html(folder: str | Path, out: str | Path = "studies.html", model_path: str | Path | None = None,
                          context: RunContext | None = None, site: str | None = None,
                          max_slices: int | None = None, explain_method: str = "occlusion",
-                         heatmaps: bool = True) -> tuple[StudyPredictionReport, Path]:
+                         heatmaps: bool = True, error_rate: float | None = None) -> tuple[StudyPredictionReport, Path]:
     """report --studies: every study with its answer and a strip of its top slices (heatmaps)."""
     from ..presentation.html_report import data_uri, thumbnail
     from ..presentation.heatmaps import overlay_rgb
     from ..presentation.study_report import StudyCard, write_study_html
     from .explain import ModelExplainer
 
-    model = load_model(model_path, context)
+    model = load_model(model_path, context, error_rate)
     report = predict_studies(model, folder, site, max_slices)
     explainer = ModelExplainer(model, explain_method) if heatmaps else None
     cards = []

@@ -62,9 +62,9 @@ class StudyEvaluation:
 def evaluate_studies(folder: str | Path, labels_csv: str | Path, model_path: str | Path | None = None,
                      context: RunContext | None = None, report_dir: str | Path | None = None,
                      n_boot: int = 2000, site: str | None = None, max_slices: int | None = None,
-                     keep_identifiers: bool = False) -> tuple[StudyEvaluation, Path]:
+                     keep_identifiers: bool = False, error_rate: float | None = None) -> tuple[StudyEvaluation, Path]:
     labels = read_study_labels(labels_csv)
-    model = load_model(model_path, context)
+    model = load_model(model_path, context, error_rate)
     report = predict_studies(model, folder, site, max_slices, keep_identifiers)
     y, p, matched, unlabeled = [], [], set(), []
     for result in report.results:

@@ -27,14 +27,15 @@ from ..estimators.harmonize import Harmonizer, HarmonizationError, make_harmoniz
 from ..estimators.ood import NearestNeighborOOD
 from ..estimators.registry import STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
-from ..estimators.study_aggregation import choose_aggregation
+from ..estimators.conformal import AnswerCalibration, check_error_rate
+from ..estimators.study_aggregation import choose_aggregation, study_scores
 from ..estimators.thresholds import threshold_for_sensitivity
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
 from .fit_settings import FitSettings
 from .model import extract_features
 from .lesions import CLASSIFIER_SUMMARY, LesionMapper, LesionSettings, train_lesion_head
-from .model_card import Harmonization, ModelCard, TrainingData, feature_blocks
+from .model_card import DEFAULT_ERROR_RATE, Harmonization, ModelCard, TrainingData, feature_blocks
 
 TRAIN_SPLITS = ("train", "val")
 
@@ -132,7 +133,8 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
 def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
               selection: FeatureSelection | None = None, context: RunContext | None = None,
               model_path: str | Path | None = None, adapt_to: Sequence[str | Path] = (),
-              lesion_data: Sequence[str | Path] = (), lesion_settings: LesionSettings | None = None) -> ModelBundle:
+              lesion_data: Sequence[str | Path] = (), lesion_settings: LesionSettings | None = None,
+              error_rate: float = DEFAULT_ERROR_RATE) -> ModelBundle:
     """fit: train ``settings.clf`` on cached features of the training images of one or more
     datasets and save it with its manifest (default path: models/<clf>.joblib). The test split
     is never read. ``adapt_to``: folders of unlabeled images of sites the model will be used
@@ -140,7 +142,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     are extracted if they are not cached). ``lesion_data``: folders of slices with
     radiologists' infection masks: a lesion head is trained on them (workflows/lesions.py) and
     saved with the model; with ``settings.lesion_features`` its summaries of each image join
-    the image features."""
+    the image features. ``error_rate``: the conformal answers' default error rate, recorded."""
     context = context or RunContext()
     lesions = load_lesion_data(lesion_data) if lesion_data else None
     if settings.lesion_features and lesions is None:
@@ -172,7 +174,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
         if settings.lesion_features:
             mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context)
-            lesion_columns = lesion_matrix(mapper, records)
+            lesion_columns, lesion_areas = lesion_matrix(mapper, records)
             lesion_record["classifier_features"] = list(CLASSIFIER_SUMMARY)
     blocks = feature_blocks(backbones, settings.lesion_features)
     with joblib_engine(context.engine):  # with --engine ray, the grouped-CV fits fan out over Ray
@@ -180,6 +182,10 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         harmonizer = trained.harmonizer
         adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
     ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
+    areas = None if lesion_columns is None else lesion_areas
+    aggregation = choose_aggregation(trained.oof, y, groups, areas)
+    answers = AnswerCalibration.fit(trained.oof, y, *study_scores(trained.oof, y, groups, aggregation["method"], areas))
+    check_error_rate(error_rate)
     grouping = "patient" if dataset.has_patients else "image"
     training_sources = source_summaries(records)
     card = ModelCard(
@@ -192,14 +198,17 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         harmonization=Harmonization(settings.harmonize, tuple(
             [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
              for s in training_sources] + adapted) if harmonizer.active else ()),
-        ood=ood.describe(), study_aggregation=choose_aggregation(trained.oof, y, groups), params=trained.params,
+        ood=ood.describe(), study_aggregation=aggregation, params=trained.params,
+        conformal={**answers.describe(), "calibration_data": "the patient-grouped out-of-fold probabilities of the "
+                   "training images (studies: of the training patients with several slices, pooled by the study "
+                   "aggregation)"}, error_rate=error_rate,
         cv={"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
                       f"random_state={settings.seed}) grouped by {grouping}", "scoring": "roc_auc", **trained.cv},
         engine=context.engine.record(), created=utc_now(), command=command_line(), versions=library_versions(),
         warning=NONE_WARNING if any(b["weights_source"] == NONE for b in backbones) else None,
         lesion=lesion_record)
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, lesion_head=head))
+    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, answers, head))
 
 
 def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
@@ -221,13 +230,15 @@ def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) ->
     return dense_spec(dense[0], settings.input_side, settings.grid)
 
 
-def lesion_matrix(mapper: LesionMapper, records: Sequence[Record]) -> np.ndarray:
-    """The lesion summaries (CLASSIFIER_SUMMARY) of ``records``, one row each."""
+def lesion_matrix(mapper: LesionMapper, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion summaries (CLASSIFIER_SUMMARY) of ``records``, one row each, and each one's
+    lesion area (for the study aggregation)."""
     summaries = mapper.summaries(records)
     bad = [(r.path, summaries[r.path]) for r in records if isinstance(summaries[r.path], str)]
     if bad:
         raise CovidCTError(f"{len(bad)} images cannot be read for lesion maps, e.g. {bad[0][0]}: {bad[0][1]}")
-    return np.stack([summaries[r.path].classifier_features() for r in records])
+    return (np.stack([summaries[r.path].classifier_features() for r in records]),
+            np.array([summaries[r.path].lesion_area for r in records]))
 
 
 def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunContext) -> dict:
@@ -264,6 +275,18 @@ def fit_summary(bundle: ModelBundle) -> list[str]:
         lines.append("features standardized per site: " + ", ".join(
             f"{s['name']} ({s['role']}, {s['n_images']} images)" for s in c.harmonization.sites))
     lines.append(f"out-of-distribution cut-off {c.ood['cut_off']:.4f} ({c.ood['cut_off_rule']})")
+    for level, part in (c.conformal or {}).items():
+        if isinstance(part, dict) and "n_calibration" in part:
+            n = part["n_calibration"]
+            lines.append(f"conformal answers ({level}): calibrated on {n['COVID']} COVID and {n['NonCOVID']} NonCOVID "
+                         f"out-of-fold scores; default error rate {c.error_rate}")
+        elif isinstance(part, dict) and "missing" in part:
+            lines.append(f"conformal answers ({level}): none ({part['missing']})")
+    if c.lesion:
+        h = c.lesion["head"]
+        lines.append(f"lesion head: {h['classifier']} on {c.lesion['training_cells']['n']} lung cells of "
+                     f"{c.lesion['data']['n_with_masks']} slices ({c.lesion['data']['patients']} patients), out-of-fold "
+                     f"cell Dice {h['cv_cell_dice']:.3f} at probability {h['threshold']:.2f}")
     choice = c.threshold_choice
     if choice["rule"] != "default":
         lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
