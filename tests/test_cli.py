@@ -427,6 +427,30 @@ def test_calibrate_refits_probabilities_and_threshold_on_a_local_sample(two_sour
     assert not (tmp_path / "f.joblib").exists()
 
 
+def test_calibrate_refits_the_conformal_answers_on_the_sites_sample(two_sources, two_source_model, tmp_path):
+    """With enough labeled images of the site, the answers' calibration is the site's own: its
+    out-of-fold recalibrated scores; with too few, the model's own is kept and the card says so."""
+    from tests.helpers import make_class_folders
+
+    root, data, _ = two_sources
+    model, _ = two_source_model
+    local = make_class_folders(tmp_path / "hospital-e", n_per_class=12, seed=41)
+    out = tmp_path / "site.joblib"
+    result = run("calibrate", "--model", model, "--data", local, "--out", out, "--features-dir", root / "features")
+    assert result.exit_code == 0, result.output
+    assert "conformal answers refit on the site's sample (12 COVID, 12 NonCOVID" in result.output
+    conformal = json.loads(out.with_suffix(".json").read_text())["conformal"]
+    assert conformal["slices"]["n_calibration"] == {"NonCOVID": 12, "COVID": 12}
+    assert conformal["calibration_data"].startswith("the site's labeled sample")
+    original = json.loads(model.with_suffix(".json").read_text())["conformal"]["slices"]["n_calibration"]
+    small = make_class_folders(tmp_path / "hospital-f", n_per_class=5, seed=43)
+    kept = run("calibrate", "--model", model, "--data", small, "--out", tmp_path / "small.joblib",
+               "--features-dir", root / "features")
+    assert kept.exit_code == 0, kept.output
+    slices = json.loads((tmp_path / "small.json").read_text())["conformal"]["slices"]
+    assert slices["n_calibration"] == original and slices["kept"].startswith("from the model's training data")
+
+
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(tmp_path):
     from classifiers.presentation.csv_files import safe_cell, write_csv
 

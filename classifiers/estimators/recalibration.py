@@ -28,6 +28,23 @@ class Recalibration:
     threshold: dict
 
 
+def out_of_fold_recalibrated(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, method: str = "sigmoid",
+                             n_splits: int = 5, random_state: int = 0) -> np.ndarray:
+    """Each image's recalibrated probability from a calibration fitted without its patient
+    (patient-grouped folds): scores exchangeable with a new image of the site, for the site's
+    conformal calibration."""
+    from .search import grouped_folds
+
+    y = np.asarray(y, dtype=int)
+    oof = np.empty(len(y))
+    for train, test in grouped_folds(y, groups, n_splits, random_state).split(X, y, groups):
+        everything = np.arange(len(train))
+        part = CalibratedClassifierCV(FrozenEstimator(estimator), method=method,
+                                      cv=[(everything, everything)]).fit(X[train], y[train])
+        oof[test] = part.predict_proba(X[test])[:, 1]
+    return oof
+
+
 def recalibrate(estimator, X: np.ndarray, y: np.ndarray, method: str = "sigmoid",
                 target_sensitivity: float | None = None) -> Recalibration:
     """``estimator`` (fitted, frozen) with probabilities and threshold refit on (X, y)."""

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 
 
 from ..workflows.metrics import METRICS
-from .plots import plot_calibration, plot_confusion, plot_roc, plot_roc_by_source
+from .plots import plot_calibration, plot_confusion, plot_risk_coverage, plot_roc, plot_roc_by_source
 
 if TYPE_CHECKING:
     from ..workflows.cross_source import CrossSourceReport
     from ..workflows.evaluate import EvaluationReport
 
-PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png"}
+PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png",
+         "risk-coverage": "risk_coverage.png"}
 
 
 def write_plots(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
@@ -21,7 +22,7 @@ def write_plots(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path
     out_dir = Path(out_dir)
     title = f"{report.card.classifier} on {report.split} (n={report.n['images']})"
     auc = report.metrics["roc_auc"]
-    return {
+    plots = {
         "roc": plot_roc(report.y, report.p, out_dir / PLOTS["roc"], f"ROC: {title}",
                         (auc["ci_low"], auc["ci_high"]), report.threshold),
         "calibration": plot_calibration(report.y, report.p, out_dir / PLOTS["calibration"],
@@ -29,6 +30,11 @@ def write_plots(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path
         "confusion": plot_confusion(report.confusion, out_dir / PLOTS["confusion"],
                                     f"threshold {report.threshold:.2f}"),
     }
+    if report.risk_coverage:
+        plots["risk-coverage"] = plot_risk_coverage([(report.split, report.risk_coverage)],
+                                                    out_dir / PLOTS["risk-coverage"], f"Answers: {title}",
+                                                    report.error_rate)
+    return plots
 
 
 def write_evaluation(report: EvaluationReport, out_dir: str | Path) -> dict[str, Path]:
@@ -101,6 +107,8 @@ def markdown(report: EvaluationReport) -> str:
         f"- data fingerprint: `{report.data_fingerprint[:16]}`; threshold {report.threshold:.3f}",
         f"- CIs: 95% percentile bootstrap, {report.bootstrap['n']} resamples of "
         f"{report.bootstrap['unit']}s",
+        "",
+        *(f"- {line.strip()}" for line in report.answers_lines()),
         "",
         "| metric | value | 95% CI |",
         "|---|---|---|",

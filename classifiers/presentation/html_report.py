@@ -159,6 +159,8 @@ td.pt{max-width:10em;overflow-wrap:anywhere} .warn{color:#b35c00;font-family:sys
 tr.wrong{background:#fde8e8} tr.unreadable{background:#f2f2f2;color:#666}
 .tag{display:inline-block;border-radius:4px;padding:1px 6px;font-size:.85em;font-weight:600}
 .tag.wrong{background:#c62828;color:#fff} .tag.ok{background:#2e7d32;color:#fff}
+.answer{font-weight:700;white-space:nowrap} .answer.covid{color:#a40000} .answer.noncovid{color:#05640b}
+.answer.neutral{color:#444;border:1px solid #999;border-radius:4px;padding:0 4px}
 #cases{width:100%} .path{font-family:ui-monospace,monospace;font-size:.85em;word-break:break-all;
  min-width:12em;max-width:18em} .scroll{overflow-x:auto}
 code{font-size:.9em}
@@ -243,6 +245,7 @@ def _metrics(ev: EvaluationReport) -> str:
     patients = f", {n['patients']} patients" if n.get("patients") else ""
     out = (f"<section id=metrics><h2>Performance on {_e(ev.split)} ({n['images']} images: {n['COVID']} COVID, "
            f"{n['NonCOVID']} NonCOVID{patients})</h2>"
+           + "".join(f"<p class=note>{_e(line)}</p>" for line in ev.answers_lines()) +
            f"<p>Data <code>{_e(ev.data)}</code> ({_e(ev.layout)}), fingerprint <code>{_e(ev.data_fingerprint[:16])}</code>; "
            f"threshold {ev.threshold:.3f}. 95% CIs: percentile bootstrap, {ev.bootstrap['n']} resamples of "
            f"{_e(ev.bootstrap['unit'])}s.</p>"
@@ -297,7 +300,13 @@ def _report_fields() -> list:
     return [f for f in record.SLICE.fields if f.name not in _OWN_PLACE]
 
 
+_ANSWER_CLASS = {"COVID": "covid", "NonCOVID": "noncovid"}  # uncertain, not assessable: neutral
+
+
 def _field_cell(field, value) -> str:
+    if field.name == "answer" and value is not None:
+        return (f"<td data-value='{_e(value)}'><span class='answer {_ANSWER_CLASS.get(value, 'neutral')}'>"
+                f"{_e(value)}</span></td>")
     if value is None:
         return "<td data-value=-1></td>" if field.kind in (float, int) else "<td></td>"
     if field.kind is float:

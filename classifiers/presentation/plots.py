@@ -91,3 +91,27 @@ def save_figure(fig, out: Path) -> Path:
     fig.savefig(out)
     pyplot().close(fig)
     return out
+
+
+def plot_risk_coverage(curves: list[tuple[str, list[dict]]], out: Path, title: str,
+                       chosen: float | None = None) -> Path:
+    """Error among answered against coverage, one line per set of images (``curves``: (name,
+    risk_coverage points)); the points at ``chosen`` (the error rate in use) marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    for name, curve in curves:
+        cov = [c["coverage"] for c in curve]
+        err = [c["error"] for c in curve]
+        line, = ax.plot(cov, err, "o-", ms=3, label=name)
+        for c in curve:
+            if chosen is not None and abs(c["error_rate"] - chosen) < 1e-9:
+                ax.plot(c["coverage"], c["error"], "s", ms=8, color=line.get_color())
+    rates = [c["error_rate"] for c in curves[0][1]] if curves else []
+    ax.set(xlabel="coverage (share answered COVID or NonCOVID)", ylabel="error among answered",
+           title=title, xlim=(0, 1.02), ylim=(0, max(0.55, max((c["error"] for _, cv in curves for c in cv
+                                                                 if c["error"] == c["error"]), default=0) + 0.05)))
+    ax.text(0.02, 0.97, f"error rates {rates[0]:g}-{rates[-1]:g}; square: {chosen:g}" if rates and chosen else "",
+            transform=ax.transAxes, va="top", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, out)

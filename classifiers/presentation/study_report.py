@@ -14,6 +14,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;max-width:70em;color:#222}
 .ruo{background:#fff3cd;border:1px solid #e0c36c;padding:.4em .8em;margin:.5em 0}
 .study{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}
 .covid{color:#a40000;font-weight:600}.noncovid{color:#05640b;font-weight:600}
+.neutral{color:#444;font-weight:600;border:1px solid #999;border-radius:4px;padding:0 .3em}
 .strip{display:flex;gap:.6em;flex-wrap:wrap}.strip figure{margin:0;text-align:center;font-size:.85em}
 .warn{color:#8a5300}
 """
@@ -31,6 +32,8 @@ class StudyCard:
     warnings: list[str] = field(default_factory=list)
     strip: list[tuple[int, float, str]] = field(default_factory=list)  # (slice number, p, data URI)
     in_distribution: bool | None = None
+    answer: str | None = None
+    lesion_burden: float | None = None
 
 
 def render_studies(cards: list[StudyCard], model: str, aggregation: str, threshold: float, method: str) -> str:
@@ -44,9 +47,11 @@ def render_studies(cards: list[StudyCard], model: str, aggregation: str, thresho
              f"probabilities (chosen at fit by patient-grouped CV); threshold {threshold:g}. Heatmaps: {e(method)}. "
              f"Written {e(utc_now())}.</p>"]
     for card in cards:
+        answer = card.answer or card.label or ""
+        kind = {"COVID": "covid", "NonCOVID": "noncovid"}.get(answer, "neutral")  # never red or green otherwise
         verdict = ("<span class=error>no answer: " + e(card.error or "") + "</span>") if card.p_covid is None else (
-            f"<span class={'covid' if card.label == 'COVID' else 'noncovid'}>{e(card.label or '')}</span> "
-            f"P(COVID) {card.p_covid:.3f}")
+            f"<span class={kind}>{e(answer)}</span> P(COVID) {card.p_covid:.3f}"
+            + ("" if card.lesion_burden is None else f"; lesion burden {100 * card.lesion_burden:.1f}% of the lung"))
         flag = "" if card.in_distribution in (None, True) else \
             " <span class=warn>(most slices look unlike the training images)</span>"
         parts.append(f"<section class=study aria-label='study {e(card.name)}'><h2>{e(card.name)}</h2>"

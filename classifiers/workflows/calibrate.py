@@ -16,7 +16,9 @@ from feature_extractor.errors import CovidCTError
 from feature_extractor.provenance import command_line, library_versions, utc_now
 from feature_extractor.run_context import RunContext
 
-from ..estimators.recalibration import recalibrate
+from ..estimators.conformal import AnswerCalibration
+from ..estimators.recalibration import out_of_fold_recalibrated, recalibrate
+from ..estimators.study_aggregation import study_scores
 from .bundle import ModelBundle, save_bundle
 from .model import extract_features, load_model
 from .model_card import Harmonization
@@ -38,10 +40,15 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
     if not feats.good:
         raise CovidCTError(f"none of the {len(records)} images in {data} could be read")
     y = np.array([r.label for r in feats.good], dtype=int)
+    groups = np.array([r.group for r in feats.good])
     # The site seen through its own images' statistics (a harmonized model), kept in the new model.
     harmonizer = model.harmonizer.with_site(site, feats.raw)
     X = harmonizer.transform(feats.raw, [site] * len(y))
+    if model.card.lesion_columns:  # the lesion summaries the classifier reads
+        summaries = model.lesions.summaries(feats.good)
+        X = np.hstack([X, np.stack([summaries[r.path].classifier_features() for r in feats.good])])
     result = recalibrate(model.bundle.estimator, X, y, method, target_sensitivity)
+    answers, conformal = site_answers(model, X, y, groups, method)
     card = model.card
     n_covid = int(np.sum(y == 1))
     sample = data_fingerprint(feats.good)
@@ -51,7 +58,7 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
             s for s in harmonization.sites if s["name"] != site) + (
             {"name": site, "role": "calibrate", "n_images": len(y), "fingerprint": sample},))
     new = card.with_changes(
-        created=utc_now(), command=command_line(), versions=library_versions(),
+        created=utc_now(), command=command_line(), versions=library_versions(), conformal=conformal,
         threshold=result.threshold["threshold"], threshold_choice=result.threshold, harmonization=harmonization,
         calibration={"from_model": str(model.path), "from_model_sha256": card.model_sha256,
                      "method": f"CalibratedClassifierCV({method}) around the frozen model", "site": site,
@@ -61,13 +68,35 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
     if out.resolve() == model.path.resolve():
         raise CovidCTError("calibrate writes a new model; give --out another path than --model")
     return save_bundle(dataclasses.replace(model.bundle, estimator=result.estimator, card=new, path=out,
-                                           harmonizer=harmonizer))
+                                           harmonizer=harmonizer, conformal=answers))
+
+
+def site_answers(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray, method: str) -> tuple:
+    """The conformal calibration refit on the site's labeled sample (its recalibrated out-of-fold
+    probabilities: each image scored by a calibration that did not see its patient), and its
+    record. Where the sample is too small for a level, that level keeps the model's own
+    calibration, and the record says so."""
+    oof = out_of_fold_recalibrated(model.bundle.estimator, X, y, groups, method)
+    fresh = AnswerCalibration.fit(oof, y, *study_scores(oof, y, groups, model.card.aggregation))
+    old = model.bundle.conformal
+    record = {**fresh.describe(), "calibration_data": "the site's labeled sample: recalibrated probabilities, each "
+              "image's from a calibration fitted without its patient (5 patient-grouped folds)"}
+    for level in ("slices", "studies"):
+        if getattr(fresh, level) is None and old is not None and getattr(old, level) is not None:
+            setattr(fresh, level, getattr(old, level))
+            record[level] = {**getattr(old, level).describe(),
+                             "kept": f"from the model's training data: {fresh.notes.get(level)}"}
+    return fresh, record
 
 
 def calibrate_summary(bundle: ModelBundle) -> list[str]:
     c, t = bundle.card.calibration, bundle.card.threshold_choice
+    slices = bundle.card.conformal.get("slices", {})
+    answers = (f"conformal answers refit on the site's sample ({slices['n_calibration']['COVID']} COVID, "
+               f"{slices['n_calibration']['NonCOVID']} NonCOVID out-of-fold scores)" if "kept" not in slices and
+               "n_calibration" in slices else f"conformal answers: {slices.get('kept') or slices.get('missing')}")
     return [f"recalibrated {Path(c['from_model']).name} on {c['n_images']} labeled images of {c['site']} "
-            f"({c['n_covid']} COVID, {c['n_noncovid']} NonCOVID): {c['method']}",
+            f"({c['n_covid']} COVID, {c['n_noncovid']} NonCOVID): {c['method']}", answers,
             f"threshold {t['threshold']:.3f} ({t['rule']}): sensitivity {t['sample_sensitivity']:.3f}, "
             f"specificity {t['sample_specificity']:.3f} on that sample (not a held-out estimate)",
             f"saved {bundle.path} and {bundle.path.with_suffix('.json')}"]

@@ -15,11 +15,14 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.dataset import load_datasets
-from feature_extractor.errors import CovidCTError
+from feature_extractor.dataset import LABEL_NAMES, load_datasets
+from feature_extractor.errors import CovidCTError, TrainingDataError
 from feature_extractor.provenance import library_versions, utc_now
 
+from ..estimators.conformal import ConformalAnswers
+from ..estimators.ood import NearestNeighborOOD
 from .metrics import bootstrap_metrics
+from .selective import selective_metrics, wrong_answers_caught
 from .model import LoadedModel
 from .model_card import ModelCard
 from .train import TRAIN_SPLITS, train_estimator
@@ -39,6 +42,10 @@ class HeldOutSource:
     train_cv_auc: float | None = None            # the refit's grouped CV AUC on its training sources
     estimator: object = None                     # the refit model, for recalibration studies
     X: np.ndarray | None = None                  # its input for the held-out images
+    answers: list | None = None                  # conformal answers (the refit's calibration and OOD detector)
+    selective: dict | None = None                # coverage and error among answered, with CIs
+    caught: dict | None = None                   # of the threshold's wrong labels, how many abstained
+    in_distribution: np.ndarray | None = None
 
 
 @dataclass
@@ -49,6 +56,7 @@ class CrossSourceReport:
     held_out: list[HeldOutSource]
     bootstrap: dict
     errors: dict[str, str] = field(default_factory=dict)
+    error_rate: float | None = None
 
     def header(self) -> str:
         return (f"leave-one-source-out with the configuration of {self.model_path} "
@@ -64,13 +72,24 @@ class CrossSourceReport:
             lines.append(f"{h.source:<16} {h.n['images']:>5} {'+'.join(h.train_sources):<24} {auc:<22} "
                          f"{m['accuracy']['value']:>8.3f} {m['sensitivity']['value']:>6.3f} "
                          f"{m['specificity']['value']:>6.3f}")
+        for h in self.held_out:
+            if h.selective is None:
+                continue
+            s, c = h.selective, h.caught
+            lines.append(f"answers on {h.source} (error rate {self.error_rate:g}): coverage {s['coverage']['value']:.3f}, "
+                         f"error among answered {s['error']['value']:.3f} [{s['error']['ci_low']:.3f}, "
+                         f"{s['error']['ci_high']:.3f}]; of {c['wrong_labels']} wrong labels, {c['uncertain']} "
+                         f"uncertain, {c['not_assessable']} not assessable, {c['still_wrong']} still answered wrongly")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         c = self.card
         return {
             "cv_by_source": [{"held_out": h.source, "trained_on": h.train_sources, "n_train": h.n_train, "n": h.n,
-                              "threshold": h.threshold, "train_cv_auc": h.train_cv_auc, **h.metrics}
+                              "threshold": h.threshold, "train_cv_auc": h.train_cv_auc, **h.metrics,
+                              "answers": None if h.selective is None else {
+                                  "error_rate": self.error_rate, "selective": h.selective,
+                                  "wrong_labels_caught": h.caught}}
                              for h in self.held_out],
             "model": {"path": str(self.model_path), "sha256": c.model_sha256, "classifier": c.classifier,
                       "fit": c.to_manifest()["fit"], "balance": c.balance, "backbones": c.public_backbones()},
@@ -115,13 +134,32 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
             X_test = np.hstack([X_test, lesion[test]])
         p = trained.estimator.predict_proba(X_test)[:, 1]
         threshold = float(trained.threshold["threshold"])
-        held_out.append(HeldOutSource(
+        held = HeldOutSource(
             source, list(dict.fromkeys(sources[train])), int(train.sum()),
             {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
              "patients": int(len(np.unique(groups[test])))},
             threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
-            [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test))
+            [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
+        _answer(held, trained, X[train], y[train], groups[train], X[test], groups[test], model.error_rate, n_boot, seed)
+        held_out.append(held)
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
     return CrossSourceReport(model.path, model.card, "; ".join(map(str, paths)), held_out, bootstrap,
-                             feats.errors)
+                             feats.errors, model.error_rate)
+
+
+def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray,
+            X_test: np.ndarray, groups_test: np.ndarray, error_rate: float, n_boot: int, seed: int) -> None:
+    """The held-out source's answers as the refit would give them: its conformal calibration
+    (the refit's out-of-fold scores) and its out-of-distribution detector (the refit's training
+    images' raw features)."""
+    try:
+        calibration = ConformalAnswers().fit(trained.oof, y_train)
+    except TrainingDataError:
+        return
+    ood = NearestNeighborOOD(random_state=seed).fit(X_train, y_train, groups_train)
+    held.in_distribution = ood.in_distribution(ood.score_samples(X_test))
+    held.answers = calibration.answers(held.p, error_rate, held.in_distribution)
+    labels = [LABEL_NAMES[int(p >= held.threshold)] for p in held.p]
+    held.selective = selective_metrics(held.y, held.answers, groups_test, n_boot, seed)
+    held.caught = wrong_answers_caught(held.y, labels, held.answers)

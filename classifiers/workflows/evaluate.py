@@ -29,6 +29,8 @@ from .metrics import METRICS, binary_metrics, bootstrap_metrics, patient_scores
 from .model import LoadedModel, load_model
 from .model_card import ModelCard
 from .predict import PredictionRow, score_features
+from .selective import risk_coverage, selective_metrics
+from ..estimators.options import ANSWERS
 from .train import data_fingerprint, records_of_splits, training_records
 
 
@@ -52,6 +54,10 @@ class EvaluationReport:
     cv: dict | None = None
     errors: dict[str, str] = field(default_factory=dict)
     site_notes: dict[str, str] = field(default_factory=dict)
+    error_rate: float | None = None
+    selective: dict | None = None        # coverage and error among answered (selective.py), with CIs
+    risk_coverage: list | None = None    # the curve over error rates
+    groups: np.ndarray | None = None
 
     @property
     def p(self) -> np.ndarray:
@@ -77,8 +83,23 @@ class EvaluationReport:
                 + (f", {n['patients']} patients" if n.get("patients") else "")
                 + f"; threshold {self.threshold:.3f})")
 
+    def answers_lines(self) -> list[str]:
+        if not self.selective:
+            return ["answers: none (the model has no conformal calibration: refit it)"]
+        s = self.selective
+
+        def ci(name: str) -> str:
+            m = s[name]
+            return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+        return [f"answers at error rate {self.error_rate:g}: coverage {ci('coverage')}, error among answered "
+                f"{ci('error')} (n answered {s['error']['n']}); uncertain {s['uncertain']['value']:.1%}, not "
+                f"assessable {s['not_assessable']['value']:.1%}",
+                *[f"  true {c}: answered {ci('coverage_' + c)}, wrong among answered {ci('error_' + c)}"
+                  for c in ("COVID", "NonCOVID")]]
+
     def table(self) -> str:
-        lines = [f"{'metric':<12} {'value':>6}  95% CI ({self.bootstrap['unit']} bootstrap)"]
+        lines = self.answers_lines()
+        lines += [f"{'metric':<12} {'value':>6}  95% CI ({self.bootstrap['unit']} bootstrap; P(COVID) at the threshold)"]
         for name in METRICS:
             m = self.metrics[name]
             lines.append(f"{name:<12} {m['value']:>6.3f}  [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
@@ -117,6 +138,9 @@ class EvaluationReport:
             "data": {"path": self.data, "layout": self.layout, "fingerprint": self.data_fingerprint},
             "bootstrap": self.bootstrap,
             "patient_level": self.patient_level,
+            "answers": None if self.selective is None else {
+                "error_rate": self.error_rate, "selective": self.selective, "risk_coverage": self.risk_coverage,
+                "counts": {a: sum(1 for r in self.rows if r.answer == a) for a in ANSWERS}},
             "by_source": self.by_source,
             "sites": self.site_notes,
             "out_of_distribution": None if self.in_distribution is None else {
@@ -199,7 +223,11 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
         {"images": len(y), "COVID": int(np.sum(y == 1)), "NonCOVID": int(np.sum(y == 0)),
          "patients": int(len(np.unique(groups))) if dataset.has_patients else None},
         threshold, model.path, model.card, split, "; ".join(map(str, paths)), dataset.layout, fingerprint,
-        bootstrap, y, rows, errors=feats.errors, site_notes=feats.site_notes)
+        bootstrap, y, rows, errors=feats.errors, site_notes=feats.site_notes, error_rate=model.error_rate,
+        groups=groups)
+    if rows and rows[0].answer is not None:
+        report.selective = selective_metrics(y, [r.answer for r in rows], groups, n_boot, seed)
+        report.risk_coverage = risk_coverage(y, model.p_values(p), [r.in_distribution for r in rows])
     sources = np.array([r.source for r in feats.good])
     if len(set(sources)) > 1:
         for source in dict.fromkeys(sources):

@@ -2,8 +2,8 @@
 
 Training (``fit --lesion-data DIR``): every slice with an infection mask is read for dense
 features (feature_extractor/hypercolumns.py); its lung cells (the expert lung mask where given,
-else the product's own) are sampled, at most ``cells_per_slice`` a slice, all of a slice's
-lesion cells first; a cell is lesion when the radiologist marked most of its lung. The head
+else the product's own) are drawn at random, at most ``cells_per_slice`` a slice, so lesion
+cells keep their share; a cell is lesion when the radiologist marked most of its lung. The head
 (estimators/lesion_head.py) is chosen by patient-grouped CV and calibrated.
 
 Applying (predict, evaluate, the report, the service, studies): a slice's hypercolumns give a
@@ -37,7 +37,7 @@ from ..estimators.lesion_head import DEFAULT_HEADS, LesionHead
 from .model_card import N_LESION_COLUMNS
 
 LESION_CACHE_DIR = "lesion-maps"
-DEFAULT_CELLS_PER_SLICE = 150
+DEFAULT_CELLS_PER_SLICE = 200
 MIN_CELL_LUNG = 0.5       # a cell is lung when its lung covers at least half of it
 SUMMARY = ("lesion_fraction", "lesion_p_max", "lesion_p_mean", "lesion_left", "lesion_right",
            "lesion_peripheral", "lung_fraction", "lesion_area", "lung_status")
@@ -53,7 +53,7 @@ class LesionSettings:
 
     backbone : the dense features' backbone (default: the model's first with hypercolumn layers).
     input_side, grid : the dense FeatureSpec's input size and grid.
-    cells_per_slice : lung cells sampled per training slice (lesion cells first).
+    cells_per_slice : lung cells drawn at random per training slice.
     heads : candidate classifiers (estimators/lesion_head.py HEADS).
     cv_folds : patient-grouped folds of the choice.
     seed : sampling and folds.
@@ -154,19 +154,16 @@ def cell_shares(mask: np.ndarray, grid: int) -> np.ndarray:
 
 def training_cells(grid_features: np.ndarray, infection: np.ndarray, lungs: np.ndarray, limit: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A slice's sampled lung cells: (cells, D) features and their 0/1 labels."""
+    """A slice's lung cells, at most ``limit`` drawn at random (so lesion cells keep their share:
+    the calibrated probabilities then mean what they say): (cells, D) features and 0/1 labels."""
     g = grid_features.shape[0]
     lung = cell_shares(lungs, g).ravel()
     lesion = cell_shares(infection & lungs, g).ravel()
     cells = np.flatnonzero(lung >= MIN_CELL_LUNG)
-    labels = lesion[cells] / lung[cells] >= 0.5
-    positive, negative = cells[labels], cells[~labels]
     if len(cells) > limit:
-        positive = rng.permutation(positive)[:limit]
-        negative = rng.permutation(negative)[:max(0, limit - len(positive))]
-    chosen = np.concatenate([positive, negative])
-    flat = grid_features.reshape(-1, grid_features.shape[-1])
-    return flat[chosen], np.r_[np.ones(len(positive), int), np.zeros(len(negative), int)]
+        cells = np.sort(rng.choice(cells, limit, replace=False))
+    labels = (lesion[cells] / lung[cells] >= 0.5).astype(int)
+    return grid_features.reshape(-1, grid_features.shape[-1])[cells], labels
 
 
 def lesion_extractor(spec: FeatureSpec, context: RunContext) -> HypercolumnExtractor:

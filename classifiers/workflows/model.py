@@ -225,6 +225,11 @@ class LoadedModel:
             return [None] * len(p_covid)
         return part.answers(p_covid, self.error_rate, in_distribution)
 
+    def p_values(self, p_covid, level: str = "slices") -> np.ndarray | None:
+        """(n, 2) conformal p-values of NonCOVID and COVID; None without a calibration."""
+        part = None if self.bundle.conformal is None else getattr(self.bundle.conformal, level)
+        return None if part is None else part.p_values(p_covid)
+
     def ood_scores(self, feats: ModelFeatures) -> tuple[np.ndarray, np.ndarray] | None:
         """(score, in_distribution) of each good record; None for a model without a detector."""
         if self.ood is None:

@@ -218,7 +218,8 @@ def study_report_to_html(folder: str | Path, out: str | Path = "studies.html", m
     for result in report.results:
         s = result.study
         card = StudyCard(report.redact(s.name), s.series, len(s.slices), len(result.scored), result.p_covid,
-                         result.label, result.error, list(s.warnings), in_distribution=result.in_distribution)
+                         result.label, result.error, list(s.warnings), in_distribution=result.in_distribution,
+                         answer=result.answer, lesion_burden=result.lesion_burden)
         for number, row in result.top():
             prepared = model.extractors[0].prepare(row.path)
             image = overlay_rgb(explainer.explain(row.path, prepared, row.site), 192) if explainer \
