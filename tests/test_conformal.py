@@ -65,4 +65,6 @@ def test_selective_metrics_and_the_curve():
     p, y2 = scores(100, rng)
     curve = risk_coverage(y2, ConformalAnswers().fit(p_cal, y_cal).p_values(p))
     coverage = [c["coverage"] for c in curve]
-    assert coverage == sorted(coverage) and curve[0]["coverage"] < curve[-1]["coverage"]
+    # Up to 0.1 a higher rate answers more; beyond, middling scores fit neither class (empty sets: uncertain).
+    assert coverage[:4] == sorted(coverage[:4]) and coverage[0] < coverage[3]
+    assert all(0 <= c["error"] <= 1 for c in curve if c["coverage"] > 0)
