@@ -13,6 +13,10 @@ SECOND_SOURCE ?= $(or $(COVIDCT_SECOND_SOURCE),$(wildcard ../shared/data/mosmed-
 SOURCES := --data $(DATA) $(if $(SECOND_SOURCE),--data $(SECOND_SOURCE))
 # Real hospital DICOM studies, when the shared copy is there: predicted as studies at the end.
 STUDIES ?= $(or $(COVIDCT_STUDIES),$(wildcard ../shared/data/dicom-studies))
+# Radiologists' lesion masks, when the shared copies are there: fit trains the lesion head on them.
+LESIONS ?= $(or $(COVIDCT_LESIONS),$(wildcard ../shared/data/lesion-slices))
+LESIONS_EXTRA ?= $(wildcard ../shared/data/lesion-slices-sirm)
+LESION_DATA := $(if $(LESIONS),--lesion-data $(LESIONS)) $(if $(LESIONS_EXTRA),--lesion-data $(LESIONS_EXTRA))
 
 # Offline pretrained weights, used automatically when present (never required):
 # without them, keras downloads its ImageNet files (needs internet).
@@ -26,9 +30,9 @@ BACKBONES := -b mobilenetv2 -b mobilenet
 FEATURES := --pooling multiscale --tta flip
 # The demo's model: chosen by the both-source grouped CV AUC of bench/generalization.py
 # (training data only), never by a held-out source's results.
-DEMO_FIT := --clf stack --base svm,logreg --harmonize none
+DEMO_FIT := --clf stack --base svm,logreg --harmonize none $(LESION_DATA)
 
-.PHONY: venv test test-fast demo bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv test test-fast demo bench-lesions bench-abstain bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,7 +60,7 @@ demo: venv
 	$(CLI) extract $(BACKBONES) $(WEIGHTS) $(FEATURES) $(SOURCES)
 	@echo "== again: everything is cached, no CNN runs"
 	$(CLI) extract $(BACKBONES) $(WEIGHTS) $(FEATURES) $(SOURCES)
-	@echo "== fit on every source (source-balanced weights), tuned by patient-grouped CV"
+	@echo "== fit on every source (source-balanced weights), tuned by patient-grouped CV; the lesion head on radiologists' masks"
 	$(CLI) fit $(DEMO_FIT) $(SOURCES) $(BACKBONES) $(FEATURES) --model models/demo.joblib
 	@if [ -n "$(SECOND_SOURCE)" ]; then \
 		echo "== the headline: leave one source out (refit without each source, score it)"; \
@@ -69,11 +73,23 @@ demo: venv
 	$(CLI) predict $(DATA) --model models/demo.joblib --out predictions.csv
 	@echo "== HTML report on COVID-CT's test split: heatmaps for the first 24 rows (mistakes first)"
 	$(CLI) report --model models/demo.joblib --data $(DATA) --out reports/demo-test.html --heatmaps 24
+	@if [ -n "$(STUDIES)" ] && [ -n "$(LESIONS)" ]; then \
+		echo "== the lesion head against the radiologists' slice labels of the hospital studies (never trained on them)"; \
+		$(CLI) evaluate --model models/demo.joblib --lesion-data $(STUDIES) --report-dir reports/demo-lesions || exit 1; \
+	fi
 	@if [ -n "$(STUDIES)" ]; then \
-		echo "== whole hospital studies (JPEG Lossless DICOM): one answer per study, identifiers removed"; \
+		echo "== whole hospital studies (JPEG Lossless DICOM): one answer per study, lesion burden, identifiers removed"; \
 		$(CLI) predict $(STUDIES) --studies --model models/demo.joblib --out reports/demo-studies/slices.csv \
 			&& cat reports/demo-studies/studies.csv || exit 1; \
 	fi
+
+# Lesion maps against radiologists (leave one patient out), hospital studies, leave one source out, cost.
+bench-lesions: venv
+	$(BIN)/python bench/lesions.py
+
+# Answer or abstain: coverage and error among answered on the test split, held-out sources, studies, non-CT.
+bench-abstain: venv
+	$(BIN)/python bench/abstain.py
 
 bench-generalization: venv
 	$(BIN)/python bench/generalization.py

@@ -77,6 +77,9 @@ class BackboneOnBatches:
                 "error": batch["error"], "crop_fallback": batch["crop_fallback"]}
 
 
+DECODE_CPUS = 0.5  # each decoding task; at least one must always fit beside the CNN actors
+
+
 def cnn_workers(ray, workers: int | None, gpus_per_worker: float) -> int:
     """--workers, else one actor per GPU share the cluster has, else one."""
     if workers:
@@ -84,6 +87,22 @@ def cnn_workers(ray, workers: int | None, gpus_per_worker: float) -> int:
     if gpus_per_worker:
         return max(1, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker))
     return 1
+
+
+def actor_cpus(workers: int, cluster_cpus: float, gpus_per_worker: float = 0.0, cluster_gpus: float = 0.0) -> float:
+    """CPUs each CNN actor reserves: one, or less when ``workers`` actors would leave no room for a
+    decoding task (with every CPU held by an actor, the decoding tasks could never be scheduled
+    and extraction would wait forever). EngineError when the cluster cannot hold them."""
+    from .engine import EngineError
+
+    if gpus_per_worker and workers * gpus_per_worker > cluster_gpus + 1e-9:
+        raise EngineError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs "
+                          f"{workers * gpus_per_worker:g} GPUs; this Ray cluster has {cluster_gpus:g}")
+    room = cluster_cpus - DECODE_CPUS
+    if room <= 0 or workers > cluster_cpus:
+        raise EngineError(f"--workers {workers}: this Ray cluster has {cluster_cpus:g} CPUs; it holds at most "
+                          f"{max(1, int(cluster_cpus))} CNN workers beside the decoding")
+    return min(1.0, room / workers)
 
 
 def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache: FeatureCache,
@@ -100,6 +119,8 @@ def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache:
         context.enable_progress_bars = False  # our progress bar counts images
         context.print_on_execution_start = False
         workers = cnn_workers(ray, settings.workers, settings.gpus_per_worker)
+        resources = ray.cluster_resources()
+        cpus = actor_cpus(workers, resources.get("CPU", 0.0), settings.gpus_per_worker, resources.get("GPU", 0.0))
         where = settings.ray_address or "local Ray"
         report.device = (f"ray: {workers} CNN worker{'s' * (workers > 1)}"
                          + (f" x {settings.gpus_per_worker:g} GPU" if settings.gpus_per_worker else "")
@@ -109,11 +130,11 @@ def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache:
         items = [{"key": r.key, "path": os.path.abspath(r.path)} for r in todo]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
         dataset = dataset.map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
-                                      batch_format="numpy", num_cpus=0.5)  # unfused: decoding stays in tasks
+                                      batch_format="numpy", num_cpus=DECODE_CPUS)  # unfused: decoding stays in tasks
         dataset = dataset.map_batches(
             BackboneOnBatches, fn_constructor_kwargs={"spec": spec, "batch_size": batch_size},
             batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-            num_gpus=settings.gpus_per_worker or None)  # Ray Data restarts dead actors and retries
+            num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)  # Ray Data restarts dead actors and retries
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             ok = np.array([e == _NO_ERROR for e in batch["error"]], dtype=bool)
             if ok.any():

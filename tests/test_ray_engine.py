@@ -80,6 +80,37 @@ def test_ray_and_local_engines_give_the_same_features_on_real_images(local_ray, 
     assert (again.n_cached, again.n_new, again.device) == (20, 0, None)  # all cached: no Ray job
 
 
+def test_actor_cpus_leave_room_for_decoding_and_refuse_what_the_cluster_cannot_hold():
+    from feature_extractor.ray_extract import DECODE_CPUS, actor_cpus
+
+    assert actor_cpus(1, 2) == 1.0
+    assert actor_cpus(2, 2) * 2 + DECODE_CPUS <= 2  # as many actors as cores: decoding still fits
+    with pytest.raises(EngineError, match="--workers 3: this Ray cluster has 2 CPUs; it holds at most 2"):
+        actor_cpus(3, 2)
+    with pytest.raises(EngineError, match="needs 2 GPUs; this Ray cluster has 1"):
+        actor_cpus(2, 8, gpus_per_worker=1.0, cluster_gpus=1.0)
+
+
+@pytest.mark.slow
+def test_as_many_cnn_workers_as_cores_finish(local_ray, tmp_path):
+    """--workers N with N = the cluster's CPUs (2): every image extracted, as locally (it used to wait
+    forever: the actors held every CPU and no decoding task could run)."""
+    data = make_class_folders(tmp_path / "data", n_per_class=12, size=48)
+    records = load_unlabeled(data).records
+    reference = extract(records, tmp_path / "local", EngineSettings())
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        report=extract(records, tmp_path / "ray", EngineSettings("ray", workers=2))), daemon=True)
+    worker.start()
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "extraction with --workers 2 on 2 CPUs made no progress"
+    report = outcome["report"]
+    assert report.n_new == 24 and report.device.startswith("ray: 2 CNN workers")
+    np.testing.assert_allclose(features_of(report), features_of(reference), atol=1e-5)
+    with pytest.raises(EngineError, match="holds at most 2 CNN workers"):
+        extract(records, tmp_path / "ray3", EngineSettings("ray", workers=3))
+
+
 def _actor_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

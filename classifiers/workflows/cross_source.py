@@ -22,7 +22,7 @@ from feature_extractor.provenance import library_versions, utc_now
 from ..estimators.conformal import ConformalAnswers
 from ..estimators.ood import NearestNeighborOOD
 from .metrics import bootstrap_metrics
-from .selective import selective_metrics, wrong_answers_caught
+from .selective import risk_coverage, selective_metrics, wrong_answers_caught
 from .model import LoadedModel
 from .model_card import ModelCard
 from .train import TRAIN_SPLITS, train_estimator
@@ -46,6 +46,7 @@ class HeldOutSource:
     selective: dict | None = None                # coverage and error among answered, with CIs
     caught: dict | None = None                   # of the threshold's wrong labels, how many abstained
     in_distribution: np.ndarray | None = None
+    risk_coverage: list | None = None            # its answers' curve over error rates
 
 
 @dataclass
@@ -163,3 +164,4 @@ def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarr
     labels = [LABEL_NAMES[int(p >= held.threshold)] for p in held.p]
     held.selective = selective_metrics(held.y, held.answers, groups_test, n_boot, seed)
     held.caught = wrong_answers_caught(held.y, labels, held.answers)
+    held.risk_coverage = risk_coverage(held.y, calibration.p_values(held.p), held.in_distribution)
