@@ -590,10 +590,14 @@ def report(model_path, context, data, split, out, heatmaps, cv_by, explain_metho
               help="Most files per request, zip members included.")
 @click.option("--keep-identifiers", is_flag=True,
               help="Patient identifiers from DICOM headers in responses (default: removed).")
+@click.option("--max-batch", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Dynamic batching: at most this many new slices of concurrent requests in one CNN batch.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
+              help="Dynamic batching: how long the first new slice waits for others to join its batch.")
 @explain_method_option
 @error_rate_option
 def serve(model_path, context, host, port, token_file, max_request_mb, max_files, keep_identifiers,
-          explain_method, error_rate) -> None:
+          max_batch, batch_wait_ms, explain_method, error_rate) -> None:
     """A web page and a JSON API for one model: upload slices or a zipped DICOM study.
 
     The model is loaded once (with its integrity check); requests queue for the CNN; seen images
@@ -603,7 +607,8 @@ def serve(model_path, context, host, port, token_file, max_request_mb, max_files
     from service.settings import ServeSettings
 
     settings = ServeSettings(host, port, ServeSettings.read_token(token_file), max_request_mb, max_files,
-                             keep_identifiers=keep_identifiers, heatmap_method=explain_method, error_rate=error_rate)
+                             keep_identifiers=keep_identifiers, heatmap_method=explain_method, error_rate=error_rate,
+                             max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     if keep_identifiers:
         click.secho("warning: --keep-identifiers: responses carry patient identifiers from DICOM headers",
                     fg="yellow", err=True)

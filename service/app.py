@@ -40,6 +40,7 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="covid-ct deep-features", version="1", description=RESEARCH_ONLY,
                   docs_url=None, redoc_url=None)
     service = PredictionService(model, settings, threading.Lock())
+    app.state.service = service  # its batcher's record, for the load bench and tests
     PredictResponse = response_models()
 
     def authorized(request: Request) -> None:

@@ -4,6 +4,12 @@ Each image's and each study's fields are those of the prediction record
 (classifiers/workflows/prediction_record.py), as in the CSVs, plus the pictures the page
 shows. Names are the uploaded file names with patient identifiers from DICOM headers removed
 (unless keep_identifiers).
+
+Slices already in the caches are scored in the request's own thread, without the CNN, so they
+never wait behind new ones. Slices that need the CNN go to the dynamic batcher (batcher.py):
+concurrent requests' new slices run as one batch. Heatmaps and whole studies use the CNN under
+the batcher's lock, one at a time. A harmonized model learns a batch's statistics as it
+scores, so it scores everything in the batcher's thread.
 """
 from __future__ import annotations
 
@@ -14,10 +20,11 @@ from classifiers.workflows import prediction_record as record
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
 from classifiers.workflows.studies import predict_studies
-from feature_extractor.dataset import Record
+from feature_extractor.dataset import Record, with_keys
 from feature_extractor.errors import CovidCTError
 from feature_extractor.studies import Redactor, redactor_for
 
+from .batcher import DynamicBatcher
 from .settings import ServeSettings
 from .uploads import CHUNK, UploadRejected, extract_zip, private_folder, safe_name
 
@@ -28,8 +35,30 @@ class PredictionService:
     def __init__(self, model: LoadedModel, settings: ServeSettings, lock: threading.Lock):
         self.model = model
         self.settings = settings
-        self.lock = lock  # one request at a time on the CNN; the others queue here
+        self.lock = lock  # the CNN, one user at a time: the batcher, a heatmap, a study
         self._explainer = None
+        with lock:  # the weights are resolved (and checked) once, before requests read the caches in parallel
+            for extractor in model.extractors:
+                extractor.weights  # noqa: B018
+            if model.lesions is not None:
+                model.lesions.cache()
+        self.batcher = DynamicBatcher(self._score, settings.max_batch, settings.batch_wait_ms, lock)
+
+    def _score(self, records: list[Record]) -> list:
+        """One CNN batch: the prediction rows of ``records``, in order (bad files: their error)."""
+        return predict_records(self.model, records).rows
+
+    def _cached(self, record: Record) -> bool:
+        """Whether every feature the model reads of this slice is cached (no CNN needed)."""
+        if self.model.harmonizer.active:
+            return False
+        try:
+            if not all(record.key in ex.open_cache().present([record.key]) for ex in self.model.extractors):
+                return False
+            lesions = self.model.lesions
+            return lesions is None or record.key in lesions.cache().present([record.key])
+        except Exception:  # a cache not made yet: the batcher's thread makes it
+            return False
 
     # -- the model card -------------------------------------------------------------------
     def model_card(self) -> dict:
@@ -54,11 +83,12 @@ class PredictionService:
             slices, studies = self._save(files, folder)
             redact = Redactor() if settings.keep_identifiers else redactor_for([str(p) for _, p in slices])
             try:
+                images = self._slices(slices, redact, heatmaps)
                 with self.lock:
-                    return {"model": self.model.path.name, "threshold": self.model.threshold,
-                            "research_use_only": True,
-                            "images": self._slices(slices, redact, heatmaps),
-                            "studies": [self._study(name, path, heatmaps) for name, path in studies]}
+                    found = [self._study(name, path, heatmaps) for name, path in studies]
+                return {"model": self.model.path.name, "threshold": self.model.threshold,
+                        "error_rate": self.model.error_rate, "research_use_only": True,
+                        "images": images, "studies": found}
             except CovidCTError as exc:  # e.g. a harmonized model given too few images
                 raise UploadRejected(422, str(exc)) from None
 
@@ -94,7 +124,9 @@ class PredictionService:
             self._explainer = ModelExplainer(self.model, self.settings.heatmap_method)
         return self._explainer
 
-    def _pictures(self, path: str, site: str | None, heatmap: bool) -> dict:
+    def _pictures(self, path: str, site: str | None, heatmap: bool, key: str | None = None) -> dict:
+        """The slice, its heatmap (the CNN, under the lock) and its lesion map (from the cached
+        grid; the CNN only when it is not cached)."""
         from classifiers.presentation.heatmaps import overlay_rgb
         from classifiers.presentation.html_report import data_uri, thumbnail
 
@@ -104,23 +136,34 @@ class PredictionService:
             return {}
         out = {"image": data_uri(thumbnail(prepared.original, 256))}
         if heatmap:
-            out["heatmap"] = data_uri(overlay_rgb(self._explainer_for().explain(path, prepared, site), 256))
+            with self.lock:
+                out["heatmap"] = data_uri(overlay_rgb(self._explainer_for().explain(path, prepared, site), 256))
         if self.model.lesions is not None:
             from classifiers.presentation.lesion_maps import overlay
 
-            lesion_map = self.model.lesions.lesion_map(path)
+            lesion_map = self.model.lesions.cached_map(path, key) if key else None
+            if lesion_map is None:
+                with self.lock:
+                    lesion_map = self.model.lesions.lesion_map(path)
             out["lesion"] = data_uri(overlay(lesion_map.grey, lesion_map, 256))
         return out
 
     def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool) -> list[dict]:
         if not slices:
             return []
-        report = predict_records(self.model, [Record(str(p)) for _, p in slices])
+        records = with_keys([Record(str(p)) for _, p in slices])
+        cached = [r for r in records if not r.error and self._cached(r)]
+        rows = {}
+        if cached:  # no CNN: scored here, beside whatever batch is running
+            rows.update(zip([r.path for r in cached], predict_records(self.model, cached).rows))
+        new = [r for r in records if r.path not in rows]
+        rows.update(zip([r.path for r in new], self.batcher.submit(new)))
         out = []
-        for (name, _), row in zip(slices, report.rows):
+        for (name, _), r in zip(slices, records):
+            row = rows[r.path]
             item = {"name": redact(name), **record.SLICE.as_json(row)}
             if row.error is None:
-                item.update(self._pictures(row.path, row.site, heatmaps))
+                item.update(self._pictures(row.path, row.site, heatmaps, r.key))
             out.append(item)
         return out
 

@@ -38,7 +38,8 @@ def response_models() -> type[BaseModel]:
         "UploadResult", upload=(str, Field(description="The zip's name.")), studies=(list[study], ...),
         error=(Optional[str], Field(None, description="Why the zip held no study.")))
     return create_model(
-        "PredictResponse", model=(str, ...), threshold=(float, ...), research_use_only=(bool, ...),
+        "PredictResponse", model=(str, ...), threshold=(float, ...),
+        error_rate=(float, Field(description="The answers' error rate.")), research_use_only=(bool, ...),
         images=(list[image], Field(description="One per uploaded slice, in upload order.")),
         studies=(list[upload], Field(description="One per uploaded zip.")))
 

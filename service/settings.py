@@ -30,6 +30,8 @@ class ServeSettings:
     zip_max_ratio, zip_max_total_mb : zip-bomb caps: uncompressed/compressed per member and in total.
     keep_identifiers : patient identifiers from DICOM headers in responses (default: removed).
     heatmap_method : how the page's heatmaps are made (gradcam: linear heads only).
+    max_batch, batch_wait_ms : dynamic batching: slices of concurrent requests that need the CNN
+        run together, up to ``max_batch`` of them, the first waiting at most ``batch_wait_ms``.
     error_rate : the answers' error rate (None: the one the model recorded at fit).
     """
 
@@ -43,8 +45,12 @@ class ServeSettings:
     keep_identifiers: bool = False
     heatmap_method: str = "occlusion"
     error_rate: float | None = None   # the answers' error rate (None: the model's)
+    max_batch: int = 32
+    batch_wait_ms: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.batch_wait_ms < 0:
+            raise SettingsError("--max-batch must be at least 1 and --batch-wait-ms at least 0")
         if not is_loopback(self.host) and not self.token:
             raise SettingsError(f"serving on {self.host} (beyond this machine) needs --token-file: a file "
                                 "holding the bearer token clients must send")

@@ -185,6 +185,25 @@ def test_concurrent_requests_queue_and_all_succeed(open_server):
     assert all(len(ps) == 1 for ps in by_image.values())  # the same image, the same answer
 
 
+def test_new_slices_of_concurrent_requests_share_cnn_batches_and_a_bad_file_fails_alone(model):
+    app = build_app(model, ServeSettings(max_batch=16, batch_wait_ms=50))
+    with Server(app) as url:
+        def one(i):
+            files = [("files", (f"n{i}.png", png_bytes(5000 + i), "image/png"))]
+            if i % 2:
+                files.append(("files", (f"bad{i}.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")))
+            return httpx.post(url + "/api/v1/predict", files=files, timeout=300)
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(one, range(8)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    for i, r in enumerate(responses):
+        images = r.json()["images"]
+        assert images[0]["name"] == f"n{i}.png" and images[0]["p_covid"] is not None and images[0]["error"] is None
+        assert len(images) == 1 + i % 2 and all(im["error"] and im["p_covid"] is None for im in images[1:])
+    assert max(app.state.service.batcher.batches) > 1  # requests' new slices ran together
+
+
 @pytest.mark.integration
 @needs_shared(STUDY)
 def test_a_zipped_dicom_study_gets_one_answer(token_server):
@@ -269,8 +288,8 @@ def test_a_field_declared_once_reaches_the_csv_the_api_schema_the_report_and_the
     ct_like(11, True).save(folder / "a.png")
     report = predict_and_write(folder, tmp_path / "p.csv", path, RunContext(root / "features"))
     header, first = (tmp_path / "p.csv").read_text().splitlines()[:2]
-    assert header.split(",")[:3] == ["path", "p_covid", "declared_once"]
-    assert first.split(",")[2] == "seen" and report.rows[0].p_covid is not None
+    assert header.split(",")[:4] == ["path", "answer", "p_covid", "declared_once"]
+    assert first.split(",")[3] == "seen" and report.rows[0].p_covid is not None
     assert "declared_once" in render_html(collect(model, folder, heatmaps=0))
     with Server(build_app(model, ServeSettings())) as url:
         schema = httpx.get(url + "/openapi.json").json()["components"]["schemas"]

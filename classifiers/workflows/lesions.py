@@ -336,6 +336,15 @@ class LesionMapper:
                 out[r.path] = LesionSummary.from_vector(v)
         return out
 
+    def cached_map(self, path: str, key: str) -> LesionMap | None:
+        """The lesion map of a slice whose grid is cached (no CNN: safe beside a running batch);
+        None when it is not cached. ImageDecodeError or OSError."""
+        cache = self.cache()
+        if key not in cache.present([key]):
+            return None
+        grid = cache.read([key])[0][len(SUMMARY):].reshape(self.grid, self.grid)
+        return self.full_map(read_dense(path), grid)
+
     def lesion_map(self, path: str) -> LesionMap:
         """The full-size lesion map of one slice, from its cached grid when there is one (else the
         CNN runs); ImageDecodeError or OSError."""
