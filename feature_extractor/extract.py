@@ -20,7 +20,7 @@ from .cache import FeatureCache, find_cache
 from .dataset import DICOM_SUFFIXES, Dataset, Record, load_datasets, with_keys
 from .errors import ModelBundleError, SettingsError
 from .feature_spec import FeatureSpec, crop_version
-from .images import ImageDecodeError, PreparedImage, prepare_image
+from .images import ImageDecodeError, PreparedImage, prepare_file
 from .provenance import command_line
 from .run_context import RunContext
 from .keras_runtime import device_name
@@ -181,10 +181,7 @@ class FeatureExtractor:
 
         Raises ImageDecodeError or OSError.
         """
-        with open(path, "rb") as fh:
-            data = fh.read()
-        return prepare_image(data, self.spec.window, Path(path).suffix.lower() in DICOM_SUFFIXES,
-                             self.spec.crop)
+        return prepare_file(str(path), self.spec.window, Path(path).suffix.lower() in DICOM_SUFFIXES, self.spec.crop)
 
     def load(self, path: str | Path) -> tuple[np.ndarray | str, str | None]:
         """The model input of one file, else why not; and why the crop fell back, if it did."""

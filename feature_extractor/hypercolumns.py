@@ -29,7 +29,7 @@ import numpy as np
 from .dataset import DICOM_SUFFIXES
 from .extract import FeatureExtractor
 from .feature_spec import DENSE_GRID, DENSE_INPUT, FeatureSpec
-from .images import decode_image, dicom_hu, is_dicom
+from .images import DicomPixels, decode_image, dicom_hu, is_dicom, read_pixels
 from .lung_mask import LungMask, lung_mask, lung_mask_hu, window_grey
 from .weights import NONE, build_with_weights
 
@@ -88,10 +88,13 @@ def prepare_dense(data: bytes, dicom_hint: bool = False) -> DenseSlice:
 
 
 def read_dense(path: str | Path) -> DenseSlice:
-    """prepare_dense of a file (ImageDecodeError or OSError)."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    return prepare_dense(data, Path(path).suffix.lower() in DICOM_SUFFIXES)
+    """prepare_dense of a file, through the decoded-pixels memo (ImageDecodeError or OSError)."""
+    pixels = read_pixels(str(path), Path(path).suffix.lower() in DICOM_SUFFIXES)
+    if isinstance(pixels, DicomPixels):
+        hu = pixels.hu()
+        return DenseSlice(window_grey(hu).astype(np.float32), lung_mask_hu(hu))
+    grey = pixels.astype(np.float32).mean(axis=2)
+    return DenseSlice(grey, lung_mask(grey))
 
 
 class HypercolumnExtractor(FeatureExtractor):

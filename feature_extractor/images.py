@@ -8,7 +8,10 @@ the lungs (level -600, width 1500 by default) before the same path.
 from __future__ import annotations
 
 import io
+import os
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,8 +33,28 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _read_dicom(data: bytes):
-    """The dataset and its pixel array (middle frame of multi-frame files); ImageDecodeError."""
+@dataclass(frozen=True)
+class DicomPixels:
+    """A DICOM slice's pixels as stored (middle frame of multi-frame files) and how to read them."""
+
+    raw: np.ndarray          # the pixel array in its own integer type (small to keep)
+    slope: float
+    intercept: float
+    colour: bool             # a colour secondary capture: display values, no Hounsfield units
+    inverted: bool           # MONOCHROME1
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.asarray(self.raw, dtype=np.float64)
+
+    def hu(self) -> np.ndarray:
+        if self.colour:
+            raise ImageDecodeError("a colour DICOM (secondary capture) has no Hounsfield units")
+        return self.values * self.slope + self.intercept
+
+
+def _read_dicom(data: bytes) -> DicomPixels:
+    """The slice's pixels (middle frame of multi-frame files); ImageDecodeError."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -42,33 +65,28 @@ def _read_dicom(data: bytes):
     if "PixelData" not in ds:
         raise ImageDecodeError("DICOM file has no pixel data")
     try:
-        arr = np.asarray(ds.pixel_array, dtype=np.float64)
+        arr = np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises many kinds for missing codecs / bad data
         raise ImageDecodeError(f"cannot decode DICOM pixel data: {exc}") from None
     colour = int(ds.get("SamplesPerPixel", 1)) == 3
     if arr.ndim == (4 if colour else 3):  # multi-frame: the middle slice
         arr = arr[arr.shape[0] // 2]
-    return ds, arr
-
-
-def _hounsfield(ds, arr: np.ndarray) -> np.ndarray:
-    return arr * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+    return DicomPixels(np.ascontiguousarray(arr), float(ds.get("RescaleSlope", 1) or 1),
+                       float(ds.get("RescaleIntercept", 0) or 0), colour,
+                       str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1")
 
 
 def dicom_hu(data: bytes) -> np.ndarray:
     """Hounsfield units of a DICOM slice (RescaleSlope/Intercept); ImageDecodeError."""
-    ds, arr = _read_dicom(data)
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
-        raise ImageDecodeError("a colour DICOM (secondary capture) has no Hounsfield units")
-    return _hounsfield(ds, arr)
+    return _read_dicom(data).hu()
 
 
-def _dicom_to_image(data: bytes, window: tuple[float, ...]) -> Image.Image:
-    ds, arr = _read_dicom(data)
-    if int(ds.get("SamplesPerPixel", 1)) == 3:  # secondary capture in colour: already display values
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    hu = _hounsfield(ds, arr)
-    inverted = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+def _dicom_to_image(data: bytes | DicomPixels, window: tuple[float, ...]) -> Image.Image:
+    pixels = data if isinstance(data, DicomPixels) else _read_dicom(data)
+    if pixels.colour:  # secondary capture in colour: already display values
+        return Image.fromarray(np.clip(pixels.values, 0, 255).astype(np.uint8), "RGB")
+    hu = pixels.hu()
+    inverted = pixels.inverted
     channels = []
     for level, width in zip(window[0::2], window[1::2]):  # one window: grey; three: one per channel
         scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
@@ -182,7 +200,10 @@ def prepare_image(data: bytes, window: tuple[float, ...] = DEFAULT_WINDOW, dicom
                   crop: str = "none") -> PreparedImage:
     """Decode (see decode_image) and crop: ``lungs`` to the lung field (``lungs-equalized``: with
     its histogram equalized), ``body`` to the body, padded square (a fixed field of view)."""
-    original = decode_image(data, None, window, dicom_hint)
+    return _prepared(decode_image(data, None, window, dicom_hint), crop)
+
+
+def _prepared(original: np.ndarray, crop: str) -> PreparedImage:
     if crop == "none":
         return PreparedImage(original)
     if crop == "body":
@@ -192,3 +213,87 @@ def prepare_image(data: bytes, window: tuple[float, ...] = DEFAULT_WINDOW, dicom
     from .lung_crop import crop_lungs
 
     return PreparedImage(original, crop_lungs(original, equalize=crop == "lungs-equalized"))
+
+
+# -- decode once ---------------------------------------------------------------------------
+# A study's slice is read by the lung check, by each backbone and by the lesion map; a folder's
+# image by each backbone. Its decoded pixels are kept (the DICOM's stored integers, an image's
+# 8-bit RGB; read-only) for the next reader, least recently used first out, within a budget.
+DECODE_BUDGET_BYTES = 768 * 2**20
+
+
+class _DecodedPixels:
+    """path (with its size and modification time) -> DicomPixels, RGB array, or the decoding error."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self.entries: OrderedDict = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, path: str, dicom_hint: bool):
+        info = os.stat(path)
+        key = (os.path.realpath(path), info.st_mtime_ns, info.st_size, dicom_hint)
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                value = self.entries[key]
+                if isinstance(value, ImageDecodeError):
+                    raise value
+                return value
+        with open(path, "rb") as fh:
+            data = fh.read()
+        try:
+            value = _decode_pixels(data, dicom_hint)
+        except ImageDecodeError as exc:
+            value = exc
+        size = value.raw.nbytes if isinstance(value, DicomPixels) else getattr(value, "nbytes", 256)
+        with self.lock:
+            if key not in self.entries and size <= self.budget:
+                self.entries[key] = value
+                self.used += size
+                while self.used > self.budget:
+                    _, old = self.entries.popitem(last=False)
+                    self.used -= old.raw.nbytes if isinstance(old, DicomPixels) else getattr(old, "nbytes", 256)
+        if isinstance(value, ImageDecodeError):
+            raise value
+        return value
+
+
+def _decode_pixels(data: bytes, dicom_hint: bool):
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    if is_dicom(data) or dicom_hint:
+        pixels = _read_dicom(data)
+        if min(pixels.raw.shape[:2]) < MIN_SIDE:
+            height, width = pixels.raw.shape[:2]
+            raise ImageDecodeError(f"image too small ({width}x{height} px; need at least {MIN_SIDE} px a side)")
+        pixels.raw.setflags(write=False)
+        return pixels
+    rgb = decode_image(data)
+    rgb.setflags(write=False)
+    return rgb
+
+
+DECODED = _DecodedPixels(DECODE_BUDGET_BYTES)
+
+
+def read_pixels(path: str, dicom_hint: bool = False):
+    """A file's decoded pixels, decoded once while they fit the budget: DicomPixels for DICOM
+    (by content, or ``dicom_hint``), else an (H, W, 3) uint8 read-only array. ImageDecodeError or
+    OSError."""
+    return DECODED.get(str(path), dicom_hint)
+
+
+def decode_file(path: str, size: tuple[int, int] | None = None, window: tuple[float, ...] = DEFAULT_WINDOW,
+                dicom_hint: bool = False) -> np.ndarray:
+    """decode_image of a file's bytes, through the decoded-pixels memo."""
+    pixels = read_pixels(path, dicom_hint)
+    if isinstance(pixels, DicomPixels):
+        return _resized(to_rgb(_dicom_to_image(pixels, window)), size)
+    return resize_rgb(pixels, size)
+
+
+def prepare_file(path: str, window: tuple[float, ...] = DEFAULT_WINDOW, dicom_hint: bool = False,
+                 crop: str = "none") -> PreparedImage:
+    """prepare_image of a file's bytes, through the decoded-pixels memo."""
+    return _prepared(decode_file(path, None, window, dicom_hint), crop)

@@ -315,25 +315,34 @@ def lung_fraction(hu: np.ndarray) -> float:
 def slice_hu(path: str) -> np.ndarray:
     """HU of a DICOM slice; for an 8-bit image, HU estimated from the lung window it was
     shown in (level -600, width 1500). Raises ImageDecodeError or OSError."""
-    from .images import decode_image, dicom_hu, is_dicom
+    from .images import DicomPixels, read_pixels
 
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if is_dicom(data) or Path(path).suffix.lower() in DICOM_SUFFIXES:
-        return dicom_hu(data)
-    grey = decode_image(data).astype(np.float32).mean(axis=2)
+    pixels = read_pixels(path, Path(path).suffix.lower() in DICOM_SUFFIXES)
+    if isinstance(pixels, DicomPixels):
+        return pixels.hu()
+    grey = pixels.astype(np.float32).mean(axis=2)
     return grey / 255.0 * 1500.0 - 1350.0
 
 
 def slices_to_score(study: Study, max_slices: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The slices of ``study`` inside the lungs, at most ``max_slices`` evenly spaced; and
     path -> why each other slice is not scored."""
-    in_lungs, not_used = [], {}
-    for path in study.slices:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(path: str) -> float | None:
         try:
-            fraction = lung_fraction(slice_hu(path))
+            return lung_fraction(slice_hu(path))
         except Exception as exc:  # scored anyway: extraction will report the real error
             log.debug("lung check of %s failed: %s", path, exc)
+            return None
+
+    # Decoded once here (images.read_pixels keeps them for the extraction that follows), in
+    # threads sized from the cores.
+    with ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2))) as pool:
+        fractions = list(pool.map(check, study.slices))
+    in_lungs, not_used = [], {}
+    for path, fraction in zip(study.slices, fractions):
+        if fraction is None:
             in_lungs.append(path)
             continue
         if fraction >= MIN_LUNG_FRACTION:
