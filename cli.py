@@ -29,6 +29,7 @@ from feature_extractor.engine import ENGINES, LOCAL, EngineSettings
 from feature_extractor.errors import CovidCTError
 from feature_extractor.feature_spec import DENSE_GRID, DENSE_INPUT, SETTING, SETTINGS
 from feature_extractor.run_context import RunContext
+from feature_extractor.runtimes import RUNTIMES, TENSORFLOW
 
 EXIT_ERROR, EXIT_PARTIAL = 1, 3
 DEFAULT_DATA = "data/COVID-CT"
@@ -82,8 +83,9 @@ def progress_bar(label: str, total: int) -> Iterator:
 
 
 def _context(features_dir: Path, batch_size: int = 32, offline: bool | None = None,
-             weights: tuple[str, ...] = (), engine: EngineSettings | None = None) -> RunContext:
-    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings())
+             weights: tuple[str, ...] = (), engine: EngineSettings | None = None,
+             runtime: str = TENSORFLOW) -> RunContext:
+    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings(), runtime)
 
 
 def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
@@ -201,6 +203,10 @@ def engine_options(what: str):
 
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
+runtime_option = click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default=TENSORFLOW, show_default=True,
+    help="What runs the CNN on the CPU: tensorflow (keras), onnxruntime (pip install -e \".[onnx]\") or openvino "
+         "(\".[openvino]\"); the same features to 1e-4, the model exported once and cached under the features folder.")
 
 
 def model_options(engine: str | None = None):
@@ -209,9 +215,10 @@ def model_options(engine: str | None = None):
     (what its workers do) the engine options. The command gets ``model_path`` and ``context``."""
     def decorate(command):
         @functools.wraps(command)
-        def with_model(*args, features_dir, weights, batch_size, offline, engine=None, **kwargs):
-            return command(*args, context=_context(features_dir, batch_size, offline, weights, engine), **kwargs)
-        options = [model_option, features_option, model_weights_option, batch_option, offline_option]
+        def with_model(*args, features_dir, weights, batch_size, offline, runtime, engine=None, **kwargs):
+            return command(*args, context=_context(features_dir, batch_size, offline, weights, engine, runtime),
+                           **kwargs)
+        options = [model_option, features_option, model_weights_option, batch_option, offline_option, runtime_option]
         for option in reversed(options):
             with_model = option(with_model)
         return engine_options(engine)(with_model) if engine else with_model
@@ -266,9 +273,11 @@ def backbones() -> None:
 @batch_option
 @feature_settings(select=False)
 @offline_option
+@runtime_option
 @lesion_data_option
 @engine_options("decoding in tasks, the CNN in an actor pool")
-def extract(backbone_names, data, weights, features_dir, batch_size, offline, lesion_data, engine, **settings) -> None:
+def extract(backbone_names, data, weights, features_dir, batch_size, offline, runtime, lesion_data, engine,
+            **settings) -> None:
     """Extract CNN features of every image of a dataset into the feature cache.
 
     Images already cached (same bytes, same backbone, weights and settings) are not run
@@ -296,7 +305,7 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, le
         raise click.UsageError("Missing option '--backbone' / '-b'.")
 
     run = DatasetExtraction(data, specs_from_options(backbone_names, weights, **settings),
-                            _context(features_dir, batch_size, offline, engine=engine))
+                            _context(features_dir, batch_size, offline, engine=engine, runtime=runtime))
     click.echo(run.summary())
     any_failed = False
     for report in run:

@@ -92,6 +92,7 @@ class FeatureExtractor:
         self.context = context or RunContext()
         self._model = None
         self._weights: ResolvedWeights | None = None
+        self._forward = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -203,13 +204,24 @@ class FeatureExtractor:
         ``eager``: call the model directly (one-off batches) instead of the compiled
         predict_on_batch (worth it when batches repeat: tracing costs 0.3-0.7 s a model).
         """
-        model = self.model
-        run = (lambda x: model(x, training=False)) if eager else model.predict_on_batch
+        run = self.forward(eager)
         x = self.preprocess(images)
         feats = np.asarray(run(x), dtype=np.float32)
         if self.spec.tta == "flip":
             feats = (feats + np.asarray(run(np.ascontiguousarray(x[:, :, ::-1, :])), np.float32)) / 2
         return feats
+
+    def forward(self, eager: bool = False):
+        """The CNN's forward pass on the context's runtime (TensorFlow: eager for one-off batches)."""
+        if self.context.runtime == "tensorflow":
+            model = self.model
+            return (lambda x: model(x, training=False)) if eager else model.predict_on_batch
+        if self._forward is None:
+            from .runtimes import forward
+
+            self._forward = forward(self.context.runtime, self.model, self.resolved_spec.identity(),
+                                    self.context.features_dir)
+        return self._forward
 
     def _run(self, todo: list[Record], cache: FeatureCache, progress, report: ExtractionReport
              ) -> dict[str, str]:

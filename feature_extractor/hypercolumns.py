@@ -118,6 +118,5 @@ class HypercolumnExtractor(FeatureExtractor):
         """(N, grid, grid, D) float16 hypercolumns of prepared slices."""
         side = self.spec.input_size[0]
         x = self.preprocess(np.stack([s.model_input(side) for s in slices]))
-        run = (lambda v: self.model(v, training=False)) if len(slices) == 1 else self.model.predict_on_batch
-        return np.asarray(run(x), dtype=np.float16)
+        return np.asarray(self.forward(eager=len(slices) == 1)(x), dtype=np.float16)
 

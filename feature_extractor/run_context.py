@@ -34,6 +34,8 @@ class RunContext:
         when not where they were (checked against the model's SHA-256).
     progress : makes a progress callback for a labelled count of images.
     engine : local, or a Ray cluster (engine.py); the same features either way.
+    runtime : the library running the CNN on the CPU (runtimes.py): tensorflow, onnxruntime or
+        openvino; the same features to 1e-4.
     """
 
     features_dir: Path = Path("features")
@@ -42,8 +44,12 @@ class RunContext:
     weights_overrides: tuple[str, ...] = ()
     progress: ProgressFactory = no_progress
     engine: EngineSettings = field(default_factory=EngineSettings)
+    runtime: str = "tensorflow"
 
     def __post_init__(self) -> None:
+        from .runtimes import check_runtime
+
+        check_runtime(self.runtime)
         object.__setattr__(self, "features_dir", Path(self.features_dir))
         object.__setattr__(self, "batch_size", max(1, int(self.batch_size)))
         object.__setattr__(self, "weights_overrides", tuple(self.weights_overrides))

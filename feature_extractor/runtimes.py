@@ -1,0 +1,89 @@
+"""Which library runs a frozen CNN's forward pass on the CPU: TensorFlow (keras, the default),
+ONNX Runtime or OpenVINO.
+
+The keras model (pooled or dense) is exported to ONNX once (keras' own exporter, tf2onnx) and
+the file is cached by content: its name is a hash of the spec's identity (backbone, weights
+SHA-256, input size, pooling, precision, grid) and the exporter's versions, in
+``<features-dir>/runtime-models/``. ONNX Runtime runs that file; OpenVINO compiles it. Features
+match TensorFlow's to 1e-4 (tests/test_runtimes.py, where the runtime is installed); the feature
+cache does not depend on the runtime, as it does not on the Keras backend. Measured speeds:
+BENCHMARKS "Throughput" (runtime column). Each runtime is an extra (``pip install -e
+".[onnx]"`` or ``".[openvino]"``); without it, asking for it is one clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import SettingsError
+
+RUNTIMES = ("tensorflow", "onnxruntime", "openvino")
+TENSORFLOW, ONNXRUNTIME, OPENVINO = RUNTIMES
+_MODELS_DIR = "runtime-models"
+_EXPORT_LOCK = threading.Lock()
+
+
+class RuntimeMissingError(SettingsError):
+    """A runtime asked for whose library is not installed."""
+
+
+def check_runtime(name: str) -> None:
+    """One clear error for an unknown runtime or one whose library is missing."""
+    if name not in RUNTIMES:
+        raise SettingsError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+    needs = {ONNXRUNTIME: (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx")),
+             OPENVINO: (("openvino", "openvino"), ("tf2onnx", "tf2onnx"))}.get(name, ())
+    extra = {ONNXRUNTIME: "onnx", OPENVINO: "openvino"}.get(name)
+    for module, package in needs:
+        try:
+            __import__(module)
+        except ImportError:
+            raise RuntimeMissingError(f"--runtime {name} needs {package}, which is not installed here: "
+                                      f'pip install -e ".[{extra}]"') from None
+
+
+def exported_onnx(model: Any, identity: dict, folder: str | Path) -> Path:
+    """The keras ``model`` as an ONNX file, exported once per identity (cached by content)."""
+    import keras
+    import tf2onnx
+
+    digest = hashlib.sha256(json.dumps({"model": identity, "keras": keras.__version__,
+                                        "tf2onnx": tf2onnx.__version__}, sort_keys=True).encode()).hexdigest()
+    folder = Path(folder) / _MODELS_DIR
+    path = folder / f"{identity.get('backbone', 'model')}-{digest[:16]}.onnx"
+    with _EXPORT_LOCK:
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            shape = (1, *model.input_shape[1:])
+            model(np.zeros(shape, np.float32))  # keras exports models that have been called
+            model.export(str(tmp), format="onnx", verbose=False)
+            os.replace(tmp, path)
+    return path
+
+
+def forward(name: str, model: Any, identity: dict, folder: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The forward pass of ``model`` (preprocessed float32 batch in, outputs out) on ``name``."""
+    check_runtime(name)
+    if name == TENSORFLOW:
+        return lambda x: np.asarray(model.predict_on_batch(x))
+    path = exported_onnx(model, identity, folder)
+    threads = os.cpu_count() or 1
+    if name == ONNXRUNTIME:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {input_name: np.ascontiguousarray(x, np.float32)})[0]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    return lambda x: np.asarray(compiled(np.ascontiguousarray(x, np.float32))[0])

@@ -1,0 +1,43 @@
+"""CPU inference runtimes: the same features as TensorFlow where installed; one clear error where not."""
+import sys
+
+import numpy as np
+import pytest
+
+from feature_extractor.dataset import load_unlabeled
+from feature_extractor.extract import FeatureExtractor
+from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.run_context import RunContext
+from feature_extractor.runtimes import RuntimeMissingError, check_runtime
+from tests.helpers import make_class_folders
+
+
+def test_a_missing_runtime_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(RuntimeMissingError, match=r'--runtime onnxruntime needs onnxruntime.*pip install -e "\.\[onnx\]"'):
+        RunContext(runtime="onnxruntime")
+    with pytest.raises(Exception, match="unknown runtime"):
+        check_runtime("tensorrt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime, module", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
+@pytest.mark.parametrize("grid", [None, 8])
+def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
+    pytest.importorskip(module, reason=f"{runtime} is an optional extra")
+    pytest.importorskip("tf2onnx", reason=f"{runtime} needs tf2onnx (its extra)")
+    records = load_unlabeled(make_class_folders(tmp_path / "data", n_per_class=3, size=64)).records
+    spec = FeatureSpec("mobilenetv2", "none", input_size=(64, 64), pooling="multiscale", tta="flip", grid=grid)
+    images = np.stack([FeatureExtractor(spec).load(r.path)[0] for r in records])
+    reference = FeatureExtractor(spec, RunContext(tmp_path / "tf")).features_of(images) if grid is None else None
+    other = FeatureExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime))
+    if grid is None:
+        np.testing.assert_allclose(other.features_of(images), reference, atol=1e-4)
+        assert list((tmp_path / "rt" / "runtime-models").glob("*.onnx"))  # exported once, cached by content
+    else:
+        from feature_extractor.hypercolumns import HypercolumnExtractor
+
+        x = other.preprocess(images)
+        tf_out = np.asarray(HypercolumnExtractor(spec, RunContext(tmp_path / "tf")).model.predict_on_batch(x))
+        rt_out = HypercolumnExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime)).forward()(x)
+        np.testing.assert_allclose(rt_out, tf_out, atol=1e-4)
