@@ -124,17 +124,90 @@ def bf16_accuracy_check(data: Path, features_dir: Path) -> list[tuple[str, str, 
     return rows
 
 
+RUNTIME_MODELS = (  # what the product runs: the demo's pooled features and the lesion maps' dense ones
+    ("mobilenetv2 pooled (multiscale, 224 px)", "mobilenetv2", dict(pooling="multiscale")),
+    ("mobilenet pooled (multiscale, 224 px)", "mobilenet", dict(pooling="multiscale")),
+    ("mobilenetv2 dense (hypercolumns, 448 px, 56x56 grid)", "mobilenetv2", dict(input_size=(448, 448), grid=56)),
+)
+
+
+def runtimes_table(records: list[Record], repeats: int) -> tuple[list[tuple[str, ...]], str]:
+    """CNN forward passes per second on each installed runtime (same preprocessed batches of 32,
+    real weights where the offline files are here), and the largest difference from TensorFlow."""
+    from accuracy import OFFLINE_WEIGHTS
+
+    from feature_extractor.hypercolumns import HypercolumnExtractor
+    from feature_extractor.runtimes import RUNTIMES, check_runtime
+
+    installed = []
+    for runtime in RUNTIMES:
+        try:
+            check_runtime(runtime)
+            installed.append(runtime)
+        except Exception as exc:  # not installed: said in the table's text
+            print(f"{runtime}: {exc}", flush=True)
+    rows = []
+    for label, name, settings in RUNTIME_MODELS:
+        choice = OFFLINE_WEIGHTS.get(name)
+        weights = choice if choice is not None and Path(choice.path or "").is_file() else "none"
+        spec = FeatureSpec(name, weights, **settings)
+        cls = HypercolumnExtractor if spec.grid else FeatureExtractor
+        size = spec.input_size
+        images = np.stack([FeatureExtractor(FeatureSpec(name, "none", input_size=size)).load(r.path)[0]
+                           for r in records[:32]])
+        rates, outputs = {}, {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for runtime in installed:
+                ex = cls(spec, RunContext(tmp, runtime=runtime))
+                x = ex.preprocess(images)
+                run = ex.forward()
+                outputs[runtime] = np.asarray(run(x), np.float32)  # warm-up (and export, build)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    run(x)
+                    times.append(time.perf_counter() - start)
+                rates[runtime] = len(images) / statistics.median(times)
+        tf_rate = rates["tensorflow"]
+        cells = []
+        for runtime in RUNTIMES:
+            if runtime not in rates:
+                cells.append("not installed")
+                continue
+            diff = float(np.abs(outputs[runtime] - outputs["tensorflow"]).max())
+            cells.append(f"{rates[runtime]:.1f} ({rates[runtime] / tf_rate:.2f}x" +
+                         ("" if runtime == "tensorflow" else f", max diff {diff:.1e}") + ")")
+        rows.append((label, "real" if weights != "none" else "random", *cells))
+        print(" | ".join(rows[-1]), flush=True)
+    return rows, ", ".join(installed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--runtimes-only", action="store_true", help="only the runtime table")
     args = parser.parse_args()
     data = Path(os.environ.get("COVIDCT_DATA", SHARED / "data" / "covid-ct"))
     if not data.is_dir():
         print(f"skipped: needs the dataset at {data}")
         return 0
     records = list(load_dataset(data).records)[:: max(1, 746 // args.images)][: args.images]
+    runtime_rows, installed = runtimes_table(records, max(3, args.repeats))
+    runtime_section = "\n".join([
+        "<!-- runtimes:start -->", "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, by `.venv/bin/python bench/throughput.py` "
+        f"(`make bench-throughput`): CNN forward passes per second (the network alone, a preprocessed batch of 32 "
+        f"COVID-CT slices, median of {max(3, args.repeats)} after a warm-up) on each runtime installed here "
+        f"({installed}; `pip install -e \".[onnx]\"` / `\".[openvino]\"`), with the ratio to TensorFlow and the largest "
+        "difference of the outputs from TensorFlow's. `--runtime` picks one; TensorFlow stays the default unless "
+        "another is 1.3x faster and within 1e-4.", "",
+        *markdown_table(("network", "weights", "tensorflow img/s", "onnxruntime img/s", "openvino img/s"),
+                        runtime_rows), "", "<!-- runtimes:end -->"])
+    publish(runtime_section, "CPU runtimes", REPO / "BENCHMARKS.md")
+    if args.runtimes_only:
+        return 0
     ceiling = {p: matmul_gflops(d) for p, d in (("fp32", "float32"), ("bf16", "bfloat16"))}
     print(f"matmul ceiling: fp32 {ceiling['fp32']:.0f} GFLOP/s, bf16 {ceiling['bf16']:.0f} GFLOP/s", flush=True)
     rows = []
