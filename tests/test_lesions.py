@@ -130,6 +130,7 @@ def test_predict_writes_lesion_fraction_and_maps_at_the_images_size(lesion_model
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 18 and all(0 <= float(r["lesion_fraction"]) <= 1 for r in rows)
+    assert all(0.1 < float(r["lung_fraction"]) < 0.6 for r in rows)  # two lungs of a synthetic slice
     lesion = Image.open(maps / "p0_z000_lesion.png")
     assert lesion.size == (96, 96) and lesion.mode == "L"
     assert set(np.unique(np.asarray(Image.open(maps / "p0_z000_lungs.png")))) <= {0, 255}

@@ -157,6 +157,9 @@ SLICE = RecordSchema("slice", (
                 "p_covid is not backed by the model's validation."),
     RecordField("lesion_fraction", float, "Share of the lung the lesion head calls lesion (models with a lesion "
                 "head; empty without one or without lung in the slice).", digits=4),
+    RecordField("lung_fraction", float, "Share of the slice that is lung (the lung mask; models with a lesion "
+                "head). Slices near the apex and base show little lung: read lesion_fraction beside it.", digits=4,
+                get=lambda row: None if row.lesion is None else row.lesion.lung_fraction),
     RecordField("lung_note", str, "How the lung mask was found when it was not the usual way (a fallback, or "
                 "no lung in the slice).", optional=True),
     RecordField("error", str, "Why the file could not be scored (unreadable, not an image, ...)."),
