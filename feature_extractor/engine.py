@@ -101,12 +101,15 @@ def ray_session(settings: EngineSettings) -> Iterator:
 
 @contextlib.contextmanager
 def joblib_engine(settings: EngineSettings) -> Iterator[None]:
-    """joblib's parallel calls (the grouped-CV fits of tuning) fan out over Ray with --engine ray."""
-    if not settings.is_ray:
-        yield
-        return
+    """joblib's parallel calls (the grouped-CV fits of tuning) fan out over this machine's cores
+    (local: joblib's process pool, one task per core) or over Ray with --engine ray. Each fit is
+    the same either way: the results do not depend on how many run at once."""
     import joblib
 
+    if not settings.is_ray:
+        with joblib.parallel_config(n_jobs=max(1, os.cpu_count() or 1)):
+            yield
+        return
     with ray_session(settings) as ray:
         from ray.util.joblib import register_ray
 

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
 from feature_extractor.errors import TrainingDataError
@@ -92,13 +93,15 @@ class LesionHead(ClassifierMixin, BaseEstimator):
             raise TrainingDataError(f"a lesion head needs lesion and clean lung cells from two or more patients; "
                                     f"got {int(y.sum())} lesion cells of {len(y)} from {n_groups} patient(s)")
         folds = list(GroupKFold(n_splits=min(self.cv, n_groups)).split(X, y, groups))
+        # Every candidate x fold is one joblib task (joblib's current setting: fit runs them on every core).
+        held_out = Parallel()(delayed(_held_out)(name, self.random_state, X, y, train, test)
+                              for name in self.candidates for train, test in folds)
         self.cv_, oof = {}, {}
-        for name in self.candidates:
+        for i, name in enumerate(self.candidates):
             p = np.zeros(len(y))
             scores = []
-            for train, test in folds:
-                model = HEADS[name](self.random_state).fit(_float(X[train]), y[train])
-                p[test] = model.predict_proba(_float(X[test]))[:, 1]
+            for (train, test), probabilities in zip(folds, held_out[i * len(folds):(i + 1) * len(folds)]):
+                p[test] = probabilities
                 scores.append(average_precision_score(y[test], p[test]) if y[test].any() else np.nan)
             oof[name] = p
             self.cv_[name] = {"average_precision": float(np.nanmean(scores)),
@@ -130,6 +133,12 @@ class LesionHead(ClassifierMixin, BaseEstimator):
                 "calibration": "isotonic on out-of-fold probabilities", "threshold": self.threshold_,
                 "threshold_rule": "the calibrated probability with the best out-of-fold cell Dice",
                 "cv_cell_dice": self.cv_dice_}
+
+
+def _held_out(name: str, random_state: int, X: np.ndarray, y: np.ndarray, train: np.ndarray,
+              test: np.ndarray) -> np.ndarray:
+    model = HEADS[name](random_state).fit(_float(X[train]), y[train])
+    return model.predict_proba(_float(X[test]))[:, 1]
 
 
 def _float(X: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from feature_extractor.dataset import LABEL_NAMES, load_datasets
+from feature_extractor.engine import joblib_engine
 from feature_extractor.errors import CovidCTError, TrainingDataError
 from feature_extractor.provenance import library_versions, utc_now
 
@@ -124,29 +125,37 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     if one_class:  # before any fit: no AUC can be measured on such a source
         raise CovidCTError(f"source(s) {', '.join(one_class)} have readable images of one class only")
     held_out = []
-    for source in dataset.sources:
-        test = sources == source
-        train = ~test & trainable
-        trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings,
-                                  None if lesion is None else lesion[train])
-        # The held-out site by its own images' statistics (no labels), as --site batch.
-        X_test = trained.harmonizer.with_site(source, X[test]).transform(X[test], sources[test])
-        if lesion is not None:
-            X_test = np.hstack([X_test, lesion[test]])
-        p = trained.estimator.predict_proba(X_test)[:, 1]
-        threshold = float(trained.threshold["threshold"])
-        held = HeldOutSource(
-            source, list(dict.fromkeys(sources[train])), int(train.sum()),
-            {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
-             "patients": int(len(np.unique(groups[test])))},
-            threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
-            [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
-        _answer(held, trained, X[train], y[train], groups[train], X[test], groups[test], model.error_rate, n_boot, seed)
-        held_out.append(held)
+    with joblib_engine(model.context.engine):  # the refits' grouped-CV fits on every core
+        for source in dataset.sources:
+            held_out.append(_refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings,
+                                           blocks, n_boot, seed))
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
     return CrossSourceReport(model.path, model.card, "; ".join(map(str, paths)), held_out, bootstrap,
                              feats.errors, model.error_rate)
+
+
+def _refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings, blocks, n_boot,
+                   seed) -> HeldOutSource:
+    """The configuration refit without ``source``, and its scores of that source."""
+    test = sources == source
+    train = ~test & trainable
+    trained = train_estimator(X[train], y[train], groups[train], sources[train], blocks, settings,
+                              None if lesion is None else lesion[train])
+    # The held-out site by its own images' statistics (no labels), as --site batch.
+    X_test = trained.harmonizer.with_site(source, X[test]).transform(X[test], sources[test])
+    if lesion is not None:
+        X_test = np.hstack([X_test, lesion[test]])
+    p = trained.estimator.predict_proba(X_test)[:, 1]
+    threshold = float(trained.threshold["threshold"])
+    held = HeldOutSource(
+        source, list(dict.fromkeys(sources[train])), int(train.sum()),
+        {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
+         "patients": int(len(np.unique(groups[test])))},
+        threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
+        [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
+    _answer(held, trained, X[train], y[train], groups[train], X[test], groups[test], model.error_rate, n_boot, seed)
+    return held
 
 
 def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray,

@@ -169,15 +169,15 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     record_sources = [r.source for r in records]
     backbones = [s.manifest_entry() for s in sources]
     head, lesion_record, lesion_columns = None, None, None
-    if lesions is not None:
-        spec = lesion_dense_spec([s.spec for s in sources], lesion_settings or LesionSettings())
-        head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
-        if settings.lesion_features:
-            mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context)
-            lesion_columns, lesion_areas = lesion_matrix(mapper, records)
-            lesion_record["classifier_features"] = list(CLASSIFIER_SUMMARY)
     blocks = feature_blocks(backbones, settings.lesion_features)
-    with joblib_engine(context.engine):  # with --engine ray, the grouped-CV fits fan out over Ray
+    with joblib_engine(context.engine):  # the grouped-CV fits on every core (with --engine ray: over Ray)
+        if lesions is not None:
+            spec = lesion_dense_spec([s.spec for s in sources], lesion_settings or LesionSettings())
+            head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
+            if settings.lesion_features:
+                mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context)
+                lesion_columns, lesion_areas = lesion_matrix(mapper, records)
+                lesion_record["classifier_features"] = list(CLASSIFIER_SUMMARY)
         trained = train_estimator(X, y, groups, record_sources, blocks, settings, lesion_columns)
         harmonizer = trained.harmonizer
         adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
