@@ -29,7 +29,7 @@ from feature_extractor.engine import ENGINES, LOCAL, EngineSettings
 from feature_extractor.errors import CovidCTError
 from feature_extractor.feature_spec import DENSE_GRID, DENSE_INPUT, SETTING, SETTINGS
 from feature_extractor.run_context import RunContext
-from feature_extractor.runtimes import RUNTIMES, TENSORFLOW
+from feature_extractor.runtimes import RUNTIMES, default_runtime
 
 EXIT_ERROR, EXIT_PARTIAL = 1, 3
 DEFAULT_DATA = "data/COVID-CT"
@@ -84,8 +84,9 @@ def progress_bar(label: str, total: int) -> Iterator:
 
 def _context(features_dir: Path, batch_size: int = 32, offline: bool | None = None,
              weights: tuple[str, ...] = (), engine: EngineSettings | None = None,
-             runtime: str = TENSORFLOW) -> RunContext:
-    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings(), runtime)
+             runtime: str | None = None) -> RunContext:
+    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings(),
+                      runtime or default_runtime())
 
 
 def _report_failures(failed: dict[str, str], limit: int = 10) -> None:
@@ -204,9 +205,11 @@ def engine_options(what: str):
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 runtime_option = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default=TENSORFLOW, show_default=True,
-    help="What runs the CNN on the CPU: tensorflow (keras), onnxruntime (pip install -e \".[onnx]\") or openvino "
-         "(\".[openvino]\"); the same features to 1e-4, the model exported once and cached under the features folder.")
+    "--runtime", type=click.Choice(RUNTIMES), default=lambda: default_runtime(), show_default="onnxruntime, or "
+    "$COVIDCT_RUNTIME",
+    help="What runs the CNN on the CPU: onnxruntime (about 2x TensorFlow's speed here), tensorflow (keras itself) "
+         "or openvino (pip install -e \".[openvino]\"); the same features to 1e-4; the model is exported to ONNX "
+         "once and cached under the features folder.")
 
 
 def model_options(engine: str | None = None):

@@ -122,9 +122,62 @@ def compare_windows(args, truth, scan) -> list[tuple[str, ...]]:
     return out
 
 
+def cost_table(args) -> str:
+    """The whole study path on fresh caches (headers, lung check, extraction, lesion maps,
+    prediction), per slice, projected to a 300-slice study: the demo's configuration without and
+    with a lesion head (bench/lesions.py's models), on each runtime installed."""
+    from classifiers.workflows.studies import predict_studies
+    from classifiers.workflows.model import load_model
+    from feature_extractor.images import DECODED
+    from feature_extractor.run_context import RunContext
+    from feature_extractor.runtimes import RUNTIMES, check_runtime
+    from feature_extractor.studies import find_studies
+
+    models = [("without lesion maps", MODELS / "lesions-demo.joblib"),
+              ("with lesion maps", MODELS / "lesions-demo-with-lesions.joblib")]
+    missing = [str(p) for _, p in models if not p.exists()]
+    if missing:
+        return f"(cost table skipped: run bench/lesions.py first for {', '.join(missing)})"
+    n_slices = sum(len(s.slices) for s in find_studies(STUDIES).studies)
+    rows = []
+    for runtime in RUNTIMES:
+        try:
+            check_runtime(runtime)
+        except Exception:
+            continue
+        for label, path in models:
+            with tempfile.TemporaryDirectory(dir=REPO / "bench" / "out") as folder:
+                context = RunContext(folder, offline=True, runtime=runtime, weights_overrides=())
+                model = load_model(path, context)
+                DECODED.entries.clear()
+                DECODED.used = 0
+                start = time.perf_counter()
+                report = predict_studies(model, STUDIES)
+                seconds = time.perf_counter() - start
+            used = sum(len(r.scored) for r in report.results)
+            rows.append((label, runtime, str(n_slices), str(used), f"{1000 * seconds / n_slices:.0f}",
+                         f"{300 * seconds / n_slices:.0f}"))
+            print(" | ".join(rows[-1]), flush=True)
+    from common import markdown_table
+
+    return "\n".join([
+        "<!-- studies-cost:start -->", "",
+        f"Measured {time.strftime('%Y-%m-%d')} by `.venv/bin/python bench/studies.py --cost-only`: the whole study "
+        f"path (`predict --studies`: headers, lung check, extraction of both backbones, lesion maps, prediction, "
+        f"answers) of the 3 shared studies ({n_slices} slices) on fresh caches, each slice decoded once, projected "
+        "to a 300-slice study. The model: the demo's configuration (bench/lesions.py's models), without and with a "
+        "lesion head. Target: <= 20 s for a 300-slice study with lesion maps.", "",
+        *markdown_table(("model", "runtime", "slices", "scored", "ms per slice", "300-slice study s"), rows),
+        "", "<!-- studies-cost:end -->"])
+
+
 def main() -> int:
     parser = bench_parser(__doc__)
+    parser.add_argument("--cost-only", action="store_true", help="only the cost table (with and without lesion maps)")
     args = parser.parse_args()
+    if args.cost_only:
+        publish(cost_table(args), "Hospital studies: cost per study", args.out)
+        return 0
     truth = labels()
     candidates = [("shipped: demo stack (svm+logreg, MobileNetV2+MobileNet, full slices)", fit_shipped(args))]
     for path in sorted(MODELS.glob("both-crop-*-logreg.joblib")):  # bench/generalization.py's models

@@ -17,7 +17,7 @@ from .errors import SettingsError
 ENGINES = ("local", "ray")
 LOCAL, RAY = ENGINES
 # Environment the Ray workers need to compute what this process would.
-_FORWARDED_ENV = ("KERAS_BACKEND", "KERAS_HOME", "COVIDCT_OFFLINE", "TF_CPP_MIN_LOG_LEVEL")
+_FORWARDED_ENV = ("KERAS_BACKEND", "KERAS_HOME", "COVIDCT_OFFLINE", "COVIDCT_RUNTIME", "TF_CPP_MIN_LOG_LEVEL")
 
 
 class EngineError(SettingsError):

@@ -61,11 +61,13 @@ def decode_batch(batch: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, n
 class BackboneOnBatches:
     """A Ray Data actor: the frozen backbone, built once per actor."""
 
-    def __init__(self, spec: FeatureSpec, batch_size: int):
+    def __init__(self, spec: FeatureSpec, batch_size: int, runtime: str, features_dir: str):
         from .extract import FeatureExtractor
 
-        self.extractor = FeatureExtractor(spec, RunContext(batch_size=batch_size, offline=None))
+        self.extractor = FeatureExtractor(spec, RunContext(features_dir, batch_size=batch_size, offline=None,
+                                                           runtime=runtime))
         self.extractor.model  # build now (and check the weights' SHA-256), not on the first batch
+        self.extractor.forward()  # and its runtime's session (the ONNX file is exported once, by content)
         self.dim = self.extractor.feature_dim
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,7 +134,9 @@ def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache:
         dataset = dataset.map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
                                       batch_format="numpy", num_cpus=DECODE_CPUS)  # unfused: decoding stays in tasks
         dataset = dataset.map_batches(
-            BackboneOnBatches, fn_constructor_kwargs={"spec": spec, "batch_size": batch_size},
+            BackboneOnBatches, fn_constructor_kwargs={"spec": spec, "batch_size": batch_size,
+                                                      "runtime": extractor.context.runtime,
+                                                      "features_dir": os.path.abspath(extractor.context.features_dir)},
             batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)  # Ray Data restarts dead actors and retries
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from .engine import EngineSettings
+from .runtimes import default_runtime
 
 Progress = Callable[[int], None]  # called with the number of images just finished
 ProgressFactory = Callable[[str, int], ContextManager[Progress]]  # (label, total) -> a Progress
@@ -34,8 +35,8 @@ class RunContext:
         when not where they were (checked against the model's SHA-256).
     progress : makes a progress callback for a labelled count of images.
     engine : local, or a Ray cluster (engine.py); the same features either way.
-    runtime : the library running the CNN on the CPU (runtimes.py): tensorflow, onnxruntime or
-        openvino; the same features to 1e-4.
+    runtime : the library running the CNN on the CPU (runtimes.py): onnxruntime (default),
+        tensorflow or openvino; the same features to 1e-4.
     """
 
     features_dir: Path = Path("features")
@@ -44,7 +45,7 @@ class RunContext:
     weights_overrides: tuple[str, ...] = ()
     progress: ProgressFactory = no_progress
     engine: EngineSettings = field(default_factory=EngineSettings)
-    runtime: str = "tensorflow"
+    runtime: str = field(default_factory=lambda: default_runtime())
 
     def __post_init__(self) -> None:
         from .runtimes import check_runtime

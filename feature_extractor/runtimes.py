@@ -1,14 +1,18 @@
-"""Which library runs a frozen CNN's forward pass on the CPU: TensorFlow (keras, the default),
-ONNX Runtime or OpenVINO.
+"""Which library runs a frozen CNN's forward pass on the CPU: ONNX Runtime (the default),
+TensorFlow (keras itself) or OpenVINO.
 
 The keras model (pooled or dense) is exported to ONNX once (keras' own exporter, tf2onnx) and
 the file is cached by content: its name is a hash of the spec's identity (backbone, weights
 SHA-256, input size, pooling, precision, grid) and the exporter's versions, in
 ``<features-dir>/runtime-models/``. ONNX Runtime runs that file; OpenVINO compiles it. Features
 match TensorFlow's to 1e-4 (tests/test_runtimes.py, where the runtime is installed); the feature
-cache does not depend on the runtime, as it does not on the Keras backend. Measured speeds:
-BENCHMARKS "Throughput" (runtime column). Each runtime is an extra (``pip install -e
-".[onnx]"`` or ``".[openvino]"``); without it, asking for it is one clear error.
+cache does not depend on the runtime, as it does not on the Keras backend. Measured on 2 cores
+(BENCHMARKS "CPU runtimes"): ONNX Runtime 1.9-2.2x TensorFlow's speed for the pooled and the
+dense MobileNets (largest difference 4e-5), OpenVINO 1.5-1.8x (in f32; in its default bf16 on
+this CPU it was faster but off by up to 1.5): so ONNX Runtime is the default
+(``$COVIDCT_RUNTIME`` sets another; with a Keras backend other than TensorFlow the default is
+keras itself, ``tensorflow``). ONNX Runtime is installed with the package; OpenVINO is the
+``openvino`` extra. A runtime whose library is missing is one clear error.
 """
 from __future__ import annotations
 
@@ -25,6 +29,14 @@ from .errors import SettingsError
 
 RUNTIMES = ("tensorflow", "onnxruntime", "openvino")
 TENSORFLOW, ONNXRUNTIME, OPENVINO = RUNTIMES
+
+
+def default_runtime() -> str:
+    """``$COVIDCT_RUNTIME``, else ONNX Runtime (keras itself under a non-TensorFlow Keras backend)."""
+    chosen = os.environ.get("COVIDCT_RUNTIME")
+    if chosen:
+        return chosen
+    return ONNXRUNTIME if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" else TENSORFLOW
 _MODELS_DIR = "runtime-models"
 _EXPORT_LOCK = threading.Lock()
 
@@ -39,13 +51,13 @@ def check_runtime(name: str) -> None:
         raise SettingsError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
     needs = {ONNXRUNTIME: (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx")),
              OPENVINO: (("openvino", "openvino"), ("tf2onnx", "tf2onnx"))}.get(name, ())
-    extra = {ONNXRUNTIME: "onnx", OPENVINO: "openvino"}.get(name)
+    install = {ONNXRUNTIME: "pip install -e .", OPENVINO: 'pip install -e ".[openvino]"'}.get(name)
     for module, package in needs:
         try:
             __import__(module)
         except ImportError:
-            raise RuntimeMissingError(f"--runtime {name} needs {package}, which is not installed here: "
-                                      f'pip install -e ".[{extra}]"') from None
+            raise RuntimeMissingError(f"--runtime {name} needs {package}, which is not installed here: {install} "
+                                      "(or --runtime tensorflow)") from None
 
 
 def exported_onnx(model: Any, identity: dict, folder: str | Path) -> Path:
@@ -85,5 +97,7 @@ def forward(name: str, model: Any, identity: dict, folder: str | Path) -> Callab
         return lambda x: session.run(None, {input_name: np.ascontiguousarray(x, np.float32)})[0]
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    # f32: on CPUs with bfloat16 (AVX512-BF16, AMX) OpenVINO would otherwise compute in bf16.
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
     return lambda x: np.asarray(compiled(np.ascontiguousarray(x, np.float32))[0])

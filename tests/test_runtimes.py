@@ -14,7 +14,8 @@ from tests.helpers import make_class_folders
 
 def test_a_missing_runtime_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(RuntimeMissingError, match=r'--runtime onnxruntime needs onnxruntime.*pip install -e "\.\[onnx\]"'):
+    with pytest.raises(RuntimeMissingError, match=r"--runtime onnxruntime needs onnxruntime.*pip install -e \. "
+                                                  r"\(or --runtime tensorflow\)"):
         RunContext(runtime="onnxruntime")
     with pytest.raises(Exception, match="unknown runtime"):
         check_runtime("tensorrt")
@@ -41,3 +42,15 @@ def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
         tf_out = np.asarray(HypercolumnExtractor(spec, RunContext(tmp_path / "tf")).model.predict_on_batch(x))
         rt_out = HypercolumnExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime)).forward()(x)
         np.testing.assert_allclose(rt_out, tf_out, atol=1e-4)
+
+
+def test_onnx_runtime_is_the_default_under_tensorflow_keras(monkeypatch):
+    from feature_extractor.runtimes import default_runtime
+
+    monkeypatch.delenv("COVIDCT_RUNTIME", raising=False)
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert default_runtime() == "onnxruntime" and RunContext().runtime == "onnxruntime"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert default_runtime() == "tensorflow"  # keras itself runs the CNN under another backend
+    monkeypatch.setenv("COVIDCT_RUNTIME", "openvino")
+    assert default_runtime() == "openvino"
