@@ -196,7 +196,7 @@ def test_predict_prints_only_the_tools_own_lines(workspace, tmp_path):
                            "--out", str(tmp_path / "p.csv"), *common], capture_output=True, text=True,
                           env=env, cwd=cli.__file__.rsplit("/", 1)[0], timeout=300)
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("2 files: ")
+    assert proc.stdout.splitlines()[0].startswith("2 files, answers: ")
     assert [line.strip() for line in proc.stderr.strip().splitlines()] == [
         f"{scans / 'broken.png'}: not a recognised image format"]
 
@@ -360,7 +360,8 @@ def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_traini
     assert "site hospital-c: standardized by the model's statistics of hospital-c (22 images)" in result.output
     assert "of 3 images look unlike the model's training images" in result.output
     rows = list(csv.DictReader(open(out, newline="")))
-    assert list(rows[0]) == ["path", "p_covid", "label", "ood_score", "in_distribution", "error"]
+    assert list(rows[0]) == ["path", "answer", "p_covid", "label", "ood_score", "in_distribution", "lesion_fraction",
+                             "lung_fraction", "error"]
     assert all(r["in_distribution"] in ("true", "false") and float(r["ood_score"]) >= 0 for r in rows)
     for args, message in [(["--site", "batch"], "3 readable images; standardizing its features needs at least 20"),
                           (["--site", "mars"],
