@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""The README's screenshot of the service page: a slice with its heatmap and a zipped DICOM
-study, answered by a bench model (headless Chromium through Playwright). The images are the
-tests' synthetic phantoms, so no patient image of ../shared ends up in the repository.
+"""The README's screenshot of the service page: a slice with its heatmap and lesion map and a
+zipped DICOM study, answered by the demo's configuration with a lesion head (bench/lesions.py's
+model; headless Chromium through Playwright). The images are the tests' synthetic phantoms, so
+no patient image of ../shared ends up in the repository; the page rightly answers "not
+assessable" for them.
 
     .venv/bin/python bench/serve_screenshot.py [--out docs/serve.png]
 """
@@ -16,7 +18,7 @@ import zipfile
 
 from common import REPO
 
-MODEL = REPO / "bench" / "out" / "models" / "both-crop-none-none-mobilenetv2-logreg.joblib"
+MODEL = REPO / "bench" / "out" / "models" / "lesions-demo-with-lesions.joblib"
 
 
 def main() -> int:
@@ -32,7 +34,7 @@ def main() -> int:
     from service.settings import ServeSettings
 
     model = load_model(MODEL, RunContext(REPO / "features", offline=True))
-    server = uvicorn.Server(uvicorn.Config(build_app(model, ServeSettings(heatmap_method="gradcam")),
+    server = uvicorn.Server(uvicorn.Config(build_app(model, ServeSettings(heatmap_method="occlusion")),
                                            host="127.0.0.1", port=0, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:

@@ -41,6 +41,8 @@ def test_answers_ood_uncertain_and_single_class():
     model = ConformalAnswers().fit(p_cal, y_cal)
     answers = model.answers([0.999, 0.001, 0.5, 0.999], 0.1, [True, True, True, False])
     assert answers == ["COVID", "NonCOVID", "uncertain", "not assessable"]
+    flags = np.array([True, False])  # the detector's flags come as NumPy booleans
+    assert model.answers([0.999, 0.999], 0.1, flags) == ["COVID", "not assessable"]
     sets = model.prediction_sets([0.5], 0.1)
     assert sets.all()  # both classes: uncertain
     empty = model.answers([0.5], 0.9)  # at a 90% error rate a middling score fits neither class

@@ -107,6 +107,7 @@ def test_two_sources_leave_one_out_and_the_ood_flag_with_pretrained_mobilenetv2(
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(out, newline=""))}
     flags = {name: r["in_distribution"] for name, r in rows.items()}
     assert all(flags[p.name] == "false" for p in pictures), flags  # every non-CT picture
+    assert all(rows[p.name]["answer"] == "not assessable" for p in pictures)  # never COVID, never NonCOVID
     ct_flagged = sum(flags[f"ct{i:02d}.png"] == "false" for i in range(len(test_slices)))
     assert ct_flagged <= 2, flags  # held-out patients of a training source: about 1% expected
     assert f"{ct_flagged + len(pictures)} of {len(rows)} images look unlike the model's training images" in pred.output

@@ -88,7 +88,7 @@ class ConformalAnswers(BaseEstimator):
         sets = self.prediction_sets(p_covid, error_rate)
         out = [COVID if s[1] and not s[0] else NONCOVID if s[0] and not s[1] else UNCERTAIN for s in sets]
         if in_distribution is not None:
-            out = [NOT_ASSESSABLE if ok is False else a for a, ok in zip(out, in_distribution)]
+            out = [NOT_ASSESSABLE if out_of_distribution(ok) else a for a, ok in zip(out, in_distribution)]
         return out
 
     def describe(self) -> dict:
@@ -119,6 +119,11 @@ class AnswerCalibration:
     def describe(self) -> dict:
         return {level: (part.describe() if part is not None else {"missing": self.notes.get(level)})
                 for level, part in (("slices", self.slices), ("studies", self.studies))}
+
+
+def out_of_distribution(flag) -> bool:
+    """An in-distribution flag that says no (Python or NumPy bool; None: no detector)."""
+    return flag is not None and not bool(flag)
 
 
 def check_error_rate(error_rate: float) -> None:

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..estimators.conformal import out_of_distribution
 from ..estimators.options import ANSWERS
 
 COVID, NONCOVID, UNCERTAIN, NOT_ASSESSABLE = ANSWERS
@@ -66,7 +67,8 @@ def risk_coverage(y: Sequence[int], p_values: np.ndarray, in_distribution: Seque
     """Coverage and error among answered at each error rate (``p_values``: (n, 2) conformal
     p-values of NonCOVID and COVID)."""
     y = np.asarray(y)
-    ood = np.zeros(len(y), bool) if in_distribution is None else np.array([ok is False for ok in in_distribution])
+    ood = np.zeros(len(y), bool) if in_distribution is None else \
+        np.array([out_of_distribution(ok) for ok in in_distribution], bool)
     curve = []
     for rate in rates:
         sets = p_values > rate
