@@ -89,3 +89,23 @@ def test_ood_cut_off_flags_about_one_percent_of_new_in_distribution_images():
     assert (~detector.in_distribution(detector.score_samples(other))).mean() > 0.95
     described = detector.describe()
     assert described["n_training_images"] == 400 and "99% quantile" in described["cut_off_rule"]
+
+
+def test_a_set_unlike_every_training_source_is_shifted_though_each_image_passes():
+    rng = np.random.default_rng(3)
+    X, y, groups = relu_features(400, 30, rng)
+    sources = np.where(np.arange(400) < 200, "a", "b")
+    detector = NearestNeighborOOD().fit(X, y, groups, sources)
+    same, _, _ = relu_features(40, 30, rng)
+    assert detector.shift(detector.score_samples(same))["shifted"] is False
+    # Another scanner: a few units that never fire in training fire a little. One by one most images
+    # pass the cut-off; as a set they do not.
+    near, _, _ = relu_features(40, 30, rng)
+    near[:, 15:20] += 0.7
+    scores = detector.score_samples(near)
+    assert detector.in_distribution(scores).mean() > 0.5
+    test = detector.shift(scores)
+    assert test["shifted"] and test["p_value"] < 0.001 and test["n"] == 40
+    assert detector.shift(scores[:10]) is None  # too few to test a set
+    accepted = detector.with_reference("site-c", near)  # calibrate: the site's own images as a reference
+    assert accepted.shift(detector.score_samples(near))["shifted"] is False and "site-c" in accepted.describe()["references"]

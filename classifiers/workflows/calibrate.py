@@ -67,8 +67,11 @@ def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | 
     out = Path(out) if out else model.path.with_name(f"{model.path.stem}-{site}.joblib")
     if out.resolve() == model.path.resolve():
         raise CovidCTError("calibrate writes a new model; give --out another path than --model")
+    ood = model.ood.with_reference(site, feats.raw) if model.ood is not None else None  # the site's sets pass
+    if ood is not None:
+        new = new.with_changes(ood=ood.describe())
     return save_bundle(dataclasses.replace(model.bundle, estimator=result.estimator, card=new, path=out,
-                                           harmonizer=harmonizer, conformal=answers))
+                                           harmonizer=harmonizer, conformal=answers, ood=ood))
 
 
 def site_answers(model, X: np.ndarray, y: np.ndarray, groups: np.ndarray, method: str) -> tuple:

@@ -48,6 +48,7 @@ class HeldOutSource:
     caught: dict | None = None                   # of the threshold's wrong labels, how many abstained
     in_distribution: np.ndarray | None = None
     risk_coverage: list | None = None            # its answers' curve over error rates
+    shift: dict | None = None                    # the set-shift test of its images (ood.py)
 
 
 @dataclass
@@ -154,12 +155,14 @@ def _refit_without(source, model, good, X, lesion, y, groups, sources, trainable
          "patients": int(len(np.unique(groups[test])))},
         threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
         [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
-    _answer(held, trained, X[train], y[train], groups[train], X[test], groups[test], model.error_rate, n_boot, seed)
+    _answer(held, trained, X[train], y[train], groups[train], sources[train], X[test], groups[test], model.error_rate,
+            n_boot, seed)
     return held
 
 
 def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray,
-            X_test: np.ndarray, groups_test: np.ndarray, error_rate: float, n_boot: int, seed: int) -> None:
+            sources_train: np.ndarray, X_test: np.ndarray, groups_test: np.ndarray, error_rate: float, n_boot: int,
+            seed: int) -> None:
     """The held-out source's answers as the refit would give them: its conformal calibration
     (the refit's out-of-fold scores) and its out-of-distribution detector (the refit's training
     images' raw features)."""
@@ -167,10 +170,15 @@ def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarr
         calibration = ConformalAnswers().fit(trained.oof, y_train)
     except TrainingDataError:
         return
-    ood = NearestNeighborOOD(random_state=seed).fit(X_train, y_train, groups_train)
-    held.in_distribution = ood.in_distribution(ood.score_samples(X_test))
+    ood = NearestNeighborOOD(random_state=seed).fit(X_train, y_train, groups_train, sources_train)
+    scores = ood.score_samples(X_test)
+    held.in_distribution = ood.in_distribution(scores)
     held.answers = calibration.answers(held.p, error_rate, held.in_distribution)
+    held.shift = ood.shift(scores)
+    if held.shift is not None and held.shift["shifted"]:  # the held-out source as a set: as predict would say
+        held.answers = ["not assessable"] * len(held.answers)
     labels = [LABEL_NAMES[int(p >= held.threshold)] for p in held.p]
     held.selective = selective_metrics(held.y, held.answers, groups_test, n_boot, seed)
     held.caught = wrong_answers_caught(held.y, labels, held.answers)
-    held.risk_coverage = risk_coverage(held.y, calibration.p_values(held.p), held.in_distribution)
+    flags = np.zeros(len(held.p), bool) if held.shift is not None and held.shift["shifted"] else held.in_distribution
+    held.risk_coverage = risk_coverage(held.y, calibration.p_values(held.p), flags)

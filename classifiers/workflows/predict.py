@@ -9,14 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport
 from feature_extractor.run_context import RunContext
 
+from ..estimators.options import ANSWERS
 from ..presentation.csv_files import write_csv
 from . import prediction_record as record
 from .model import LoadedModel, ModelFeatures, load_model
+
+
+NOT_ASSESSABLE = ANSWERS[3]
 
 
 @dataclass
@@ -28,6 +34,7 @@ class PredictionRow:
     p_covid: float | None = None
     label: str | None = None
     answer: str | None = None
+    answer_note: str | None = None
     error: str | None = None
     heatmap: str | None = None  # PNG written by --explain
     ood_score: float | None = None
@@ -88,16 +95,30 @@ def predict_folder(model: LoadedModel, folder: str | Path, site: str | None = No
     return predict_records(model, load_unlabeled(folder).records, site)
 
 
-def score_features(model: LoadedModel, feats: ModelFeatures) -> list[PredictionRow]:
+def score_features(model: LoadedModel, feats: ModelFeatures, sets: dict[str, str] | None = None) -> list[PredictionRow]:
     """The prediction of each readable record of ``feats`` (in the order of ``feats.good``):
-    everything the slice record holds. The one place a prediction row is filled in."""
+    everything the slice record holds. The one place a prediction row is filled in. ``sets``:
+    path -> which set an image belongs to for the set-shift test (a study); default: its source."""
     threshold = model.threshold
     ood = model.ood_scores(feats)
     p_covid = model.predict_proba(feats.X)
     answers = model.answers(p_covid, None if ood is None else ood[1])
+    notes = [None] * len(answers)
+    if ood is not None and answers and answers[0] is not None:  # each source's images as a set
+        sets = np.array([(sets or {}).get(r.path, r.source or "") for r in feats.good], dtype=object)
+        for name in dict.fromkeys(sets):
+            mine = np.flatnonzero(sets == name)
+            test = model.ood.shift(ood[0][mine])
+            if test is not None and test["shifted"]:
+                note = (f"not assessable as a set: these {test['n']} images lie farther from the training images than "
+                        f"any training source's do (Kolmogorov-Smirnov p={test['p_value']:.1e}); calibrate on this "
+                        "site's labeled images")
+                for i in mine:
+                    answers[i], notes[i] = NOT_ASSESSABLE, note
     rows = []
     for i, (r, p) in enumerate(zip(feats.good, p_covid)):
-        row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], answers[i], site=feats.sites[i])
+        row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], answers[i], notes[i],
+                            site=feats.sites[i])
         if ood is not None:
             row.ood_score, row.in_distribution = float(ood[0][i]), bool(ood[1][i])
         lesion = feats.lesions.get(r.path)
@@ -107,10 +128,11 @@ def score_features(model: LoadedModel, feats: ModelFeatures) -> list[PredictionR
     return rows
 
 
-def predict_records(model: LoadedModel, records: list[Record], site: str | None = None) -> PredictionReport:
-    """predict_folder for given records (a study's slices)."""
+def predict_records(model: LoadedModel, records: list[Record], site: str | None = None,
+                    sets: dict[str, str] | None = None) -> PredictionReport:
+    """predict_folder for given records (a study's slices; ``sets``: see score_features)."""
     feats = model.features(records, site)
-    good = {row.path: row for row in score_features(model, feats)}
+    good = {row.path: row for row in score_features(model, feats, sets)}
     rows = [good.get(r.path) or PredictionRow(r.path, error=feats.errors[r.path]) for r in feats.records]
     return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes,
                             error_rate=model.error_rate)

@@ -148,6 +148,8 @@ SLICE = RecordSchema("slice", (
     RecordField("answer", str, "COVID or NonCOVID where the model's error rate is known (at --error-rate); "
                 "uncertain where it is not; not assessable where the image is unlike what the model was "
                 "validated on.", choices=ANSWERS),
+    RecordField("answer_note", str, "Why an image in distribution is not assessable: its folder's images, as a set, "
+                "are unlike every training source's.", optional=True),
     RecordField("p_covid", float, "The model's probability of COVID-19 (a detail: see the answer)."),
     RecordField("label", str, "COVID when p_covid reaches the model's threshold, else NonCOVID; kept for "
                 "scripts that read it.", choices=LABELS),
@@ -174,7 +176,9 @@ STUDY = RecordSchema("study", (
                 get=lambda r: r.study.name),
     RecordField("answer", str, "The study's answer: COVID or NonCOVID at a known error rate (calibrated on the "
                 "training patients with several slices), uncertain, or not assessable (most scored slices unlike "
-                "the training images).", choices=ANSWERS),
+                "the training images, or its slices as a set unlike every training source's).", choices=ANSWERS),
+    RecordField("answer_note", str, "Why a study is not assessable when its slices are in distribution one by one.",
+                optional=True),
     RecordField("series", str, "The series used: plane, slice thickness, kernel, files used of the study's.",
                 get=lambda r: r.study.series),
     RecordField("n_slices", int, "Slices of the series used.", get=lambda r: len(r.study.slices)),

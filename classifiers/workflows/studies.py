@@ -20,7 +20,7 @@ from ..estimators.study_aggregation import aggregate
 from ..presentation.csv_files import write_csv
 from . import prediction_record as record
 from .model import LoadedModel, load_model
-from .predict import PredictionRow, predict_records
+from .predict import NOT_ASSESSABLE, PredictionRow, predict_records
 
 IDENTIFIER_COLUMNS = ("study_uid", "series_uid")
 TOP_SLICES = 3
@@ -56,6 +56,7 @@ class StudyResult:
     in_distribution: bool | None = None
     error: str | None = None
     answer: str | None = None
+    answer_note: str | None = None
 
     @property
     def scored(self) -> list[tuple[int, PredictionRow]]:
@@ -141,7 +142,8 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
         used, not_used = slices_to_score(study, max_slices)
         plans.append((study, used, not_used))
     records = [Record(path) for _, used, _ in plans for path in used]
-    predictions = {row.path: row for row in predict_records(model, records, site).rows} if records else {}
+    sets = {path: study.name for study, used, _ in plans for path in used}  # each study's slices are one set
+    predictions = {row.path: row for row in predict_records(model, records, site, sets).rows} if records else {}
     method = model.card.aggregation
     threshold = model.threshold
     results = []
@@ -156,6 +158,9 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
             flags = [r.in_distribution for _, r in scored if r.in_distribution is not None]
             result.in_distribution = (sum(flags) * 2 >= len(flags)) if flags else None
             result.answer = model.answers([result.p_covid], [result.in_distribution], "studies")[0]
+            shifted = next((r.answer_note for _, r in scored if r.answer_note), None)
+            if shifted is not None and result.answer is not None:
+                result.answer, result.answer_note = NOT_ASSESSABLE, shifted
         elif not study.slices:
             reasons = sorted(set(study.errors.values()) - {"no CT image series in the study"})
             result.error = "no CT image series in the study" + (f" ({'; '.join(reasons)})" if reasons else "")

@@ -181,7 +181,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
         trained = train_estimator(X, y, groups, record_sources, blocks, settings, lesion_columns)
         harmonizer = trained.harmonizer
         adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
-    ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups)
+    ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups, np.array(record_sources, dtype=object))
     areas = None if lesion_columns is None else lesion_areas
     aggregation = choose_aggregation(trained.oof, y, groups, areas)
     answers = AnswerCalibration.fit(trained.oof, y, *study_scores(trained.oof, y, groups, aggregation["method"], areas))
