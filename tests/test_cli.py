@@ -428,6 +428,7 @@ def test_calibrate_refits_probabilities_and_threshold_on_a_local_sample(two_sour
     assert not (tmp_path / "f.joblib").exists()
 
 
+@pytest.mark.slow
 def test_calibrate_refits_the_conformal_answers_on_the_sites_sample(two_sources, two_source_model, tmp_path):
     """With enough labeled images of the site, the answers' calibration is the site's own: its
     out-of-fold recalibrated scores; with too few, the model's own is kept and the card says so."""

@@ -121,6 +121,7 @@ def test_fit_with_lesion_data_saves_a_head_with_its_provenance(lesion_model):
     assert card["dense"]["dense_layers"] == ["block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"]
 
 
+@pytest.mark.slow
 def test_predict_writes_lesion_fraction_and_maps_at_the_images_size(lesion_model, tmp_path):
     root, data, lesions, model = lesion_model
     out = tmp_path / "p.csv"
