@@ -138,7 +138,11 @@ def main() -> int:
     if study_rows:
         publish(table_section("abstain-studies", "abstain.py", "bench-abstain",
                               "The three hospital studies' answers (study-level calibration: the training patients "
-                              "with several slices, pooled by the model's study aggregation).",
+                              "with several slices, pooled by the model's study aggregation). Each study's slices, "
+                              "as a set, lie farther from the training images than any training source's do (one-sided "
+                              "Kolmogorov-Smirnov on the out-of-distribution scores), so no study is assessable: they "
+                              "come from a hospital the model has not seen; calibrate on that hospital's labeled "
+                              "slices makes its studies assessable.",
                               ("study", "error rate", "answer", "P(COVID)", "in distribution"), study_rows),
                 "Answer or abstain: hospital studies", args.out, REPO / "README.md")
     return 0

@@ -20,7 +20,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     if os.environ.get("COVIDCT_TF_VERBOSE"):
         yield
         return
@@ -81,7 +81,7 @@ def device_name() -> str:
     backend = backend_name()
     find = {"tensorflow": _tensorflow_devices, "jax": _jax_devices, "torch": _torch_devices}[backend]
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             gpus = find()
     except ImportError:
         raise CovidCTError(f"KERAS_BACKEND={backend} but {backend} is not installed; install it "

@@ -16,12 +16,13 @@ keras itself, ``tensorflow``). ONNX Runtime is installed with the package; OpenV
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -52,10 +53,14 @@ def check_runtime(name: str) -> None:
     needs = {ONNXRUNTIME: (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx")),
              OPENVINO: (("openvino", "openvino"), ("tf2onnx", "tf2onnx"))}.get(name, ())
     install = {ONNXRUNTIME: "pip install -e .", OPENVINO: 'pip install -e ".[openvino]"'}.get(name)
-    for module, package in needs:
+    import importlib.util
+
+    for module, package in needs:  # found, not imported: tf2onnx imports TensorFlow, which a fit on cached features never needs
         try:
-            __import__(module)
-        except ImportError:
+            missing = importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
             raise RuntimeMissingError(f"--runtime {name} needs {package}, which is not installed here: {install} "
                                       "(or --runtime tensorflow)") from None
 
@@ -75,9 +80,24 @@ def exported_onnx(model: Any, identity: dict, folder: str | Path) -> Path:
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             shape = (1, *model.input_shape[1:])
             model(np.zeros(shape, np.float32))  # keras exports models that have been called
-            model.export(str(tmp), format="onnx", verbose=False)
+            with quiet_export():
+                model.export(str(tmp), format="onnx", verbose=False)
             os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """tf2onnx's graph optimiser writes session notes to the native stderr, and its module a
+    NumPy deprecation warning: neither is the user's business."""
+    import warnings
+
+    from .keras_runtime import native_stderr_silenced
+
+    with warnings.catch_warnings(), native_stderr_silenced():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def forward(name: str, model: Any, identity: dict, folder: str | Path) -> Callable[[np.ndarray], np.ndarray]:
