@@ -105,7 +105,7 @@ class NearestNeighborOOD(BaseEstimator):
         scores = np.asarray(scores, dtype=float)
         if len(scores) < getattr(self, "min_batch", 20):
             return None
-        tests = {name: float(ks_2samp(scores, ref, alternative="less").pvalue)
+        tests = {name: float(ks_2samp(scores, ref, alternative="less", method="asymp").pvalue)
                  for name, ref in self._references().items() if len(ref)}
         best = max(tests, key=tests.get)
         return {"shifted": tests[best] < getattr(self, "shift_alpha", 0.001), "p_value": tests[best], "reference": best,
