@@ -277,6 +277,16 @@ def _decode_pixels(data: bytes, dicom_hint: bool):
 DECODED = _DecodedPixels(DECODE_BUDGET_BYTES)
 
 
+def set_decode_budget(budget_bytes: int) -> None:
+    """How many bytes of decoded pixels this process keeps (the web service keeps few: each
+    upload is read by one request only)."""
+    with DECODED.lock:
+        DECODED.budget = int(budget_bytes)
+        while DECODED.used > DECODED.budget and DECODED.entries:
+            _, old = DECODED.entries.popitem(last=False)
+            DECODED.used -= old.raw.nbytes if isinstance(old, DicomPixels) else getattr(old, "nbytes", 256)
+
+
 def read_pixels(path: str, dicom_hint: bool = False):
     """A file's decoded pixels, decoded once while they fit the budget: DicomPixels for DICOM
     (by content, or ``dicom_hint``), else an (H, W, 3) uint8 read-only array. ImageDecodeError or

@@ -39,7 +39,7 @@ def create_app(model_path: str | Path | None, context: RunContext, settings: Ser
 def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="covid-ct deep-features", version="1", description=RESEARCH_ONLY,
                   docs_url=None, redoc_url=None)
-    service = PredictionService(model, settings, threading.Lock())
+    service = PredictionService(model, settings, threading.RLock())  # reentrant: a study's pictures take it again
     app.state.service = service  # its batcher's record, for the load bench and tests
     PredictResponse = response_models()
 

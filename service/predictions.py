@@ -22,6 +22,7 @@ from classifiers.workflows.predict import predict_records
 from classifiers.workflows.studies import predict_studies
 from feature_extractor.dataset import Record, with_keys
 from feature_extractor.errors import CovidCTError
+from feature_extractor.images import set_decode_budget
 from feature_extractor.studies import Redactor, redactor_for
 
 from .batcher import DynamicBatcher
@@ -29,14 +30,16 @@ from .settings import ServeSettings
 from .uploads import CHUNK, UploadRejected, extract_zip, private_folder, safe_name
 
 ZIP_MAGIC = b"PK\x03\x04"
+SERVICE_DECODE_BYTES = 64 * 2**20  # decoded uploads kept for the backbones of the same request
 
 
 class PredictionService:
-    def __init__(self, model: LoadedModel, settings: ServeSettings, lock: threading.Lock):
+    def __init__(self, model: LoadedModel, settings: ServeSettings, lock: threading.RLock):
         self.model = model
         self.settings = settings
         self.lock = lock  # the CNN, one user at a time: the batcher, a heatmap, a study
         self._explainer = None
+        set_decode_budget(SERVICE_DECODE_BYTES)  # an upload is read by its own request only
         with lock:  # the weights are resolved (and checked) once, before requests read the caches in parallel
             for extractor in model.extractors:
                 extractor.weights  # noqa: B018

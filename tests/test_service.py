@@ -204,6 +204,22 @@ def test_new_slices_of_concurrent_requests_share_cnn_batches_and_a_bad_file_fail
     assert max(app.state.service.batcher.batches) > 1  # requests' new slices ran together
 
 
+def test_a_zipped_study_with_heatmaps_is_answered(open_server, tmp_path):
+    """A study's top slices get their heatmaps under the same CNN lock as the study itself."""
+    from pydicom.uid import generate_uid
+
+    from tests.test_studies import write_series
+
+    paths = write_series(tmp_path / "ward-3", generate_uid(), n=6, prefix="slice")
+    members = [(f"ward-3/{p.name}", p.read_bytes()) for p in paths]
+    response = httpx.post(open_server + "/api/v1/predict", data={"heatmaps": "true"}, timeout=300,
+                          files=[("files", ("study.zip", zip_of(members), "application/zip"))])
+    assert response.status_code == 200, response.text
+    (study,) = response.json()["studies"][0]["studies"]
+    assert study["p_covid"] is not None and len(study["top_slices"]) == 3
+    assert all(t["heatmap"].startswith("data:image/jpeg") for t in study["top_slices"])
+
+
 @pytest.mark.integration
 @needs_shared(STUDY)
 def test_a_zipped_dicom_study_gets_one_answer(token_server):
