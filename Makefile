@@ -51,8 +51,9 @@ $(VENV)/.installed-ray: $(VENV)/.installed
 test: $(VENV)/.installed-ray
 	$(BIN)/python -m pytest
 
+# The fast tests run on every core (pytest-xdist): each worker builds its own fixtures in its own temporary folders.
 test-fast: $(VENV)/.installed-ray
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto
 
 demo: venv
 	@echo "== data: $(DATA) $(SECOND_SOURCE)"

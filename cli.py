@@ -205,11 +205,11 @@ def engine_options(what: str):
 offline_option = click.option("--offline", is_flag=True, default=None,
                               help="Never download weights (also: COVIDCT_OFFLINE=1).")
 runtime_option = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default=lambda: default_runtime(), show_default="onnxruntime, or "
-    "$COVIDCT_RUNTIME",
-    help="What runs the CNN on the CPU: onnxruntime (about 2x TensorFlow's speed here), tensorflow (keras itself) "
-         "or openvino (pip install -e \".[openvino]\"); the same features to 1e-4; the model is exported to ONNX "
-         "once and cached under the features folder.")
+    "--runtime", type=click.Choice(RUNTIMES), default=lambda: default_runtime(), show_default="onnxruntime, "
+    "tensorflow where an NVIDIA GPU is visible, or $COVIDCT_RUNTIME",
+    help="What runs the CNN: onnxruntime (on the CPU, about 2x TensorFlow's speed there), tensorflow (keras itself, "
+         "also on a GPU) or openvino (pip install -e \".[openvino]\"); the same features to 1e-4; the model is "
+         "exported to ONNX once and cached under the features folder.")
 
 
 def model_options(engine: str | None = None):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from .errors import UnknownBackboneError
 
 
@@ -154,7 +156,41 @@ def _last_per_resolution(model: Any, n: int) -> list:
     return list(last.values())[-n:]
 
 
-def preprocess_function(spec: BackboneSpec) -> Callable:
-    from .keras_runtime import keras_module
+# keras.applications' preprocess_input by module: the arithmetic of keras'
+# imagenet_utils._preprocess_numpy_input (channels last) in NumPy, so that a runtime other than
+# TensorFlow prepares a batch without starting TensorFlow (5-6 s). tests/test_backbones_weights.py
+# compares each with keras' own.
+_PREPROCESS_MODE = {"vgg16": "caffe", "vgg19": "caffe", "resnet": "caffe", "densenet": "torch",
+                    "inception_v3": "tf", "xception": "tf", "mobilenet": "tf", "mobilenet_v2": "tf",
+                    "efficientnet": "none"}  # EfficientNet's preprocessing is inside the model
+_CAFFE_MEAN = (103.939, 116.779, 123.68)
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-    return getattr(keras_module().applications, spec.module).preprocess_input
+
+def preprocess_function(spec: BackboneSpec) -> Callable:
+    """The backbone's preprocess_input, for float or uint8 (N, H, W, 3) batches in RGB."""
+    mode = _PREPROCESS_MODE[spec.module]
+    return lambda x: _preprocess(x, mode)
+
+
+def _preprocess(x: np.ndarray, mode: str) -> np.ndarray:
+    if not issubclass(np.asarray(x).dtype.type, np.floating):
+        x = np.asarray(x).astype(np.float32)
+    if mode == "none":
+        return x
+    if mode == "tf":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if mode == "torch":
+        x /= 255.0
+        mean, std = _TORCH_MEAN, _TORCH_STD
+    else:
+        x = x[..., ::-1]  # RGB -> BGR
+        mean, std = _CAFFE_MEAN, None
+    for c in range(3):
+        x[..., c] -= mean[c]
+    if std is not None:
+        for c in range(3):
+            x[..., c] /= std[c]
+    return x

@@ -23,7 +23,7 @@ from .feature_spec import FeatureSpec, crop_version
 from .images import ImageDecodeError, PreparedImage, prepare_file
 from .provenance import command_line
 from .run_context import RunContext
-from .keras_runtime import device_name
+from .runtimes import runtime_device
 from .weights import NONE, NONE_WARNING, ResolvedWeights, build_with_weights, resolve_weights
 
 
@@ -139,6 +139,9 @@ class FeatureExtractor:
             return dim
         if self.spec.pooling == "avgmax":
             return 2 * dim
+        if self.context.runtime != "tensorflow":  # from the exported file when it is cached: no keras model
+            shape = (1, *self.spec.input_size, 3)
+            return int(np.asarray(self.forward()(self.preprocess(np.zeros(shape, np.uint8)))).shape[-1])
         return int(self.model.output_shape[-1])
 
     def open_cache(self) -> FeatureCache:
@@ -219,7 +222,8 @@ class FeatureExtractor:
         if self._forward is None:
             from .runtimes import forward
 
-            self._forward = forward(self.context.runtime, self.model, self.resolved_spec.identity(),
+            # The keras model only when the runtime's file must be exported: a cached export runs alone.
+            self._forward = forward(self.context.runtime, lambda: self.model, self.resolved_spec.identity(),
                                     self.context.features_dir)
         return self._forward
 
@@ -230,7 +234,7 @@ class FeatureExtractor:
             from .ray_extract import extract_on_ray
 
             return extract_on_ray(self, todo, cache, progress, report)
-        report.device = device_name()
+        report.device = runtime_device(self.context.runtime)
         crop_fallbacks = report.crop_fallbacks
         batch_size = self.context.batch_size
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]

@@ -114,9 +114,17 @@ class HypercolumnExtractor(FeatureExtractor):
     def feature_dim(self) -> int:
         return int(self.model.output_shape[-1])
 
-    def grids(self, slices: Sequence[DenseSlice]) -> np.ndarray:
-        """(N, grid, grid, D) float16 hypercolumns of prepared slices."""
-        side = self.spec.input_size[0]
-        x = self.preprocess(np.stack([s.model_input(side) for s in slices]))
-        return np.asarray(self.forward(eager=len(slices) == 1)(x), dtype=np.float16)
+    def grids(self, slices: Sequence[DenseSlice], dtype=np.float16) -> np.ndarray:
+        """(N, grid, grid, D) hypercolumns of prepared slices: float16 to train (bounded memory for
+        many slices' cells), float32 to apply (the CNN's own output: converting a slice's 2.9M values
+        to float16 and back cost 25 ms, more than the dense CNN pass on ONNX Runtime)."""
+        return self.grids_of_inputs(np.stack([s.model_input(self.input_side) for s in slices]), dtype)
+
+    @property
+    def input_side(self) -> int:
+        return self.spec.input_size[0]
+
+    def grids_of_inputs(self, inputs: np.ndarray, dtype=np.float16) -> np.ndarray:
+        """grids() of slices' model inputs, (N, side, side, 3), made beforehand (e.g. in a decoding thread)."""
+        return np.asarray(self.forward(eager=len(inputs) == 1)(self.preprocess(inputs)), dtype=dtype)
 

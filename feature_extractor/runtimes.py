@@ -33,11 +33,36 @@ TENSORFLOW, ONNXRUNTIME, OPENVINO = RUNTIMES
 
 
 def default_runtime() -> str:
-    """``$COVIDCT_RUNTIME``, else ONNX Runtime (keras itself under a non-TensorFlow Keras backend)."""
+    """``$COVIDCT_RUNTIME``; else keras itself (``tensorflow``) under a non-TensorFlow Keras backend
+    or where an NVIDIA GPU is visible (ONNX Runtime runs on the CPU here); else ONNX Runtime."""
     chosen = os.environ.get("COVIDCT_RUNTIME")
     if chosen:
         return chosen
-    return ONNXRUNTIME if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" else TENSORFLOW
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or nvidia_gpu_visible():
+        return TENSORFLOW
+    return ONNXRUNTIME
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether the NVIDIA driver lists a GPU that CUDA_VISIBLE_DEVICES does not hide (asked of the
+    driver's files, not of TensorFlow, which takes seconds to start)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        return gpus.is_dir() and any(gpus.iterdir())
+    except OSError:
+        return False
+
+
+def runtime_device(name: str) -> str:
+    """What a runtime's forward passes run on, for the extract summary (TensorFlow: the device it
+    found; the others run on the CPU, and naming it starts no TensorFlow)."""
+    if name == TENSORFLOW:
+        from .keras_runtime import device_name
+
+        return device_name()
+    return f"CPU ({os.cpu_count()} cores), {name}"
 _MODELS_DIR = "runtime-models"
 _EXPORT_LOCK = threading.Lock()
 
@@ -65,17 +90,21 @@ def check_runtime(name: str) -> None:
                                       "(or --runtime tensorflow)") from None
 
 
-def exported_onnx(model: Any, identity: dict, folder: str | Path) -> Path:
-    """The keras ``model`` as an ONNX file, exported once per identity (cached by content)."""
-    import keras
-    import tf2onnx
+def exported_onnx(model: Any | Callable[[], Any], identity: dict, folder: str | Path) -> Path:
+    """The keras ``model`` (or a function building it, called only when the file is not there
+    yet: a cached export needs no keras model) as an ONNX file, exported once per identity
+    (cached by content)."""
+    from importlib.metadata import version
 
-    digest = hashlib.sha256(json.dumps({"model": identity, "keras": keras.__version__,
-                                        "tf2onnx": tf2onnx.__version__}, sort_keys=True).encode()).hexdigest()
+    # The exporters' versions from their package metadata: importing them would start TensorFlow.
+    digest = hashlib.sha256(json.dumps({"model": identity, "keras": version("keras"),
+                                        "tf2onnx": version("tf2onnx")}, sort_keys=True).encode()).hexdigest()
     folder = Path(folder) / _MODELS_DIR
     path = folder / f"{identity.get('backbone', 'model')}-{digest[:16]}.onnx"
     with _EXPORT_LOCK:
         if not path.exists():
+            if not hasattr(model, "export"):
+                model = model()
             folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             shape = (1, *model.input_shape[1:])
@@ -100,10 +129,14 @@ def quiet_export() -> Iterator[None]:
         yield
 
 
-def forward(name: str, model: Any, identity: dict, folder: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The forward pass of ``model`` (preprocessed float32 batch in, outputs out) on ``name``."""
+def forward(name: str, model: Any | Callable[[], Any], identity: dict, folder: str | Path
+            ) -> Callable[[np.ndarray], np.ndarray]:
+    """The forward pass of ``model`` (preprocessed float32 batch in, outputs out) on ``name``;
+    ``model`` may be a function that builds it (only called when it is needed)."""
     check_runtime(name)
     if name == TENSORFLOW:
+        if not hasattr(model, "predict_on_batch"):
+            model = model()
         return lambda x: np.asarray(model.predict_on_batch(x))
     path = exported_onnx(model, identity, folder)
     threads = os.cpu_count() or 1
@@ -112,6 +145,9 @@ def forward(name: str, model: Any, identity: dict, folder: str | Path) -> Callab
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # No spinning: decoding threads share the cores with the CNN, and spinning threads took
+        # their time (a study's lesion maps: 1.9 cores busy for 1.1 cores of work).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: np.ascontiguousarray(x, np.float32)})[0]

@@ -97,3 +97,18 @@ def test_cli_extract_without_weights_fails_cleanly(tmp_path, class_folders, offl
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in proc.stderr
     assert str(tmp_path / "kh" / "models") in proc.stderr
+
+
+def test_preprocessing_matches_keras_for_every_backbone():
+    import numpy as np
+
+    from feature_extractor.backbones import preprocess_function
+    from feature_extractor.keras_runtime import keras_module
+
+    applications = keras_module().applications
+    batch = np.random.default_rng(0).integers(0, 256, size=(2, 9, 7, 3)).astype(np.float32)
+    for spec in BACKBONES.values():
+        ours = preprocess_function(spec)(batch.copy())
+        theirs = getattr(applications, spec.module).preprocess_input(batch.copy())
+        assert np.array_equal(ours, np.asarray(theirs)), spec.name
+    assert preprocess_function(BACKBONES["mobilenet"])(batch.astype(np.uint8)).dtype == np.float32

@@ -61,6 +61,23 @@ def test_search_keeps_the_best_candidates_out_of_fold_probabilities():
     assert search.best_estimator_.get_params()["logisticregression__C"] == best["params"]["logisticregression__C"]
 
 
+def test_the_blas_svc_scores_as_libsvm_does():
+    from sklearn.svm import SVC
+
+    from classifiers.estimators.rbf_svc import RBFSVC
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 40))
+    y = (X[:, 0] + rng.normal(size=300) > 0).astype(int)
+    new = rng.normal(size=(2500, 40))  # more rows than one block
+    for params in ({"C": 3.0}, {"C": 0.3, "gamma": 0.01, "class_weight": "balanced"}):
+        ours, theirs = RBFSVC(**params).fit(X, y), SVC(**params).fit(X, y)
+        assert np.allclose(ours.decision_function(new), theirs.decision_function(new), rtol=0, atol=1e-9)
+        assert clone(ours).get_params() == theirs.get_params()
+    three = np.arange(300) % 3  # anything but the binary RBF case is SVC's own
+    assert np.array_equal(RBFSVC().fit(X, three).decision_function(new[:5]), SVC().fit(X, three).decision_function(new[:5]))
+
+
 def test_one_class_is_an_error():
     X, y, groups = grouped_data()
     with pytest.raises(CovidCTError, match="both classes"):

@@ -45,12 +45,36 @@ def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
 
 
 def test_onnx_runtime_is_the_default_under_tensorflow_keras(monkeypatch):
+    from feature_extractor import runtimes
     from feature_extractor.runtimes import default_runtime
 
     monkeypatch.delenv("COVIDCT_RUNTIME", raising=False)
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    probe = runtimes.nvidia_gpu_visible
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert probe() is False  # no GPU is visible to this process
+    monkeypatch.setattr(runtimes, "nvidia_gpu_visible", lambda: False)
     assert default_runtime() == "onnxruntime" and RunContext().runtime == "onnxruntime"
+    monkeypatch.setattr(runtimes, "nvidia_gpu_visible", lambda: True)
+    assert default_runtime() == "tensorflow"  # ONNX Runtime would leave the GPU idle
+    monkeypatch.setattr(runtimes, "nvidia_gpu_visible", lambda: False)
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     assert default_runtime() == "tensorflow"  # keras itself runs the CNN under another backend
     monkeypatch.setenv("COVIDCT_RUNTIME", "openvino")
     assert default_runtime() == "openvino"
+
+
+def test_a_cached_export_runs_without_building_the_keras_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    spec = FeatureSpec("mobilenet025", "none", input_size=(64, 64))
+    first = FeatureExtractor(spec, RunContext(tmp_path / "f", runtime="onnxruntime"))
+    first.model.save_weights(tmp_path / "w.weights.h5")
+    spec = FeatureSpec("mobilenet025", str(tmp_path / "w.weights.h5"), input_size=(64, 64))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    exporting = FeatureExtractor(spec, RunContext(tmp_path / "f", runtime="onnxruntime"))
+    expected = exporting.forward()(x)
+    assert exporting._model is not None  # exported: built once
+    cached = FeatureExtractor(spec, RunContext(tmp_path / "f", runtime="onnxruntime"))
+    np.testing.assert_array_equal(cached.forward()(x), expected)
+    assert cached._model is None  # the cached file ran alone

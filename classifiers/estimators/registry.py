@@ -59,7 +59,8 @@ class ClassifierEntry:
 
 def _svm(random_state: int, y, class_weighted: bool) -> BaseEstimator:
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.svm import SVC
+
+    from .rbf_svc import RBFSVC
 
     # Platt scaling fitted on internal CV predictions of one SVC (sklearn's replacement for
     # SVC(probability=True)); tuning and scoring stay patient-grouped outside it. With sample
@@ -67,7 +68,7 @@ def _svm(random_state: int, y, class_weighted: bool) -> BaseEstimator:
     # ensemble=False fits its internal CV models without the weights (only fit params are
     # routed there) and the sigmoid then learns from unweighted scores; on two sources that
     # inverted the ranking (grouped CV AUC 0.22).
-    svc = SVC(kernel="rbf", class_weight="balanced" if class_weighted else None, random_state=random_state)
+    svc = RBFSVC(kernel="rbf", class_weight="balanced" if class_weighted else None, random_state=random_state)
     return CalibratedClassifierCV(svc, method="sigmoid", ensemble=not class_weighted)
 
 
