@@ -109,7 +109,8 @@ def main() -> int:
     parser.add_argument("--sources", nargs="+", default=[str(DATA / "covid-ct"), str(DATA / "mosmed-slices")])
     parser.add_argument("--skip-image-level", action="store_true")
     parser.add_argument("--cost-only", action="store_true",
-                        help="only the cost table, with the lesion head of bench/out/models/lesions-demo-with-lesions.joblib")
+                        help="only the cost table, with the lesion head of "
+                             "bench/out/models/lesions-demo-with-lesions.joblib (else of make demo's models/demo.joblib)")
     args = parser.parse_args()
     if not (Path(args.lesion_data).is_dir() and WEIGHTS["mobilenetv2"].is_file()):
         print(f"skipped: needs {args.lesion_data} and {WEIGHTS['mobilenetv2']}")
@@ -123,7 +124,8 @@ def main() -> int:
     extra = load_lesion_folder(args.extra_training) if Path(args.extra_training).is_dir() else None
     sections = []
     if args.cost_only:
-        model = load_model(Path(args.models_dir) / "lesions-demo-with-lesions.joblib", context)
+        path = Path(args.models_dir) / "lesions-demo-with-lesions.joblib"
+        model = load_model(path if path.exists() else REPO / "models" / "demo.joblib", context)  # else make demo's
         marker, heading, text, header, rows = cost_section(context, data, model.lesions, settings)
         publish(table_section(marker, "lesions.py", "bench-lesions", text, header, rows), heading, args.out)
         return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The README's screenshot of the service page: a slice with its heatmap and lesion map and a
 zipped DICOM study, answered by the demo's configuration with a lesion head (bench/lesions.py's
-model; headless Chromium through Playwright). The images are the tests' synthetic phantoms, so
+model, else `make demo`'s; headless Chromium through Playwright). The images are the tests' synthetic phantoms, so
 no patient image of ../shared ends up in the repository; the page rightly answers "not
 assessable" for them.
 
@@ -24,6 +24,8 @@ MODEL = REPO / "bench" / "out" / "models" / "lesions-demo-with-lesions.joblib"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=REPO / "docs" / "serve.png")
+    parser.add_argument("--model", default=MODEL if MODEL.exists() else REPO / "models" / "demo.joblib",
+                        help="the demo's configuration with a lesion head (bench/lesions.py's, else make demo's)")
     args = parser.parse_args()
     import uvicorn
     from playwright.sync_api import sync_playwright
@@ -33,7 +35,7 @@ def main() -> int:
     from service.app import build_app
     from service.settings import ServeSettings
 
-    model = load_model(MODEL, RunContext(REPO / "features", offline=True))
+    model = load_model(args.model, RunContext(REPO / "features", offline=True))
     server = uvicorn.Server(uvicorn.Config(build_app(model, ServeSettings(heatmap_method="occlusion")),
                                            host="127.0.0.1", port=0, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()

@@ -145,9 +145,6 @@ def forward(name: str, model: Any | Callable[[], Any], identity: dict, folder: s
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        # No spinning: decoding threads share the cores with the CNN, and spinning threads took
-        # their time (a study's lesion maps: 1.9 cores busy for 1.1 cores of work).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
         return lambda x: session.run(None, {input_name: np.ascontiguousarray(x, np.float32)})[0]

@@ -109,3 +109,23 @@ def test_a_set_unlike_every_training_source_is_shifted_though_each_image_passes(
     assert detector.shift(scores[:10]) is None  # too few to test a set
     accepted = detector.with_reference("site-c", near)  # calibrate: the site's own images as a reference
     assert accepted.shift(detector.score_samples(near))["shifted"] is False and "site-c" in accepted.describe()["references"]
+
+
+def test_a_held_out_source_keeps_its_per_image_answers_beside_the_set_rule():
+    """leave one source out: a shifted held-out set is not assessable as a whole, and the answers it
+    would have had image by image are kept for measuring what the rule changed (bench/abstain.py)."""
+    from types import SimpleNamespace
+
+    from classifiers.workflows.cross_source import HeldOutSource, _answer
+
+    rng = np.random.default_rng(3)
+    X, y, groups = relu_features(400, 30, rng)
+    sources = np.where(np.arange(400) < 200, "a", "b")
+    near, y_near, groups_near = relu_features(40, 30, rng)
+    near[:, 15:20] += 0.7  # one by one most pass the cut-off; as a set they do not
+    oof = np.clip(0.5 + 0.4 * (2 * y - 1) * rng.uniform(0.2, 1, len(y)), 0, 1)
+    p = np.clip(0.5 + 0.4 * (2 * y_near - 1), 0, 1)
+    held = HeldOutSource("c", ["a", "b"], 400, {"images": 40}, 0.5, {}, y_near, p)
+    _answer(held, SimpleNamespace(oof=oof), X, y, groups, sources, near, groups_near, 0.1, 50, 0)
+    assert held.shift["shifted"] and set(held.answers) == {"not assessable"}
+    assert len(held.answers_per_image) == 40 and {"COVID", "NonCOVID"} & set(held.answers_per_image)

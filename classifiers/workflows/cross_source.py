@@ -49,6 +49,7 @@ class HeldOutSource:
     in_distribution: np.ndarray | None = None
     risk_coverage: list | None = None            # its answers' curve over error rates
     shift: dict | None = None                    # the set-shift test of its images (ood.py)
+    answers_per_image: list | None = None        # the answers without the set-shift rule (for measuring it)
 
 
 @dataclass
@@ -173,7 +174,7 @@ def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarr
     ood = NearestNeighborOOD(random_state=seed).fit(X_train, y_train, groups_train, sources_train)
     scores = ood.score_samples(X_test)
     held.in_distribution = ood.in_distribution(scores)
-    held.answers = calibration.answers(held.p, error_rate, held.in_distribution)
+    held.answers = held.answers_per_image = calibration.answers(held.p, error_rate, held.in_distribution)
     held.shift = ood.shift(scores)
     if held.shift is not None and held.shift["shifted"]:  # the held-out source as a set: as predict would say
         held.answers = ["not assessable"] * len(held.answers)
