@@ -10,9 +10,11 @@ cache does not depend on the runtime, as it does not on the Keras backend. Measu
 (BENCHMARKS "CPU runtimes"): ONNX Runtime 1.9-2.2x TensorFlow's speed for the pooled and the
 dense MobileNets (largest difference 4e-5), OpenVINO 1.5-1.8x (in f32; in its default bf16 on
 this CPU it was faster but off by up to 1.5): so ONNX Runtime is the default
-(``$COVIDCT_RUNTIME`` sets another; with a Keras backend other than TensorFlow the default is
-keras itself, ``tensorflow``). ONNX Runtime is installed with the package; OpenVINO is the
-``openvino`` extra. A runtime whose library is missing is one clear error.
+(``$COVIDCT_RUNTIME`` sets another; with a Keras backend other than TensorFlow, or where an
+NVIDIA GPU is visible, the default is keras itself, ``tensorflow``, which runs on the GPU). A
+cached export runs without building the keras model or importing TensorFlow. ONNX Runtime is
+installed with the package; OpenVINO is the ``openvino`` extra. A runtime whose library is
+missing is one clear error.
 """
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def runtime_device(name: str) -> str:
 
         return device_name()
     return f"CPU ({os.cpu_count()} cores), {name}"
+
+
 _MODELS_DIR = "runtime-models"
 _EXPORT_LOCK = threading.Lock()
 
@@ -90,10 +94,10 @@ def check_runtime(name: str) -> None:
                                       "(or --runtime tensorflow)") from None
 
 
-def exported_onnx(model: Any | Callable[[], Any], identity: dict, folder: str | Path) -> Path:
-    """The keras ``model`` (or a function building it, called only when the file is not there
-    yet: a cached export needs no keras model) as an ONNX file, exported once per identity
-    (cached by content)."""
+def exported_onnx(build_model: Callable[[], Any], identity: dict, folder: str | Path) -> Path:
+    """The keras model that ``build_model`` returns as an ONNX file, exported once per identity
+    (cached by content); ``build_model`` is only called when the file is not there yet: a cached
+    export needs no keras model."""
     from importlib.metadata import version
 
     # The exporters' versions from their package metadata: importing them would start TensorFlow.
@@ -103,8 +107,7 @@ def exported_onnx(model: Any | Callable[[], Any], identity: dict, folder: str | 
     path = folder / f"{identity.get('backbone', 'model')}-{digest[:16]}.onnx"
     with _EXPORT_LOCK:
         if not path.exists():
-            if not hasattr(model, "export"):
-                model = model()
+            model = build_model()
             folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             shape = (1, *model.input_shape[1:])
@@ -129,16 +132,15 @@ def quiet_export() -> Iterator[None]:
         yield
 
 
-def forward(name: str, model: Any | Callable[[], Any], identity: dict, folder: str | Path
+def forward(name: str, build_model: Callable[[], Any], identity: dict, folder: str | Path
             ) -> Callable[[np.ndarray], np.ndarray]:
-    """The forward pass of ``model`` (preprocessed float32 batch in, outputs out) on ``name``;
-    ``model`` may be a function that builds it (only called when it is needed)."""
+    """The forward pass (preprocessed float32 batch in, outputs out) on ``name`` of the keras model
+    that ``build_model`` returns, called only when it is needed."""
     check_runtime(name)
     if name == TENSORFLOW:
-        if not hasattr(model, "predict_on_batch"):
-            model = model()
+        model = build_model()
         return lambda x: np.asarray(model.predict_on_batch(x))
-    path = exported_onnx(model, identity, folder)
+    path = exported_onnx(build_model, identity, folder)
     threads = os.cpu_count() or 1
     if name == ONNXRUNTIME:
         import onnxruntime as ort
