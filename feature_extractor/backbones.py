@@ -174,8 +174,9 @@ def preprocess_function(spec: BackboneSpec) -> Callable:
 
 
 def _preprocess(x: np.ndarray, mode: str) -> np.ndarray:
-    if not issubclass(np.asarray(x).dtype.type, np.floating):
-        x = np.asarray(x).astype(np.float32)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
     if mode == "none":
         return x
     if mode == "tf":

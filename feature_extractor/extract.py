@@ -6,7 +6,6 @@ Decoding runs in a thread pool one batch ahead of inference, so the CNN is kept 
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -22,8 +21,8 @@ from .errors import ModelBundleError, SettingsError
 from .feature_spec import FeatureSpec, crop_version
 from .images import ImageDecodeError, PreparedImage, prepare_file
 from .provenance import command_line
-from .run_context import RunContext
-from .runtimes import runtime_device
+from .run_context import RunContext, worker_threads
+from .runtimes import TENSORFLOW, runtime_device
 from .weights import NONE, NONE_WARNING, ResolvedWeights, build_with_weights, resolve_weights
 
 
@@ -139,7 +138,7 @@ class FeatureExtractor:
             return dim
         if self.spec.pooling == "avgmax":
             return 2 * dim
-        if self.context.runtime != "tensorflow":  # from the exported file when it is cached: no keras model
+        if self.context.runtime != TENSORFLOW:  # from the exported file when it is cached: no keras model
             shape = (1, *self.spec.input_size, 3)
             return int(np.asarray(self.forward()(self.preprocess(np.zeros(shape, np.uint8)))).shape[-1])
         return int(self.model.output_shape[-1])
@@ -216,7 +215,7 @@ class FeatureExtractor:
 
     def forward(self, eager: bool = False):
         """The CNN's forward pass on the context's runtime (TensorFlow: eager for one-off batches)."""
-        if self.context.runtime == "tensorflow":
+        if self.context.runtime == TENSORFLOW:
             model = self.model
             return (lambda x: model(x, training=False)) if eager else model.predict_on_batch
         if self._forward is None:
@@ -246,8 +245,7 @@ class FeatureExtractor:
                 crop_fallbacks[rec.path] = fallback
             return image
 
-        workers = max(2, min(8, os.cpu_count() or 2))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
             pending: list[Future] = [pool.submit(load, r) for r in batches[0]] if batches else []
             for i, batch in enumerate(batches):
                 loaded = [f.result() for f in pending]

@@ -7,6 +7,7 @@ features and the same models. The feature settings that do change numbers are a
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -16,6 +17,12 @@ from .runtimes import default_runtime
 
 Progress = Callable[[int], None]  # called with the number of images just finished
 ProgressFactory = Callable[[str, int], ContextManager[Progress]]  # (label, total) -> a Progress
+
+
+def worker_threads() -> int:
+    """Threads for the work beside the CNN (decoding, lung masks, lesion maps), sized from the
+    cores: at least 2 so decoding overlaps the CNN, at most 8."""
+    return max(2, min(8, os.cpu_count() or 2))
 
 
 def no_progress(label: str, total: int) -> ContextManager[Progress]:

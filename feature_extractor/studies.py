@@ -35,6 +35,7 @@ import numpy as np
 
 from .dataset import DICOM_SUFFIXES, list_image_files
 from .nifti_volumes import NIFTI_SUFFIXES, VolumeError, volume_slices
+from .run_context import worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ def slices_to_score(study: Study, max_slices: int | None = None) -> tuple[list[s
 
     # Decoded once here (images.read_pixels keeps them for the extraction that follows), in
     # threads sized from the cores.
-    with ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2))) as pool:
+    with ThreadPoolExecutor(worker_threads()) as pool:
         fractions = list(pool.map(check, study.slices))
     in_lungs, not_used = [], {}
     for path, fraction in zip(study.slices, fractions):

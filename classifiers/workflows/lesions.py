@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.hypercolumns import DEFAULT_GRID, DEFAULT_INPUT, DenseSlice, HypercolumnExtractor, read_dense
 from feature_extractor.images import ImageDecodeError, resize_map
 from feature_extractor.lesion_data import LesionData, check_masks, slice_masks
-from feature_extractor.run_context import RunContext
+from feature_extractor.run_context import RunContext, worker_threads
 
 from ..estimators.lesion_head import DEFAULT_HEADS, LesionHead
 from .model_card import N_LESION_COLUMNS
@@ -188,8 +187,7 @@ def dense_slices(extractor: HypercolumnExtractor, paths: Sequence[str], progress
             return f"cannot read file: {exc.strerror or exc}"
         return dense, dense.model_input(side)
 
-    workers = max(2, min(8, os.cpu_count() or 2))
-    with ThreadPoolExecutor(workers) as pool, extractor.context.progress(progress_label or "lesion maps   ",
+    with ThreadPoolExecutor(worker_threads()) as pool, extractor.context.progress(progress_label or "lesion maps   ",
                                                                          len(paths)) as progress:
         chunks = [list(paths[i:i + batch]) for i in range(0, len(paths), batch)]
         pending = [pool.submit(load, p) for p in chunks[0]] if chunks else []
@@ -326,7 +324,7 @@ class LesionMapper:
             # Each slice's head and map in a thread while the CNN runs the next batch: on 2 cores
             # that work (a quarter of a slice's) otherwise waited for the CNN and the CNN for it.
             window = max(1, self.extractor.context.batch_size)
-            with cache.lock(), ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2))) as post:
+            with cache.lock(), ThreadPoolExecutor(worker_threads()) as post:
                 pending = []
                 for path, item, grid in dense_slices(self.extractor, [r.path for r in todo.values()],
                                                       dtype=np.float32):
