@@ -25,20 +25,20 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import MODELS, REPO, SHARED, bench_parser, publish, table_section
 
+from classifiers.records.selective import selective_metrics  # noqa: E402
 from classifiers.workflows.cross_source import leave_one_source_out  # noqa: E402
 from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
 from classifiers.workflows.features import FeatureSelection  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
 from classifiers.workflows.predict import predict_folder  # noqa: E402
-from classifiers.workflows.selective import selective_metrics  # noqa: E402
 from classifiers.workflows.studies import predict_studies  # noqa: E402
-from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
-from feature_extractor.dataset import load_datasets  # noqa: E402
+from classifiers.settings import AnswerSettings, FitSettings  # noqa: E402
+from classifiers.workflows.train import fit_model  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.imaging.dataset import load_datasets  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice  # noqa: E402
 
@@ -79,10 +79,10 @@ def main() -> int:
               .extract(dataset.records).summary(), flush=True)
     selection = FeatureSelection(tuple(WEIGHTS), {n: WeightsChoice("file", str(p)) for n, p in WEIGHTS.items()}, FEATURES)
     path = Path(args.models_dir) / "abstain-demo.joblib"
-    fit_model(sources, FitSettings("stack", base=("svm", "logreg")), selection, context, path)
+    fit_model(sources, fit=FitSettings("stack", base=("svm", "logreg")), selection=selection, context=context, model_path=path)
     rows, curves = [], []
     for rate in RATES:
-        model = load_model(path, context, rate)
+        model = load_model(path, context, AnswerSettings(rate))
         test = evaluate_model(model, sources[0], "test", args.bootstrap)
         rows.append(row("COVID-CT test split (both sources' training images)", rate, test.y,
                         [r.answer for r in test.rows], test.groups, args.bootstrap))
@@ -90,7 +90,7 @@ def main() -> int:
             curves.append(("COVID-CT test split", test.risk_coverage))
         print(" | ".join(rows[-1]), flush=True)
     for rate in RATES:
-        cross = leave_one_source_out(load_model(path, context, rate), sources, args.bootstrap)
+        cross = leave_one_source_out(load_model(path, context, AnswerSettings(rate)), sources, args.bootstrap)
         for h in cross.held_out:
             groups = np.array([r.group for r in h.records])
             c = h.caught
@@ -108,7 +108,7 @@ def main() -> int:
     study_rows = []
     if Path(args.studies).is_dir():
         for rate in RATES:
-            report = predict_studies(load_model(path, context, rate), args.studies)
+            report = predict_studies(load_model(path, context, AnswerSettings(rate)), args.studies)
             for result in report.results:
                 study_rows.append((result.study.name, f"{rate:g}", result.answer or "-",
                                    f"{result.p_covid:.3f}" if result.p_covid is not None else "-",
@@ -120,7 +120,7 @@ def main() -> int:
 
         non_ct_pictures(Path(tmp) / "pictures", n=20, seed=7)
         for rate in RATES:
-            predicted = predict_folder(load_model(path, context, rate), Path(tmp) / "pictures")
+            predicted = predict_folder(load_model(path, context, AnswerSettings(rate)), Path(tmp) / "pictures")
             answers = [r.answer for r in predicted.rows]
             rows.append(row("20 non-CT pictures (no labels: only abstentions count)", rate, np.zeros(len(answers)),
                             answers, np.arange(len(answers)), args.bootstrap))

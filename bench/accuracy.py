@@ -20,11 +20,12 @@ from classifiers.estimators.registry import CLASSIFIERS, STACK  # noqa: E402
 from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
 from classifiers.workflows.features import FeatureSelection  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
-from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
+from classifiers.settings import FitSettings  # noqa: E402
+from classifiers.workflows.train import fit_model  # noqa: E402
 from feature_extractor.backbones import get_backbone  # noqa: E402
-from feature_extractor.dataset import Dataset, load_dataset  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import SETTING, FeatureSpec  # noqa: E402
+from feature_extractor.imaging.dataset import Dataset, load_dataset  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice, imagenet_file  # noqa: E402
 
@@ -88,7 +89,7 @@ def main() -> int:
         model = Path(args.models_dir) / f"{label.replace(' + ', '+')}-{clf}.joblib"
         selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones},
                                      {"pooling": args.pooling, "tta": args.tta})
-        bundle = fit_model(args.data, FitSettings(clf, **kw), selection, context, model)
+        bundle = fit_model(args.data, fit=FitSettings(clf, **kw), selection=selection, context=context, model_path=model)
         ev = evaluate_model(load_model(model, context), args.data, "test", n_boot=args.bootstrap)
         m = ev.metrics
         rows.append((label, clf, f"{bundle.card.cv_auc:.3f}", ci(m["accuracy"]), ci(m["f1"]),

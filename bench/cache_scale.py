@@ -42,7 +42,7 @@ STEP = """
 import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
-from feature_extractor.cache import FeatureCache
+from feature_extractor.cache.feature_cache import FeatureCache
 
 cache = FeatureCache({path!r})
 rng = np.random.default_rng(int(time.time_ns() % 2**32))
@@ -75,7 +75,7 @@ def build(path: Path, n: int) -> Path:
 import sys
 import numpy as np
 sys.path.insert(0, {str(REPO)!r})
-from feature_extractor.cache import FeatureCache
+from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.weights import parse_choice
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-
-from common import SHARED, bench_parser, publish, table_section
 from accuracy import available  # noqa: E402
+from common import SHARED, bench_parser, publish, table_section
 
 from classifiers.estimators.harmonize import SiteStandardizer  # noqa: E402
 from classifiers.workflows.features import feature_matrix  # noqa: E402
-from feature_extractor.cache import list_caches  # noqa: E402
-from feature_extractor.dataset import load_datasets, with_keys  # noqa: E402
+from feature_extractor.cache.feature_cache import list_caches  # noqa: E402
+from feature_extractor.imaging.dataset import load_datasets, with_keys  # noqa: E402
 
 SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")
 FEATURES = {"pooling": "multiscale", "tta": "flip", "crop": "none"}
@@ -32,11 +31,11 @@ FEATURES = {"pooling": "multiscale", "tta": "flip", "crop": "none"}
 
 def pipelines() -> dict:
     import sklearn
+    from skada import CORAL, DensityReweight, SubspaceAlignment, make_da_pipeline
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from skada import CORAL, DensityReweight, SubspaceAlignment, make_da_pipeline
 
     sklearn.set_config(enable_metadata_routing=True)  # DensityReweight hands sample weights on
 

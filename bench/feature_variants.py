@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, publish
-from accuracy import available  # noqa: E402
-
 import numpy as np  # noqa: E402
+from accuracy import available  # noqa: E402
+from common import REPO, SHARED, publish
 from sklearn.calibration import CalibratedClassifierCV  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -29,9 +28,9 @@ from classifiers.estimators.search import GroupedSearchCV  # noqa: E402
 from classifiers.estimators.stacking import StackedEnsemble  # noqa: E402
 from classifiers.workflows.features import feature_matrix, select_cache  # noqa: E402
 from classifiers.workflows.train import training_records  # noqa: E402
-from feature_extractor.dataset import load_dataset, with_keys  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.imaging.dataset import load_dataset, with_keys  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
 VARIANTS = [("avg", "none"), ("avgmax", "none"), ("multiscale", "none"), ("avg", "flip"),

@@ -21,20 +21,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-
+from accuracy import available, ci  # noqa: E402
 from common import REPO, SHARED, bench_parser, publish, table_section
-from accuracy import ci, available  # noqa: E402
 
 from classifiers.estimators.registry import STACK  # noqa: E402
+from classifiers.records.metrics import bootstrap_metrics  # noqa: E402
 from classifiers.workflows.cross_source import leave_one_source_out  # noqa: E402
 from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
 from classifiers.workflows.features import FeatureSelection  # noqa: E402
-from classifiers.workflows.metrics import bootstrap_metrics  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
-from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
-from feature_extractor.dataset import load_datasets  # noqa: E402
+from classifiers.settings import FitSettings  # noqa: E402
+from classifiers.workflows.train import fit_model  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.imaging.dataset import load_datasets  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
 FEATURES = {"pooling": "multiscale", "tta": "flip"}
@@ -83,7 +83,8 @@ def main() -> int:
         path = Path(args.models_dir) / f"both-crop-{crop}-{harmonize}-{label.replace(' + ', '+')}-{clf}.joblib"
         selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones},
                                      {**FEATURES, "crop": crop})
-        bundle = fit_model(sources, FitSettings(clf, harmonize=harmonize, **kw), selection, context, path)
+        bundle = fit_model(sources, fit=FitSettings(clf, harmonize=harmonize, **kw), selection=selection, context=context,
+                           model_path=path)
         model = load_model(path, context)
         held = {h.source: h for h in leave_one_source_out(model, sources, args.bootstrap).held_out}
         test = evaluate_model(model, covidct, "test", args.bootstrap).metrics["roc_auc"] if covidct else None

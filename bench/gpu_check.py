@@ -32,7 +32,7 @@ REFERENCE = REPO / "bench" / "out" / "gpu_reference.npz"
 
 def run(backbone: str, records, batch_size: int) -> tuple[dict[str, np.ndarray], float, str]:
     """Features by key, seconds, and the device, for one fresh extraction."""
-    from feature_extractor.cache import FeatureCache
+    from feature_extractor.cache.feature_cache import FeatureCache
     from feature_extractor.extract import FeatureExtractor
     from feature_extractor.feature_spec import FeatureSpec
     from feature_extractor.run_context import RunContext
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--write-reference", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
-    from feature_extractor.dataset import load_unlabeled, with_keys
+    from feature_extractor.imaging.dataset import load_unlabeled, with_keys
 
     records = with_keys(sorted(load_unlabeled(args.data).records, key=lambda r: r.path)[:args.limit])
     if args.write_reference:

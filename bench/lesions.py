@@ -30,25 +30,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import MODELS, REPO, SHARED, bench_parser, markdown_table, publish, table_section
 
 from classifiers.estimators.lesion_head import LesionHead  # noqa: E402
+from classifiers.records.metrics import bootstrap_metrics  # noqa: E402
 from classifiers.workflows.cross_source import leave_one_source_out  # noqa: E402
 from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
 from classifiers.workflows.features import FeatureSelection  # noqa: E402
-from classifiers.workflows.lesion_evaluate import agreement, score_slice  # noqa: E402
-from classifiers.workflows.lesions import (CLASSIFIER_SUMMARY, LesionMapper, LesionSettings,  # noqa: E402
-                                           dense_slices, lesion_map_of, training_cells)
-from classifiers.workflows.metrics import bootstrap_metrics  # noqa: E402
+from classifiers.workflows.lesions.evaluate import agreement, score_slice  # noqa: E402
+from classifiers.settings import LesionSettings  # noqa: E402
+from classifiers.workflows.lesions.maps import LesionMapper  # noqa: E402
+from classifiers.workflows.lesions.summary import CLASSIFIER_SUMMARY, lesion_map_of  # noqa: E402
+from classifiers.workflows.lesions.training import training_cells  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
-from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
-from feature_extractor.dataset import Record, load_datasets  # noqa: E402
+from classifiers.settings import FitSettings  # noqa: E402
+from classifiers.workflows.train import fit_model  # noqa: E402
+from feature_extractor.dense.hypercolumns import HypercolumnExtractor  # noqa: E402
+from feature_extractor.dense.lesion_data import load_lesion_folder, slice_masks  # noqa: E402
+from feature_extractor.dense.slices import read_dense  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
-from feature_extractor.hypercolumns import HypercolumnExtractor, read_dense  # noqa: E402
-from feature_extractor.lesion_data import load_lesion_folder, slice_masks  # noqa: E402
-from feature_extractor.lung_crop import lung_field  # noqa: E402
+from feature_extractor.imaging.dataset import Record, load_datasets  # noqa: E402
+from feature_extractor.lungs.crop import lung_field  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice  # noqa: E402
 
@@ -92,7 +95,7 @@ def dense_pass(extractor, slices, cells_per_slice, rng):
     """Every slice's training cells, product lung mask, full-size shape and cell grid (float16)."""
     out = {}
     start = time.perf_counter()
-    for path, item, grid in dense_slices(extractor, [s.path for s in slices]):
+    for path, item, grid in extractor.batches([s.path for s in slices]):
         s = next(x for x in slices if x.path == path)
         masks = slice_masks(s, item.shape)
         lungs = masks.lungs if masks.lungs is not None else item.lungs.mask
@@ -188,7 +191,7 @@ def main() -> int:
     mapper = LesionMapper(head, extractor.resolved_spec, context)
     study_rows = []
     if Path(args.studies).is_dir():
-        from feature_extractor.studies import find_studies, slices_to_score
+        from feature_extractor.imaging.studies import find_studies, slices_to_score
 
         labels = load_lesion_folder(args.studies)
         by_patient = {}
@@ -253,7 +256,7 @@ def main() -> int:
 def cost_section(context, data, mapper, settings, n: int = 96):
     """ms per slice on fresh caches, each slice's first read (decoding included): today's pooled
     features (both backbones) and the lesion path (dense features, lung mask, head, summary)."""
-    from feature_extractor.images import DECODED
+    from feature_extractor.imaging.decode import DECODED
 
     records = [Record(s.path) for s in data.slices[::max(1, len(data.slices) // n)][:n]]
     warm, timed = records[:16], records[16:]
@@ -288,11 +291,10 @@ def cost_section(context, data, mapper, settings, n: int = 96):
 
 
 def image_level(sources, context, args, mapper, settings) -> list[tuple[str, ...]]:
+    from accuracy import ci
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from accuracy import ci
 
     dataset = load_datasets(sources)
     for name, path in WEIGHTS.items():
@@ -313,7 +315,7 @@ def image_level(sources, context, args, mapper, settings) -> list[tuple[str, ...
         return [by[n] for n in names] + [ci(test.metrics["roc_auc"])]
 
     demo = FitSettings("stack", base=("svm", "logreg"))
-    fit_model(sources, demo, selection, context, models / "lesions-demo.joblib")
+    fit_model(sources, fit=demo, selection=selection, context=context, model_path=models / "lesions-demo.joblib")
     rows.append(("(a) the demo's configuration", *loso(models / "lesions-demo.joblib")))
     print(" | ".join(rows[-1]), flush=True)
 
@@ -344,9 +346,9 @@ def image_level(sources, context, args, mapper, settings) -> list[tuple[str, ...
     rows.append((f"(c) logistic regression on the lesion summaries ({', '.join(CLASSIFIER_SUMMARY)})", *cells))
     print(" | ".join(rows[-1]), flush=True)
 
-    fit_model(sources, FitSettings("stack", base=("svm", "logreg"), lesion_features=True), selection, context,
-              models / "lesions-demo-with-lesions.joblib", lesion_data=[args.lesion_data, args.extra_training],
-              lesion_settings=settings)
+    fit_model(sources, fit=FitSettings("stack", base=("svm", "logreg"), lesion_features=True), selection=selection,
+              context=context, model_path=models / "lesions-demo-with-lesions.joblib",
+              lesion_data=[args.lesion_data, args.extra_training], lesion=settings)
     rows.append(("(d) the demo's configuration + lesion summaries", *loso(models / "lesions-demo-with-lesions.joblib")))
     print(" | ".join(rows[-1]), flush=True)
     return rows

@@ -20,22 +20,22 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
-from accuracy import ci, offline_weights_and_data  # noqa: E402
-
 import numpy as np  # noqa: E402
+from accuracy import ci, offline_weights_and_data  # noqa: E402
+from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
 
 from classifiers.estimators.registry import STACK, get_classifier  # noqa: E402
+from classifiers.records.metrics import bootstrap_metrics  # noqa: E402
 from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
 from classifiers.workflows.features import FeatureSelection  # noqa: E402
-from classifiers.workflows.metrics import bootstrap_metrics  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
-from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
-from feature_extractor.dataset import load_datasets, with_keys  # noqa: E402
+from classifiers.settings import FitSettings  # noqa: E402
+from classifiers.workflows.train import fit_model  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import SETTING, FeatureSpec  # noqa: E402
-from feature_extractor.images import prepare_image, resize_rgb  # noqa: E402
-from feature_extractor.lung_crop import lung_field  # noqa: E402
+from feature_extractor.imaging.dataset import load_datasets, with_keys  # noqa: E402
+from feature_extractor.imaging.decode import prepare_image, resize_rgb  # noqa: E402
+from feature_extractor.lungs.crop import lung_field  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
 START, END = "<!-- crop:start -->", "<!-- crop:end -->"
@@ -111,7 +111,7 @@ def main() -> int:
         model = Path(args.models_dir) / f"crop-{crop}-{label.replace(' + ', '+')}-{clf}.joblib"
         selection = FeatureSelection(tuple(backbones), {b: weights[b] for b in backbones},
                                      {**FEATURES, "crop": crop})
-        bundle = fit_model(args.data, FitSettings(clf, **kw), selection, context, model)
+        bundle = fit_model(args.data, fit=FitSettings(clf, **kw), selection=selection, context=context, model_path=model)
         m = evaluate_model(load_model(model, context), args.data, "test", n_boot=args.bootstrap).metrics
         rows.append((label, clf, crop, f"{bundle.card.cv_auc:.3f} ± {bundle.card.cv['auc_std']:.3f}",
                      ci(m["accuracy"]), ci(m["roc_auc"])))

@@ -18,16 +18,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-
-from common import REPO, SHARED, bench_parser, publish, table_section
 from accuracy import available  # noqa: E402
+from common import REPO, SHARED, bench_parser, publish, table_section
+from sklearn.metrics import roc_auc_score
 
 from classifiers.estimators.recalibration import recalibrate  # noqa: E402
 from classifiers.workflows.cross_source import leave_one_source_out  # noqa: E402
 from classifiers.workflows.features import FeatureSelection  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
-from classifiers.workflows.train import FitSettings, fit_model  # noqa: E402
+from classifiers.settings import FitSettings  # noqa: E402
+from classifiers.workflows.train import fit_model  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
 FEATURES = {"pooling": "multiscale", "tta": "flip", "crop": "none"}
@@ -59,7 +59,8 @@ def main() -> int:
     for harmonize in args.harmonize.split(","):
         path = Path(args.models_dir) / f"recalibration-{harmonize}.joblib"
         selection = FeatureSelection((BACKBONE,), {BACKBONE: weights[BACKBONE]}, FEATURES)
-        fit_model(list(SOURCES), FitSettings("logreg", harmonize=harmonize), selection, context, path)
+        fit_model(list(SOURCES), fit=FitSettings("logreg", harmonize=harmonize), selection=selection, context=context,
+                  model_path=path)
         for held in leave_one_source_out(load_model(path, context), list(SOURCES), 200).held_out:
             groups = np.array([r.group for r in held.records])
             rng = np.random.default_rng(0)

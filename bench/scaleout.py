@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import MODELS, REPO, SHARED, bench_parser, markdown_table, publish, table_section
 
 WEIGHTS = {"mobilenetv2": MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5",
@@ -100,9 +99,9 @@ def main() -> int:
 
     import ray
 
-    from feature_extractor.dataset import load_datasets
-    from feature_extractor.engine import EngineSettings
     from feature_extractor.feature_spec import FeatureSpec
+    from feature_extractor.imaging.dataset import load_datasets
+    from feature_extractor.runtimes.engine import EngineSettings
     from feature_extractor.weights import parse_choice
 
     cores = os.cpu_count() or 1
@@ -117,7 +116,7 @@ def main() -> int:
             with tempfile.TemporaryDirectory(dir=REPO / "bench" / "out") as folder:
                 local_s, local_rate, local_path = run(records, spec, Path(folder) / "local", EngineSettings())
                 ray_s, ray_rate, ray_path = run(records, spec, Path(folder) / "ray", EngineSettings("ray"))
-                from feature_extractor.cache import FeatureCache
+                from feature_extractor.cache.feature_cache import FeatureCache
 
                 keys = FeatureCache(local_path).keys()
                 diff = float(np.abs(FeatureCache(local_path).read(keys) - FeatureCache(ray_path).read(keys)).max())

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, SHARED, bench_parser, publish, table_section
 
 MODEL = REPO / "bench" / "out" / "models" / "both-crop-none-none-mobilenetv2-logreg.joblib"
@@ -34,12 +33,13 @@ def fitted_model(args) -> None:
     if MODEL.exists():
         return
     from classifiers.workflows.features import FeatureSelection
-    from classifiers.workflows.train import FitSettings, fit_model
+    from classifiers.settings import FitSettings
+    from classifiers.workflows.train import fit_model
     from feature_extractor.run_context import RunContext
 
     selection = FeatureSelection.from_options(("mobilenetv2",), (), pooling="multiscale", tta="flip", crop="none")
-    fit_model([SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices"], FitSettings("logreg"), selection,
-              RunContext(args.features_dir, offline=True), MODEL)
+    fit_model([SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices"], fit=FitSettings("logreg"),
+              selection=selection, context=RunContext(args.features_dir, offline=True), model_path=MODEL)
 
 
 def rss_mb(pid: int) -> float:

@@ -47,7 +47,7 @@ def main() -> int:
     from pydicom.uid import generate_uid
 
     from tests.helpers import ct_like
-    from tests.test_studies import write_series
+    from tests.helpers import write_series
 
     study = work / "phantom-study"
     shutil.rmtree(study, ignore_errors=True)

@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-
 from common import REPO, SHARED, bench_parser, publish, table_section
+from sklearn.metrics import roc_auc_score
 
 STUDIES = SHARED / "data" / "dicom-studies"
 MODELS = REPO / "bench" / "out" / "models"
@@ -42,14 +41,14 @@ def fit_shipped(args) -> Path:
     if SHIPPED.exists():
         return SHIPPED
     from classifiers.workflows.features import FeatureSelection
-    from classifiers.workflows.train import FitSettings, fit_model
+    from classifiers.settings import FitSettings
+    from classifiers.workflows.train import fit_model
     from feature_extractor.run_context import RunContext
 
     selection = FeatureSelection.from_options(("mobilenetv2", "mobilenet"), (), pooling="multiscale", tta="flip",
                                               crop="none")
-    fit_model([args.data, SHARED / "data" / "mosmed-slices"],
-              FitSettings("stack", ("svm", "logreg"), 5, 0, None, None, "none"), selection,
-              RunContext(args.features_dir, offline=True), SHIPPED)
+    fit_model([args.data, SHARED / "data" / "mosmed-slices"], fit=FitSettings("stack", ("svm", "logreg")),
+              selection=selection, context=RunContext(args.features_dir, offline=True), model_path=SHIPPED)
     return SHIPPED
 
 
@@ -94,12 +93,12 @@ def compare_windows(args, truth, scan) -> list[tuple[str, ...]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from feature_extractor.dataset import Record
-    from feature_extractor.cache import FeatureCache
+    from feature_extractor.cache.feature_cache import FeatureCache
     from feature_extractor.extract import FeatureExtractor
     from feature_extractor.feature_spec import FeatureSpec, parse_window
+    from feature_extractor.imaging.dataset import Record
+    from feature_extractor.imaging.studies import slices_to_score
     from feature_extractor.run_context import RunContext
-    from feature_extractor.studies import slices_to_score
     from feature_extractor.weights import parse_choice
 
     slices = {s.name.split("/")[-1]: slices_to_score(s)[0] for s in scan.studies}
@@ -133,10 +132,10 @@ def cost_table(args) -> str:
 
     from classifiers.workflows.model import load_model
     from classifiers.workflows.studies import predict_studies
-    from feature_extractor.images import DECODED
+    from feature_extractor.imaging.decode import DECODED
+    from feature_extractor.imaging.studies import find_studies
     from feature_extractor.run_context import RunContext
-    from feature_extractor.runtimes import RUNTIMES, check_runtime
-    from feature_extractor.studies import find_studies
+    from feature_extractor.runtimes.inference import RUNTIMES, check_runtime
 
     model_path = Path(args.model)
     if not model_path.exists():
@@ -235,7 +234,7 @@ def main() -> int:
 
     # cost: the study path's per-slice part (headers, lung check) and per-scored-slice part
     # (extraction with two backbones on fresh caches, prediction), projected to 300 slices
-    from feature_extractor.studies import find_studies, slices_to_score
+    from feature_extractor.imaging.studies import find_studies, slices_to_score
 
     start = time.perf_counter()
     scan = find_studies(STUDIES)

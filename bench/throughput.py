@@ -17,14 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np  # noqa: E402
 from common import REPO, SHARED, machine, markdown_table, publish
 
-import numpy as np  # noqa: E402
-
 from feature_extractor.backbones import get_backbone, preprocess_function  # noqa: E402
-from feature_extractor.dataset import Record, load_dataset  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
+from feature_extractor.imaging.dataset import Record, load_dataset  # noqa: E402
 from feature_extractor.run_context import RunContext  # noqa: E402
 
 BACKBONES = ("vgg16", "resnet50", "densenet121", "efficientnetb0", "mobilenetv2")
@@ -101,10 +100,12 @@ def naive(name: str, records: list[Record], model, repeats: int) -> float:
 def bf16_accuracy_check(data: Path, features_dir: Path) -> list[tuple[str, str, str]]:
     """Test AUC of the same SVM on fp32 vs bf16 features of real pretrained MobileNet v1."""
     from accuracy import OFFLINE_WEIGHTS
+
     from classifiers.workflows.evaluate import evaluate_model
     from classifiers.workflows.features import FeatureSelection
     from classifiers.workflows.model import load_model
-    from classifiers.workflows.train import FitSettings, fit_model
+    from classifiers.settings import FitSettings
+    from classifiers.workflows.train import fit_model
 
     choice = OFFLINE_WEIGHTS["mobilenet"]
     if not Path(choice.path).is_file():
@@ -117,7 +118,7 @@ def bf16_accuracy_check(data: Path, features_dir: Path) -> list[tuple[str, str, 
         model = features_dir / f"svm-{precision}.joblib"
         selection = FeatureSelection(("mobilenet",), {"mobilenet": choice},
                                      {"precision": precision, "pooling": "avg", "tta": "none"})
-        fit_model(data, FitSettings("svm"), selection, context, model)
+        fit_model(data, fit=FitSettings("svm"), selection=selection, context=context, model_path=model)
         m = evaluate_model(load_model(model, context), data, "test", n_boot=200).metrics
         rows.append((precision, f"{m['roc_auc']['value']:.4f}", f"{m['accuracy']['value']:.4f}"))
         print("bf16 check", rows[-1], flush=True)
@@ -136,8 +137,8 @@ def runtimes_table(records: list[Record], repeats: int) -> tuple[list[tuple[str,
     real weights where the offline files are here), and the largest difference from TensorFlow."""
     from accuracy import OFFLINE_WEIGHTS
 
-    from feature_extractor.hypercolumns import HypercolumnExtractor
-    from feature_extractor.runtimes import RUNTIMES, check_runtime
+    from feature_extractor.dense.hypercolumns import HypercolumnExtractor
+    from feature_extractor.runtimes.inference import RUNTIMES, check_runtime
 
     installed = []
     for runtime in RUNTIMES:

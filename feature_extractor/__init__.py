@@ -3,9 +3,9 @@
 Importing this package does not import TensorFlow; only building a backbone does.
 """
 from .backbones import BACKBONES, BackboneSpec, get_backbone
-from .dataset import Dataset, Record, load_dataset, load_unlabeled
 from .errors import CovidCTError
 from .feature_spec import FeatureSpec
+from .imaging.dataset import Dataset, Record, load_dataset, load_unlabeled
 from .run_context import RunContext
 from .weights import WeightsChoice, parse_weights_options
 

@@ -94,7 +94,7 @@ def build_model(spec: BackboneSpec, weights: str | None,
     ``input_size`` overrides the spec's size (small inputs make fast tests). ``grid``: dense
     features instead (see :func:`dense_model`), on a grid x grid lattice; ``pooling`` is unused.
     """
-    from .keras_runtime import keras_module
+    from .runtimes.keras_backend import keras_module
 
     keras = keras_module()  # quiet TF import and GPU set-up before keras touches the devices
 

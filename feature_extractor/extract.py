@@ -15,14 +15,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .backbones import preprocess_function
-from .cache import FeatureCache, find_cache
-from .dataset import DICOM_SUFFIXES, Dataset, Record, load_datasets, with_keys
+from .cache.feature_cache import FeatureCache, find_cache
 from .errors import ModelBundleError, SettingsError
 from .feature_spec import FeatureSpec, crop_version
-from .images import ImageDecodeError, PreparedImage, prepare_file
+from .imaging.dataset import DICOM_SUFFIXES, Dataset, Record, load_datasets, with_keys
+from .imaging.decode import ImageDecodeError, PreparedImage, prepare_file
 from .provenance import command_line
 from .run_context import RunContext, worker_threads
-from .runtimes import TENSORFLOW, runtime_device
+from .runtimes.inference import TENSORFLOW, runtime_device
 from .weights import NONE, NONE_WARNING, ResolvedWeights, build_with_weights, resolve_weights
 
 
@@ -219,7 +219,7 @@ class FeatureExtractor:
             model = self.model
             return (lambda x: model(x, training=False)) if eager else model.predict_on_batch
         if self._forward is None:
-            from .runtimes import forward
+            from .runtimes.inference import forward
 
             # The keras model only when the runtime's file must be exported: a cached export runs alone.
             self._forward = forward(self.context.runtime, lambda: self.model, self.resolved_spec.identity(),
@@ -230,7 +230,7 @@ class FeatureExtractor:
              ) -> dict[str, str]:
         """Extract and append ``todo``; returns key -> reason for images that failed."""
         if self.context.engine.is_ray:
-            from .ray_extract import extract_on_ray
+            from .runtimes.ray_extract import extract_on_ray
 
             return extract_on_ray(self, todo, cache, progress, report)
         report.device = runtime_device(self.context.runtime)
@@ -270,7 +270,7 @@ class DatasetExtraction:
     def __init__(self, data: str | Path | Sequence[str | Path], specs: Sequence[FeatureSpec],
                  context: RunContext | None = None):
         self.context = context or RunContext()
-        self.dataset: Dataset = load_datasets(data)
+        self.dataset: Dataset = load_datasets(data, labeled=False)  # labels are fit's and evaluate's business
         self.extractors = [FeatureExtractor(spec, self.context) for spec in specs]
         for ex in self.extractors:  # missing files, offline without the file: fail now
             resolve_weights(ex.spec.backbone_spec, ex.spec.weights, self.context.offline)

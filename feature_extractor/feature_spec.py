@@ -23,12 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .backbones import BackboneSpec, get_backbone
+from .dense.slices import DENSE_VERSION
 from .errors import SettingsError
-from .body_crop import BODY_CROP_VERSION
-from .lung_crop import LUNG_CROP_VERSION
+from .imaging.decode import LUNG_WINDOW
+from .lungs.body import BODY_CROP_VERSION
+from .lungs.crop import LUNG_CROP_VERSION
+from .lungs.mask import LUNG_MASK_VERSION
+from .settings_schema import Setting
 from .weights import IMAGENET, WeightsChoice, parse_choice, parse_weights_options
 
 FORMAT_VERSION = 2  # of cache attributes and manifest entries; 1: before FeatureSpec
@@ -58,45 +62,22 @@ def window_text(window: Sequence[float] | str) -> str:
     return "/".join(f"{window[i]:g},{window[i + 1]:g}" for i in range(0, len(window), 2))
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One feature setting: its FeatureSpec field, ``--option`` and spelling."""
-
-    name: str
-    label: str                              # how reports name it
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-    metavar: str | None = None
-    parse: Callable[[str], Any] = str       # option text -> value
-    text: Callable[[Any], str] = str        # value -> option text (the one spelling)
-
-    def value(self, raw: Any) -> Any:
-        """An option's text (or a value already parsed) as this setting's value."""
-        value = self.parse(raw) if isinstance(raw, str) else raw
-        if self.choices and value not in self.choices:
-            raise SettingsError(f"unknown {self.name} {raw!r}; valid: {', '.join(self.choices)}")
-        return value
-
-
-DEFAULT_WINDOW = (-600.0, 1500.0)  # (level, width) in HU: the usual lung window
-DENSE_INPUT, DENSE_GRID = 448, 56   # dense features (hypercolumns.py): input side and grid
 SETTINGS: tuple[Setting, ...] = (
-    Setting("pooling", "pooling", "avg", "avg: global average of the last conv block; avgmax: average and max; "
+    Setting("pooling", "avg", "avg: global average of the last conv block; avgmax: average and max; "
             "multiscale: average of the last activation at each of the last 3 resolutions.",
             choices=("avg", "avgmax", "multiscale")),
-    Setting("tta", "TTA", "none", "Test-time augmentation: flip = mean of image and mirror features.",
-            choices=("none", "flip")),
-    Setting("precision", "precision", "fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed "
+    Setting("tta", "none", "Test-time augmentation: flip = mean of image and mirror features.",
+            choices=("none", "flip"), label="TTA"),
+    Setting("precision", "fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed "
             "(float16) for GPUs.", choices=("fp32", "bf16", "mixed")),
-    Setting("crop", "crop", "none", "lungs: crop each slice to its lung field and black out the rest (text, "
+    Setting("crop", "none", "lungs: crop each slice to its lung field and black out the rest (text, "
             "arrows, bed), so the model cannot learn the image source; lungs-equalized: the same with the "
             "lung field's histogram equalized (intensity standardization across sources); body: crop to "
             "the body, padded square (a fixed field of view). Full image, with a warning, where nothing "
             "is found.", choices=("none", "lungs", "lungs-equalized", "body")),
-    Setting("window", "DICOM window", DEFAULT_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500); three windows "
+    Setting("window", LUNG_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500); three windows "
             "L,W/L,W/L,W make the three colour channels.",
-            metavar="LEVEL,WIDTH[/L,W/L,W]", parse=parse_window, text=window_text),
+            metavar="LEVEL,WIDTH[/L,W/L,W]", parse=parse_window, text=window_text, label="DICOM window"),
 )
 SETTING = {s.name: s for s in SETTINGS}
 
@@ -123,7 +104,7 @@ class FeatureSpec:
     tta: str = SETTING["tta"].default
     precision: str = SETTING["precision"].default
     crop: str = SETTING["crop"].default
-    window: tuple[float, ...] = DEFAULT_WINDOW
+    window: tuple[float, ...] = LUNG_WINDOW
     crop_version: int | None = field(default=None)  # None: this code's version of ``crop``
     grid: int | None = None   # dense features on a grid x grid lattice; None: pooled features
 
@@ -177,9 +158,6 @@ class FeatureSpec:
             raise SettingsError(f"{self.backbone}: the weights must be resolved (hashed) first")
         dense = {}
         if self.grid is not None:  # only dense specs carry these: pooled caches keep their names
-            from .hypercolumns import DENSE_VERSION
-            from .lung_mask import LUNG_MASK_VERSION
-
             dense = {"grid": self.grid, "dense_layers": list(self.backbone_spec.dense_layers),
                      "dense_version": DENSE_VERSION, "lung_mask_version": LUNG_MASK_VERSION}
         return {"backbone": self.backbone, "weights_source": self.weights.source,
@@ -242,9 +220,9 @@ class FeatureSpec:
         out = {"backbone": self.backbone, "weights": self.weights.source,
                "weights SHA-256": self.weights_sha256 or "(not resolved)",
                "input": "x".join(map(str, self.input_size))}
-        out.update({s.label: s.text(getattr(self, s.name)) for s in SETTINGS})
+        out.update({s.title: s.text(getattr(self, s.name)) for s in SETTINGS})
         if self.crop_version:
-            out[SETTING["crop"].label] += f" (v{self.crop_version})"
+            out[SETTING["crop"].title] += f" (v{self.crop_version})"
         if self.grid is not None:
             out["dense grid"] = f"{self.grid}x{self.grid} of {', '.join(self.backbone_spec.dense_layers)}"
         return out

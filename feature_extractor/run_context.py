@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .engine import EngineSettings
-from .runtimes import default_runtime
+from .runtimes.engine import EngineSettings
+from .runtimes.inference import default_runtime
 
 Progress = Callable[[int], None]  # called with the number of images just finished
 ProgressFactory = Callable[[str, int], ContextManager[Progress]]  # (label, total) -> a Progress
@@ -41,8 +41,8 @@ class RunContext:
     weights_overrides : ``NAME=FILE|imagenet`` values: where a saved model's weights are now,
         when not where they were (checked against the model's SHA-256).
     progress : makes a progress callback for a labelled count of images.
-    engine : local, or a Ray cluster (engine.py); the same features either way.
-    runtime : the library running the CNN on the CPU (runtimes.py): onnxruntime (default),
+    engine : local, or a Ray cluster (runtimes/engine.py); the same features either way.
+    runtime : the library running the CNN on the CPU (runtimes/inference.py): onnxruntime (default),
         tensorflow or openvino; the same features to 1e-4.
     """
 
@@ -55,7 +55,7 @@ class RunContext:
     runtime: str = field(default_factory=lambda: default_runtime())
 
     def __post_init__(self) -> None:
-        from .runtimes import check_runtime
+        from .runtimes.inference import check_runtime
 
         check_runtime(self.runtime)
         object.__setattr__(self, "features_dir", Path(self.features_dir))

@@ -170,7 +170,7 @@ def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
     from .backbones import build_model
 
     if weights.source == NONE:
-        from .keras_runtime import keras_module
+        from .runtimes.keras_backend import keras_module
 
         keras_module().utils.set_random_seed(RANDOM_SEED)
         model = build_model(spec, None, input_size, pooling, precision, grid)

@@ -11,15 +11,13 @@ import hmac
 import logging
 import threading
 from importlib import resources
-from pathlib import Path
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from classifiers.workflows.model import LoadedModel, load_model
-from feature_extractor.run_context import RunContext
+from classifiers.workflows.model import LoadedModel
 
 from .predictions import PredictionService
 from .schema import fields_listing, response_models
@@ -31,12 +29,8 @@ API = "/api/v1"
 RESEARCH_ONLY = "Research use only: not a diagnostic device."
 
 
-def create_app(model_path: str | Path | None, context: RunContext, settings: ServeSettings) -> FastAPI:
-    model = load_model(model_path, context, settings.error_rate)  # the integrity check happens here, once
-    return build_app(model, settings)
-
-
 def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
+    """The app serving ``model`` (loaded once, with its integrity check, by the caller)."""
     app = FastAPI(title="covid-ct deep-features", version="1", description=RESEARCH_ONLY,
                   docs_url=None, redoc_url=None)
     service = PredictionService(model, settings, threading.RLock())  # reentrant: a study's pictures take it again

@@ -1,7 +1,7 @@
 """What one request does: save the uploads, score slices and zipped studies, answer in JSON.
 
 Each image's and each study's fields are those of the prediction record
-(classifiers/workflows/prediction_record.py), as in the CSVs, plus the pictures the page
+(classifiers/records/prediction_record.py), as in the CSVs, plus the pictures the page
 shows. Names are the uploaded file names with patient identifiers from DICOM headers removed
 (unless keep_identifiers).
 
@@ -16,14 +16,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from classifiers.workflows import prediction_record as record
+from classifiers.records import prediction_record as record
+from classifiers.records.study_results import StudySlice
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
 from classifiers.workflows.studies import predict_studies
-from feature_extractor.dataset import Record, with_keys
 from feature_extractor.errors import CovidCTError
-from feature_extractor.images import set_decode_budget
-from feature_extractor.studies import Redactor, redactor_for
+from feature_extractor.imaging.dataset import Record, with_keys
+from feature_extractor.imaging.decode import set_decode_budget
+from feature_extractor.imaging.studies import Redactor, redactor_for
 
 from .batcher import DynamicBatcher
 from .settings import ServeSettings
@@ -128,28 +129,12 @@ class PredictionService:
         return self._explainer
 
     def _pictures(self, path: str, site: str | None, heatmap: bool, key: str | None = None) -> dict:
-        """The slice, its heatmap (the CNN, under the lock) and its lesion map (from the cached
-        grid; the CNN only when it is not cached)."""
-        from classifiers.presentation.heatmaps import overlay_rgb
-        from classifiers.presentation.html_report import data_uri, thumbnail
+        """The slice, its heatmap and its lesion map (workflows/panels.py); the CNN under the lock only
+        where it must run (a heatmap, a lesion map not cached)."""
+        from classifiers.workflows.panels import slice_panels
 
-        try:
-            prepared = self.model.extractors[0].prepare(path)
-        except Exception:  # its error is already in the row
-            return {}
-        out = {"image": data_uri(thumbnail(prepared.original, 256))}
-        if heatmap:
-            with self.lock:
-                out["heatmap"] = data_uri(overlay_rgb(self._explainer_for().explain(path, prepared, site), 256))
-        if self.model.lesions is not None:
-            from classifiers.presentation.lesion_maps import overlay
-
-            lesion_map = self.model.lesions.cached_map(path, key) if key else None
-            if lesion_map is None:
-                with self.lock:
-                    lesion_map = self.model.lesions.lesion_map(path)
-            out["lesion"] = data_uri(overlay(lesion_map.grey, lesion_map, 256))
-        return out
+        return slice_panels(self.model, path, side=256, explainer=self._explainer_for() if heatmap else None,
+                            site=site, key=key, cnn=self.lock).pictures()
 
     def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool) -> list[dict]:
         if not slices:
@@ -173,13 +158,14 @@ class PredictionService:
     def _study(self, name: str, folder: Path, heatmaps: bool) -> dict:
         report = predict_studies(self.model, folder, keep_identifiers=self.settings.keep_identifiers)
         redact = report.redact
+        top_slice = record.study_slice()
         studies = []
         for result in report.results:
             s = result.study
             shown = name if s.name == folder.name else f"{name}/{s.name}"  # names are relative to the zip
             studies.append({
                 **record.STUDY.as_json(result), "study": redact(shown), "aggregation": report.aggregation,
-                "top_slices": [{"slice": i, "p_covid": r.p_covid, "lesion_fraction": r.lesion_fraction,
+                "top_slices": [{**top_slice.as_json(StudySlice(redact(shown), i, r.path, r), redact),
                                 **self._pictures(r.path, r.site, heatmaps)} for i, r in result.top()],
                 "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)})
         return {"upload": redact(name), "studies": studies,

@@ -6,32 +6,27 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, create_model
 
-from classifiers.workflows import prediction_record as record
+from classifiers.records import prediction_record as record
 
 PICTURE = "A JPEG data: URI"
 
 
-class TopSlice(BaseModel):
-    slice: int = Field(description="The slice's position in its series (1 = first).")
-    p_covid: float = Field(description="The slice's probability of COVID-19.")
-    image: Optional[str] = Field(None, description=f"{PICTURE}: the slice.")
-    heatmap: Optional[str] = Field(None, description=f"{PICTURE}: the slice with its heatmap.")
-    lesion: Optional[str] = Field(None, description=f"{PICTURE}: the lesion map over the slice.")
-    lesion_fraction: Optional[float] = Field(None, description="Share of the slice's lung called lesion.")
+PICTURES = {
+    "image": (Optional[str], Field(None, description=f"{PICTURE}: the slice.")),
+    "heatmap": (Optional[str], Field(None, description=f"{PICTURE}: the slice with its heatmap.")),
+    "lesion": (Optional[str], Field(None, description=f"{PICTURE}: the lesion map over the slice (models with a "
+                                                      "lesion head).")),
+}
 
 
 def response_models() -> type[BaseModel]:
     """The /predict response type, from the record declarations as they are now."""
     image = record.SLICE.api_model("ImageResult", {
-        "name": (str, Field(description="The uploaded file's name (patient identifiers removed).")),
-        "image": (Optional[str], Field(None, description=f"{PICTURE}: the slice.")),
-        "heatmap": (Optional[str], Field(None, description=f"{PICTURE}: the slice with its heatmap.")),
-        "lesion": (Optional[str], Field(None, description=f"{PICTURE}: the lesion map over the slice (models "
-                                                          "with a lesion head).")),
-    })
+        "name": (str, Field(description="The uploaded file's name (patient identifiers removed).")), **PICTURES})
+    top_slice = record.study_slice().api_model("TopSlice", PICTURES)
     study = record.STUDY.api_model("StudyResult", {
         "aggregation": (str, Field(description="How slice probabilities were pooled into the study's.")),
-        "top_slices": (list[TopSlice], Field(description="The highest-scoring slices, with pictures.")),
+        "top_slices": (list[top_slice], Field(description="The highest-scoring slices, with pictures.")),
         "failed_slices": (int, Field(description="Slices that could not be decoded.")),
     })
     upload = create_model(

@@ -2,23 +2,29 @@
 one clear error."""
 from __future__ import annotations
 
-from pathlib import Path
-
+from classifiers.workflows.model import LoadedModel
 from feature_extractor.errors import SettingsError
-from feature_extractor.run_context import RunContext
 
 from .settings import ServeSettings
 
 
-def serve(model_path: str | Path | None, context: RunContext, settings: ServeSettings) -> None:
+def check_web_extra() -> None:
+    """One clear error when the web extra is not installed (before any model is loaded)."""
     try:
         import fastapi  # noqa: F401
         import multipart  # noqa: F401  (python-multipart: form uploads)
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as exc:
         raise SettingsError(f"serve needs the web extra, which is not installed here ({exc.name}): "
                             'pip install -e ".[serve]"') from None
-    from .app import create_app
 
-    app = create_app(model_path, context, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+def serve(model: LoadedModel, settings: ServeSettings) -> None:
+    """Serve ``model`` under uvicorn until interrupted."""
+    check_web_extra()
+    import uvicorn
+
+    from .app import build_app
+
+    uvicorn.run(build_app(model, settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)

@@ -32,7 +32,6 @@ class ServeSettings:
     heatmap_method : how the page's heatmaps are made (gradcam: linear heads only).
     max_batch, batch_wait_ms : dynamic batching: slices of concurrent requests that need the CNN
         run together, up to ``max_batch`` of them, the first waiting at most ``batch_wait_ms``.
-    error_rate : the answers' error rate (None: the one the model recorded at fit).
     """
 
     host: str = LOOPBACK
@@ -44,7 +43,6 @@ class ServeSettings:
     zip_max_total_mb: float = 4096.0
     keep_identifiers: bool = False
     heatmap_method: str = "occlusion"
-    error_rate: float | None = None   # the answers' error rate (None: the model's)
     max_batch: int = 32
     batch_wait_ms: float = 10.0
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 
 def ct_like(seed: int, covid: bool, size: int = 64) -> Image.Image:
@@ -194,3 +196,52 @@ def make_lesion_data(root: Path, patients: int = 3, per_patient: int = 6, size: 
                          "infection_mask"])
         writer.writerows(rows)
     return root
+
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+SR = "1.2.840.10008.5.1.4.1.1.88.22"
+
+
+def chest(size=64, lungs=True, seed=0):
+    """HU of a synthetic axial slice: a body ellipse, with two lungs or without (abdomen)."""
+    y, x = np.mgrid[:size, :size] / size - 0.5
+    hu = np.full((size, size), -1000.0)
+    hu[(x / 0.45) ** 2 + (y / 0.35) ** 2 < 1] = 40
+    if lungs:
+        for cx in (-0.2, 0.2):
+            hu[((x - cx) / 0.15) ** 2 + (y / 0.25) ** 2 < 1] = -820
+    return hu + np.random.default_rng(seed).normal(0, 5, hu.shape)
+
+
+def write_slice(path, study, series, z, *, number=1, lungs=True, sop=CT, image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+                orientation=(1, 0, 0, 0, 1, 0), thickness=2.0, kernel="B70f", pixels=True):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PERSON", "PID98765", "19700101"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.Modality = "CT" if sop == CT else "SR"
+    ds.InstanceNumber = number
+    if pixels:
+        ds.ImageType = list(image_type)
+        ds.ImageOrientationPatient = list(orientation)
+        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+        ds.SliceThickness, ds.ConvolutionKernel = thickness, kernel
+        hu = chest(lungs=lungs, seed=number)
+        ds.Rows, ds.Columns = hu.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = np.clip(hu + 1024, 0, 4095).astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_series(folder, study, series=None, n=6, z0=0.0, step=2.0, prefix="PID98765", **kw):
+    series = series or generate_uid()
+    return [write_slice(folder / f"{prefix}_{series[-4:]}_{i}.dcm", study, series, z0 + step * i,
+                        number=i + 1, **kw) for i in range(n)]

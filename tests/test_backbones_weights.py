@@ -7,8 +7,16 @@ import pytest
 
 from feature_extractor.backbones import BACKBONES, get_backbone
 from feature_extractor.errors import CovidCTError, UnknownBackboneError, WeightsUnavailableError
-from feature_extractor.weights import (FILE, IMAGENET, NONE, WeightsChoice, imagenet_file,
-                                       keras_models_dir, parse_weights_options, resolve_weights)
+from feature_extractor.weights import (
+    FILE,
+    IMAGENET,
+    NONE,
+    WeightsChoice,
+    imagenet_file,
+    keras_models_dir,
+    parse_weights_options,
+    resolve_weights,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = {"vgg16", "vgg19", "resnet50", "resnet101", "densenet121", "densenet169",
@@ -103,7 +111,7 @@ def test_preprocessing_matches_keras_for_every_backbone():
     import numpy as np
 
     from feature_extractor.backbones import preprocess_function
-    from feature_extractor.keras_runtime import keras_module
+    from feature_extractor.runtimes.keras_backend import keras_module
 
     applications = keras_module().applications
     batch = np.random.default_rng(0).integers(0, 256, size=(2, 9, 7, 3)).astype(np.float32)

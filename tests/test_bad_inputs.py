@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from feature_extractor.images import ImageDecodeError, decode_image
+from feature_extractor.imaging.decode import ImageDecodeError, decode_image
 from tests.helpers import ct_like, decompression_bomb_png, make_dicom
 
 
@@ -144,7 +144,7 @@ def test_each_bad_kind_has_its_own_reason(tmp_path, name):
     """One case per test, through the same read-and-decode steps extract uses."""
     from pathlib import Path
 
-    from feature_extractor.dataset import DICOM_SUFFIXES, load_unlabeled, with_keys
+    from feature_extractor.imaging.dataset import DICOM_SUFFIXES, load_unlabeled, with_keys
 
     make, reason = BAD[name]
     make(tmp_path / name)

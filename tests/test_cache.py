@@ -5,15 +5,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from pathlib import Path
-
-from feature_extractor.cache import Compaction, FeatureCache, find_cache, list_caches, plan_merges
-from feature_extractor.cache_segments import new_segment_name, write_h5
+from feature_extractor.cache.feature_cache import Compaction, FeatureCache, find_cache, list_caches, plan_merges
+from feature_extractor.cache.segments import new_segment_name, write_h5
 from feature_extractor.errors import FeatureCacheError
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.weights import WeightsChoice
@@ -194,7 +193,7 @@ def test_concurrent_appends_and_a_compaction_keep_every_row(tmp_path):
 
 COMPACT_FOREVER = """
 import sys
-from feature_extractor.cache import FeatureCache
+from feature_extractor.cache.feature_cache import FeatureCache
 cache = FeatureCache(sys.argv[1])
 print("go", flush=True)
 with cache.lock():

@@ -8,8 +8,8 @@ from sklearn.model_selection import cross_val_score
 
 from classifiers.estimators.registry import CLASSIFIERS, get_classifier
 from classifiers.estimators.search import GroupedSearchCV, grouped_folds
+from classifiers.records.model_card import ModelCard
 from classifiers.workflows.bundle import ModelBundle, latest_model, load_bundle, save_bundle
-from classifiers.workflows.model_card import ModelCard
 from feature_extractor.errors import CovidCTError, ModelBundleError
 
 
@@ -172,10 +172,10 @@ def test_a_new_classifier_is_one_registry_entry(workspace, monkeypatch, tmp_path
     monkeypatch.setitem(CLASSIFIERS, "knn", entry)
     root, data, _ = workspace
     context = RunContext(root / "features")
-    alone = fit_model(data, FitSettings("knn", cv_folds=3), context=context, model_path=tmp_path / "knn.joblib")
+    alone = fit_model(data, fit=FitSettings("knn", cv_folds=3), context=context, model_path=tmp_path / "knn.joblib")
     assert set(alone.card.params) == {"kneighborsclassifier__n_neighbors"}  # scaled: in a pipeline
     assert alone.estimator.steps[0][0] == "standardscaler"
-    stack = fit_model(data, FitSettings("stack", base=("knn", "logreg"), cv_folds=3), context=context,
+    stack = fit_model(data, fit=FitSettings("stack", base=("knn", "logreg"), cv_folds=3), context=context,
                       model_path=tmp_path / "stack.joblib")
     assert [b["classifier"] for b in stack.card.cv["base_models"]] == ["knn", "logreg"]
 
@@ -185,7 +185,7 @@ def test_the_command_line_offers_exactly_the_registry():
 
     clf = next(p for p in cli.fit.params if p.name == "clf")
     assert list(clf.type.choices) == [*CLASSIFIERS, "stack"]
-    with pytest.raises(CovidCTError, match="unknown base classifier.*valid: svm, rf, xgboost, logreg"):
+    with pytest.raises(CovidCTError, match="--base: unknown base .knn.; valid: svm, rf, xgboost, logreg"):
         from classifiers.workflows.train import FitSettings
 
         FitSettings("stack", base=("svm", "knn"))

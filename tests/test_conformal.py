@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from classifiers.estimators.conformal import ConformalAnswers, check_error_rate
-from classifiers.workflows.selective import risk_coverage, selective_metrics, wrong_answers_caught
+from classifiers.estimators.conformal import ConformalAnswers
+from classifiers.settings import AnswerSettings
+from classifiers.records.selective import risk_coverage, selective_metrics, wrong_answers_caught
 from feature_extractor.errors import SettingsError, TrainingDataError
 
 
@@ -49,8 +50,8 @@ def test_answers_ood_uncertain_and_single_class():
     assert model.prediction_sets([0.5], 0.9).sum() == 0 and empty == ["uncertain"]
     with pytest.raises(TrainingDataError, match="at least 10 images of each class"):
         ConformalAnswers().fit([0.1] * 5 + [0.9] * 30, [0] * 5 + [1] * 30)
-    with pytest.raises(SettingsError, match="between 0 and 1"):
-        check_error_rate(1.5)
+    with pytest.raises(SettingsError, match="--error-rate 1.5: must be 0 < error_rate < 1"):
+        AnswerSettings(error_rate=1.5)
 
 
 def test_selective_metrics_and_the_curve():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_extractor.cache import FeatureCache, list_caches
+from feature_extractor.cache.feature_cache import FeatureCache, list_caches
 from tests.helpers import make_class_folders
 
 pytestmark = pytest.mark.slow  # real subprocesses, each importing TensorFlow

@@ -2,9 +2,8 @@ import os
 
 import pytest
 
-from feature_extractor.dataset import (COVID, NONCOVID, list_image_files, load_dataset,
-                                       load_unlabeled, with_keys)
 from feature_extractor.errors import DatasetError
+from feature_extractor.imaging.dataset import COVID, NONCOVID, list_image_files, load_dataset, load_unlabeled, with_keys
 from tests.helpers import ct_like, make_class_folders
 
 
@@ -109,7 +108,7 @@ def test_keys_are_content_hashes(tmp_path):
 
 
 def test_several_datasets_are_sources_with_their_own_patients(tmp_path, covidct_layout):
-    from feature_extractor.dataset import load_datasets
+    from feature_extractor.imaging.dataset import load_datasets
 
     other = make_class_folders(tmp_path / "hospital-b", 3)
     manifest = tmp_path / "site-c" / "list.csv"
@@ -129,7 +128,7 @@ def test_several_datasets_are_sources_with_their_own_patients(tmp_path, covidct_
 @pytest.mark.parametrize("case, match", [("twice", "given twice"), ("same-name", "two datasets are called 'data'"),
                                          ("empty-source", "line 3: the source column is empty")])
 def test_bad_combinations_of_data_are_one_clear_error(tmp_path, case, match):
-    from feature_extractor.dataset import load_datasets
+    from feature_extractor.imaging.dataset import load_datasets
 
     a = make_class_folders(tmp_path / "one" / "data", 2)
     if case == "twice":

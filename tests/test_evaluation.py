@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from classifiers.workflows.metrics import binary_metrics, bootstrap_metrics, patient_scores, roc_auc
 from classifiers.estimators.thresholds import threshold_for_sensitivity
+from classifiers.records.metrics import binary_metrics, bootstrap_metrics, patient_scores, roc_auc
 
 
 def test_metrics_match_sklearn_including_ties():

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from feature_extractor.cache import FeatureCache
-from feature_extractor.dataset import load_dataset, load_unlabeled
+from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.imaging.dataset import load_dataset, load_unlabeled
 from feature_extractor.run_context import RunContext
 
 SMALL = (64, 64)  # random-init tests need no full-size input
@@ -94,6 +94,7 @@ def test_pooling_variants_have_their_own_cache(tmp_path, class_folders, pooling,
 
 def test_flip_tta_is_mirror_invariant(tmp_path):
     from PIL import ImageOps
+
     from tests.helpers import ct_like
     img = ct_like(3, True, 64)
     img.save(tmp_path / "a.png")
@@ -126,3 +127,28 @@ def test_features_of_arrays_match_the_cache_and_need_no_prior_call(tmp_path, cla
     assert scale > 0 and np.allclose(fresh.features_of(images), cached, rtol=1e-4, atol=1e-4 * scale)
     other = np.roll(cached, 1, axis=0)  # the check can fail: rows of other images differ
     assert not np.allclose(other, cached, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_extract_takes_an_unlabeled_folder_and_predict_reads_its_cache(tmp_path, class_folders, logreg_model):
+    """Labels are needed only where a command uses them: extract fills the cache from any folder of
+    images, beside a labeled source, and predict then runs no CNN."""
+    from click.testing import CliRunner
+
+    import cli
+    from tests.helpers import ct_like
+
+    root, model = logreg_model
+    site = tmp_path / "site-scans"
+    (site / "day-1").mkdir(parents=True)
+    for i in range(3):
+        ct_like(700 + i, i % 2 == 0).save(site / "day-1" / f"s{i}.png")
+    features = root / "features"
+    result = CliRunner().invoke(cli.main, ["extract", "-b", "mobilenetv2", "--weights", "none", "--data", str(site),
+                                           "--data", str(class_folders), "--features-dir", str(features)])
+    assert result.exit_code == 0, result.output
+    assert "unlabeled" in result.output and "site-scans: 3" in result.output and "19 images" in result.output, \
+        result.output
+    again = CliRunner().invoke(cli.main, ["predict", str(site), "--model", str(model), "--features-dir", str(features),
+                                          "--out", str(tmp_path / "p.csv")])
+    assert again.exit_code == 0, again.output
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 4

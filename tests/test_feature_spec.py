@@ -7,7 +7,7 @@ import cli
 from feature_extractor.errors import ModelBundleError, SettingsError
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import SETTINGS, FeatureSpec, specs_from_options
-from feature_extractor.lung_crop import LUNG_CROP_VERSION
+from feature_extractor.lungs.crop import LUNG_CROP_VERSION
 from feature_extractor.run_context import RunContext
 from feature_extractor.weights import WeightsChoice
 

@@ -116,7 +116,8 @@ def test_a_held_out_source_keeps_its_per_image_answers_beside_the_set_rule():
     would have had image by image are kept for measuring what the rule changed (bench/abstain.py)."""
     from types import SimpleNamespace
 
-    from classifiers.workflows.cross_source import HeldOutSource, _answer
+    from classifiers.records.evaluation import HeldOutSource
+    from classifiers.workflows.cross_source import _answer
 
     rng = np.random.default_rng(3)
     X, y, groups = relu_features(400, 30, rng)

@@ -128,7 +128,7 @@ def test_rows_are_ordered_misclassified_first_most_confident_mistake_on_top():
     from classifiers.workflows.predict import PredictionRow
 
     def case(path, p=None, predicted=None, truth=None, error=None):
-        return CaseRow(PredictionRow(path, p, predicted, error=error), truth)
+        return CaseRow(PredictionRow(path=path, p_covid=p, label=predicted, error=error), truth)
 
     rows = [case("ok-high", 0.9, "COVID", "COVID"), case("unreadable", error="empty file"),
             case("wrong-mild", 0.55, "COVID", "NonCOVID"), case("ok-low", 0.1, "NonCOVID", "NonCOVID"),

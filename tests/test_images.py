@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from feature_extractor.images import ImageDecodeError, decode_image
+from feature_extractor.imaging.decode import ImageDecodeError, decode_image
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:

@@ -23,8 +23,8 @@ EXTRACT = """
 import json, sys
 import numpy as np
 from classifiers.workflows.features import feature_matrix
-from feature_extractor.cache import FeatureCache
-from feature_extractor.dataset import load_unlabeled
+from feature_extractor.cache.feature_cache import FeatureCache
+from feature_extractor.imaging.dataset import load_unlabeled
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.run_context import RunContext
@@ -64,7 +64,7 @@ def test_features_match_tensorflow(backend, tmp_path):
 
 def test_an_unknown_or_missing_backend_is_one_line(monkeypatch):
     from feature_extractor.errors import CovidCTError
-    from feature_extractor.keras_runtime import backend_name
+    from feature_extractor.runtimes.keras_backend import backend_name
 
     monkeypatch.setenv("KERAS_BACKEND", "theano")
     with pytest.raises(CovidCTError, match="KERAS_BACKEND='theano' is not supported; use one of tensorflow, jax"):

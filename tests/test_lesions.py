@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from classifiers.workflows.lesion_evaluate import SliceScore, agreement
+from classifiers.workflows.lesions.evaluate import SliceScore, agreement
+from feature_extractor.dense.lesion_data import check_masks, load_lesion_folder
 from feature_extractor.errors import DatasetError
-from feature_extractor.lesion_data import check_masks, load_lesion_folder
-from feature_extractor.lung_mask import lung_mask, lung_mask_hu
+from feature_extractor.lungs.mask import lung_mask, lung_mask_hu
 from tests.conftest import MOBILENETV2_FILE, SHARED, needs_shared
 from tests.helpers import lesion_slice, make_lesion_data
 
@@ -51,9 +51,10 @@ def test_the_lung_mask_reads_hounsfield_units():
 
 
 def test_hypercolumns_have_the_grid_and_stay_aligned():
+    from feature_extractor.dense.hypercolumns import HypercolumnExtractor
+    from feature_extractor.dense.slices import DenseSlice
     from feature_extractor.feature_spec import FeatureSpec
-    from feature_extractor.hypercolumns import DenseSlice, HypercolumnExtractor
-    from feature_extractor.lung_mask import LungMask
+    from feature_extractor.lungs.mask import LungMask
 
     ex = HypercolumnExtractor(FeatureSpec("mobilenetv2", "none", input_size=(64, 64), grid=8))
     blank = np.full((64, 64), 80.0, np.float32)
@@ -190,10 +191,12 @@ def test_lesion_features_join_the_classifier_and_the_explanation(lesion_model, t
 def test_a_head_trained_on_one_patient_finds_the_lesions_of_another(workspace, tmp_path):
     """Real patients of lesion-slices and the real MobileNetV2: trained on rp5 and rp8 (the head's
     choice needs two patients), measured on rp1."""
-    from classifiers.workflows.lesion_evaluate import agreement, score_slice
-    from classifiers.workflows.lesions import LesionMapper, LesionSettings, train_lesion_head
+    from classifiers.workflows.lesions.evaluate import agreement, score_slice
+    from classifiers.settings import LesionSettings
+    from classifiers.workflows.lesions.maps import LesionMapper
+    from classifiers.workflows.lesions.training import train_lesion_head
+    from feature_extractor.dense.lesion_data import LesionData
     from feature_extractor.feature_spec import FeatureSpec
-    from feature_extractor.lesion_data import LesionData
     from feature_extractor.run_context import RunContext
     from feature_extractor.weights import WeightsChoice
 

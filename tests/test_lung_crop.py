@@ -8,8 +8,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 import cli
-from feature_extractor.images import prepare_image
-from feature_extractor.lung_crop import LUNG_CROP_VERSION, crop_lungs
+from feature_extractor.imaging.decode import prepare_image
+from feature_extractor.lungs.crop import LUNG_CROP_VERSION, crop_lungs
 from tests.conftest import SHARED_DATA, needs_shared
 from tests.helpers import ct_like
 
@@ -148,7 +148,7 @@ def disc_slice(size: int = 192, disc: int = 170) -> np.ndarray:
 def test_lungs_are_found_inside_a_field_of_view_disc():
     from scipy import ndimage as ndi
 
-    from feature_extractor.lung_crop import _lungs_in
+    from feature_extractor.lungs.crop import _lungs_in
 
     rgb = disc_slice()
     assert _lungs_in(ndi.median_filter(rgb[..., 0].astype(float), 3), None)[0] is None  # version 1's search
@@ -174,7 +174,7 @@ def test_lung_field_histogram_is_equalized_inside_the_mask_only():
 
 
 def test_body_crop_gives_a_square_body_without_the_field_of_view_disc():
-    from feature_extractor.body_crop import crop_body
+    from feature_extractor.lungs.body import crop_body
 
     rgb = disc_slice(disc=125)  # MosMed's disc (air in a lung window) is darker than soft tissue
     crop = crop_body(rgb)
@@ -192,8 +192,8 @@ def test_body_crop_gives_a_square_body_without_the_field_of_view_disc():
 
 
 def test_each_crop_has_its_own_algorithm_version():
-    from feature_extractor.body_crop import BODY_CROP_VERSION
     from feature_extractor.feature_spec import crop_version
+    from feature_extractor.lungs.body import BODY_CROP_VERSION
 
     assert [crop_version(c) for c in ("none", "lungs", "lungs-equalized", "body")] == [
         0, LUNG_CROP_VERSION, LUNG_CROP_VERSION, BODY_CROP_VERSION]

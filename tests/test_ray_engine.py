@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_extractor.cache import FeatureCache
-from feature_extractor.dataset import load_unlabeled
-from feature_extractor.engine import EngineError, EngineSettings, import_ray
+from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.errors import SettingsError
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.imaging.dataset import load_unlabeled
 from feature_extractor.run_context import RunContext
+from feature_extractor.runtimes.engine import EngineError, EngineSettings, import_ray
 from feature_extractor.weights import parse_choice
 from tests.conftest import MOBILENETV2_FILE, SHARED_DATA, needs_shared
 from tests.helpers import make_class_folders
@@ -81,7 +81,7 @@ def test_ray_and_local_engines_give_the_same_features_on_real_images(local_ray, 
 
 
 def test_actor_cpus_leave_room_for_decoding_and_refuse_what_the_cluster_cannot_hold():
-    from feature_extractor.ray_extract import DECODE_CPUS, actor_cpus
+    from feature_extractor.runtimes.ray_extract import DECODE_CPUS, actor_cpus
 
     assert actor_cpus(1, 2) == 1.0
     assert actor_cpus(2, 2) * 2 + DECODE_CPUS <= 2  # as many actors as cores: decoding still fits
@@ -182,7 +182,7 @@ def test_an_interrupted_driver_resumes_with_only_the_rest(tmp_path):
 @pytest.mark.slow
 def test_tuning_on_ray_chooses_what_local_tuning_chooses(local_ray):
     from classifiers.estimators.registry import get_classifier
-    from feature_extractor.engine import joblib_engine
+    from feature_extractor.runtimes.engine import joblib_engine
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 16))

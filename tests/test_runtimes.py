@@ -4,11 +4,11 @@ import sys
 import numpy as np
 import pytest
 
-from feature_extractor.dataset import load_unlabeled
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
+from feature_extractor.imaging.dataset import load_unlabeled
 from feature_extractor.run_context import RunContext
-from feature_extractor.runtimes import RuntimeMissingError, check_runtime
+from feature_extractor.runtimes.inference import RuntimeMissingError, check_runtime
 from tests.helpers import make_class_folders
 
 
@@ -36,7 +36,7 @@ def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
         np.testing.assert_allclose(other.features_of(images), reference, atol=1e-4)
         assert list((tmp_path / "rt" / "runtime-models").glob("*.onnx"))  # exported once, cached by content
     else:
-        from feature_extractor.hypercolumns import HypercolumnExtractor
+        from feature_extractor.dense.hypercolumns import HypercolumnExtractor
 
         x = other.preprocess(images)
         tf_out = np.asarray(HypercolumnExtractor(spec, RunContext(tmp_path / "tf")).model.predict_on_batch(x))
@@ -45,8 +45,8 @@ def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
 
 
 def test_onnx_runtime_is_the_default_under_tensorflow_keras(monkeypatch):
-    from feature_extractor import runtimes
-    from feature_extractor.runtimes import default_runtime
+    from feature_extractor.runtimes import inference as runtimes
+    from feature_extractor.runtimes.inference import default_runtime
 
     monkeypatch.delenv("COVIDCT_RUNTIME", raising=False)
     monkeypatch.delenv("KERAS_BACKEND", raising=False)

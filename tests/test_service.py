@@ -1,4 +1,5 @@
 """The web service against a real uvicorn server on loopback, through an HTTP client."""
+import csv
 import io
 import os
 import shutil
@@ -23,6 +24,7 @@ from service.app import build_app  # noqa: E402
 from service.settings import ServeSettings  # noqa: E402
 from tests.conftest import SHARED, needs_shared  # noqa: E402
 from tests.helpers import ct_like, make_dicom  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a real server, a fitted model
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -206,9 +208,7 @@ def test_new_slices_of_concurrent_requests_share_cnn_batches_and_a_bad_file_fail
 
 def test_a_zipped_study_with_heatmaps_is_answered(open_server, tmp_path):
     """A study's top slices get their heatmaps under the same CNN lock as the study itself."""
-    from pydicom.uid import generate_uid
-
-    from tests.test_studies import write_series
+    from tests.helpers import write_series
 
     paths = write_series(tmp_path / "ward-3", generate_uid(), n=6, prefix="slice")
     members = [(f"ward-3/{p.name}", p.read_bytes()) for p in paths]
@@ -288,33 +288,55 @@ def test_every_bad_input_kind_of_predict_gets_its_own_error(open_server, tmp_pat
 def test_a_field_declared_once_reaches_the_csv_the_api_schema_the_report_and_the_page(model, logreg_model,
                                                                                        monkeypatch, tmp_path):
     """prediction_record.py is the one declaration: a field added there (and nowhere else) is a
-    column of predictions.csv and of the report's table, a typed property of the API's schema and
-    its answers, and a line of the web page."""
+    column of predictions.csv, of the report's table and of a study's slice CSV, a typed property of
+    the API's schema and its answers (images and a study's top slices), and a line of the web page;
+    a study field added there is a column of studies.csv, a line of the study page and a property of
+    the API's studies."""
     from classifiers.presentation.html_report import render_html
-    from classifiers.workflows import prediction_record as record
+    from classifiers.records import prediction_record as record
     from classifiers.workflows.predict import predict_and_write
     from classifiers.workflows.report import collect
+    from classifiers.workflows.studies import predict_studies_and_write, study_report_to_html
+    from tests.helpers import write_series
 
-    root, path = logreg_model
     extra = record.RecordField("declared_once", str, "A field only this test declares.",
                                get=lambda row: None if row.p_covid is None else "seen")
+    per_study = record.RecordField("study_declared_once", int, "A study field only this test declares.",
+                                   get=lambda result: len(result.scored))
     monkeypatch.setattr(record, "SLICE", record.SLICE.with_field(extra, after="p_covid"))
+    monkeypatch.setattr(record, "STUDY", record.STUDY.with_field(per_study))
     folder = tmp_path / "scans"
     folder.mkdir()
     ct_like(11, True).save(folder / "a.png")
-    report = predict_and_write(folder, tmp_path / "p.csv", path, RunContext(root / "features"))
+    report = predict_and_write(model, folder, out=tmp_path / "p.csv")
     header, first = (tmp_path / "p.csv").read_text().splitlines()[:2]
     assert header.split(",")[:4] == ["path", "answer", "p_covid", "declared_once"]
     assert first.split(",")[3] == "seen" and report.rows[0].p_covid is not None
     assert "declared_once" in render_html(collect(model, folder, heatmaps=0))
+    studies = tmp_path / "studies"
+    write_series(studies / "case-1", generate_uid(), n=4)
+    predict_studies_and_write(model, studies, out=tmp_path / "slices.csv")
+    slices, table = (list(csv.DictReader(open(tmp_path / name))) for name in ("slices.csv", "studies.csv"))
+    assert {r["declared_once"] for r in slices} == {"seen"} and table[0]["study_declared_once"] == "4"
+    _, page = study_report_to_html(model, studies, out=tmp_path / "studies.html", heatmaps=False)
+    assert "study_declared_once" in page.read_text()
+    zipped = tmp_path / "study.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for path in (studies / "case-1").iterdir():
+            archive.write(path, path.name)
     with Server(build_app(model, ServeSettings())) as url:
         schema = httpx.get(url + "/openapi.json").json()["components"]["schemas"]
         assert schema["ImageResult"]["properties"]["declared_once"]["description"] == extra.help
+        assert "study_declared_once" in schema["StudyResult"]["properties"]
+        assert "declared_once" in schema["TopSlice"]["properties"]
         listed = [f["name"] for f in httpx.get(url + "/api/v1/fields").json()["image"]]
         assert listed.index("declared_once") == listed.index("p_covid") + 1
         answer = httpx.post(url + "/api/v1/predict", timeout=120,
-                            files=[("files", ("a.png", (folder / "a.png").read_bytes(), "image/png"))]).json()
+                            files=[("files", ("a.png", (folder / "a.png").read_bytes(), "image/png")),
+                                   ("files", ("study.zip", zipped.read_bytes(), "application/zip"))]).json()
         assert answer["images"][0]["declared_once"] == "seen"
+        study = answer["studies"][0]["studies"][0]
+        assert study["study_declared_once"] == 4 and study["top_slices"][0]["declared_once"] == "seen"
         if CHROMIUM is None:
             return
         sync_api = pytest.importorskip("playwright.sync_api", reason="playwright drives the browser (test extra)")

@@ -7,63 +7,16 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 import cli
 from classifiers.estimators.study_aggregation import aggregate, choose_aggregation
-from feature_extractor.studies import find_studies, lung_fraction, slice_hu, slices_to_score
+from feature_extractor.imaging.studies import find_studies, lung_fraction, slice_hu, slices_to_score
 from tests.conftest import SHARED, needs_shared
+from tests.helpers import SR, chest, write_series, write_slice
 
 SHARED_STUDIES = SHARED / "data" / "dicom-studies"
-CT = "1.2.840.10008.5.1.4.1.1.2"
-SR = "1.2.840.10008.5.1.4.1.1.88.22"
 SECRETS = ("SECRET", "PERSON", "PID98765", "19700101")
-
-
-def chest(size=64, lungs=True, seed=0):
-    """HU of a synthetic axial slice: a body ellipse, with two lungs or without (abdomen)."""
-    y, x = np.mgrid[:size, :size] / size - 0.5
-    hu = np.full((size, size), -1000.0)
-    hu[(x / 0.45) ** 2 + (y / 0.35) ** 2 < 1] = 40
-    if lungs:
-        for cx in (-0.2, 0.2):
-            hu[((x - cx) / 0.15) ** 2 + (y / 0.25) ** 2 < 1] = -820
-    return hu + np.random.default_rng(seed).normal(0, 5, hu.shape)
-
-
-def write_slice(path, study, series, z, *, number=1, lungs=True, sop=CT, image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
-                orientation=(1, 0, 0, 0, 1, 0), thickness=2.0, kernel="B70f", pixels=True):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = sop, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PERSON", "PID98765", "19700101"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.Modality = "CT" if sop == CT else "SR"
-    ds.InstanceNumber = number
-    if pixels:
-        ds.ImageType = list(image_type)
-        ds.ImageOrientationPatient = list(orientation)
-        ds.ImagePositionPatient = [0.0, 0.0, float(z)]
-        ds.SliceThickness, ds.ConvolutionKernel = thickness, kernel
-        hu = chest(lungs=lungs, seed=number)
-        ds.Rows, ds.Columns = hu.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = np.clip(hu + 1024, 0, 4095).astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def write_series(folder, study, series=None, n=6, z0=0.0, step=2.0, prefix="PID98765", **kw):
-    series = series or generate_uid()
-    return [write_slice(folder / f"{prefix}_{series[-4:]}_{i}.dcm", study, series, z0 + step * i,
-                        number=i + 1, **kw) for i in range(n)]
 
 
 def test_a_study_folder_with_a_localizer_a_report_and_two_series(tmp_path):
@@ -157,6 +110,26 @@ def test_aggregations_and_their_choice_by_patient():
 @pytest.fixture
 def study_model(logreg_model):
     return logreg_model
+
+
+def test_a_librarys_repeated_warnings_are_one_line_each_and_all_of_them_with_verbose(study_model, tmp_path):
+    """Headers with an invalid UID make pydicom warn (and log) at every read of every file: without
+    -v the command prints each kind once and how often it came; with -v, every one."""
+    root, model = study_model
+    studies = tmp_path / "archive"
+    for i in range(3):
+        uid = "1.2.840." + "9" * 60 + f".{i}"  # over the 64 characters of the UI VR
+        write_series(studies / f"case-{i}", uid, n=4)
+    args = ["predict", str(studies), "--studies", "--model", str(model), "--features-dir", str(root / "features"),
+            "--out", str(tmp_path / "out" / "slices.csv")]
+    quiet = CliRunner().invoke(cli.main, args)
+    assert quiet.exit_code == 0, quiet.output
+    lines = quiet.output.strip().splitlines()
+    assert len(lines) <= 10, quiet.output
+    warned = [line for line in lines if "allowed for VR UI" in line]
+    assert len(warned) == 1 and any("times" in line and "-v shows each" in line for line in lines), quiet.output
+    loud = CliRunner().invoke(cli.main, ["-v", *args])
+    assert loud.exit_code == 0 and loud.output.count("allowed for VR UI") >= 12
 
 
 @pytest.mark.slow  # fits a model, runs the CLI
@@ -273,8 +246,14 @@ def test_compressed_transfer_syntaxes_decode_to_the_same_hu(tmp_path):
     (the shared studies) need decoders that are installed by default."""
     import pydicom
     from pydicom.pixels import get_decoder
-    from pydicom.uid import (DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless,
-                             JPEGLSNearLossless, RLELossless)
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        RLELossless,
+    )
 
     plain = write_slice(tmp_path / "plain.dcm", generate_uid(), generate_uid(), 0)
     reference = slice_hu(str(plain))

@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from feature_extractor.errors import SettingsError, TrainingDataError
+from feature_extractor.errors import TrainingDataError
 
 from .options import ANSWERS
 
@@ -79,7 +79,6 @@ class ConformalAnswers(BaseEstimator):
 
     def prediction_sets(self, p_covid: Sequence[float], error_rate: float) -> np.ndarray:
         """(n, 2) booleans: whether NonCOVID, COVID is in each image's prediction set."""
-        check_error_rate(error_rate)
         return self.p_values(p_covid) > error_rate
 
     def answers(self, p_covid: Sequence[float], error_rate: float,
@@ -124,11 +123,6 @@ class AnswerCalibration:
 def out_of_distribution(flag) -> bool:
     """An in-distribution flag that says no (Python or NumPy bool; None: no detector)."""
     return flag is not None and not bool(flag)
-
-
-def check_error_rate(error_rate: float) -> None:
-    if not 0 < float(error_rate) < 1:
-        raise SettingsError(f"--error-rate must be between 0 and 1 (e.g. 0.1), not {error_rate}")
 
 
 def _probabilities(p_covid: Sequence[float]) -> np.ndarray:

@@ -33,6 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 from feature_extractor.errors import CovidCTError
 
 from .options import HARMONIZATIONS
+
 MIN_SITE_IMAGES = 20  # fewer images give a mean and sd too noisy to standardize by
 
 

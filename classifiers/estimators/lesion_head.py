@@ -1,7 +1,7 @@
 """The lesion head: a classical classifier per grid cell of the lungs, learned from radiologists'
 infection masks, with calibrated probabilities.
 
-Each training row is one lung cell of a slice (its hypercolumn, feature_extractor/hypercolumns.py)
+Each training row is one lung cell of a slice (its hypercolumn, feature_extractor/dense/hypercolumns.py)
 labeled by whether the radiologist marked most of its lung as infected. Candidates (logistic
 regression, SGD, XGBoost) are compared by patient-grouped CV: the mean over folds of the cells'
 average precision (lesion cells are a minority). The winner's out-of-fold probabilities fit an

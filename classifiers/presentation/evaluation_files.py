@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-
-from ..workflows.metrics import METRICS
+from ..records.evaluation import CrossSourceReport, EvaluationReport
+from ..records.metrics import METRICS
 from .plots import plot_calibration, plot_confusion, plot_risk_coverage, plot_roc, plot_roc_by_source
-
-if TYPE_CHECKING:
-    from ..workflows.cross_source import CrossSourceReport
-    from ..workflows.evaluate import EvaluationReport
 
 PLOTS = {"roc": "roc.png", "calibration": "calibration.png", "confusion": "confusion_matrix.png",
          "risk-coverage": "risk_coverage.png"}

@@ -8,17 +8,14 @@ from __future__ import annotations
 import re
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from feature_extractor.dataset import printable_path
-from feature_extractor.images import resize_map, resize_rgb
+from feature_extractor.imaging.dataset import printable_path
+from feature_extractor.imaging.decode import resize_map, resize_rgb
 
+from ..records.explanation import Explanation
 from .plots import pyplot, save_figure
-
-if TYPE_CHECKING:
-    from ..workflows.explain import Explanation
 
 
 def explanation_filename(path: str | Path, root: str | Path | None = None) -> str:

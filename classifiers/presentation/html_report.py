@@ -13,31 +13,23 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 
-from feature_extractor.dataset import printable_path
-from feature_extractor.images import resize_rgb
+from feature_extractor.imaging.dataset import printable_path
 from feature_extractor.provenance import utc_now
 
-from ..workflows import prediction_record as record
-from ..workflows.metrics import METRICS
-from ..workflows.predict import PredictionRow
+from ..records import prediction_record as record
+from ..records.evaluation import CrossSourceReport, EvaluationReport
+from ..records.metrics import METRICS
+from ..records.model_card import ModelCard
+from ..records.prediction_record import PredictionRow
 from .evaluation_files import write_cross_source, write_plots
 
-if TYPE_CHECKING:
-    from ..workflows.model_card import ModelCard
-    from ..workflows.cross_source import CrossSourceReport
-    from ..workflows.evaluate import EvaluationReport
-
 DISCLAIMER = "Research use only, not for clinical diagnosis."
-THUMB_SIDE = 128
 
 
 @dataclass
@@ -100,20 +92,6 @@ class ReportContent:
         n_ood = sum(r.in_distribution is False for r in self.rows)
         return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(self.rows)} images, "
                 f"{n_wrong} misclassified, {n_heat} heatmaps, {n_ood} out of distribution")
-
-
-def data_uri(image: np.ndarray, fmt: str = "JPEG") -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 82} if fmt == "JPEG" else {}))
-    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def thumbnail(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
-    scale = side / max(image.shape[:2])
-    return resize_rgb(image, (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))))
 
 
 def order_rows(rows: list[CaseRow], threshold: float) -> list[CaseRow]:

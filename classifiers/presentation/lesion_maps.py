@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from feature_extractor.images import resize_rgb
+from feature_extractor.imaging.decode import resize_rgb
 
 LESION_COLOUR = np.array([255, 64, 0], np.float32)   # lesion: orange-red
 LUNG_COLOUR = np.array([40, 200, 255], np.float32)   # the lung outline: cyan

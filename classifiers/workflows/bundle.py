@@ -21,7 +21,7 @@ from feature_extractor.errors import ModelBundleError
 from feature_extractor.provenance import sha256_file
 
 from ..estimators.harmonize import NoHarmonization
-from .model_card import MANIFEST_FORMAT, ModelCard
+from ..records.model_card import MANIFEST_FORMAT, ModelCard
 
 DEFAULT_MODELS_DIR = Path("models")
 PARTS = ("estimator", "harmonizer", "ood", "conformal", "lesion_head")

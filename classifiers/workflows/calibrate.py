@@ -11,26 +11,23 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_extractor.dataset import load_datasets
 from feature_extractor.errors import CovidCTError
+from feature_extractor.imaging.dataset import load_datasets
 from feature_extractor.provenance import command_line, library_versions, utc_now
-from feature_extractor.run_context import RunContext
 
 from ..estimators.conformal import AnswerCalibration
 from ..estimators.recalibration import out_of_fold_recalibrated, recalibrate
 from ..estimators.study_aggregation import study_scores
+from ..records.model_card import Harmonization
 from .bundle import ModelBundle, save_bundle
-from .model import extract_features, load_model
-from .model_card import Harmonization
+from .model import LoadedModel, extract_features
 from .train import data_fingerprint
 
 
-def calibrate_model(model_path: str | Path | None, data: str | Path, out: str | Path | None = None,
-                    method: str = "sigmoid", target_sensitivity: float | None = None,
-                    context: RunContext | None = None) -> ModelBundle:
+def calibrate_model(model: LoadedModel, data: str | Path, *, out: str | Path | None = None,
+                    method: str = "sigmoid", target_sensitivity: float | None = None) -> ModelBundle:
     """Refit the probability calibration and threshold of a model on the labeled images of one
     site (``data``); save the result (default: <model>-<site>.joblib beside the model)."""
-    model = load_model(model_path, context)
     dataset = load_datasets([data])
     if len(dataset.sources) != 1:
         raise CovidCTError(f"calibrate takes one site; {data} holds {len(dataset.sources)} sources")

@@ -9,100 +9,23 @@ The model's features (its backbones and settings) are reused; they come from fro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.dataset import LABEL_NAMES, load_datasets
-from feature_extractor.engine import joblib_engine
 from feature_extractor.errors import CovidCTError, TrainingDataError
-from feature_extractor.provenance import library_versions, utc_now
+from feature_extractor.imaging.dataset import LABEL_NAMES, load_datasets
+from feature_extractor.runtimes.engine import joblib_engine
 
 from ..estimators.conformal import ConformalAnswers
 from ..estimators.ood import NearestNeighborOOD
-from .metrics import bootstrap_metrics
-from .selective import risk_coverage, selective_metrics, wrong_answers_caught
+from ..records.evaluation import CrossSourceReport, HeldOutSource
+from ..records.metrics import bootstrap_metrics
+from ..records.selective import risk_coverage, selective_metrics, wrong_answers_caught
 from .model import LoadedModel
-from .model_card import ModelCard
+from .scoring import prediction_rows
 from .train import TRAIN_SPLITS, train_estimator
-
-
-@dataclass
-class HeldOutSource:
-    source: str
-    train_sources: list[str]
-    n_train: int
-    n: dict[str, int]
-    threshold: float
-    metrics: dict[str, dict]       # name -> {value, ci_low, ci_high}
-    y: np.ndarray
-    p: np.ndarray
-    records: list = field(default_factory=list)  # the held-out images, in the order of y and p
-    train_cv_auc: float | None = None            # the refit's grouped CV AUC on its training sources
-    estimator: object = None                     # the refit model, for recalibration studies
-    X: np.ndarray | None = None                  # its input for the held-out images
-    answers: list | None = None                  # conformal answers (the refit's calibration and OOD detector)
-    selective: dict | None = None                # coverage and error among answered, with CIs
-    caught: dict | None = None                   # of the threshold's wrong labels, how many abstained
-    in_distribution: np.ndarray | None = None
-    risk_coverage: list | None = None            # its answers' curve over error rates
-    shift: dict | None = None                    # the set-shift test of its images (ood.py)
-    answers_per_image: list | None = None        # the answers without the set-shift rule (for measuring it)
-
-
-@dataclass
-class CrossSourceReport:
-    model_path: Path
-    card: ModelCard
-    data: str
-    held_out: list[HeldOutSource]
-    bootstrap: dict
-    errors: dict[str, str] = field(default_factory=dict)
-    error_rate: float | None = None
-
-    def header(self) -> str:
-        return (f"leave-one-source-out with the configuration of {self.model_path} "
-                f"({self.card.classifier}, balance {self.card.balance}, harmonize "
-                f"{self.card.fit.harmonize}) on {self.data}")
-
-    def table(self) -> str:
-        lines = [f"{'held out':<16} {'n':>5} {'trained on':<24} {'AUC [95% CI]':<22} {'accuracy':>8} "
-                 f"{'sens':>6} {'spec':>6}"]
-        for h in self.held_out:
-            m = h.metrics
-            auc = f"{m['roc_auc']['value']:.3f} [{m['roc_auc']['ci_low']:.3f}, {m['roc_auc']['ci_high']:.3f}]"
-            lines.append(f"{h.source:<16} {h.n['images']:>5} {'+'.join(h.train_sources):<24} {auc:<22} "
-                         f"{m['accuracy']['value']:>8.3f} {m['sensitivity']['value']:>6.3f} "
-                         f"{m['specificity']['value']:>6.3f}")
-        for h in self.held_out:
-            if h.selective is None:
-                continue
-            s, c = h.selective, h.caught
-            lines.append(f"answers on {h.source} (error rate {self.error_rate:g}): coverage {s['coverage']['value']:.3f}, "
-                         f"error among answered {s['error']['value']:.3f} [{s['error']['ci_low']:.3f}, "
-                         f"{s['error']['ci_high']:.3f}]; of {c['wrong_labels']} wrong labels, {c['uncertain']} "
-                         f"uncertain, {c['not_assessable']} not assessable, {c['still_wrong']} still answered wrongly")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict:
-        c = self.card
-        return {
-            "cv_by_source": [{"held_out": h.source, "trained_on": h.train_sources, "n_train": h.n_train, "n": h.n,
-                              "threshold": h.threshold, "train_cv_auc": h.train_cv_auc, **h.metrics,
-                              "answers": None if h.selective is None else {
-                                  "error_rate": self.error_rate, "selective": h.selective,
-                                  "wrong_labels_caught": h.caught}}
-                             for h in self.held_out],
-            "model": {"path": str(self.model_path), "sha256": c.model_sha256, "classifier": c.classifier,
-                      "fit": c.to_manifest()["fit"], "balance": c.balance, "backbones": c.public_backbones()},
-            "data": self.data,
-            "bootstrap": self.bootstrap,
-            "unreadable": self.errors,
-            "created": utc_now(),
-            "versions": library_versions(),
-        }
 
 
 def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot: int = 2000,
@@ -129,8 +52,12 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     held_out = []
     with joblib_engine(model.context.engine):  # the refits' grouped-CV fits on every core
         for source in dataset.sources:
-            held_out.append(_refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings,
-                                           blocks, n_boot, seed))
+            held = _refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings,
+                                  blocks, n_boot, seed)
+            held.rows = prediction_rows(held.records, held.p, held.threshold, held.answers, None,
+                                        None if held.scores is None else (held.scores, held.in_distribution),
+                                        feats.lesions)
+            held_out.append(held)
     bootstrap = {"n": n_boot, "unit": "patient (image where no patient ids)", "level": 0.95, "seed": seed,
                  "method": "percentile"}
     return CrossSourceReport(model.path, model.card, "; ".join(map(str, paths)), held_out, bootstrap,
@@ -172,7 +99,7 @@ def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarr
     except TrainingDataError:
         return
     ood = NearestNeighborOOD(random_state=seed).fit(X_train, y_train, groups_train, sources_train)
-    scores = ood.score_samples(X_test)
+    scores = held.scores = ood.score_samples(X_test)
     held.in_distribution = ood.in_distribution(scores)
     held.answers = held.answers_per_image = calibration.answers(held.p, error_rate, held.in_distribution)
     held.shift = ood.shift(scores)

@@ -20,7 +20,6 @@ fixed: they show what the CNN features contribute.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -28,21 +27,11 @@ import numpy as np
 
 from feature_extractor.errors import CovidCTError
 from feature_extractor.extract import FeatureExtractor
-from feature_extractor.images import ImageDecodeError, PreparedImage, resize_map, resize_rgb
+from feature_extractor.imaging.decode import ImageDecodeError, PreparedImage, resize_map, resize_rgb
 
+from ..records.explanation import METHODS, Explanation
 from .model import LoadedModel
 
-METHODS = ("occlusion", "gradcam", "lesion")
-
-
-@dataclass
-class Explanation:
-    path: str
-    p_covid: float
-    heatmap: np.ndarray      # (H, W) on the input canvas; occlusion: drop in P(COVID), signed
-    method: str
-    prepared: PreparedImage  # the slice and its crop, to draw the map where it belongs
-    involved: str | None = None  # lesion maps: "12.3% of lung involved"
 
 
 def linear_head(estimator) -> tuple[np.ndarray, float, np.ndarray] | None:
@@ -138,7 +127,7 @@ class ModelExplainer:
         if self.method == "lesion":
             return self._lesion(str(path), site)
         if len(self._extra):
-            from feature_extractor.dataset import Record
+            from feature_extractor.imaging.dataset import Record
 
             summary = self.model.lesions.summaries([Record(str(path))])[str(path)]
             if isinstance(summary, str):
@@ -156,10 +145,10 @@ class ModelExplainer:
         return Explanation(str(path), p, heat, self.method, prepared)
 
     def _lesion(self, path: str, site: str | None) -> Explanation:
-        from feature_extractor.dataset import Record
+        from feature_extractor.imaging.dataset import Record
 
         from ..presentation.lesion_maps import heat, involved
-        from .predict import score_features
+        from .scoring import score_features
 
         lesion_map = self.model.lesions.lesion_map(path)
         feats = self.model.features([Record(path)], site)
@@ -228,7 +217,7 @@ class ModelExplainer:
 def _map_model(ex: FeatureExtractor):
     """The backbone up to the maps its features average, and each map's channel count (its
     block of the backbone's features, in order)."""
-    from feature_extractor.keras_runtime import keras_module
+    from feature_extractor.runtimes.keras_backend import keras_module
 
     keras = keras_module()
     model = ex.model

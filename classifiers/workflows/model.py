@@ -14,17 +14,17 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.cache import FeatureCache
-from feature_extractor.dataset import Record
+from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport, FeatureExtractor
+from feature_extractor.imaging.dataset import Record
 from feature_extractor.run_context import RunContext
 from feature_extractor.weights import parse_weights_options
 
+from ..records.model_card import ModelCard
+from ..settings import AnswerSettings
 from .bundle import ModelBundle, latest_model, load_bundle
 from .features import feature_matrix
-from .model_card import ModelCard
-
 
 BATCH = "batch"  # --site batch: standardize by the statistics of the images of this run
 
@@ -78,16 +78,13 @@ class LoadedModel:
     ----------
     bundle : the model, its manifest and path (see bundle.load_bundle).
     context : features folder, batch size, offline mode, weights overrides, progress.
-    error_rate : the conformal answers' error rate (None: the one the model recorded at fit).
+    answers : how answers are given (the error rate; None: the model's own, recorded at fit).
     """
 
-    def __init__(self, bundle: ModelBundle, context: RunContext | None = None, error_rate: float | None = None):
-        from ..estimators.conformal import check_error_rate
-
+    def __init__(self, bundle: ModelBundle, context: RunContext | None = None, answers: AnswerSettings | None = None):
         self.bundle = bundle
         self.context = context or RunContext()
-        self.error_rate = bundle.card.error_rate if error_rate is None else float(error_rate)
-        check_error_rate(self.error_rate)
+        self.error_rate = (answers or AnswerSettings()).rate(bundle.card.error_rate)
         specs = bundle.card.specs
         overrides = parse_weights_options(self.context.weights_overrides, [s.backbone for s in specs],
                                           default=None)
@@ -113,8 +110,8 @@ class LoadedModel:
 
     @cached_property
     def lesions(self):
-        """The lesion mapper (workflows/lesions.py), None for a model without a lesion head."""
-        from .lesions import mapper_for
+        """The lesion mapper (workflows/lesions/maps.py), None for a model without a lesion head."""
+        from .lesions.maps import mapper_for
 
         return mapper_for(self.bundle, self.context)
 
@@ -239,7 +236,7 @@ class LoadedModel:
 
 
 def load_model(model_path: str | Path | None = None, context: RunContext | None = None,
-               error_rate: float | None = None) -> LoadedModel:
+               answers: AnswerSettings | None = None) -> LoadedModel:
     """The model at ``model_path`` (default: the newest in models/), hash-checked and unpickled;
-    ``error_rate``: its answers' error rate (default: the model's own)."""
-    return LoadedModel(load_bundle(model_path or latest_model()), context, error_rate)
+    ``answers``: how it answers (default: the error rate the model recorded)."""
+    return LoadedModel(load_bundle(model_path or latest_model()), context, answers)

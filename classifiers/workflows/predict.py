@@ -9,41 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from feature_extractor.dataset import LABEL_NAMES, Record, load_unlabeled
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport
-from feature_extractor.run_context import RunContext
+from feature_extractor.imaging.dataset import LABEL_NAMES, Record, load_unlabeled
 
-from ..estimators.options import ANSWERS
 from ..presentation.csv_files import write_csv
-from . import prediction_record as record
-from .model import LoadedModel, ModelFeatures, load_model
-
-
-NOT_ASSESSABLE = ANSWERS[3]
-
-
-@dataclass
-class PredictionRow:
-    """One image's prediction: the fields of the slice record (prediction_record.SLICE) and
-    ``site``, which the model uses but does not report."""
-
-    path: str
-    p_covid: float | None = None
-    label: str | None = None
-    answer: str | None = None
-    answer_note: str | None = None
-    error: str | None = None
-    heatmap: str | None = None  # PNG written by --explain
-    ood_score: float | None = None
-    in_distribution: bool | None = None
-    site: str | None = None     # whose feature statistics standardized it (harmonized models)
-    lesion_fraction: float | None = None
-    lung_note: str | None = None
-    lesion_map: str | None = None   # PNG written by --lesion-maps
-    lesion: object = None           # the LesionSummary (models with a lesion head)
+from ..records import prediction_record as record
+from ..records.prediction_record import PredictionRow
+from .model import LoadedModel
+from .scoring import score_features
 
 
 @dataclass
@@ -95,62 +69,26 @@ def predict_folder(model: LoadedModel, folder: str | Path, site: str | None = No
     return predict_records(model, load_unlabeled(folder).records, site)
 
 
-def score_features(model: LoadedModel, feats: ModelFeatures, sets: dict[str, str] | None = None) -> list[PredictionRow]:
-    """The prediction of each readable record of ``feats`` (in the order of ``feats.good``):
-    everything the slice record holds. The one place a prediction row is filled in. ``sets``:
-    path -> which set an image belongs to for the set-shift test (a study); default: its source."""
-    threshold = model.threshold
-    ood = model.ood_scores(feats)
-    p_covid = model.predict_proba(feats.X)
-    answers = model.answers(p_covid, None if ood is None else ood[1])
-    notes = [None] * len(answers)
-    if ood is not None and answers and answers[0] is not None:  # each source's images as a set
-        sets = np.array([(sets or {}).get(r.path, r.source or "") for r in feats.good], dtype=object)
-        for name in dict.fromkeys(sets):
-            mine = np.flatnonzero(sets == name)
-            test = model.ood.shift(ood[0][mine])
-            if test is not None and test["shifted"]:
-                note = (f"not assessable as a set: these {test['n']} images lie farther from the training images than "
-                        f"any training source's do (Kolmogorov-Smirnov p={test['p_value']:.1e}); calibrate on this "
-                        "site's labeled images")
-                for i in mine:
-                    answers[i], notes[i] = NOT_ASSESSABLE, note
-    rows = []
-    for i, (r, p) in enumerate(zip(feats.good, p_covid)):
-        row = PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= threshold)], answers[i], notes[i],
-                            site=feats.sites[i])
-        if ood is not None:
-            row.ood_score, row.in_distribution = float(ood[0][i]), bool(ood[1][i])
-        lesion = feats.lesions.get(r.path)
-        if lesion is not None:
-            row.lesion, row.lesion_fraction, row.lung_note = lesion, lesion.lesion_fraction, lesion.lung_note
-        rows.append(row)
-    return rows
-
-
 def predict_records(model: LoadedModel, records: list[Record], site: str | None = None,
                     sets: dict[str, str] | None = None) -> PredictionReport:
     """predict_folder for given records (a study's slices; ``sets``: see score_features)."""
     feats = model.features(records, site)
     good = {row.path: row for row in score_features(model, feats, sets)}
-    rows = [good.get(r.path) or PredictionRow(r.path, error=feats.errors[r.path]) for r in feats.records]
+    rows = [good.get(r.path) or PredictionRow(path=r.path, error=feats.errors[r.path]) for r in feats.records]
     return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes,
                             error_rate=model.error_rate)
 
 
-def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
-                      model_path: str | Path | None = None, context: RunContext | None = None,
+def predict_and_write(model: LoadedModel, folder: str | Path, *, out: str | Path = "predictions.csv",
                       crop: str | None = None, explain_method: str | None = None,
                       explain_dir: str | Path | None = None, site: str | None = None,
-                      lesion_maps: str | Path | None = None, error_rate: float | None = None) -> PredictionReport:
+                      lesion_maps: str | Path | None = None) -> PredictionReport:
     """predict: predictions.csv for every image under ``folder`` (``crop``: confirm the
     model's crop); with ``explain_method``, a heatmap PNG per readable image in
     ``explain_dir`` (default: heatmaps/ beside ``out``) and a heatmap column. ``site``: whose
     feature statistics standardize the images, for a harmonized model. ``lesion_maps``: a
     folder for each image's ``<stem>_lesion.png`` and ``<stem>_lungs.png`` (in the image's
-    subfolder below ``folder``), for a model with a lesion head. ``error_rate``: the answers'
-    (default: the model's)."""
-    model = load_model(model_path, context, error_rate)
+    subfolder below ``folder``), for a model with a lesion head."""
     model.check_crop(crop)
     if lesion_maps is not None and model.lesions is None:
         raise ModelBundleError(f"--lesion-maps: {model.path} has no lesion head; fit it with --lesion-data DIR")
@@ -180,7 +118,7 @@ def predict_and_write(folder: str | Path, out: str | Path = "predictions.csv",
 
 def write_lesion_maps(model: LoadedModel, rows: list[PredictionRow], root: str | Path, out_dir: str | Path) -> None:
     """Each row's lesion and lung PNGs under ``out_dir``, in its folder relative to ``root``."""
-    from feature_extractor.images import ImageDecodeError
+    from feature_extractor.imaging.decode import ImageDecodeError
 
     from ..presentation.lesion_maps import map_files
 

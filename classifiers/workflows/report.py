@@ -9,19 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from feature_extractor.dataset import LABEL_NAMES, load_datasets
 from feature_extractor.errors import DatasetError
-from feature_extractor.images import ImageDecodeError, PreparedImage
-from feature_extractor.run_context import RunContext
+from feature_extractor.imaging.dataset import LABEL_NAMES, load_datasets
 
-from ..presentation.heatmaps import overlay_rgb
-from ..presentation.html_report import (THUMB_SIDE, CaseRow, ReportContent, data_uri, order_rows,
-                                        plot_uris, thumbnail, write_html)
+from ..presentation.html_report import CaseRow, ReportContent, order_rows, plot_uris, write_html
+from ..presentation.pictures import THUMB_SIDE
+from ..records.prediction_record import PredictionRow
 from .cross_source import leave_one_source_out
 from .evaluate import evaluate_model
 from .explain import ModelExplainer
-from .model import LoadedModel, load_model
-from .predict import PredictionRow, predict_folder
+from .model import LoadedModel
+from .panels import slice_panels
+from .predict import predict_folder
 
 
 def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: str = "test",
@@ -47,7 +46,7 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
         truth = {r.path: r for r in dataset.records}
         rows = [CaseRow(row, LABEL_NAMES[int(y)], truth[row.path].patient)
                 for row, y in zip(evaluation.rows, evaluation.y)]
-        rows += [CaseRow(PredictionRow(path, error=reason)) for path, reason in evaluation.errors.items()]
+        rows += [CaseRow(PredictionRow(path=path, error=reason)) for path, reason in evaluation.errors.items()]
     else:
         rows = [CaseRow(r) for r in predict_folder(model, paths[0]).rows]
     sites = {r.path: r.prediction.site for r in rows}
@@ -62,9 +61,8 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
 
 def _collect_cross_source(model: LoadedModel, paths: Sequence[str | Path], n_boot: int) -> ReportContent:
     cross = leave_one_source_out(model, paths, n_boot)
-    rows = [CaseRow(PredictionRow(r.path, float(p), LABEL_NAMES[int(p >= h.threshold)]), LABEL_NAMES[int(y)],
-                    r.patient, note=f"held out: {h.source}")
-            for h in cross.held_out for r, p, y in zip(h.records, h.p, h.y)]
+    rows = [CaseRow(row, LABEL_NAMES[int(y)], r.patient, note=f"held out: {h.source}")
+            for h in cross.held_out for r, row, y in zip(h.records, h.rows, h.y)]
     rows = order_rows(rows, model.threshold)
     content = ReportContent(model.card, model.path, "; ".join(map(str, paths)), model.threshold, rows,
                             plots=plot_uris(cross_source=cross), cross_source=cross)
@@ -74,41 +72,24 @@ def _collect_cross_source(model: LoadedModel, paths: Sequence[str | Path], n_boo
 
 def _thumbnails(model: LoadedModel, rows: list[CaseRow], explainer: ModelExplainer | None, heatmaps: int,
                 sites: dict[str, str | None] | None = None) -> None:
-    """A thumbnail for every readable row; a heatmap for the first ``heatmaps`` of them
-    (``sites``: each image's site, for a harmonized model)."""
-    from ..presentation.lesion_maps import involved, overlay
-
+    """A thumbnail (and lesion map) for every readable row; a heatmap for the first ``heatmaps`` of
+    them (``sites``: each image's site, for a harmonized model)."""
     readable = [r for r in rows if r.error is None]
     with model.context.progress("report images ", len(readable)) as update:
         for i, row in enumerate(readable):
-            prepared = _prepare(model, row)
-            if prepared is not None and model.lesions is not None:
-                lesion_map = model.lesions.lesion_map(row.path)
-                row.lesion_overlay = data_uri(overlay(lesion_map.grey, lesion_map, THUMB_SIDE + 32))
-                row.involved = involved(lesion_map)
-            if prepared is not None:
-                row.thumbnail = data_uri(thumbnail(prepared.original))
-                if prepared.crop_fallback:
-                    row.note = f"no {prepared.crop.kind} found ({prepared.crop_fallback}): full image used"
-                if explainer is not None and i < heatmaps:
-                    row.heatmap = data_uri(overlay_rgb(explainer.explain(row.path, prepared, (sites or {}).get(row.path)), THUMB_SIDE + 32))
+            panels = slice_panels(model, row.path, overlay_side=THUMB_SIDE + 32,
+                                  explainer=explainer if i < heatmaps else None, site=(sites or {}).get(row.path))
+            if panels.error:
+                row.prediction.error = panels.error
+            row.thumbnail, row.heatmap, row.lesion_overlay, row.involved = (panels.image, panels.heatmap,
+                                                                            panels.lesion, panels.involved)
+            row.note = row.note or panels.note
             update(1)
 
 
-def _prepare(model: LoadedModel, row: CaseRow) -> PreparedImage | None:
-    """The slice as the model's first backbone reads it (window, crop); None if unreadable."""
-    try:
-        return model.extractors[0].prepare(row.path)
-    except (ImageDecodeError, OSError) as exc:  # changed since it was scored
-        row.prediction.error = str(exc)
-        return None
-
-
-def report_to_html(data: str | Path | Sequence[str | Path], out: str | Path = "report.html", model_path: str | Path | None = None,
-                   context: RunContext | None = None, split: str = "test", heatmaps: int = 50,
-                   explain_method: str = "occlusion", n_boot: int = 2000,
-                   cv_by: str | None = None, error_rate: float | None = None) -> tuple[Path, ReportContent]:
+def report_to_html(model: LoadedModel, data: str | Path | Sequence[str | Path], *, out: str | Path = "report.html",
+                   split: str = "test", heatmaps: int = 50, explain_method: str = "occlusion", n_boot: int = 2000,
+                   cv_by: str | None = None) -> tuple[Path, ReportContent]:
     """report: one self-contained HTML file (see presentation/html_report.py)."""
-    content = collect(load_model(model_path, context, error_rate), data, split, heatmaps, explain_method, n_boot,
-                      cv_by)
+    content = collect(model, data, split, heatmaps, explain_method, n_boot, cv_by)
     return write_html(content, out), content

@@ -1,6 +1,6 @@
 """predict --studies: whole studies in, one answer per study out.
 
-Each study (feature_extractor/studies.py) is reduced to its slices inside the lungs (at most
+Each study (feature_extractor/imaging/studies.py) is reduced to its slices inside the lungs (at most
 ``max_slices``), those are scored like any image (cache, model, OOD flag), and their
 probabilities are pooled by the model's study aggregation (chosen at fit time by
 patient-grouped CV; mean for older models). Two CSVs: the slices (every slice of each chosen
@@ -12,79 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feature_extractor.dataset import LABEL_NAMES, Record, printable_path
-from feature_extractor.run_context import RunContext
-from feature_extractor.studies import Redactor, Study, find_studies, slices_to_score
+from feature_extractor.imaging.dataset import LABEL_NAMES, Record, printable_path
+from feature_extractor.imaging.studies import Redactor, find_studies, slices_to_score
 
 from ..estimators.study_aggregation import aggregate
 from ..presentation.csv_files import write_csv
-from . import prediction_record as record
-from .model import LoadedModel, load_model
-from .predict import NOT_ASSESSABLE, PredictionRow, predict_records
+from ..records import prediction_record as record
+from ..records.study_results import StudyResult, StudySlice
+from .model import LoadedModel
+from .predict import predict_records
+from .scoring import NOT_ASSESSABLE
 
 IDENTIFIER_COLUMNS = ("study_uid", "series_uid")
-TOP_SLICES = 3
-
-
-@dataclass
-class StudySlice:
-    """One slice of a study as the slice CSV lists it: where it sits, its prediction (None when
-    not scored) and why not; the slice record's other fields are the prediction's."""
-
-    study: str
-    slice: int | None
-    path: str
-    prediction: PredictionRow | None
-    note: str | None = None
-
-    @property
-    def used(self) -> bool:
-        return self.prediction is not None and self.prediction.p_covid is not None
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") or name == "prediction":
-            raise AttributeError(name)
-        return getattr(self.prediction, name, None)
-
-
-@dataclass
-class StudyResult:
-    study: Study
-    rows: list[tuple[int, PredictionRow | None, str | None]]  # (1-based slice number, prediction, why not scored)
-    p_covid: float | None = None
-    label: str | None = None
-    in_distribution: bool | None = None
-    error: str | None = None
-    answer: str | None = None
-    answer_note: str | None = None
-
-    @property
-    def scored(self) -> list[tuple[int, PredictionRow]]:
-        return [(i, r) for i, r, _ in self.rows if r is not None and r.p_covid is not None]
-
-    def top(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
-        """The ``n`` highest-scoring slices, as (slice number, prediction)."""
-        return sorted(self.scored, key=lambda ir: -ir[1].p_covid)[:n]
-
-    def top_slices(self) -> str:
-        return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in self.top())
-
-    @property
-    def lesion_burden(self) -> float | None:
-        """The lesion's share of the lung volume over the scored slices (a model with a lesion head;
-        slices of a series are equally thick, so areas add up to volumes)."""
-        summaries = [r.lesion for _, r in self.scored if r.lesion is not None]
-        lung = sum(s.lung_fraction for s in summaries)
-        return sum(s.lesion_area for s in summaries) / lung if summaries and lung > 0 else None
-
-    def top_lesion(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
-        """The ``n`` slices with the largest share of lung involved."""
-        with_lesion = [(i, r) for i, r in self.scored if r.lesion_fraction is not None]
-        return sorted(with_lesion, key=lambda ir: -ir[1].lesion_fraction)[:n]
-
-    def top_lesion_slices(self) -> str | None:
-        top = self.top_lesion()
-        return "; ".join(f"{i} ({100 * r.lesion_fraction:.0f}%)" for i, r in top) if top else None
 
 
 @dataclass
@@ -149,7 +88,7 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
     results = []
     for study, used, not_used in plans:
         rows = [(i + 1, predictions.get(path), not_used.get(path)) for i, path in enumerate(study.slices)]
-        result = StudyResult(study, rows)
+        result = StudyResult(study=study, rows=rows)
         scored = result.scored
         if scored:
             areas = [r.lesion.lesion_area if r.lesion is not None else 0.0 for _, r in scored]
@@ -193,44 +132,32 @@ def write_study_csvs(report: StudyPredictionReport, out: str | Path, studies_out
     report.studies_out = write_csv(studies_out, header, rows)
 
 
-def predict_studies_and_write(folder: str | Path, out: str | Path = "predictions.csv",
-                              studies_out: str | Path | None = None, model_path: str | Path | None = None,
-                              context: RunContext | None = None, crop: str | None = None,
-                              site: str | None = None, max_slices: int | None = None,
-                              keep_identifiers: bool = False, error_rate: float | None = None) -> StudyPredictionReport:
+def predict_studies_and_write(model: LoadedModel, folder: str | Path, *, out: str | Path = "predictions.csv",
+                              studies_out: str | Path | None = None, site: str | None = None,
+                              max_slices: int | None = None, keep_identifiers: bool = False) -> StudyPredictionReport:
     """predict --studies: the slice CSV at ``out`` and studies.csv beside it (or at ``studies_out``)."""
-    model = load_model(model_path, context, error_rate)
-    model.check_crop(crop)
     report = predict_studies(model, folder, site, max_slices, keep_identifiers)
     write_study_csvs(report, out, studies_out or Path(out).with_name("studies.csv"))
     return report
 
 
-def study_report_to_html(folder: str | Path, out: str | Path = "studies.html", model_path: str | Path | None = None,
-                         context: RunContext | None = None, site: str | None = None,
-                         max_slices: int | None = None, explain_method: str = "occlusion",
-                         heatmaps: bool = True, error_rate: float | None = None) -> tuple[StudyPredictionReport, Path]:
+def study_report_to_html(model: LoadedModel, folder: str | Path, *, out: str | Path = "studies.html",
+                         site: str | None = None, max_slices: int | None = None, explain_method: str = "occlusion",
+                         heatmaps: bool = True) -> tuple[StudyPredictionReport, Path]:
     """report --studies: every study with its answer and a strip of its top slices (heatmaps)."""
-    from ..presentation.html_report import data_uri, thumbnail
-    from ..presentation.heatmaps import overlay_rgb
-    from ..presentation.study_report import StudyCard, write_study_html
+    from ..presentation.study_report import StudyStrip, write_study_html
     from .explain import ModelExplainer
+    from .panels import slice_panels
 
-    model = load_model(model_path, context, error_rate)
     report = predict_studies(model, folder, site, max_slices)
     explainer = ModelExplainer(model, explain_method) if heatmaps else None
-    cards = []
+    strips = []
     for result in report.results:
-        s = result.study
-        card = StudyCard(report.redact(s.name), s.series, len(s.slices), len(result.scored), result.p_covid,
-                         result.label, result.error, list(s.warnings), in_distribution=result.in_distribution,
-                         answer=result.answer, lesion_burden=result.lesion_burden)
+        strip = StudyStrip(result, report.redact(result.study.name))
         for number, row in result.top():
-            prepared = model.extractors[0].prepare(row.path)
-            image = overlay_rgb(explainer.explain(row.path, prepared, row.site), 192) if explainer \
-                else thumbnail(prepared.original)
-            card.strip.append((number, row.p_covid, data_uri(image)))
-        cards.append(card)
-    path = write_study_html(cards, out, str(model.path), report.aggregation, report.threshold,
+            panels = slice_panels(model, row.path, side=192, explainer=explainer, site=row.site)
+            strip.slices.append((number, row, panels.heatmap or panels.image, panels.lesion))
+        strips.append(strip)
+    path = write_study_html(strips, out, str(model.path), report.aggregation, report.threshold,
                             explain_method if heatmaps else "none")
     return report, path

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_extractor.dataset import parse_label
 from feature_extractor.errors import DatasetError
+from feature_extractor.imaging.dataset import parse_label
 from feature_extractor.provenance import utc_now
-from feature_extractor.run_context import RunContext
 
-from .metrics import METRICS, bootstrap_metrics
-from .model import load_model
+from ..records.metrics import METRICS, bootstrap_metrics
+from .model import LoadedModel
 from .studies import StudyPredictionReport, predict_studies, write_study_csvs
 
 
@@ -59,12 +58,11 @@ class StudyEvaluation:
         return "\n".join(lines)
 
 
-def evaluate_studies(folder: str | Path, labels_csv: str | Path, model_path: str | Path | None = None,
-                     context: RunContext | None = None, report_dir: str | Path | None = None,
-                     n_boot: int = 2000, site: str | None = None, max_slices: int | None = None,
-                     keep_identifiers: bool = False, error_rate: float | None = None) -> tuple[StudyEvaluation, Path]:
+def evaluate_studies(model: LoadedModel, folder: str | Path, labels_csv: str | Path, *,
+                     report_dir: str | Path | None = None, n_boot: int = 2000, site: str | None = None,
+                     max_slices: int | None = None, keep_identifiers: bool = False) -> tuple[StudyEvaluation, Path]:
+    """evaluate --studies: study-level metrics of ``model`` on the studies under ``folder``."""
     labels = read_study_labels(labels_csv)
-    model = load_model(model_path, context, error_rate)
     report = predict_studies(model, folder, site, max_slices, keep_identifiers)
     y, p, matched, unlabeled = [], [], set(), []
     for result in report.results:

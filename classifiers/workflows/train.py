@@ -5,37 +5,40 @@ the test split is never read here. Hyperparameters are chosen by patient-grouped
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
-from feature_extractor.engine import joblib_engine
+from feature_extractor.dense.hypercolumns import dense_spec
+from feature_extractor.dense.lesion_data import check_masks, load_lesion_data
+from feature_extractor.errors import CovidCTError
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
-from feature_extractor.hypercolumns import dense_spec
-from feature_extractor.lesion_data import check_masks, load_lesion_data
-from feature_extractor.errors import CovidCTError
+from feature_extractor.imaging.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
 from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
 from feature_extractor.run_context import RunContext
+from feature_extractor.runtimes.engine import joblib_engine
 from feature_extractor.weights import NONE, NONE_WARNING
 
 from ..estimators.balance import default_balance, sample_weights
-from ..estimators.harmonize import Harmonizer, HarmonizationError, make_harmonizer
+from ..estimators.conformal import AnswerCalibration
+from ..estimators.harmonize import HarmonizationError, Harmonizer, make_harmonizer
 from ..estimators.ood import NearestNeighborOOD
 from ..estimators.registry import STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
-from ..estimators.conformal import AnswerCalibration, check_error_rate
 from ..estimators.study_aggregation import choose_aggregation, study_scores
 from ..estimators.thresholds import threshold_for_sensitivity
+from ..records.model_card import Harmonization, ModelCard, TrainingData, estimator_record, feature_blocks
+from ..settings import AnswerSettings, FitSettings, LesionSettings
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
-from .fit_settings import FitSettings
+from .lesions.maps import LesionMapper
+from .lesions.summary import CLASSIFIER_SUMMARY
+from .lesions.training import train_lesion_head
 from .model import extract_features
-from .lesions import CLASSIFIER_SUMMARY, LesionMapper, LesionSettings, train_lesion_head
-from .model_card import DEFAULT_ERROR_RATE, Harmonization, ModelCard, TrainingData, feature_blocks
 
 TRAIN_SPLITS = ("train", "val")
 
@@ -130,19 +133,24 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
     return TrainedEstimator(estimator, params, cv, oof, balance, threshold, harmonizer)
 
 
-def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
+def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
               selection: FeatureSelection | None = None, context: RunContext | None = None,
               model_path: str | Path | None = None, adapt_to: Sequence[str | Path] = (),
-              lesion_data: Sequence[str | Path] = (), lesion_settings: LesionSettings | None = None,
-              error_rate: float = DEFAULT_ERROR_RATE) -> ModelBundle:
-    """fit: train ``settings.clf`` on cached features of the training images of one or more
+              lesion_data: Sequence[str | Path] = (), lesion: LesionSettings | None = None,
+              answers: AnswerSettings | None = None) -> ModelBundle:
+    """fit: train ``fit.clf`` on cached features of the training images of one or more
     datasets and save it with its manifest (default path: models/<clf>.joblib). The test split
     is never read. ``adapt_to``: folders of unlabeled images of sites the model will be used
-    on; with ``settings.harmonize``, each one's feature statistics are learned (its features
-    are extracted if they are not cached). ``lesion_data``: folders of slices with
-    radiologists' infection masks: a lesion head is trained on them (workflows/lesions.py) and
-    saved with the model; with ``settings.lesion_features`` its summaries of each image join
-    the image features. ``error_rate``: the conformal answers' default error rate, recorded."""
+    on; with ``fit.harmonize``, each one's feature statistics are learned (its features are
+    extracted if they are not cached). ``lesion_data``: folders of slices with radiologists'
+    infection masks: a lesion head is trained on them (``lesion``: how; workflows/lesions/) and
+    saved with the model; with ``fit.lesion_features`` its summaries of each image join the
+    image features. ``answers``: the default error rate the model records (0.1 when not given)."""
+    settings = fit
+    error_rate = (answers or AnswerSettings()).rate()
+    lesion_settings = lesion or LesionSettings()
+    if lesion_settings.seed is None:  # the lesion head's sampling and folds follow the fit's seed
+        lesion_settings = dataclasses.replace(lesion_settings, seed=settings.seed)
     context = context or RunContext()
     lesions = load_lesion_data(lesion_data) if lesion_data else None
     if settings.lesion_features and lesions is None:
@@ -172,7 +180,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     blocks = feature_blocks(backbones, settings.lesion_features)
     with joblib_engine(context.engine):  # the grouped-CV fits on every core (with --engine ray: over Ray)
         if lesions is not None:
-            spec = lesion_dense_spec([s.spec for s in sources], lesion_settings or LesionSettings())
+            spec = lesion_dense_spec([s.spec for s in sources], lesion_settings)
             head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
             if settings.lesion_features:
                 mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context)
@@ -185,7 +193,6 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
     areas = None if lesion_columns is None else lesion_areas
     aggregation = choose_aggregation(trained.oof, y, groups, areas)
     answers = AnswerCalibration.fit(trained.oof, y, *study_scores(trained.oof, y, groups, aggregation["method"], areas))
-    check_error_rate(error_rate)
     grouping = "patient" if dataset.has_patients else "image"
     training_sources = source_summaries(records)
     card = ModelCard(
@@ -199,6 +206,7 @@ def fit_model(data: str | Path | Sequence[str | Path], settings: FitSettings,
             [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
              for s in training_sources] + adapted) if harmonizer.active else ()),
         ood=ood.describe(), study_aggregation=aggregation, params=trained.params,
+        estimator=estimator_record(trained.estimator),
         conformal={**answers.describe(), "calibration_data": "the patient-grouped out-of-fold probabilities of the "
                    "training images (studies: of the training patients with several slices, pooled by the study "
                    "aggregation)"}, error_rate=error_rate,

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import DatasetError
-from .images import IMAGE_SUFFIXES
-from .provenance import sha256_file
+from ..errors import DatasetError
+from ..provenance import sha256_file
+from .decode import IMAGE_SUFFIXES
 
 COVID, NONCOVID = 1, 0
 LABEL_NAMES = {COVID: "COVID", NONCOVID: "NonCOVID"}
@@ -216,14 +216,15 @@ def load_manifest(csv_path: str | Path, source: str | None = None) -> Dataset:
     return Dataset(root=str(base), layout="manifest", records=tuple(records))
 
 
-def load_unlabeled(folder: str | Path) -> Dataset:
+def load_unlabeled(folder: str | Path, source: str | None = None) -> Dataset:
+    """Every image file under ``folder``, without labels (``source``: the name its records carry)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"not a folder: {folder}")
     files = list_image_files(folder)
     if not files:
         raise DatasetError(f"no image files (.png, .jpg, .tif, .dcm, ...) found under {folder}")
-    return Dataset(root=str(folder), layout="unlabeled", records=tuple(Record(path=p) for p in files))
+    return Dataset(root=str(folder), layout="unlabeled", records=tuple(Record(path=p, source=source) for p in files))
 
 
 def load_dataset(path: str | Path, source: str | None = None) -> Dataset:
@@ -252,8 +253,10 @@ def load_dataset(path: str | Path, source: str | None = None) -> Dataset:
     return dataset
 
 
-def load_datasets(paths: str | Path | Sequence[str | Path]) -> Dataset:
-    """One labeled dataset from several (see load_dataset); each source's name must be unique."""
+def load_datasets(paths: str | Path | Sequence[str | Path], labeled: bool = True) -> Dataset:
+    """One labeled dataset from several (see load_dataset); each source's name must be unique.
+    ``labeled`` False: a folder that is no labeled layout is read as every image under it, without
+    labels (extract: features for later prediction, or a site's unlabeled images)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise DatasetError("no data given; pass --data PATH")
@@ -263,7 +266,8 @@ def load_datasets(paths: str | Path | Sequence[str | Path]) -> Dataset:
         if resolved in seen:
             raise DatasetError(f"--data {path} is given twice (also as {seen[resolved]})")
         seen[resolved] = str(path)
-    datasets = [load_dataset(p) for p in paths]
+    datasets = [load_dataset(p) if labeled or not _is_unlabeled_folder(p) else
+                load_unlabeled(p, Path(p).resolve().name) for p in paths]
     if len(datasets) == 1:
         return datasets[0]
     owner: dict[str, str] = {}
@@ -275,6 +279,11 @@ def load_datasets(paths: str | Path | Sequence[str | Path]) -> Dataset:
         owner.update({source: str(path) for source in dataset.sources})
     return Dataset(root="; ".join(d.root for d in datasets), layout="+".join(d.layout for d in datasets),
                    records=tuple(r for d in datasets for r in d.records))
+
+
+def _is_unlabeled_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and len(_find_class_dirs(path)) != 2
 
 
 def with_keys(records: Iterable[Record]) -> list[Record]:

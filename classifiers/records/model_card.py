@@ -24,7 +24,7 @@ from feature_extractor.errors import ModelBundleError
 from feature_extractor.feature_spec import FeatureSpec
 
 from ..estimators.options import DEFAULT_ERROR_RATE
-from .fit_settings import FitSettings
+from ..settings import FitSettings
 
 MANIFEST_FORMAT = 4
 READABLE_FORMATS = (2, 3, 4)
@@ -78,10 +78,11 @@ class ModelCard:
     ood: Mapping[str, Any] | None = None
     study_aggregation: Mapping[str, Any] = field(default_factory=lambda: {"method": DEFAULT_AGGREGATION})
     params: Mapping[str, Any] = field(default_factory=dict)
+    estimator: Mapping[str, Any] | None = None    # the fitted estimator's class and get_params() (estimator_record)
     cv: Mapping[str, Any] = field(default_factory=dict)
     engine: Mapping[str, Any] = field(default_factory=lambda: {"engine": "local"})
     conformal: Mapping[str, Any] | None = None   # estimators/conformal.py: its record
-    lesion: Mapping[str, Any] | None = None      # the lesion head's record (workflows/lesions.py)
+    lesion: Mapping[str, Any] | None = None      # the lesion head's record (workflows/lesions/training.py)
     error_rate: float = DEFAULT_ERROR_RATE
     calibration: Mapping[str, Any] | None = None  # set by calibrate: where the model came from
     created: str = ""
@@ -146,15 +147,12 @@ class ModelCard:
                 + (f"Refit it (its features are still cached): {_refit_command(manifest)}" if older
                    else "Use the covidct version that wrote it."))
         m = _upgrade(copy.deepcopy(dict(manifest)))
-        fit = dict(m["fit"])
-        fit["base"] = tuple(fit.get("base", ()))
-        known = {f.name for f in dataclasses.fields(FitSettings)}
         t = m["training"]
         h = m["harmonization"]
         try:
             return cls(
                 classifier=str(m["classifier"]),
-                fit=FitSettings(**{k: v for k, v in fit.items() if k in known}),
+                fit=FitSettings.from_record(m["fit"]),
                 backbones=tuple(m["backbones"]),
                 feature_dim=int(m["feature_dim"]),
                 training=TrainingData(
@@ -169,6 +167,7 @@ class ModelCard:
                 ood=m.get("ood"),
                 study_aggregation=m["study_aggregation"],
                 params=m.get("params", {}),
+                estimator=m.get("estimator"),
                 cv=m.get("cv", {}),
                 engine=m.get("engine", {"engine": "local"}),
                 conformal=m.get("conformal"),
@@ -191,7 +190,7 @@ class ModelCard:
         t = self.training
         out = {
             "created": self.created, "command": self.command, "classifier": self.classifier,
-            "params": dict(self.params), "fit": {**dataclasses.asdict(self.fit), "base": list(self.fit.base)},
+            "params": dict(self.params), "estimator": self.estimator, "fit": self.fit.record(),
             "engine": dict(self.engine), "threshold": self.threshold, "threshold_choice": dict(self.threshold_choice),
             "balance": self.balance,
             "harmonization": {"method": self.harmonization.method, "sites": list(self.harmonization.sites)},
@@ -212,8 +211,28 @@ class ModelCard:
         return out
 
 
+def estimator_record(estimator: Any) -> dict[str, Any]:
+    """A fitted estimator's class and its ``get_params()`` as JSON values (nested estimators by
+    class name, with their own parameters under ``<name>__``)."""
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if hasattr(value, "get_params"):
+            return type(value).__name__
+        if hasattr(value, "item"):
+            return value.item()
+        return repr(value)
+    params = estimator.get_params(deep=True) if hasattr(estimator, "get_params") else {}
+    return {"class": f"{type(estimator).__module__}.{type(estimator).__name__}",
+            "params": {k: plain(v) for k, v in sorted(params.items())}}
+
+
 LESION_BLOCK = "lesion"
-N_LESION_COLUMNS = 6  # workflows/lesions.py CLASSIFIER_SUMMARY
+N_LESION_COLUMNS = 6  # workflows/lesions/summary.py CLASSIFIER_SUMMARY
 
 
 def feature_blocks(backbones: Sequence[Mapping[str, Any]], lesion: bool = False) -> list[tuple[str, int, int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lung_crop import SliceCrop, disk, field_of_view, lung_mask
+from .crop import SliceCrop, disk, field_of_view, lung_mask
 
 # Part of the cache identity (FeatureSpec.crop_version): a change to the algorithm below must bump it.
 BODY_CROP_VERSION = 1

@@ -12,134 +12,8 @@ studies.csv, the API's studies) and ``study_slice()`` (a study's slice: the slic
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal, Sequence
-
-from feature_extractor.dataset import printable_path
-
 from ..estimators.options import ANSWERS
-
-
-@dataclass(frozen=True)
-class RecordField:
-    """One field of a record.
-
-    ``kind``: float, int, str, bool or list (a list of text; "; "-joined in CSV).
-    ``choices``: the only values a text field takes (the API types it as an enum).
-    ``digits``: decimals of a float in CSV. ``optional``: the CSV column is written only when
-    some row has a value (e.g. the heatmap file). ``csv``/``api``: where it appears.
-    ``get``: how to read it from a row object (default: the attribute of its name).
-    ``path``: a file path (written as printable text, identifiers redacted in study outputs).
-    """
-
-    name: str
-    kind: type
-    help: str
-    choices: tuple[str, ...] = ()
-    digits: int = 6
-    optional: bool = False
-    csv: bool = True
-    api: bool = True
-    path: bool = False
-    get: Callable[[Any], Any] | None = None
-
-    def value(self, row: Any) -> Any:
-        return self.get(row) if self.get is not None else getattr(row, self.name, None)
-
-    def cell(self, value: Any) -> str:
-        """The CSV text of a value ('' for none)."""
-        if value is None:
-            return ""
-        if self.kind is bool:
-            return str(bool(value)).lower()
-        if self.kind is float:
-            return f"{float(value):.{self.digits}f}"
-        if self.kind is list:
-            return "; ".join(map(str, value))
-        if self.path:
-            return printable_path(str(value))
-        return str(value)
-
-    def json(self, value: Any) -> Any:
-        if value is None:
-            return None
-        if self.kind is float:
-            return float(value)
-        if self.kind is list:
-            return [str(v) for v in value]
-        if self.path:
-            return printable_path(str(value))
-        return self.kind(value)
-
-    def annotation(self) -> Any:
-        """The type of the field in the JSON API (always nullable: unreadable rows have none)."""
-        if self.choices:
-            return Literal[self.choices] | None  # type: ignore[valid-type]
-        return (list[str] if self.kind is list else self.kind) | None
-
-    def describe(self) -> dict[str, Any]:
-        kind = {float: "number", int: "integer", str: "text", bool: "boolean", list: "list"}[self.kind]
-        return {"name": self.name, "type": kind, "help": self.help, **({"choices": list(self.choices)}
-                                                                        if self.choices else {})}
-
-
-@dataclass(frozen=True)
-class RecordSchema:
-    """An ordered set of fields and what is made from them."""
-
-    name: str
-    fields: tuple[RecordField, ...]
-
-    def __post_init__(self) -> None:
-        names = [f.name for f in self.fields]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{self.name}: a field is declared twice: {names}")
-
-    def __getitem__(self, name: str) -> RecordField:
-        return next(f for f in self.fields if f.name == name)
-
-    def with_field(self, new: RecordField, after: str | None = None) -> "RecordSchema":
-        """This record with one more field (after ``after``, else last)."""
-        fields = list(self.fields)
-        at = len(fields) if after is None else [f.name for f in fields].index(after) + 1
-        return replace(self, fields=tuple(fields[:at] + [new] + fields[at:]))
-
-    def csv_fields(self, rows: Sequence[Any] = ()) -> list[RecordField]:
-        return [f for f in self.fields if f.csv and (not f.optional or any(f.value(r) is not None for r in rows))]
-
-    def csv_header(self, rows: Sequence[Any] = ()) -> list[str]:
-        return [f.name for f in self.csv_fields(rows)]
-
-    def csv_rows(self, rows: Sequence[Any], redact: Callable[[str], str] = str) -> list[list[str]]:
-        """One list of cells per row; ``redact`` runs over every path cell."""
-        fields = self.csv_fields(rows)
-        return [[redact(f.cell(f.value(r))) if f.path else f.cell(f.value(r)) for f in fields] for r in rows]
-
-    def api_fields(self) -> list[RecordField]:
-        return [f for f in self.fields if f.api]
-
-    def as_json(self, row: Any, redact: Callable[[str], str] = str) -> dict[str, Any]:
-        out = {}
-        for f in self.api_fields():
-            value = f.json(f.value(row))
-            out[f.name] = redact(value) if f.path and value is not None else value
-        return out
-
-    def api_model(self, model_name: str, extra: dict[str, tuple[Any, Any]] | None = None):
-        """A pydantic model of this record for the JSON API (``extra``: more fields, as
-        pydantic.create_model takes them)."""
-        from pydantic import Field, create_model
-
-        fields = {f.name: (f.annotation(), Field(None, description=f.help)) for f in self.api_fields()}
-        return create_model(model_name, **fields, **(extra or {}))
-
-    def describe(self) -> list[dict[str, Any]]:
-        """The fields the API and the page show, in order: name, type, help (and choices)."""
-        return [f.describe() for f in self.api_fields()]
-
-    def help_line(self) -> str:
-        return ",".join(f.name for f in self.fields if f.csv)
-
+from .fields import RecordField, RecordSchema
 
 LABELS = ("COVID", "NonCOVID")
 
@@ -188,7 +62,7 @@ STUDY = RecordSchema("study", (
     RecordField("label", str, "COVID when the study's p_covid reaches the threshold, else NonCOVID.",
                 choices=LABELS),
     RecordField("lesion_burden", float, "The lesion's share of the lung volume over the scored slices (models "
-                "with a lesion head).", digits=4),
+                "with a lesion head).", digits=4, computed=True),
     RecordField("top_slices", str, "The highest-scoring slices: number (p_covid).", get=lambda r: r.top_slices(),
                 api=False),  # the API lists them with their pictures
     RecordField("top_lesion_slices", str, "The slices with the largest share of lung involved: number (share).",
@@ -215,6 +89,12 @@ def answer_counts(rows, error_rate: float | None) -> str:
     if not answered:
         return "no answers (a model fitted before conformal answers: refit it, or calibrate it on a site's labels)"
     return ", ".join(f"{answered.count(a)} {a}" for a in ANSWERS) + f" (error rate {error_rate:g})"
+
+
+# One image's prediction: SLICE's stored fields, and what the model uses but does not report:
+# ``site`` (whose feature statistics standardized it, harmonized models) and ``lesion`` (its
+# LesionSummary, models with a lesion head).
+PredictionRow = SLICE.row_class("PredictionRow", (("site", None), ("lesion", None)))
 
 
 def study_slice() -> RecordSchema:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 ENGINES = ("local", "ray")
 LOCAL, RAY = ENGINES

@@ -10,7 +10,7 @@ How a folder is read (``predict --studies``, ``evaluate --studies``):
   uneven spacing or mixed orientations give a warning.
 - A folder holding PNG/JPEG slices directly is one study (its files in natural name order).
 - A NIfTI volume (.nii, .nii.gz) is one study; its axial slices, feet to head
-  (nifti_volumes.py), go through the DICOM path.
+  (nifti.py), go through the DICOM path.
 - Slices outside the lungs are skipped at prediction time (:func:`lung_fraction` on HU), and
   ``max_slices`` samples evenly among the rest.
 
@@ -33,9 +33,9 @@ from typing import Iterable
 
 import numpy as np
 
+from ..run_context import worker_threads
 from .dataset import DICOM_SUFFIXES, list_image_files
-from .nifti_volumes import NIFTI_SUFFIXES, VolumeError, volume_slices
-from .run_context import worker_threads
+from .nifti import NIFTI_SUFFIXES, VolumeError, volume_slices
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def lung_fraction(hu: np.ndarray) -> float:
 def slice_hu(path: str) -> np.ndarray:
     """HU of a DICOM slice; for an 8-bit image, HU estimated from the lung window it was
     shown in (level -600, width 1500). Raises ImageDecodeError or OSError."""
-    from .images import DicomPixels, read_pixels
+    from .decode import DicomPixels, read_pixels
 
     pixels = read_pixels(path, Path(path).suffix.lower() in DICOM_SUFFIXES)
     if isinstance(pixels, DicomPixels):

@@ -1,6 +1,6 @@
 """The lung mask that lesion measurements stand on: lungs with their lesions, on every slice.
 
-Where the lung crop (lung_crop.py) only needs a box around the lungs, a lesion burden needs
+Where the lung crop (crop.py) only needs a box around the lungs, a lesion burden needs
 the lungs themselves, ground-glass opacities included: radiologists' lung masks include the
 diseased lung. Classical segmentation (scikit-image, scipy), in two passes:
 
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lung_crop import disk
+from ..imaging.decode import window_grey
+from .crop import disk
 
 # Part of the lesion maps' identity (hypercolumns.DENSE_VERSION covers it): a change to the
 # algorithm below must bump it.
@@ -39,7 +40,6 @@ _WORK_SIDE = 256
 _MIN_PART = 0.002        # a lung part covers at least 0.2% of the image
 _MAX_BORDER_SHARE = 0.35  # dark parts touching more of the image border are air around the body
 _TOWARDS_TISSUE = 0.8    # threshold between aerated lung and soft tissue (pass 2)
-LUNG_WINDOW = (-600.0, 1500.0)
 _HU_ANCHORS = (-850.0, 40.0)  # aerated lung, soft tissue
 
 
@@ -61,11 +61,6 @@ class LungMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def window_grey(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
-    """Hounsfield units as lung-window grey levels (0-255, float)."""
-    level, width = window
-    return np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
-
 
 def _grey(value_hu: float) -> float:
     return float(window_grey(np.array(value_hu)))
@@ -86,7 +81,7 @@ def lung_mask(grey: np.ndarray, anchors: tuple[float, float] | None = None) -> L
     mask, reason, anchors = _segment(work, anchors)
     if mask is not None:
         return LungMask(resize(mask.astype(np.float32), (h, w), order=1) > 0.5, None, anchors)
-    from .lung_crop import lung_field
+    from .crop import lung_field
 
     rgb = np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     crop_mask, crop_reason = lung_field(rgb)

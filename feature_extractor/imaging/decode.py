@@ -13,20 +13,26 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CovidCTError
-from .feature_spec import DEFAULT_WINDOW
+from ..errors import CovidCTError
 
 if TYPE_CHECKING:
-    from .lung_crop import SliceCrop
+    from ..lungs.crop import SliceCrop
 
 MIN_SIDE = 8  # smaller than this carries no anatomy; resizing it up would only invent pixels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+LUNG_WINDOW = (-600.0, 1500.0)  # (level, width) in HU: the usual lung window, the DICOM default
+
+
+def window_grey(hu: np.ndarray, window: Sequence[float] = LUNG_WINDOW) -> np.ndarray:
+    """Hounsfield units seen through one (level, width) window: grey levels 0-255, float."""
+    level, width = window
+    return np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
 
 
 def is_dicom(data: bytes) -> bool:
@@ -89,7 +95,7 @@ def _dicom_to_image(data: bytes | DicomPixels, window: tuple[float, ...]) -> Ima
     inverted = pixels.inverted
     channels = []
     for level, width in zip(window[0::2], window[1::2]):  # one window: grey; three: one per channel
-        scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
+        scaled = window_grey(hu, (level, width))
         channels.append(np.round(255.0 - scaled if inverted else scaled).astype(np.uint8))
     if len(channels) == 1:
         return Image.fromarray(channels[0], "L")
@@ -120,7 +126,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, size: tuple[int, int] | None = None,
-                 window: tuple[float, ...] = DEFAULT_WINDOW, dicom_hint: bool = False) -> np.ndarray:
+                 window: tuple[float, ...] = LUNG_WINDOW, dicom_hint: bool = False) -> np.ndarray:
     """Decode bytes to a uint8 array of shape (height, width, 3), resized to ``size``.
 
     ``size`` is (height, width); ``window`` the DICOM (level, width) in HU; ``dicom_hint``
@@ -196,7 +202,7 @@ class PreparedImage:
         return resize_rgb(self.region, size)
 
 
-def prepare_image(data: bytes, window: tuple[float, ...] = DEFAULT_WINDOW, dicom_hint: bool = False,
+def prepare_image(data: bytes, window: tuple[float, ...] = LUNG_WINDOW, dicom_hint: bool = False,
                   crop: str = "none") -> PreparedImage:
     """Decode (see decode_image) and crop: ``lungs`` to the lung field (``lungs-equalized``: with
     its histogram equalized), ``body`` to the body, padded square (a fixed field of view)."""
@@ -207,10 +213,10 @@ def _prepared(original: np.ndarray, crop: str) -> PreparedImage:
     if crop == "none":
         return PreparedImage(original)
     if crop == "body":
-        from .body_crop import crop_body
+        from ..lungs.body import crop_body
 
         return PreparedImage(original, crop_body(original))
-    from .lung_crop import crop_lungs
+    from ..lungs.crop import crop_lungs
 
     return PreparedImage(original, crop_lungs(original, equalize=crop == "lungs-equalized"))
 
@@ -294,7 +300,7 @@ def read_pixels(path: str, dicom_hint: bool = False):
     return DECODED.get(str(path), dicom_hint)
 
 
-def decode_file(path: str, size: tuple[int, int] | None = None, window: tuple[float, ...] = DEFAULT_WINDOW,
+def decode_file(path: str, size: tuple[int, int] | None = None, window: tuple[float, ...] = LUNG_WINDOW,
                 dicom_hint: bool = False) -> np.ndarray:
     """decode_image of a file's bytes, through the decoded-pixels memo."""
     pixels = read_pixels(path, dicom_hint)
@@ -303,7 +309,7 @@ def decode_file(path: str, size: tuple[int, int] | None = None, window: tuple[fl
     return resize_rgb(pixels, size)
 
 
-def prepare_file(path: str, window: tuple[float, ...] = DEFAULT_WINDOW, dicom_hint: bool = False,
+def prepare_file(path: str, window: tuple[float, ...] = LUNG_WINDOW, dicom_hint: bool = False,
                  crop: str = "none") -> PreparedImage:
     """prepare_image of a file's bytes, through the decoded-pixels memo."""
     return _prepared(decode_file(path, None, window, dicom_hint), crop)

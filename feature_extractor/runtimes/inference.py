@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import SettingsError
+from ..errors import SettingsError
 
 RUNTIMES = ("tensorflow", "onnxruntime", "openvino")
 TENSORFLOW, ONNXRUNTIME, OPENVINO = RUNTIMES
@@ -61,7 +61,7 @@ def runtime_device(name: str) -> str:
     """What a runtime's forward passes run on, for the extract summary (TensorFlow: the device it
     found; the others run on the CPU, and naming it starts no TensorFlow)."""
     if name == TENSORFLOW:
-        from .keras_runtime import device_name
+        from .keras_backend import device_name
 
         return device_name()
     return f"CPU ({os.cpu_count()} cores), {name}"
@@ -124,7 +124,7 @@ def quiet_export() -> Iterator[None]:
     NumPy deprecation warning: neither is the user's business."""
     import warnings
 
-    from .keras_runtime import native_stderr_silenced
+    from .keras_backend import native_stderr_silenced
 
     with warnings.catch_warnings(), native_stderr_silenced():
         warnings.simplefilter("ignore", FutureWarning)

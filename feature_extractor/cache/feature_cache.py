@@ -40,11 +40,11 @@ from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 import h5py
 import numpy as np
 
-from .cache_index import IndexDamaged, KeyIndex
-from .cache_segments import HEAD, SegmentFolder, SegmentWriter, new_segment_name, write_h5
-from .errors import FeatureCacheError, SettingsError
-from .feature_spec import FORMAT_VERSION, FeatureSpec
-from .provenance import library_versions, utc_now
+from ..errors import FeatureCacheError, SettingsError
+from ..feature_spec import FORMAT_VERSION, FeatureSpec
+from ..provenance import library_versions, utc_now
+from .index import IndexDamaged, KeyIndex
+from .segments import HEAD, SegmentFolder, SegmentWriter, new_segment_name, write_h5
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

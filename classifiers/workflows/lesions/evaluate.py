@@ -1,6 +1,6 @@
 """evaluate --lesion-data: how a model's lesion head agrees with radiologists.
 
-Per folder of lesion data (feature_extractor/lesion_data.py):
+Per folder of lesion data (feature_extractor/dense/lesion_data.py):
 - pixel Dice of the lesion (the head's call inside the product's own lung mask) against the
   infection masks, pooled over slices and per patient;
 - the product's lung mask against the radiologists' lung masks: pooled Dice, and how many
@@ -21,12 +21,12 @@ from typing import Sequence
 
 import numpy as np
 
+from feature_extractor.dense.lesion_data import LesionSlice, check_masks, load_lesion_data, slice_masks
 from feature_extractor.errors import CovidCTError, ModelBundleError
-from feature_extractor.lesion_data import LesionSlice, check_masks, load_lesion_data, slice_masks
 from feature_extractor.provenance import utc_now
 
-from .lesions import LesionMap
-from .model import LoadedModel
+from ..model import LoadedModel
+from .summary import LesionMap
 
 MIN_LUNG_SHARE = 0.10   # slices for the slice AUC: lungs fill at least this share of the image
 MIN_LUNG_MASKED = 0.01  # a slice "with lung" for the count of missing lung masks

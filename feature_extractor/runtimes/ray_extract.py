@@ -21,28 +21,24 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .cache import FeatureCache
-from .dataset import Record
+from ..cache.feature_cache import FeatureCache
+from ..feature_spec import FeatureSpec
+from ..imaging.dataset import Record
+from ..run_context import Progress, RunContext
 from .engine import ray_session
-from .feature_spec import FeatureSpec
-from .run_context import Progress, RunContext
-
-if TYPE_CHECKING:
-    from .extract import ExtractionReport, FeatureExtractor
 
 log = logging.getLogger(__name__)
 _NO_ERROR = ""
 
 
-def decode_batch(batch: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """Model inputs of a batch of files; a file that fails gets a blank image and its reason."""
-    from .extract import FeatureExtractor
-
-    extractor = FeatureExtractor(spec)  # no model: decoding only
+def decode_batch(batch: dict[str, np.ndarray], spec: FeatureSpec, extractor_class: type) -> dict[str, np.ndarray]:
+    """Model inputs of a batch of files; a file that fails gets a blank image and its reason.
+    ``extractor_class``: the driver's extractor (extract.FeatureExtractor), built here without a model."""
+    extractor = extractor_class(spec)  # no model: decoding only
     height, width = spec.input_size
     images = np.zeros((len(batch["path"]), height, width, 3), np.uint8)
     errors, fallbacks = [], []
@@ -61,10 +57,8 @@ def decode_batch(batch: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, n
 class BackboneOnBatches:
     """A Ray Data actor: the frozen backbone, built once per actor."""
 
-    def __init__(self, spec: FeatureSpec, batch_size: int, runtime: str, features_dir: str):
-        from .extract import FeatureExtractor
-
-        self.extractor = FeatureExtractor(spec, RunContext(features_dir, batch_size=batch_size, offline=None,
+    def __init__(self, spec: FeatureSpec, batch_size: int, runtime: str, features_dir: str, extractor_class: type):
+        self.extractor = extractor_class(spec, RunContext(features_dir, batch_size=batch_size, offline=None,
                                                            runtime=runtime))
         self.extractor.model  # build now (and check the weights' SHA-256), not on the first batch
         self.extractor.forward()  # and its runtime's session (the ONNX file is exported once, by content)
@@ -107,9 +101,11 @@ def actor_cpus(workers: int, cluster_cpus: float, gpus_per_worker: float = 0.0, 
     return min(1.0, room / workers)
 
 
-def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache: FeatureCache,
-                   progress: Progress, report: "ExtractionReport") -> dict[str, str]:
-    """Extract ``todo`` on Ray and append it to ``cache``; returns key -> reason for failures."""
+def extract_on_ray(extractor: Any, todo: Sequence[Record], cache: FeatureCache,
+                   progress: Progress, report: Any) -> dict[str, str]:
+    """Extract ``todo`` on Ray and append it to ``cache``; returns key -> reason for failures.
+    ``extractor``: the driver's FeatureExtractor (extract.py), whose class the workers build;
+    ``report``: its ExtractionReport, which gets the engine and the crop fallbacks."""
     settings = extractor.context.engine
     spec = extractor.resolved_spec  # the workers must load exactly these weights
     batch_size = extractor.context.batch_size
@@ -131,12 +127,13 @@ def extract_on_ray(extractor: "FeatureExtractor", todo: Sequence[Record], cache:
         path_of = {r.key: r.path for r in todo}
         items = [{"key": r.key, "path": os.path.abspath(r.path)} for r in todo]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
-        dataset = dataset.map_batches(decode_batch, fn_kwargs={"spec": spec}, batch_size=batch_size,
+        dataset = dataset.map_batches(decode_batch, fn_kwargs={"spec": spec, "extractor_class": type(extractor)}, batch_size=batch_size,
                                       batch_format="numpy", num_cpus=DECODE_CPUS)  # unfused: decoding stays in tasks
         dataset = dataset.map_batches(
             BackboneOnBatches, fn_constructor_kwargs={"spec": spec, "batch_size": batch_size,
                                                       "runtime": extractor.context.runtime,
-                                                      "features_dir": os.path.abspath(extractor.context.features_dir)},
+                                                      "features_dir": os.path.abspath(extractor.context.features_dir),
+                                                      "extractor_class": type(extractor)},
             batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus, num_gpus=settings.gpus_per_worker or None)  # Ray Data restarts dead actors and retries
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):

@@ -1,0 +1,64 @@
+"""A study's results: each slice where it sits with its prediction (StudySlice, the slice CSV's
+rows) and the study's answer with what its slices add up to (StudyResult, studies.csv's rows)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .prediction_record import STUDY, PredictionRow
+
+TOP_SLICES = 3
+
+
+@dataclass
+class StudySlice:
+    """One slice of a study as the slice CSV lists it: where it sits, its prediction (None when
+    not scored) and why not; the slice record's other fields are the prediction's."""
+
+    study: str
+    slice: int | None
+    path: str
+    prediction: PredictionRow | None
+    note: str | None = None
+
+    @property
+    def used(self) -> bool:
+        return self.prediction is not None and self.prediction.p_covid is not None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "prediction":
+            raise AttributeError(name)
+        return getattr(self.prediction, name, None)
+
+
+class StudyResult(STUDY.row_class("StudyFields", (("study", None), ("rows", ())))):
+    """One study's result: the stored fields of the study record (prediction_record.STUDY), its
+    ``study`` (imaging.studies.Study) and ``rows``: (1-based slice number, prediction or None, why
+    not scored) per slice of its series. What the record computes from them is below."""
+
+    @property
+    def scored(self) -> list[tuple[int, PredictionRow]]:
+        return [(i, r) for i, r, _ in self.rows if r is not None and r.p_covid is not None]
+
+    def top(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
+        """The ``n`` highest-scoring slices, as (slice number, prediction)."""
+        return sorted(self.scored, key=lambda ir: -ir[1].p_covid)[:n]
+
+    def top_slices(self) -> str:
+        return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in self.top())
+
+    @property
+    def lesion_burden(self) -> float | None:
+        """The lesion's share of the lung volume over the scored slices (a model with a lesion head;
+        slices of a series are equally thick, so areas add up to volumes)."""
+        summaries = [r.lesion for _, r in self.scored if r.lesion is not None]
+        lung = sum(s.lung_fraction for s in summaries)
+        return sum(s.lesion_area for s in summaries) / lung if summaries and lung > 0 else None
+
+    def top_lesion(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
+        """The ``n`` slices with the largest share of lung involved."""
+        with_lesion = [(i, r) for i, r in self.scored if r.lesion_fraction is not None]
+        return sorted(with_lesion, key=lambda ir: -ir[1].lesion_fraction)[:n]
+
+    def top_lesion_slices(self) -> str | None:
+        top = self.top_lesion()
+        return "; ".join(f"{i} ({100 * r.lesion_fraction:.0f}%)" for i, r in top) if top else None

@@ -1,0 +1,93 @@
+"""How a model is trained and how it answers: the settings objects of fit, of the lesion head and
+of the answers, each field declared once with its constraints (feature_extractor/settings_schema.py).
+
+The declarations make the command-line options (``settings_options``) and the validation; the
+model card records each object (``record()``) and every refit (evaluate --cv, leave one source
+out, calibrate) reuses it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from feature_extractor.dense.slices import DENSE_GRID, DENSE_INPUT
+from feature_extractor.settings_schema import Settings, setting
+
+from .estimators.balance import BALANCES
+from .estimators.options import DEFAULT_ERROR_RATE, HARMONIZATIONS, LESION_HEADS
+
+
+def _classifiers() -> tuple[str, ...]:
+    from .estimators.registry import CLASSIFIERS
+
+    return tuple(CLASSIFIERS)
+
+
+def _classifiers_and_stack() -> tuple[str, ...]:
+    from .estimators.registry import STACK
+
+    return (*_classifiers(), STACK)
+
+
+def _default_base() -> tuple[str, ...]:
+    from .estimators.registry import DEFAULT_BASE
+
+    return DEFAULT_BASE
+
+
+@dataclass(frozen=True)
+class FitSettings(Settings):
+    """How fit trains the COVID classifier (each field's help says what it does)."""
+
+    clf: str = setting(None, "Classifier; stack = every backbone x every --base classifier, with a logistic "
+                             "meta-learner on their out-of-fold probabilities.", choices=_classifiers_and_stack)
+    base: tuple[str, ...] = setting(_default_base(), "The stack's base classifiers.", many=True,
+                                    choices=_classifiers, metavar="CLF,CLF,...")
+    cv_folds: int = setting(5, "Patient-grouped CV folds for tuning (fewer when a class has fewer patients).",
+                            kind=int, low=2, high=20)
+    seed: int = setting(0, "Random seed of the folds and the estimators.", kind=int)
+    target_sensitivity: float | None = setting(
+        None, "Pick the decision threshold on out-of-fold training predictions to reach this COVID recall "
+              "(e.g. 0.95). Default threshold: 0.5.", kind=float, low=0, high=1, low_open=True, optional=True)
+    balance: str | None = setting(
+        None, "Sample weights: source = every source and both classes inside it weigh the same, so 'which source' "
+              "carries no label; class = both classes weigh the same; none.  [default: source with several "
+              "--data, else class]", choices=BALANCES, optional=True)
+    harmonize: str = setting("none", "standardize: each site's features centered and scaled by that site's own mean "
+                                     "and sd before the classifier (training sources, --adapt-to folders, and at "
+                                     "predict time --site).", choices=HARMONIZATIONS)
+    lesion_features: bool = setting(False, "With --lesion-data: each image's lesion summaries (share of lung "
+                                           "involved, highest and mean probability, left and right shares, peripheral "
+                                           "share) join its image features.", kind=bool)
+
+
+@dataclass(frozen=True)
+class LesionSettings(Settings):
+    """How the lesion head is trained (fit --lesion-data)."""
+
+    backbone: str | None = setting(None, "With --lesion-data: which of the model's backbones gives the dense "
+                                         "features.  [default: the first with hypercolumn layers]",
+                                   optional=True, option="--lesion-backbone", metavar="NAME")
+    input_side: int = setting(DENSE_INPUT, "With --lesion-data: the dense features' input side in px.", kind=int,
+                              low=32, high=2048, option="--lesion-input")
+    grid: int = setting(DENSE_GRID, "With --lesion-data: the lesion map's grid (cells a side).", kind=int, low=4,
+                        high=512, option="--lesion-grid")
+    cells_per_slice: int = setting(200, "Lung cells drawn at random per training slice.", kind=int, low=1, cli=False)
+    heads: tuple[str, ...] = setting(LESION_HEADS, "With --lesion-data: the lesion head's candidates, chosen by "
+                                                   "patient-grouped CV.", many=True, choices=LESION_HEADS,
+                                     option="--lesion-heads", metavar="CLF,CLF,...")
+    cv_folds: int = setting(3, "Patient-grouped folds of the head's choice.", kind=int, low=2, cli=False)
+    seed: int | None = setting(None, "Sampling and folds (None: the fit's seed).", kind=int, optional=True, cli=False)
+
+
+@dataclass(frozen=True)
+class AnswerSettings(Settings):
+    """How answers are given: the error rate a COVID or NonCOVID answer keeps to."""
+
+    error_rate: float | None = setting(
+        None, "The answers' error rate: COVID or NonCOVID only where the model's error is known to stay under this "
+              "rate; else uncertain.  [default: the model's, 0.1 unless fit said otherwise]",
+        kind=float, low=0, high=1, low_open=True, high_open=True, optional=True, metavar="A")
+
+    def rate(self, model_default: float = DEFAULT_ERROR_RATE) -> float:
+        """The error rate in use: this one, else ``model_default``."""
+        return model_default if self.error_rate is None else self.error_rate
