@@ -13,7 +13,7 @@ from feature_extractor.dense.slices import DENSE_GRID, DENSE_INPUT
 from feature_extractor.settings_schema import Settings, setting
 
 from .estimators.balance import BALANCES
-from .estimators.options import DEFAULT_ERROR_RATE, HARMONIZATIONS, LESION_HEADS
+from .estimators.options import DEFAULT_CONFIDENCE, DEFAULT_ERROR_RATE, HARMONIZATIONS, LESION_HEADS
 
 
 def _classifiers() -> tuple[str, ...]:
@@ -81,13 +81,23 @@ class LesionSettings(Settings):
 
 @dataclass(frozen=True)
 class AnswerSettings(Settings):
-    """How answers are given: the error rate a COVID or NonCOVID answer keeps to."""
+    """How answers are given: the error rate a COVID or NonCOVID answer (and a finding) keeps to, and
+    the confidence of that bound (workflows/answer_policy.py)."""
 
     error_rate: float | None = setting(
-        None, "The answers' error rate: COVID or NonCOVID only where the model's error is known to stay under this "
-              "rate; else uncertain.  [default: the model's, 0.1 unless fit said otherwise]",
+        None, "The answers' error rate: COVID or NonCOVID (and a finding of opacities or clear) only where the wrong "
+              "share among such answers stays under this rate (Learn-then-Test on the model's out-of-fold scores); "
+              "else uncertain.  [default: the model's, 0.1 unless fit said otherwise]",
         kind=float, low=0, high=1, low_open=True, high_open=True, optional=True, metavar="A")
+    confidence: float | None = setting(
+        None, "The confidence with which the error among answered stays under --error-rate.  [default: the model's, "
+              "0.9 unless fit said otherwise]", kind=float, low=0.5, high=1, high_open=True, optional=True,
+        metavar="C")
 
     def rate(self, model_default: float = DEFAULT_ERROR_RATE) -> float:
         """The error rate in use: this one, else ``model_default``."""
         return model_default if self.error_rate is None else self.error_rate
+
+    def delta(self, model_default: float = 1 - DEFAULT_CONFIDENCE) -> float:
+        """One minus the confidence in use: this one's, else ``model_default``."""
+        return model_default if self.confidence is None else 1 - self.confidence

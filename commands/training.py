@@ -63,13 +63,17 @@ def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, 
                    "sample is enough (e.g. 25 patients).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The new model.  [default: <model>-<site>.joblib beside --model]")
-@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="sigmoid", show_default=True,
-              help="sigmoid (Platt; fine with 10-100 labels) or isotonic (hundreds).")
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="site", show_default=True,
+              help="site: learn the site (a model on the training sources and the site's sample, image features and "
+                   "lesion summaries, chosen by the site's patient-grouped out-of-fold AUC); sigmoid (Platt) or "
+                   "isotonic: only recalibrate the frozen model's probabilities and threshold.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Threshold reaching this COVID recall on the sample.  [default: balanced errors]")
 def calibrate(model, data, out, method, target_sensitivity) -> None:
-    """Recalibrate a model for a new site on a few of its labeled images: its probabilities and
-    threshold are refit, its features and classifier stay as they are. Writes a new model."""
+    """Teach a model a new site from a few of its labeled patients: it learns the site beside its
+    training sources (or, with --method sigmoid|isotonic, only recalibrates), the site's answer
+    thresholds come from its out-of-fold scores, and its sets of images become a known source.
+    Writes a new model."""
     from classifiers.workflows.calibrate import calibrate_model, calibrate_summary
 
     finish(calibrate_summary(calibrate_model(model, data, out=out, method=method,

@@ -14,6 +14,7 @@ scores, so it scores everything in the batcher's thread.
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 from classifiers.records import prediction_record as record
@@ -49,8 +50,13 @@ class PredictionService:
         self.batcher = DynamicBatcher(self._score, settings.max_batch, settings.batch_wait_ms, lock)
 
     def _score(self, records: list[Record]) -> list:
-        """One CNN batch: the prediction rows of ``records``, in order (bad files: their error)."""
-        return predict_records(self.model, records).rows
+        """One CNN batch. A harmonized model: the prediction rows of ``records`` (each request's slices
+        one set, by their source), in order; any other model: the CNN's features into the caches, which
+        the request then scores as one set (``_slices``)."""
+        if self.model.harmonizer.active:
+            return predict_records(self.model, records).rows
+        self.model.features(records)
+        return [None] * len(records)
 
     def _cached(self, record: Record) -> bool:
         """Whether every feature the model reads of this slice is cached (no CNN needed)."""
@@ -139,13 +145,15 @@ class PredictionService:
     def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool) -> list[dict]:
         if not slices:
             return []
-        records = with_keys([Record(str(p)) for _, p in slices])
-        cached = [r for r in records if not r.error and self._cached(r)]
-        rows = {}
-        if cached:  # no CNN: scored here, beside whatever batch is running
-            rows.update(zip([r.path for r in cached], predict_records(self.model, cached).rows))
-        new = [r for r in records if r.path not in rows]
-        rows.update(zip([r.path for r in new], self.batcher.submit(new)))
+        # The request's slices are one set for the source test: its own "source", whatever batch they join.
+        request = f"upload-{uuid.uuid4().hex[:12]}"
+        records = with_keys([Record(str(p), source=request) for _, p in slices])
+        if self.model.harmonizer.active:
+            rows = dict(zip([r.path for r in records], self.batcher.submit(records)))
+        else:  # new slices through the CNN's batcher; then the whole request scored here, from the caches
+            new = [r for r in records if not r.error and not self._cached(r)]
+            self.batcher.submit(new)
+            rows = {row.path: row for row in predict_records(self.model, records).rows}
         out = []
         for (name, _), r in zip(slices, records):
             row = rows[r.path]

@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 import cli
@@ -154,8 +155,8 @@ def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_traini
     assert "site hospital-c: standardized by the model's statistics of hospital-c (22 images)" in result.output
     assert "of 3 images look unlike the model's training images" in result.output
     rows = list(csv.DictReader(open(out, newline="")))
-    assert list(rows[0]) == ["path", "answer", "p_covid", "label", "ood_score", "in_distribution", "lesion_fraction",
-                             "lung_fraction", "error"]
+    assert list(rows[0]) == ["path", "answer", "finding", "answer_note", "p_covid", "label", "ood_score",
+                             "in_distribution", "lesion_fraction", "lung_fraction", "error"]
     assert all(r["in_distribution"] in ("true", "false") and float(r["ood_score"]) >= 0 for r in rows)
     for args, message in [(["--site", "batch"], "3 readable images; standardizing its features needs at least 20"),
                           (["--site", "mars"],
@@ -179,22 +180,37 @@ def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_traini
     assert no_site.exit_code == 1 and "--adapt-to needs" in no_site.output
 
 
-def test_calibrate_refits_probabilities_and_threshold_on_a_local_sample(two_sources, two_source_model, tmp_path):
+def inverted_site(folder, n_per_class, seed):
+    """A site whose scanner shows the slices inverted: labeled class folders unlike every training source."""
+    from PIL import ImageOps
+
+    from tests.helpers import make_class_folders
+
+    make_class_folders(folder, n_per_class=n_per_class, seed=seed)
+    for path in folder.rglob("*.*g"):
+        ImageOps.invert(Image.open(path).convert("L")).save(path)
+    return folder
+
+
+def test_calibrate_only_recalibrates_with_sigmoid(two_sources, two_source_model, tmp_path):
     from tests.helpers import make_class_folders
 
     root, data, _ = two_sources
     model, _ = two_source_model
     local = make_class_folders(tmp_path / "hospital-d", n_per_class=5, seed=31)
     out = tmp_path / "local.joblib"
-    result = run("calibrate", "--model", model, "--data", local, "--out", out, "--features-dir", root / "features")
+    result = run("calibrate", "--model", model, "--data", local, "--out", out, "--method", "sigmoid",
+                 "--features-dir", root / "features")
     assert result.exit_code == 0, result.output
-    assert "recalibrated two.joblib on 10 labeled images of hospital-d (5 COVID, 5 NonCOVID)" in result.output
+    assert "taught two.joblib the site hospital-d from 10 labeled images" in result.output
     manifest = json.loads(out.with_suffix(".json").read_text())
     original = json.loads(model.with_suffix(".json").read_text())
     c = manifest["calibration"]
     assert c["site"] == "hospital-d" and c["from_model_sha256"] == original["model_sha256"]
+    assert c["method"].startswith("CalibratedClassifierCV(sigmoid)")
     assert manifest["threshold"] == 0.5 and manifest["threshold_choice"]["rule"].startswith("the sample's COVID share")
     assert manifest["model_sha256"] != original["model_sha256"] and manifest["backbones"] == original["backbones"]
+    assert "hospital-d" in manifest["answers"]["source_test"]["sources"]
     pred = run("predict", local, "--model", out, "--out", tmp_path / "p.csv", "--features-dir", root / "features")
     assert pred.exit_code == 0, pred.output
     rows = list(csv.DictReader(open(tmp_path / "p.csv", newline="")))
@@ -203,30 +219,31 @@ def test_calibrate_refits_probabilities_and_threshold_on_a_local_sample(two_sour
     make_class_folders(one_class, n_per_class=1, seed=5)
     refused = run("calibrate", "--model", model, "--data", one_class, "--out", tmp_path / "f.joblib",
                   "--features-dir", root / "features")
-    assert refused.exit_code == 1 and "at least 2 images of each class" in refused.output
+    assert refused.exit_code == 1 and "from at least 5 patients each" in refused.output
     assert not (tmp_path / "f.joblib").exists()
 
 
 @pytest.mark.slow
-def test_calibrate_refits_the_conformal_answers_on_the_sites_sample(two_sources, two_source_model, tmp_path):
-    """With enough labeled images of the site, the answers' calibration is the site's own: its
-    out-of-fold recalibrated scores; with too few, the model's own is kept and the card says so."""
-    from tests.helpers import make_class_folders
-
+def test_after_calibrate_learns_a_site_its_sets_are_assessable(two_sources, two_source_model, tmp_path):
+    """A site unlike every training source is not assessable as a set; calibrate learns it from its
+    labeled sample (the site model, its thresholds, a known source), and its new sets are answered."""
     root, data, _ = two_sources
     model, _ = two_source_model
-    local = make_class_folders(tmp_path / "hospital-e", n_per_class=12, seed=41)
+    labeled = inverted_site(tmp_path / "hospital-e", 12, 41)
+    scans = inverted_site(tmp_path / "new-scans", 8, 43)
+    common = ["--features-dir", root / "features"]
+    before = run("predict", scans, "--model", model, "--out", tmp_path / "before.csv", *common)
+    assert before.exit_code == 0, before.output
+    rows = list(csv.DictReader(open(tmp_path / "before.csv", newline="")))
+    assert {r["answer"] for r in rows} == {"not assessable"} and "unlike every source" in rows[0]["answer_note"]
     out = tmp_path / "site.joblib"
-    result = run("calibrate", "--model", model, "--data", local, "--out", out, "--features-dir", root / "features")
+    result = run("calibrate", "--model", model, "--data", labeled, "--out", out, *common)
     assert result.exit_code == 0, result.output
-    assert "conformal answers refit on the site's sample (12 COVID, 12 NonCOVID" in result.output
-    conformal = json.loads(out.with_suffix(".json").read_text())["conformal"]
-    assert conformal["slices"]["n_calibration"] == {"NonCOVID": 12, "COVID": 12}
-    assert conformal["calibration_data"].startswith("the site's labeled sample")
-    original = json.loads(model.with_suffix(".json").read_text())["conformal"]["slices"]["n_calibration"]
-    small = make_class_folders(tmp_path / "hospital-f", n_per_class=5, seed=43)
-    kept = run("calibrate", "--model", model, "--data", small, "--out", tmp_path / "small.joblib",
-               "--features-dir", root / "features")
-    assert kept.exit_code == 0, kept.output
-    slices = json.loads((tmp_path / "small.json").read_text())["conformal"]["slices"]
-    assert slices["n_calibration"] == original and slices["kept"].startswith("from the model's training data")
+    assert "site model" in result.output and "its sets of images are now a known source" in result.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["calibration"]["site"] == "hospital-e" and "site_cv_auc" in card["calibration"]
+    after = run("predict", scans, "--model", out, "--out", tmp_path / "after.csv", *common)
+    assert after.exit_code == 0, after.output
+    rows = list(csv.DictReader(open(tmp_path / "after.csv", newline="")))
+    assert all("like hospital-e" in r["answer_note"] for r in rows), [r["answer_note"] for r in rows]
+    assert "not assessable" not in {r["answer"] for r in rows if r["in_distribution"] == "true"}

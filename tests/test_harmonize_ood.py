@@ -91,24 +91,30 @@ def test_ood_cut_off_flags_about_one_percent_of_new_in_distribution_images():
     assert described["n_training_images"] == 400 and "99% quantile" in described["cut_off_rule"]
 
 
-def test_a_set_unlike_every_training_source_is_shifted_though_each_image_passes():
+def test_a_set_unlike_every_training_source_is_caught_by_the_source_test_though_each_image_passes():
+    from classifiers.estimators.source_test import SourceTest
+
     rng = np.random.default_rng(3)
     X, y, groups = relu_features(400, 30, rng)
     sources = np.where(np.arange(400) < 200, "a", "b")
     detector = NearestNeighborOOD().fit(X, y, groups, sources)
+    test = SourceTest(draws=20).fit(X, sources, groups)
     same, _, _ = relu_features(40, 30, rng)
-    assert detector.shift(detector.score_samples(same))["shifted"] is False
+    assert test.test(same)["exchangeable"]
     # Another scanner: a few units that never fire in training fire a little. One by one most images
     # pass the cut-off; as a set they do not.
     near, _, _ = relu_features(40, 30, rng)
     near[:, 15:20] += 0.7
-    scores = detector.score_samples(near)
-    assert detector.in_distribution(scores).mean() > 0.5
-    test = detector.shift(scores)
-    assert test["shifted"] and test["p_value"] < 0.001 and test["n"] == 40
-    assert detector.shift(scores[:10]) is None  # too few to test a set
-    accepted = detector.with_reference("site-c", near)  # calibrate: the site's own images as a reference
-    assert accepted.shift(detector.score_samples(near))["shifted"] is False and "site-c" in accepted.describe()["references"]
+    assert detector.in_distribution(detector.score_samples(near)).mean() > 0.5
+    verdict = test.test(near)
+    assert verdict["exchangeable"] == [] and verdict["n"] == 40
+    assert test.test(near[:5]) is None  # too few to test a set
+    site = test.with_source("site-c", near, np.arange(40) // 2)  # calibrate: the site becomes a known source
+    other, _, _ = relu_features(40, 30, rng)
+    other[:, 15:20] += 0.7
+    assert "site-c" in site.test(other)["exchangeable"] and "site-c" in site.describe()["sources"]
+    accepted = detector.with_images(near)  # its images are then seen one by one too
+    assert accepted.score_samples(other).mean() < detector.score_samples(other).mean()
 
 
 def test_a_held_out_source_keeps_its_per_image_answers_beside_the_set_rule():
@@ -128,5 +134,5 @@ def test_a_held_out_source_keeps_its_per_image_answers_beside_the_set_rule():
     p = np.clip(0.5 + 0.4 * (2 * y_near - 1), 0, 1)
     held = HeldOutSource("c", ["a", "b"], 400, {"images": 40}, 0.5, {}, y_near, p)
     _answer(held, SimpleNamespace(oof=oof), X, y, groups, sources, near, groups_near, 0.1, 50, 0)
-    assert held.shift["shifted"] and set(held.answers) == {"not assessable"}
+    assert held.shift["exchangeable"] == [] and set(held.answers) == {"not assessable"}
     assert len(held.answers_per_image) == 40 and {"COVID", "NonCOVID"} & set(held.answers_per_image)

@@ -141,6 +141,23 @@ def test_predict_writes_lesion_fraction_and_maps_at_the_images_size(lesion_model
     assert again.exit_code == 0 and list(csv.DictReader(open(out)))[0]["lesion_fraction"] == rows[0]["lesion_fraction"]
 
 
+@pytest.mark.slow
+def test_the_finding_is_given_where_the_covid_answer_is_not_assessable(lesion_model, tmp_path):
+    """The lesion slices are unlike the COVID model's training images as a set (another source): no
+    COVID answer, but every slice with lungs gets its finding, and the card says how it was calibrated."""
+    import json
+
+    root, data, lesions, model = lesion_model
+    out = tmp_path / "p.csv"
+    result = run("predict", lesions / "slices", "--model", model, "--features-dir", root / "features", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out)))
+    assert {r["answer"] for r in rows} == {"not assessable"} and "unlike every source" in rows[0]["answer_note"]
+    assert all(r["finding"] in ("opacities", "clear", "uncertain") for r in rows)
+    finding = json.loads(model.with_suffix(".json").read_text())["answers"]["finding"]
+    assert finding["n_slices"] == 18 and finding["n_infected"] == 9 and len(finding["oof"]) == 18
+
+
 def test_bad_masks_stop_fit_before_anything_is_written(workspace, tmp_path):
     root, data, _ = workspace
     lesions = make_lesion_data(tmp_path / "bad", patients=2, per_patient=2)

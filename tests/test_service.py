@@ -310,8 +310,9 @@ def test_a_field_declared_once_reaches_the_csv_the_api_schema_the_report_and_the
     ct_like(11, True).save(folder / "a.png")
     report = predict_and_write(model, folder, out=tmp_path / "p.csv")
     header, first = (tmp_path / "p.csv").read_text().splitlines()[:2]
-    assert header.split(",")[:4] == ["path", "answer", "p_covid", "declared_once"]
-    assert first.split(",")[3] == "seen" and report.rows[0].p_covid is not None
+    assert header.split(",")[:6] == ["path", "answer", "finding", "answer_note", "p_covid", "declared_once"]
+    assert list(csv.DictReader(open(tmp_path / "p.csv")))[0]["declared_once"] == "seen"
+    assert report.rows[0].p_covid is not None
     assert "declared_once" in render_html(collect(model, folder, heatmaps=0))
     studies = tmp_path / "studies"
     write_series(studies / "case-1", generate_uid(), n=4)

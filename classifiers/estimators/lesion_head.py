@@ -96,17 +96,21 @@ class LesionHead(ClassifierMixin, BaseEstimator):
         # Every candidate x fold is one joblib task (joblib's current setting: fit runs them on every core).
         held_out = Parallel()(delayed(_held_out)(name, self.random_state, X, y, train, test)
                               for name in self.candidates for train, test in folds)
-        self.cv_, oof = {}, {}
+        self.cv_, oof, fold_models = {}, {}, {}
         for i, name in enumerate(self.candidates):
             p = np.zeros(len(y))
             scores = []
-            for (train, test), probabilities in zip(folds, held_out[i * len(folds):(i + 1) * len(folds)]):
+            fold_models[name] = [model for _, model in held_out[i * len(folds):(i + 1) * len(folds)]]
+            for (train, test), (probabilities, _) in zip(folds, held_out[i * len(folds):(i + 1) * len(folds)]):
                 p[test] = probabilities
                 scores.append(average_precision_score(y[test], p[test]) if y[test].any() else np.nan)
             oof[name] = p
             self.cv_[name] = {"average_precision": float(np.nanmean(scores)),
                               "average_precision_sd": float(np.nanstd(scores))}
         self.choice_ = max(self.candidates, key=lambda c: self.cv_[c]["average_precision"])
+        # The winner of each fold and the patients it did not see: out-of-fold maps of whole slices.
+        self.fold_estimators_ = fold_models[self.choice_]
+        self.fold_of_group_ = {g: k for k, (_, test) in enumerate(folds) for g in np.unique(groups[test])}
         self.calibration_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(oof[self.choice_], y)
         calibrated = self.calibration_.predict(oof[self.choice_])
         grid = np.round(np.arange(0.2, 0.81, 0.05), 2)
@@ -123,6 +127,16 @@ class LesionHead(ClassifierMixin, BaseEstimator):
         p = self.calibration_.predict(self.estimator_.predict_proba(_float(X))[:, 1])
         return np.column_stack([1 - p, p])
 
+    def predict_proba_out_of_fold(self, X: np.ndarray, group: str) -> np.ndarray:
+        """predict_proba of cells of a training patient by the fold's winner that did not see it
+        (calibrated like the final head's); a patient the head never saw: the final head."""
+        check_is_fitted(self, "estimator_")
+        k = getattr(self, "fold_of_group_", {}).get(group)
+        if k is None:
+            return self.predict_proba(X)
+        p = self.calibration_.predict(self.fold_estimators_[k].predict_proba(_float(X))[:, 1])
+        return np.column_stack([1 - p, p])
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
 
@@ -136,9 +150,9 @@ class LesionHead(ClassifierMixin, BaseEstimator):
 
 
 def _held_out(name: str, random_state: int, X: np.ndarray, y: np.ndarray, train: np.ndarray,
-              test: np.ndarray) -> np.ndarray:
+              test: np.ndarray) -> tuple[np.ndarray, object]:
     model = HEADS[name](random_state).fit(_float(X[train]), y[train])
-    return model.predict_proba(_float(X[test]))[:, 1]
+    return model.predict_proba(_float(X[test]))[:, 1], model
 
 
 def _float(X: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 (the CLI reads them at start-up; the estimators themselves are imported when they run)."""
 
 HARMONIZATIONS = ("none", "standardize")   # estimators/harmonize.py
-CALIBRATION_METHODS = ("sigmoid", "isotonic")  # estimators/recalibration.py
+CALIBRATION_METHODS = ("site", "sigmoid", "isotonic")  # workflows/calibrate.py: learn the site, or recalibrate
 LESION_HEADS = ("logreg", "sgd", "xgboost")     # estimators/lesion_head.py: the default candidates
-ANSWERS = ("COVID", "NonCOVID", "uncertain", "not assessable")  # estimators/conformal.py
-DEFAULT_ERROR_RATE = 0.1  # the conformal answers' error rate a model records at fit
+ANSWERS = ("COVID", "NonCOVID", "uncertain", "not assessable")  # workflows/answer_policy.py
+FINDINGS = ("opacities", "clear", "uncertain", "not assessable")  # the lesion finding: answer_policy.py
+DEFAULT_ERROR_RATE = 0.1  # the answers' error rate a model records at fit
+DEFAULT_CONFIDENCE = 0.9  # the confidence of that bound (Learn-then-Test), recorded at fit

@@ -18,8 +18,10 @@ from sklearn.frozen import FrozenEstimator
 
 from feature_extractor.errors import TrainingDataError
 
-from .options import CALIBRATION_METHODS
 from .thresholds import threshold_for_sensitivity
+
+
+RECALIBRATIONS = ("sigmoid", "isotonic")
 
 
 @dataclass
@@ -49,8 +51,8 @@ def recalibrate(estimator, X: np.ndarray, y: np.ndarray, method: str = "sigmoid"
                 target_sensitivity: float | None = None) -> Recalibration:
     """``estimator`` (fitted, frozen) with probabilities and threshold refit on (X, y)."""
     y = np.asarray(y, dtype=int)
-    if method not in CALIBRATION_METHODS:
-        raise TrainingDataError(f"unknown calibration {method!r}; valid: {', '.join(CALIBRATION_METHODS)}")
+    if method not in RECALIBRATIONS:
+        raise TrainingDataError(f"unknown recalibration {method!r}; valid: {', '.join(RECALIBRATIONS)}")
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2:
         raise TrainingDataError(f"recalibration needs at least 2 images of each class; the sample has "

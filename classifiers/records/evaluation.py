@@ -70,7 +70,7 @@ class EvaluationReport:
 
     def answers_lines(self) -> list[str]:
         if not self.selective:
-            return ["answers: none (the model has no conformal calibration: refit it)"]
+            return ["answers: none (a model fitted before the answer policy: refit it)"]
         s = self.selective
 
         def ci(name: str) -> str:
@@ -152,12 +152,13 @@ class HeldOutSource:
     train_cv_auc: float | None = None            # the refit's grouped CV AUC on its training sources
     estimator: object = None                     # the refit model, for recalibration studies
     X: np.ndarray | None = None                  # its input for the held-out images
-    answers: list | None = None                  # conformal answers (the refit's calibration and OOD detector)
+    answers: list | None = None                  # the answer policy's answers (the refit's thresholds, source test, OOD)
+    notes: list | None = None                    # and the rule that decided each
     selective: dict | None = None                # coverage and error among answered, with CIs
     caught: dict | None = None                   # of the threshold's wrong labels, how many abstained
     in_distribution: np.ndarray | None = None
     risk_coverage: list | None = None            # its answers' curve over error rates
-    shift: dict | None = None                    # the set-shift test of its images (ood.py)
+    shift: dict | None = None                    # the source test of its images as one set (source_test.py)
     answers_per_image: list | None = None        # the answers without the set-shift rule (for measuring it)
     scores: np.ndarray | None = None             # out-of-distribution scores (the refit's detector)
     rows: list = field(default_factory=list)     # the prediction record of each held-out image, as scored

@@ -3,12 +3,15 @@
 The manifest (``<model>.json`` beside the joblib file) says what made a model: each
 backbone's FeatureSpec record, the classifier and its settings, the training data and its
 fingerprints, the CV scores, the threshold, the site harmonization, the out-of-distribution
-detector, the study aggregation, the conformal calibration, the lesion head, the library
+detector, the study aggregation, the answer policy (thresholds, source test, finding), the lesion
+head, the site a model was calibrated on, the library
 versions and the SHA-256 of the model file. Every command reads it through
 :meth:`ModelCard.from_manifest`, which upgrades older formats first (the way FeatureSpec reads
 older caches), so no reader needs its own defaults for a key an old model lacks.
 
-Formats: 4 (since 2026-11-30: conformal calibration, lesion head, default error rate);
+Formats: 5 (since 2026-12-05: Learn-then-Test answers, the source test, the finding; format 4's
+conformal calibration is not read: its models give no answers until refit); 4 (since 2026-11-30:
+conformal calibration, lesion head, default error rate);
 3 (the joblib file holds the estimator, the site harmonizer and the OOD detector); 2 (the joblib
 file is the estimator alone; no harmonization, detector or study aggregation). Format 1
 (before FeatureSpec records) is refused with the fit command that made it.
@@ -26,8 +29,8 @@ from feature_extractor.feature_spec import FeatureSpec
 from ..estimators.options import DEFAULT_ERROR_RATE
 from ..settings import FitSettings
 
-MANIFEST_FORMAT = 4
-READABLE_FORMATS = (2, 3, 4)
+MANIFEST_FORMAT = 5
+READABLE_FORMATS = (2, 3, 4, 5)
 DEFAULT_AGGREGATION = "mean"  # study aggregation of models fitted before it was chosen
 
 
@@ -81,7 +84,7 @@ class ModelCard:
     estimator: Mapping[str, Any] | None = None    # the fitted estimator's class and get_params() (estimator_record)
     cv: Mapping[str, Any] = field(default_factory=dict)
     engine: Mapping[str, Any] = field(default_factory=lambda: {"engine": "local"})
-    conformal: Mapping[str, Any] | None = None   # estimators/conformal.py: its record
+    answers: Mapping[str, Any] | None = None     # the answer policy's record (thresholds, source test, finding)
     lesion: Mapping[str, Any] | None = None      # the lesion head's record (workflows/lesions/training.py)
     error_rate: float = DEFAULT_ERROR_RATE
     calibration: Mapping[str, Any] | None = None  # set by calibrate: where the model came from
@@ -170,7 +173,7 @@ class ModelCard:
                 estimator=m.get("estimator"),
                 cv=m.get("cv", {}),
                 engine=m.get("engine", {"engine": "local"}),
-                conformal=m.get("conformal"),
+                answers=m.get("answers"),
                 lesion=m.get("lesion"),
                 error_rate=float(m["error_rate"]),
                 calibration=m.get("calibration"),
@@ -194,7 +197,7 @@ class ModelCard:
             "engine": dict(self.engine), "threshold": self.threshold, "threshold_choice": dict(self.threshold_choice),
             "balance": self.balance,
             "harmonization": {"method": self.harmonization.method, "sites": list(self.harmonization.sites)},
-            "ood": self.ood, "study_aggregation": dict(self.study_aggregation), "conformal": self.conformal,
+            "ood": self.ood, "study_aggregation": dict(self.study_aggregation), "answers": self.answers,
             "error_rate": self.error_rate, "lesion": self.lesion,
             "backbones": list(self.backbones), "feature_dim": self.feature_dim,
             "training": {"data": list(t.data), "layout": t.layout, "splits": list(t.splits), "n_images": t.n_images,
@@ -257,10 +260,13 @@ def _upgrade(m: dict) -> dict:
         m["fit"] = {"harmonize": "none", **m.get("fit", {})}
         m["format_version"] = 3
     if m["format_version"] == 3:  # before conformal answers and the lesion head
-        m.setdefault("conformal", None)
         m.setdefault("lesion", None)
         m.setdefault("error_rate", DEFAULT_ERROR_RATE)
         m["format_version"] = 4
+    if m["format_version"] == 4:  # conformal answers, replaced by the answer policy: refit to get answers
+        m.pop("conformal", None)
+        m.setdefault("answers", None)
+        m["format_version"] = 5
     m.setdefault("threshold", 0.5)
     m.setdefault("threshold_choice", {"threshold": m["threshold"], "rule": "default"})
     m.setdefault("balance", m.get("fit", {}).get("balance") or "class")

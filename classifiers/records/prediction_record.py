@@ -12,18 +12,22 @@ studies.csv, the API's studies) and ``study_slice()`` (a study's slice: the slic
 """
 from __future__ import annotations
 
-from ..estimators.options import ANSWERS
+from ..estimators.options import ANSWERS, FINDINGS
 from .fields import RecordField, RecordSchema
 
 LABELS = ("COVID", "NonCOVID")
 
 SLICE = RecordSchema("slice", (
     RecordField("path", str, "The image file.", path=True, api=False),  # the API gives the uploaded name
-    RecordField("answer", str, "COVID or NonCOVID where the model's error rate is known (at --error-rate); "
-                "uncertain where it is not; not assessable where the image is unlike what the model was "
-                "validated on.", choices=ANSWERS),
-    RecordField("answer_note", str, "Why an image in distribution is not assessable: its folder's images, as a set, "
-                "are unlike every training source's.", optional=True),
+    RecordField("answer", str, "COVID or NonCOVID where the wrong share among such answers stays under --error-rate "
+                "(for the source the image's set is recognised as); uncertain where it does not; not assessable "
+                "where the image, or its set, is unlike every source the model knows.", choices=ANSWERS),
+    RecordField("finding", str, "The lesion finding, which transfers to new hospitals: opacities or clear where the "
+                "wrong share among such findings stays under --error-rate (from the share of lung involved); "
+                "uncertain between; not assessable where no lungs are found (models with a lesion head).",
+                choices=FINDINGS),
+    RecordField("answer_note", str, "The rule that decided the answer: the source test's verdict on the image's set, "
+                "the thresholds used, or why it is not assessable."),
     RecordField("p_covid", float, "The model's probability of COVID-19 (a detail: see the answer)."),
     RecordField("label", str, "COVID when p_covid reaches the model's threshold, else NonCOVID; kept for "
                 "scripts that read it.", choices=LABELS),
@@ -48,11 +52,16 @@ SLICE = RecordSchema("slice", (
 STUDY = RecordSchema("study", (
     RecordField("study", str, "The study: its folder below the input folder (identifiers removed).",
                 get=lambda r: r.study.name),
-    RecordField("answer", str, "The study's answer: COVID or NonCOVID at a known error rate (calibrated on the "
-                "training patients with several slices), uncertain, or not assessable (most scored slices unlike "
-                "the training images, or its slices as a set unlike every training source's).", choices=ANSWERS),
-    RecordField("answer_note", str, "Why a study is not assessable when its slices are in distribution one by one.",
-                optional=True),
+    RecordField("answer", str, "The study's answer: COVID or NonCOVID where the wrong share among study answers stays "
+                "under --error-rate (thresholds calibrated on the training patients with several slices), uncertain, "
+                "or not assessable (its slices as a set unlike every source the model knows, or most of them unlike "
+                "the training images).", choices=ANSWERS),
+    RecordField("finding", str, "The study's lesion finding: opacities when more of its slices have opacities than "
+                "the error rate explains, clear when none has and most are clear, else uncertain; not assessable "
+                "without a slice with lungs.", choices=FINDINGS),
+    RecordField("opacity_share", float, "The share of the study's assessable slices whose finding is opacities.",
+                digits=4),
+    RecordField("answer_note", str, "The rule that decided the study's answer."),
     RecordField("series", str, "The series used: plane, slice thickness, kernel, files used of the study's.",
                 get=lambda r: r.study.series),
     RecordField("n_slices", int, "Slices of the series used.", get=lambda r: len(r.study.slices)),

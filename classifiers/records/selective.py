@@ -3,15 +3,14 @@
 An answer is COVID or NonCOVID; uncertain and not assessable are abstentions. Coverage is the
 share of images answered; the error is the share of answered images answered wrongly (the
 risk). Both overall and per true class, with 95% patient-bootstrap CIs; and the
-risk-coverage curve over error rates (each rate's answers from the same conformal p-values).
+risk-coverage curve over error rates (each rate's answers from the same thresholds' calibration).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from ..estimators.conformal import out_of_distribution
 from ..estimators.options import ANSWERS
 
 COVID, NONCOVID, UNCERTAIN, NOT_ASSESSABLE = ANSWERS
@@ -62,19 +61,14 @@ def selective_metrics(y: Sequence[int], answers: Sequence[str], groups: Sequence
     return out
 
 
-def risk_coverage(y: Sequence[int], p_values: np.ndarray, in_distribution: Sequence[bool | None] | None = None,
+def risk_coverage(y: Sequence[int], answers_at: Callable[[float], Sequence[str]],
                   rates: Sequence[float] = CURVE_RATES) -> list[dict]:
-    """Coverage and error among answered at each error rate (``p_values``: (n, 2) conformal
-    p-values of NonCOVID and COVID)."""
+    """Coverage and error among answered at each error rate (``answers_at``: the same images' answers
+    at a rate, workflows/answer_policy.answers_at)."""
     y = np.asarray(y)
-    ood = np.zeros(len(y), bool) if in_distribution is None else \
-        np.array([out_of_distribution(ok) for ok in in_distribution], bool)
     curve = []
     for rate in rates:
-        sets = p_values > rate
-        answers = np.where(sets[:, 1] & ~sets[:, 0], COVID, np.where(sets[:, 0] & ~sets[:, 1], NONCOVID, UNCERTAIN))
-        answers = np.where(ood, NOT_ASSESSABLE, answers).astype(object)
-        m = _point(y, answers)
+        m = _point(y, np.asarray(answers_at(rate), dtype=object))
         curve.append({"error_rate": rate, "coverage": m["coverage"], "error": m["error"]})
     return curve
 

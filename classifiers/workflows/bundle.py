@@ -1,7 +1,8 @@
 """A fitted model on disk: the joblib file plus a JSON manifest (its model card) beside it.
 
 The joblib file holds the fitted parts: the classifier, the site harmonizer, the
-out-of-distribution detector, the conformal calibration and the lesion head. The manifest
+out-of-distribution detector, the answer policy's parts (thresholds, source test, finding) and the
+lesion head, and after calibrate the site's model. The manifest
 (model_card.py) says what made them and holds the SHA-256 of the joblib file. joblib files
 are pickles and loading one runs code, so the hash is checked before anything is unpickled:
 load only models you trust.
@@ -24,7 +25,8 @@ from ..estimators.harmonize import NoHarmonization
 from ..records.model_card import MANIFEST_FORMAT, ModelCard
 
 DEFAULT_MODELS_DIR = Path("models")
-PARTS = ("estimator", "harmonizer", "ood", "conformal", "lesion_head")
+PARTS = ("estimator", "harmonizer", "ood", "thresholds", "study_thresholds", "source_test", "finding", "lesion_head",
+         "site_model")
 
 
 def manifest_path(model_path: str | Path) -> Path:
@@ -35,17 +37,25 @@ def manifest_path(model_path: str | Path) -> Path:
 class ModelBundle:
     """A model's fitted parts, its card and its path. ``harmonizer``: per-site feature
     standardization (estimators/harmonize.py; NoHarmonization when the model has none);
-    ``ood``: the out-of-distribution detector or None; ``conformal``: the conformal answers'
-    calibration (estimators/conformal.py) or None; ``lesion_head``: the per-location lesion
-    classifier (estimators/lesion_head.py) or None."""
+    ``ood``: the out-of-distribution detector or None; ``thresholds`` and ``study_thresholds``:
+    the answers' Learn-then-Test thresholds of slices (per training source) and of studies
+    (estimators/risk_control.py); ``source_test``: the two-sample test of sets of images
+    (estimators/source_test.py); ``finding``: the lesion finding's thresholds; ``lesion_head``: the
+    per-location lesion classifier (estimators/lesion_head.py); ``site_model``: what calibrate
+    learned of a site (estimators/site_model.py). Parts a model lacks are None
+    (workflows/answer_policy.py says what is then not given)."""
 
     estimator: Any
     card: ModelCard
     path: Path
     harmonizer: Any = dataclasses.field(default_factory=NoHarmonization)
     ood: Any = None
-    conformal: Any = None
+    thresholds: Any = None
+    study_thresholds: Any = None
+    source_test: Any = None
+    finding: Any = None
     lesion_head: Any = None
+    site_model: Any = None
 
     def __post_init__(self) -> None:
         if self.harmonizer is None:  # models of formats 2 and 3 saved None

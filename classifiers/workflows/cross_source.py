@@ -9,6 +9,7 @@ The model's features (its backbones and settings) are reused; they come from fro
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +19,14 @@ from feature_extractor.errors import CovidCTError, TrainingDataError
 from feature_extractor.imaging.dataset import LABEL_NAMES, load_datasets
 from feature_extractor.runtimes.engine import joblib_engine
 
-from ..estimators.conformal import ConformalAnswers
+from ..estimators.options import DEFAULT_CONFIDENCE
+from ..estimators.risk_control import SelectiveThresholds
+from ..estimators.source_test import SourceTest
 from ..estimators.ood import NearestNeighborOOD
 from ..records.evaluation import CrossSourceReport, HeldOutSource
 from ..records.metrics import bootstrap_metrics
 from ..records.selective import risk_coverage, selective_metrics, wrong_answers_caught
+from .answer_policy import AnswerParts, answer_images, answers_at
 from .model import LoadedModel
 from .scoring import prediction_rows
 from .train import TRAIN_SPLITS, train_estimator
@@ -54,7 +58,7 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
         for source in dataset.sources:
             held = _refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings,
                                   blocks, n_boot, seed)
-            held.rows = prediction_rows(held.records, held.p, held.threshold, held.answers, None,
+            held.rows = prediction_rows(held.records, held.p, held.threshold, held.answers, held.notes,
                                         None if held.scores is None else (held.scores, held.in_distribution),
                                         feats.lesions)
             held_out.append(held)
@@ -84,29 +88,32 @@ def _refit_without(source, model, good, X, lesion, y, groups, sources, trainable
         threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
         [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
     _answer(held, trained, X[train], y[train], groups[train], sources[train], X[test], groups[test], model.error_rate,
-            n_boot, seed)
+            n_boot, seed, model.answers.delta(model.bundle.thresholds.delta if model.bundle.thresholds is not None
+                                              else 1 - DEFAULT_CONFIDENCE))
     return held
 
 
 def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray,
             sources_train: np.ndarray, X_test: np.ndarray, groups_test: np.ndarray, error_rate: float, n_boot: int,
-            seed: int) -> None:
-    """The held-out source's answers as the refit would give them: its conformal calibration
-    (the refit's out-of-fold scores) and its out-of-distribution detector (the refit's training
-    images' raw features)."""
+            seed: int, delta: float = 1 - DEFAULT_CONFIDENCE) -> None:
+    """The held-out source's answers as the refit would give them (answer_policy.py): its thresholds
+    (the refit's out-of-fold scores, per training source), its source test and its out-of-distribution
+    detector (the refit's training images' raw features); the held-out source is one set."""
     try:
-        calibration = ConformalAnswers().fit(trained.oof, y_train)
+        thresholds = SelectiveThresholds(delta).fit(trained.oof, y_train, sources_train)
+        source_test = SourceTest(random_state=seed).fit(X_train, sources_train, groups_train)
     except TrainingDataError:
         return
     ood = NearestNeighborOOD(random_state=seed).fit(X_train, y_train, groups_train, sources_train)
     scores = held.scores = ood.score_samples(X_test)
     held.in_distribution = ood.in_distribution(scores)
-    held.answers = held.answers_per_image = calibration.answers(held.p, error_rate, held.in_distribution)
-    held.shift = ood.shift(scores)
-    if held.shift is not None and held.shift["shifted"]:  # the held-out source as a set: as predict would say
-        held.answers = ["not assessable"] * len(held.answers)
+    parts = AnswerParts(error_rate, thresholds, None, source_test, ood)
+    answers = answer_images(parts, held.p, X_test, [held.source] * len(held.p), held.in_distribution, scores)
+    per_image = answer_images(replace(parts, source_test=None), held.p, X_test, [held.source] * len(held.p),
+                              held.in_distribution, scores)
+    held.answers, held.notes, held.answers_per_image = answers.answer, answers.note, per_image.answer
+    held.shift = answers.verdicts[held.source].test
     labels = [LABEL_NAMES[int(p >= held.threshold)] for p in held.p]
     held.selective = selective_metrics(held.y, held.answers, groups_test, n_boot, seed)
     held.caught = wrong_answers_caught(held.y, labels, held.answers)
-    flags = np.zeros(len(held.p), bool) if held.shift is not None and held.shift["shifted"] else held.in_distribution
-    held.risk_coverage = risk_coverage(held.y, calibration.p_values(held.p), flags)
+    held.risk_coverage = risk_coverage(held.y, lambda rate: answers_at(parts, answers, rate))

@@ -26,7 +26,8 @@ from ..records.metrics import METRICS, binary_metrics, bootstrap_metrics, patien
 from ..records.selective import risk_coverage, selective_metrics
 from .cross_source import leave_one_source_out
 from .model import LoadedModel
-from .scoring import score_features
+from .answer_policy import answers_at
+from .scoring import score
 from .train import data_fingerprint, records_of_splits, training_records
 
 
@@ -89,7 +90,8 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
     fingerprint = data_fingerprint(feats.good)
     y = np.array([r.label for r in feats.good], dtype=int)
     groups = np.array([r.group for r in feats.good])
-    rows = score_features(model, feats)
+    scored = score(model, feats)
+    rows = scored.rows
     p = np.array([r.p_covid for r in rows])
     threshold = model.threshold
     cm = confusion_matrix(y, (p >= threshold).astype(int), labels=[0, 1])
@@ -104,7 +106,7 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
         groups=groups)
     if rows and rows[0].answer is not None:
         report.selective = selective_metrics(y, [r.answer for r in rows], groups, n_boot, seed)
-        report.risk_coverage = risk_coverage(y, model.p_values(p), [r.in_distribution for r in rows])
+        report.risk_coverage = risk_coverage(y, lambda rate: answers_at(model.answer_parts, scored.answers, rate))
     sources = np.array([r.source for r in feats.good])
     if len(set(sources)) > 1:
         for source in dict.fromkeys(sources):

@@ -84,7 +84,8 @@ class LoadedModel:
     def __init__(self, bundle: ModelBundle, context: RunContext | None = None, answers: AnswerSettings | None = None):
         self.bundle = bundle
         self.context = context or RunContext()
-        self.error_rate = (answers or AnswerSettings()).rate(bundle.card.error_rate)
+        self.answers = answers or AnswerSettings()
+        self.error_rate = self.answers.rate(bundle.card.error_rate)
         specs = bundle.card.specs
         overrides = parse_weights_options(self.context.weights_overrides, [s.backbone for s in specs],
                                           default=None)
@@ -212,20 +213,25 @@ class LoadedModel:
         """P(COVID) of each row of ``X`` (the classifier's input: ModelFeatures.X)."""
         return self.bundle.estimator.predict_proba(X)[:, 1] if len(X) else np.zeros(0)
 
-    def answers(self, p_covid, in_distribution=None, level: str = "slices") -> list[str | None]:
-        """The conformal answer (COVID, NonCOVID, uncertain, not assessable) of each probability
-        at the model's error rate; ``level``: "slices" or "studies". None for a model fitted
-        before conformal answers (format 3 and older)."""
-        calibration = self.bundle.conformal
-        part = None if calibration is None else getattr(calibration, level)
-        if part is None:
-            return [None] * len(p_covid)
-        return part.answers(p_covid, self.error_rate, in_distribution)
+    @cached_property
+    def answer_parts(self):
+        """What the answer policy (answer_policy.py) answers this model's images with, at its error rate."""
+        from .answer_policy import AnswerParts
 
-    def p_values(self, p_covid, level: str = "slices") -> np.ndarray | None:
-        """(n, 2) conformal p-values of NonCOVID and COVID; None without a calibration."""
-        part = None if self.bundle.conformal is None else getattr(self.bundle.conformal, level)
-        return None if part is None else part.p_values(p_covid)
+        b = self.bundle
+        parts = [b.thresholds, b.study_thresholds, b.finding]
+        if self.answers.confidence is not None:  # another confidence than the model's: copies that use it
+            parts = [None if t is None else clone_with_delta(t, self.answers.delta()) for t in parts]
+        return AnswerParts(self.error_rate, parts[0], parts[1], b.source_test, b.ood, parts[2], b.site_model)
+
+    def site_inputs(self, feats: ModelFeatures, rows: Sequence[int]) -> np.ndarray:
+        """The site model's input of rows of ``feats``: raw features, then lesion summaries when it reads them."""
+        rows = np.asarray(rows, dtype=int)
+        n_lesion = getattr(self.bundle.site_model, "n_lesion", 0)
+        if not n_lesion:
+            return feats.raw[rows]
+        lesion = np.stack([feats.lesions[feats.good[i].path].classifier_features() for i in rows])
+        return np.hstack([feats.raw[rows], lesion])
 
     def ood_scores(self, feats: ModelFeatures) -> tuple[np.ndarray, np.ndarray] | None:
         """(score, in_distribution) of each good record; None for a model without a detector."""
@@ -233,6 +239,14 @@ class LoadedModel:
             return None
         scores = self.ood.score_samples(feats.raw)
         return scores, self.ood.in_distribution(scores)
+
+
+def clone_with_delta(thresholds, delta: float):
+    import copy
+
+    other = copy.deepcopy(thresholds)
+    other.delta, other._cache = delta, {}
+    return other
 
 
 def load_model(model_path: str | Path | None = None, context: RunContext | None = None,

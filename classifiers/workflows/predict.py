@@ -17,7 +17,7 @@ from ..presentation.csv_files import write_csv
 from ..records import prediction_record as record
 from ..records.prediction_record import PredictionRow
 from .model import LoadedModel
-from .scoring import score_features
+from .scoring import score
 
 
 @dataclass
@@ -30,6 +30,7 @@ class PredictionReport:
     explained: str | None = None             # "N METHOD heatmaps in DIR/", once written
     site_notes: dict[str, str] = field(default_factory=dict)
     error_rate: float | None = None
+    verdicts: dict = field(default_factory=dict)   # set name -> the source test's SetVerdict (answer_policy.py)
 
     @property
     def n_failed(self) -> int:
@@ -73,10 +74,11 @@ def predict_records(model: LoadedModel, records: list[Record], site: str | None 
                     sets: dict[str, str] | None = None) -> PredictionReport:
     """predict_folder for given records (a study's slices; ``sets``: see score_features)."""
     feats = model.features(records, site)
-    good = {row.path: row for row in score_features(model, feats, sets)}
+    scored = score(model, feats, sets)
+    good = {row.path: row for row in scored.rows}
     rows = [good.get(r.path) or PredictionRow(path=r.path, error=feats.errors[r.path]) for r in feats.records]
     return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes,
-                            error_rate=model.error_rate)
+                            error_rate=model.error_rate, verdicts=scored.answers.verdicts)
 
 
 def predict_and_write(model: LoadedModel, folder: str | Path, *, out: str | Path = "predictions.csv",

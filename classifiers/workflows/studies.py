@@ -21,7 +21,7 @@ from ..records import prediction_record as record
 from ..records.study_results import StudyResult, StudySlice
 from .model import LoadedModel
 from .predict import predict_records
-from .scoring import NOT_ASSESSABLE
+from .answer_policy import answer_study, study_finding
 
 IDENTIFIER_COLUMNS = ("study_uid", "series_uid")
 
@@ -82,7 +82,9 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
         plans.append((study, used, not_used))
     records = [Record(path) for _, used, _ in plans for path in used]
     sets = {path: study.name for study, used, _ in plans for path in used}  # each study's slices are one set
-    predictions = {row.path: row for row in predict_records(model, records, site, sets).rows} if records else {}
+    predicted = predict_records(model, records, site, sets) if records else None
+    predictions = {row.path: row for row in predicted.rows} if predicted else {}
+    verdicts = predicted.verdicts if predicted else {}
     method = model.card.aggregation
     threshold = model.threshold
     results = []
@@ -96,10 +98,9 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
             result.label = LABEL_NAMES[int(result.p_covid >= threshold)]
             flags = [r.in_distribution for _, r in scored if r.in_distribution is not None]
             result.in_distribution = (sum(flags) * 2 >= len(flags)) if flags else None
-            result.answer = model.answers([result.p_covid], [result.in_distribution], "studies")[0]
-            shifted = next((r.answer_note for _, r in scored if r.answer_note), None)
-            if shifted is not None and result.answer is not None:
-                result.answer, result.answer_note = NOT_ASSESSABLE, shifted
+            result.answer, result.answer_note = answer_study(model.answer_parts, result.p_covid,
+                                                             verdicts.get(study.name), result.in_distribution)
+            result.finding, result.opacity_share = study_finding([r.finding for _, r in scored], model.error_rate)
         elif not study.slices:
             reasons = sorted(set(study.errors.values()) - {"no CT image series in the study"})
             result.error = "no CT image series in the study" + (f" ({'; '.join(reasons)})" if reasons else "")

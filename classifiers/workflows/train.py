@@ -24,7 +24,6 @@ from feature_extractor.runtimes.engine import joblib_engine
 from feature_extractor.weights import NONE, NONE_WARNING
 
 from ..estimators.balance import default_balance, sample_weights
-from ..estimators.conformal import AnswerCalibration
 from ..estimators.harmonize import HarmonizationError, Harmonizer, make_harmonizer
 from ..estimators.ood import NearestNeighborOOD
 from ..estimators.registry import STACK, get_classifier
@@ -37,7 +36,8 @@ from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
 from .lesions.maps import LesionMapper
 from .lesions.summary import CLASSIFIER_SUMMARY
-from .lesions.training import train_lesion_head
+from .answer_policy import fit_answer_parts
+from .lesions.training import finding_calibration, train_lesion_head
 from .model import extract_features
 
 TRAIN_SPLITS = ("train", "val")
@@ -147,7 +147,8 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
     saved with the model; with ``fit.lesion_features`` its summaries of each image join the
     image features. ``answers``: the default error rate the model records (0.1 when not given)."""
     settings = fit
-    error_rate = (answers or AnswerSettings()).rate()
+    answer_settings = answers or AnswerSettings()
+    error_rate = answer_settings.rate()
     lesion_settings = lesion or LesionSettings()
     if lesion_settings.seed is None:  # the lesion head's sampling and folds follow the fit's seed
         lesion_settings = dataclasses.replace(lesion_settings, seed=settings.seed)
@@ -192,7 +193,16 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
     ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups, np.array(record_sources, dtype=object))
     areas = None if lesion_columns is None else lesion_areas
     aggregation = choose_aggregation(trained.oof, y, groups, areas)
-    answers = AnswerCalibration.fit(trained.oof, y, *study_scores(trained.oof, y, groups, aggregation["method"], areas))
+    delta = answer_settings.delta()
+    thresholds, study_thresholds, source_test, answers_record = fit_answer_parts(
+        trained.oof, y, groups, record_sources, X, *study_scores(trained.oof, y, groups, aggregation["method"], areas),
+        delta, error_rate, settings.seed)
+    finding = None
+    if head is not None:  # the finding's thresholds: out-of-fold slice scores of the lesion data
+        finding, answers_record["finding"] = finding_calibration(head, FeatureSpec.from_record(lesion_record["dense"]),
+                                                                 lesions, context, delta)
+        if finding is not None:
+            answers_record["finding"]["thresholds"] = finding.describe(error_rate)["groups"]["all"]
     grouping = "patient" if dataset.has_patients else "image"
     training_sources = source_summaries(records)
     card = ModelCard(
@@ -207,16 +217,15 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
              for s in training_sources] + adapted) if harmonizer.active else ()),
         ood=ood.describe(), study_aggregation=aggregation, params=trained.params,
         estimator=estimator_record(trained.estimator),
-        conformal={**answers.describe(), "calibration_data": "the patient-grouped out-of-fold probabilities of the "
-                   "training images (studies: of the training patients with several slices, pooled by the study "
-                   "aggregation)"}, error_rate=error_rate,
+        answers=answers_record, error_rate=error_rate,
         cv={"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
                       f"random_state={settings.seed}) grouped by {grouping}", "scoring": "roc_auc", **trained.cv},
         engine=context.engine.record(), created=utc_now(), command=command_line(), versions=library_versions(),
         warning=NONE_WARNING if any(b["weights_source"] == NONE for b in backbones) else None,
         lesion=lesion_record)
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, answers, head))
+    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, thresholds, study_thresholds,
+                                   source_test, finding, head))
 
 
 def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
@@ -262,6 +271,33 @@ def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunCont
             "n_unreadable": len(feats.errors), "fingerprint": fingerprint(r.key for r in feats.good)}
 
 
+def answers_summary(card: ModelCard) -> list[str]:
+    """The answer policy's lines of fit's summary: thresholds, study thresholds, source test, finding."""
+    a = card.answers
+    if not a:
+        return ["answers: none (a model fitted before the answer policy: refit it)"]
+
+    def pair(t) -> str:
+        return "(" + ", ".join("none" if v is None else f"{v:.3f}" for v in t) + ")"
+    slices = a["slices"]["groups"]
+    lines = [f"answers at error rate {card.error_rate:g} with confidence {a['confidence']:g} (Learn-then-Test), "
+             "NonCOVID/COVID thresholds: " + ", ".join(f"{g} {pair(v['thresholds_at_default_rate'])}"
+                                                      for g, v in slices.items())]
+    studies = a["studies"]
+    lines.append("  studies: " + (studies if isinstance(studies, str) else
+                                  f"{pair(studies['groups']['all']['thresholds_at_default_rate'])} on "
+                                  f"{sum(studies['groups']['all']['n'].values())} training patients with several slices"))
+    lines.append(f"  source test: sets of {a['source_test']['min_set']} or more images against "
+                 f"{', '.join(a['source_test']['sources'])} (two-sample MMD)")
+    f = a.get("finding")
+    if f:
+        got = f.get("thresholds") or {}
+        lines.append(f"  finding: {f.get('missing') or 'clear/opacities thresholds ' + pair(got.get('thresholds_at_default_rate', (None, None)))} "
+                     f"on {f['n_slices']} lesion slices' out-of-fold {f.get('score', 'lesion_fraction')}"
+                     + (f" (AUC {f['oof_auc']:.3f})" if f.get("oof_auc") is not None else ""))
+    return lines
+
+
 def fit_summary(bundle: ModelBundle) -> list[str]:
     """What fit reports: data, features, CV scores, threshold and the files written."""
     c = bundle.card
@@ -283,13 +319,7 @@ def fit_summary(bundle: ModelBundle) -> list[str]:
         lines.append("features standardized per site: " + ", ".join(
             f"{s['name']} ({s['role']}, {s['n_images']} images)" for s in c.harmonization.sites))
     lines.append(f"out-of-distribution cut-off {c.ood['cut_off']:.4f} ({c.ood['cut_off_rule']})")
-    for level, part in (c.conformal or {}).items():
-        if isinstance(part, dict) and "n_calibration" in part:
-            n = part["n_calibration"]
-            lines.append(f"conformal answers ({level}): calibrated on {n['COVID']} COVID and {n['NonCOVID']} NonCOVID "
-                         f"out-of-fold scores; default error rate {c.error_rate}")
-        elif isinstance(part, dict) and "missing" in part:
-            lines.append(f"conformal answers ({level}): none ({part['missing']})")
+    lines += answers_summary(c)
     if c.lesion:
         h = c.lesion["head"]
         lines.append(f"lesion head: {h['classifier']} on {c.lesion['training_cells']['n']} lung cells of "

@@ -47,6 +47,7 @@ class SliceScore:
     lung_inter: int | None = None
     lung_total: int | None = None
     lung_missing: bool | None = None
+    summary: object = None          # the slice's LesionSummary (the finding reads it)
 
 
 def score_slice(s: LesionSlice, m: LesionMap) -> SliceScore:
@@ -117,6 +118,7 @@ class LesionEvaluation:
     by_source: dict[str, dict]
     failures: dict[str, str]
     data: dict
+    error_rate: float = 0.1
 
     def table(self) -> str:
         def f(v) -> str:
@@ -126,6 +128,10 @@ class LesionEvaluation:
         for source, m in self.by_source.items():
             lines.append(f"{source:<20} {m['n_slices']:>6} {f(m['pixel_dice']):>10} {f(m['lung_dice']):>9} "
                          f"{f(m['slice_auc']):>9} {f(m['slice_auc_lung_share_only']):>9} {f(m['spearman_fraction']):>8}")
+            f_rate = m.get("finding", {}).get(str(self.error_rate))
+            if f_rate:
+                lines.append(f"  finding at error rate {self.error_rate:g}: coverage {f_rate['coverage']:.0%}, error among "
+                             f"answered {f_rate['error']:.3f} ({f_rate['n']} labelled slices)")
             for g, w in m["within_patient"].items():
                 lines.append(f"  within {g}: slice AUC {w['auc']:.3f} (lung share alone {f(w['auc_lung_share_only'])}, "
                              f"{w['n']} slices, {w['n_infected']} infected)")
@@ -147,14 +153,44 @@ def evaluate_lesions(model: LoadedModel, folders: Sequence[str | Path]) -> Lesio
     with model.context.progress("lesion check  ", len(data.slices)) as progress:
         for s in data.slices:
             try:
-                scores.append(score_slice(s, model.lesions.lesion_map(s.path)))
+                lesion_map = model.lesions.lesion_map(s.path)
+                scores.append(score_slice(s, lesion_map))
+                scores[-1].summary = lesion_map.summary
             except (OSError, CovidCTError) as exc:
                 failures[s.path] = str(exc)
             progress(1)
     if not scores:
         raise CovidCTError(f"none of the {len(data.slices)} lesion slices could be read")
     by_source = {src: agreement([s for s in scores if s.source == src]) for src in data.sources}
-    return LesionEvaluation(model.path, by_source, failures, data.describe())
+    for src, part in by_source.items():
+        part["finding"] = finding_agreement(model, [s for s in scores if s.source == src])
+    return LesionEvaluation(model.path, by_source, failures, data.describe(), model.error_rate)
+
+
+FINDING_RATES = (0.05, 0.1, 0.2)
+
+
+def finding_agreement(model: LoadedModel, scores: Sequence[SliceScore]) -> dict:
+    """The finding against the slice labels, at each of FINDING_RATES and the model's error rate: its
+    coverage (opacities or clear), error among those, coverage of infected and of clean slices."""
+    from dataclasses import replace
+
+    from ..answer_policy import CLEAR, OPACITIES, findings
+
+    labeled = [s for s in scores if s.infected is not None]
+    if model.answer_parts.finding is None or not labeled:
+        return {}
+    y = np.array([s.infected for s in labeled])
+    out = {}
+    for rate in sorted({*FINDING_RATES, model.error_rate}):
+        got = np.array(findings(replace(model.answer_parts, error_rate=rate), [s.summary for s in labeled]))
+        answered = np.isin(got, (OPACITIES, CLEAR))
+        wrong = answered & ((got == OPACITIES) != (y == 1))
+        out[str(rate)] = {"n": len(y), "coverage": float(answered.mean()),
+                          "error": float(wrong.sum() / answered.sum()) if answered.any() else float("nan"),
+                          "coverage_infected": float(answered[y == 1].mean()) if (y == 1).any() else float("nan"),
+                          "coverage_clean": float(answered[y == 0].mean()) if (y == 0).any() else float("nan")}
+    return out
 
 
 def write_lesion_evaluation(evaluation: LesionEvaluation, out_dir: str | Path) -> Path:

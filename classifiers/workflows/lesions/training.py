@@ -10,15 +10,18 @@ import numpy as np
 
 from feature_extractor.dense.hypercolumns import HypercolumnExtractor
 from feature_extractor.dense.lesion_data import LesionData, check_masks, slice_masks
-from feature_extractor.errors import CovidCTError
+from feature_extractor.errors import CovidCTError, TrainingDataError
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.decode import resize_map
 from feature_extractor.run_context import RunContext
 
 from ...estimators.lesion_head import LesionHead
+from ...estimators.risk_control import SelectiveThresholds
 from ...settings import LesionSettings
 
 MIN_CELL_LUNG = 0.5       # a cell is lung when its lung covers at least half of it
+# The finding's candidate slice scores (LesionSummary values), chosen by out-of-fold AUC at fit.
+FINDING_SCORES = ("lesion_fraction", "lesion_p_max")
 
 
 def cell_shares(mask: np.ndarray, grid: int) -> np.ndarray:
@@ -80,3 +83,54 @@ def train_lesion_head(data: LesionData, spec: FeatureSpec, settings: LesionSetti
               "settings": {**settings.record(), "seed": seed},
               "notes": list(data.notes)}
     return head, record
+
+
+def finding_calibration(head: LesionHead, spec: FeatureSpec, data: LesionData, context: RunContext,
+                        delta: float) -> tuple[SelectiveThresholds | None, dict]:
+    """The finding's answer thresholds, on out-of-fold slice scores: each labeled slice of ``data``
+    mapped by the fold's head that did not see its patient (the final head for slices it never
+    trained on), inside the product's own lung mask, as predict maps it; its score is its share of
+    lung involved. Also the record of that calibration (patients as numbers, no names)."""
+    from sklearn.metrics import roc_auc_score
+
+    from .summary import lesion_map_of
+
+    labeled = [s for s in data.slices if s.infected is not None]
+    by_path = {s.path: s for s in labeled}
+    extractor = HypercolumnExtractor(spec, context)
+    candidates = {name: [] for name in FINDING_SCORES}
+    labels, groups, sources = [], [], []
+    for path, item, grid in extractor.batches([s.path for s in labeled], "finding       ", np.float32):
+        if grid is None:
+            continue
+        s = by_path[path]
+        g = grid.shape[0]
+        cells = head.predict_proba_out_of_fold(grid.reshape(-1, grid.shape[-1]), s.group)[:, 1].reshape(g, g)
+        summary = lesion_map_of(item, cells, float(head.threshold_)).summary
+        if summary.lesion_fraction is None or summary.lung_note is not None:
+            continue  # no lungs found: no finding to calibrate
+        for name, values in candidates.items():
+            values.append(getattr(summary, name))
+        labels.append(int(s.infected))
+        groups.append(s.group)
+        sources.append(s.source)
+    y = np.array(labels, dtype=int)
+    aucs = {name: float(roc_auc_score(y, v)) if len(set(labels)) == 2 else float("nan")
+            for name, v in candidates.items()}
+    chosen = max(FINDING_SCORES, key=lambda name: (np.nan_to_num(aucs[name], nan=-1), -FINDING_SCORES.index(name)))
+    scores = candidates[chosen]
+    numbers = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    record = {"score": chosen, "score_choice": "the out-of-fold slice AUC of each candidate: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items()),
+              "labels": "the lesion data's slice labels (infected)", "n_slices": len(y),
+              "n_infected": int(y.sum()) if len(y) else 0, "oof_auc": aucs[chosen] if aucs[chosen] == aucs[chosen] else None,
+              "oof_columns": ["source", "patient number", "infected", "score"],
+              "oof": [[src, numbers[g], int(label), round(float(score), 5)]
+                      for src, g, label, score in zip(sources, groups, labels, scores)]}
+    try:
+        thresholds = SelectiveThresholds(delta).fit(scores, y)
+        thresholds.score_name_ = chosen  # which LesionSummary value the finding reads
+        return thresholds, record
+    except TrainingDataError as exc:
+        record["missing"] = str(exc)
+        return None, record

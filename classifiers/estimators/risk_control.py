@@ -1,0 +1,158 @@
+"""Answers whose error among answered is controlled: Learn-then-Test thresholds on a score.
+
+A score ``s`` (P(COVID), a slice's share of lung involved) answers the positive class where
+``s >= high``, the negative class where ``s <= low``, and abstains in between. Each threshold
+is chosen by Learn-then-Test (Angelopoulos et al. 2021) on calibration scores with known labels
+(patient-grouped out-of-fold scores, never the images they are applied to): among the answers
+of each class, the wrong share (1 - precision) stays under the error rate ``A`` with confidence
+``1 - delta`` (``delta / 2`` per class, Bonferroni), so the wrong share among all answers stays
+under ``A`` too. The library is MAPIE (``mapie.risk_control.BinaryClassificationController`` with
+the precision risk, binomial (Bentkus) p-values for this 0/1 loss, fixed-sequence testing from
+several starts). Where no threshold qualifies, that class is never answered (MAPIE returns none).
+
+Slices of one patient are not independent, so on slices the confidence is approximate; the
+thresholds are kept per source (``groups``) because each source's scores behave differently, and
+a set of images recognised as one source (source_test.py) is answered with that source's.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from feature_extractor.errors import TrainingDataError
+
+POOLED = "all"      # the thresholds of every calibration score, for a set whose source is not known
+MIN_PER_CLASS = 10  # fewer calibration scores of a class give no threshold of that class
+GRID = 200          # thresholds tried: calibration scores at evenly spaced ranks
+STARTS = 5          # fixed-sequence testing's starting points along them
+
+
+def _mapie_threshold(score: np.ndarray, y: np.ndarray, error_rate: float, delta: float) -> float | None:
+    """The lowest threshold t whose answers (score >= t, positive) are wrong at most ``error_rate`` of
+    the time with confidence 1 - delta (MAPIE); None when none qualifies."""
+    from mapie.risk_control import BinaryClassificationController, precision
+    from mapie.risk_control.fwer_control import FWERFixedSequenceTesting
+
+    if (y == 1).sum() < MIN_PER_CLASS or (y == 0).sum() < MIN_PER_CLASS:
+        return None
+    # The thresholds tried are the scores themselves, from the one that answers the fewest images whose
+    # test a half-rate error share would pass, downwards (labels play no part in the grid); fixed-sequence
+    # testing from STARTS points along it (delta split between them), so one unlucky strict threshold
+    # does not stop the whole sequence.
+    first = _first_rank(error_rate, delta)
+    ranked = np.sort(score)[::-1]
+    if len(ranked) < first:
+        return None
+    ranks = np.unique(np.linspace(first - 1, len(ranked) - 1, GRID).round().astype(int))
+    grid = np.unique(ranked[ranks])
+
+    def proba(X):
+        s = np.asarray(X, dtype=float).ravel()
+        return np.column_stack([1 - s, s])
+
+    controller = BinaryClassificationController(proba, risk=precision, target_level=1 - error_rate,
+                                                confidence_level=1 - delta, list_predict_params=grid,
+                                                fwer_method=FWERFixedSequenceTesting(min(STARTS, len(grid))))
+    with warnings.catch_warnings():  # its monotonicity note and its "no threshold" warning: we report those ourselves
+        warnings.simplefilter("ignore")
+        controller.calibrate(score.reshape(-1, 1), y)
+    best = controller.best_predict_param
+    return None if best is None else float(best)
+
+
+@lru_cache(maxsize=None)
+def _first_rank(error_rate: float, delta: float) -> int:
+    """The fewest answers whose binomial test passes at ``delta`` with half the rate's share wrong."""
+    from scipy.stats import binom
+
+    for n in range(1, 100_000):
+        if binom.cdf(np.floor(n * error_rate / 2), n, error_rate) <= delta:
+            return n
+    return 100_000
+
+
+class SelectiveThresholds(BaseEstimator):
+    """Learn-then-Test thresholds of a score, per group of calibration scores (see the module docstring).
+
+    Parameters
+    ----------
+    delta : one minus the confidence with which the error among answered stays under the rate.
+
+    Attributes
+    ----------
+    calibration_ : group -> (scores in [0, 1], labels); the pooled group is ``POOLED``.
+    """
+
+    def __init__(self, delta: float = 0.1):
+        self.delta = delta
+
+    def fit(self, scores: Sequence[float], y: Sequence[int], groups: Sequence[str] | None = None
+            ) -> "SelectiveThresholds":
+        scores, y = np.asarray(scores, dtype=float), np.asarray(y, dtype=int)
+        if len(scores) == 0 or len(np.unique(y)) < 2:
+            raise TrainingDataError("answer thresholds need calibration scores of both classes")
+        self.calibration_ = {POOLED: (scores, y)}
+        groups = None if groups is None else np.asarray(groups, dtype=object)
+        if groups is not None and len(set(groups)) > 1:  # one group's thresholds are the pooled ones
+            self.calibration_.update({str(g): (scores[groups == g], y[groups == g]) for g in dict.fromkeys(groups)})
+        self._cache = {}
+        return self
+
+    def with_group(self, name: str, scores: Sequence[float], y: Sequence[int]) -> "SelectiveThresholds":
+        """A copy with one more group's calibration (a site's out-of-fold scores, calibrate)."""
+        import copy
+
+        other = copy.deepcopy(self)
+        other.calibration_[name] = (np.asarray(scores, dtype=float), np.asarray(y, dtype=int))
+        other._cache = {}
+        return other
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.calibration_)
+
+    def thresholds(self, error_rate: float, group: str = POOLED) -> tuple[float | None, float | None]:
+        """(low, high): answer negative at or below ``low``, positive at or above ``high`` (None: never)."""
+        key = (float(error_rate), group if group in self.calibration_ else POOLED)
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            s, y = self.calibration_[key[1]]
+            high = _mapie_threshold(s, y, error_rate, self.delta / 2)
+            low = _mapie_threshold(1 - s, 1 - y, error_rate, self.delta / 2)
+            cache[key] = (None if low is None else 1 - low, high)
+        return cache[key]
+
+    def answer(self, scores: Sequence[float], error_rate: float, group: str = POOLED) -> np.ndarray:
+        """1 (positive), 0 (negative) or -1 (no answer) per score."""
+        low, high = self.thresholds(error_rate, group)
+        s = np.asarray(scores, dtype=float)
+        if low is not None and high is not None and low >= high:
+            # The two answers' regions overlap: every score is answered, split midway (each side's region
+            # then lies within its own certified one).
+            return np.where(s >= (low + high) / 2, 1, 0)
+        pos = np.zeros(len(s), bool) if high is None else s >= high
+        neg = np.zeros(len(s), bool) if low is None else s <= low
+        return np.where(pos, 1, np.where(neg, 0, -1))
+
+    def counts(self, group: str = POOLED) -> dict[str, int]:
+        s, y = self.calibration_.get(group, self.calibration_[POOLED])
+        return {"positive": int((y == 1).sum()), "negative": int((y == 0).sum())}
+
+    def describe(self, error_rate: float) -> dict:
+        return {"method": "Learn-then-Test thresholds (MAPIE BinaryClassificationController, precision risk per answer "
+                          f"class, fixed-sequence testing from {STARTS} starts, binomial p-values)",
+                "confidence": 1 - self.delta,
+                "groups": {g: {"n": self.counts(g), "thresholds_at_default_rate":
+                               [None if t is None else round(t, 4) for t in self.thresholds(error_rate, g)]}
+                           for g in self.groups}}
+
+
+@lru_cache(maxsize=1)
+def mapie_version() -> str:
+    from importlib.metadata import version
+
+    return version("mapie")
