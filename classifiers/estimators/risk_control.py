@@ -7,8 +7,9 @@ is chosen by Learn-then-Test (Angelopoulos et al. 2021) on calibration scores wi
 of each class, the wrong share (1 - precision) stays under the error rate ``A`` with confidence
 ``1 - delta`` (``delta / 2`` per class, Bonferroni), so the wrong share among all answers stays
 under ``A`` too. The library is MAPIE (``mapie.risk_control.BinaryClassificationController`` with
-the precision risk, binomial (Bentkus) p-values for this 0/1 loss, fixed-sequence testing from
-several starts). Where no threshold qualifies, that class is never answered (MAPIE returns none).
+the precision risk, binomial (Bentkus) p-values for this 0/1 loss, Bonferroni-Holm over a few
+label-free thresholds). Where no threshold qualifies, that class is never answered (MAPIE returns
+none).
 
 Slices of one patient are not independent, so on slices the confidence is approximate; the
 thresholds are kept per source (``groups``) because each source's scores behave differently, and
@@ -27,28 +28,26 @@ from feature_extractor.errors import TrainingDataError
 
 POOLED = "all"      # the thresholds of every calibration score, for a set whose source is not known
 MIN_PER_CLASS = 10  # fewer calibration scores of a class give no threshold of that class
-GRID = 200          # thresholds tried: calibration scores at evenly spaced ranks
-STARTS = 5          # fixed-sequence testing's starting points along them
+FIRST, STEP = 20, 1.5  # thresholds tried: the calibration scores at ranks 20, 30, 45, ... (label-free)
 
 
 def _mapie_threshold(score: np.ndarray, y: np.ndarray, error_rate: float, delta: float) -> float | None:
     """The lowest threshold t whose answers (score >= t, positive) are wrong at most ``error_rate`` of
     the time with confidence 1 - delta (MAPIE); None when none qualifies."""
     from mapie.risk_control import BinaryClassificationController, precision
-    from mapie.risk_control.fwer_control import FWERFixedSequenceTesting
 
     if (y == 1).sum() < MIN_PER_CLASS or (y == 0).sum() < MIN_PER_CLASS:
         return None
-    # The thresholds tried are the scores themselves, from the one that answers the fewest images whose
-    # test a half-rate error share would pass, downwards (labels play no part in the grid); fixed-sequence
-    # testing from STARTS points along it (delta split between them), so one unlucky strict threshold
-    # does not stop the whole sequence.
-    first = _first_rank(error_rate, delta)
+    # The thresholds tried are the scores themselves at label-free ranks growing geometrically from the
+    # FIRST strictest (a threshold answering a handful of images tests nothing), tested together with
+    # Bonferroni-Holm: no single unlucky threshold can stop the others, as it would a fixed sequence.
     ranked = np.sort(score)[::-1]
-    if len(ranked) < first:
+    if len(ranked) < FIRST:
         return None
-    ranks = np.unique(np.linspace(first - 1, len(ranked) - 1, GRID).round().astype(int))
-    grid = np.unique(ranked[ranks])
+    ranks = [FIRST]
+    while ranks[-1] * STEP < len(ranked):
+        ranks.append(int(round(ranks[-1] * STEP)))
+    grid = np.unique(ranked[np.array(ranks + [len(ranked)]) - 1])
 
     def proba(X):
         s = np.asarray(X, dtype=float).ravel()
@@ -56,23 +55,12 @@ def _mapie_threshold(score: np.ndarray, y: np.ndarray, error_rate: float, delta:
 
     controller = BinaryClassificationController(proba, risk=precision, target_level=1 - error_rate,
                                                 confidence_level=1 - delta, list_predict_params=grid,
-                                                fwer_method=FWERFixedSequenceTesting(min(STARTS, len(grid))))
+                                                fwer_method="bonferroni_holm")
     with warnings.catch_warnings():  # its monotonicity note and its "no threshold" warning: we report those ourselves
         warnings.simplefilter("ignore")
         controller.calibrate(score.reshape(-1, 1), y)
     best = controller.best_predict_param
     return None if best is None else float(best)
-
-
-@lru_cache(maxsize=None)
-def _first_rank(error_rate: float, delta: float) -> int:
-    """The fewest answers whose binomial test passes at ``delta`` with half the rate's share wrong."""
-    from scipy.stats import binom
-
-    for n in range(1, 100_000):
-        if binom.cdf(np.floor(n * error_rate / 2), n, error_rate) <= delta:
-            return n
-    return 100_000
 
 
 class SelectiveThresholds(BaseEstimator):
@@ -111,6 +99,9 @@ class SelectiveThresholds(BaseEstimator):
         other._cache = {}
         return other
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}  # thresholds are recomputed, not stored
+
     @property
     def groups(self) -> list[str]:
         return list(self.calibration_)
@@ -144,7 +135,7 @@ class SelectiveThresholds(BaseEstimator):
 
     def describe(self, error_rate: float) -> dict:
         return {"method": "Learn-then-Test thresholds (MAPIE BinaryClassificationController, precision risk per answer "
-                          f"class, fixed-sequence testing from {STARTS} starts, binomial p-values)",
+                          "class, Bonferroni-Holm over thresholds at ranks growing 1.5-fold from 20, binomial p-values)",
                 "confidence": 1 - self.delta,
                 "groups": {g: {"n": self.counts(g), "thresholds_at_default_rate":
                                [None if t is None else round(t, 4) for t in self.thresholds(error_rate, g)]}
