@@ -1,15 +1,17 @@
 """A model that learns a site from a few of its labeled patients (``calibrate``).
 
 The frozen model's ranking does not transfer to a new hospital (leave one source out: AUC
-0.45), and recalibrating a frozen ranking cannot fix that. The site model learns the site: a
-logistic regression on the images' features (standardized, PCA to ``n_components``, fitted on
-the training and the site's images, no labels used) and, where the model has a lesion head, the
-images' lesion summaries, which transfer; or on the lesion summaries alone. It trains on the
-training sources and the site together, every source (the site one of them) and both classes
-inside it weighing the same. Which candidate and which regularization: by the AUC of the site's
-patient-grouped out-of-fold scores (cross-fitting: each site patient scored by a model that
-did not see it, the training sources always in). Those out-of-fold scores then calibrate the
-site's answer thresholds (risk_control.py).
+0.45), and recalibrating a frozen ranking cannot fix that. The site model learns the site. Its
+candidates: a logistic regression on the images' features (standardized, PCA to ``n_components``,
+fitted on the training and the site's images, no labels used) with, where the model has a lesion
+head, the images' lesion summaries, which transfer; one on the lesion summaries alone; one on the
+site's own lesion summaries only; and the share of lung involved itself (nothing fitted: the floor
+any site gets without labels). The regressions train on the training sources and the site together
+(but the third), every source (the site one of them) and both classes inside it weighing the same.
+Which candidate and which regularization: by the AUC of the site's patient-grouped out-of-fold
+scores (cross-fitting: each site patient scored by a model that did not see it, the training
+sources always in). Those out-of-fold scores then calibrate the site's answer thresholds
+(risk_control.py).
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from feature_extractor.errors import TrainingDataError
 
 from .balance import source_balance_weights
 
-CANDIDATES = ("features and lesions", "lesions")
+CANDIDATES = ("features and lesions", "lesions", "the site's lesions", "share of lung involved")
+FIT_FREE = "share of lung involved"   # the first lesion summary as the score: nothing to fit, nothing to forget
 MIN_PATIENTS = 5  # of each class: fewer leave nothing to cross-fit
 CS = (0.01, 0.1, 1.0)
 
@@ -61,13 +64,20 @@ class SiteModel(ClassifierMixin, BaseEstimator):
 
     def _inputs(self, X: np.ndarray, candidate: str) -> np.ndarray:
         image, lesion = X[:, :X.shape[1] - self.n_lesion], X[:, X.shape[1] - self.n_lesion:]
-        if candidate == "lesions":
+        if candidate == FIT_FREE:
+            return lesion[:, :1]
+        if candidate in ("lesions", "the site's lesions"):
             return lesion
         return np.hstack([self.projection_.transform(image), lesion])
 
     def _candidates(self) -> list[tuple[str, float]]:
-        names = CANDIDATES if self.n_lesion else CANDIDATES[:1]
-        return [(name, c) for name in names for c in CS]
+        if not self.n_lesion:
+            return [(CANDIDATES[0], c) for c in CS]
+        return [(name, c) for name in CANDIDATES[:3] for c in CS] + [(FIT_FREE, 0.0)]
+
+    def _rows(self, candidate: tuple[str, float], train: np.ndarray, site: np.ndarray) -> np.ndarray:
+        """The training rows of a candidate: the site's own for "the site's lesions", else every source's."""
+        return train & site if candidate[0] == "the site's lesions" else train
 
     def fit(self, X: np.ndarray, y: np.ndarray, sources: Sequence[str], groups: Sequence[str]) -> "SiteModel":
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=int)
@@ -92,14 +102,23 @@ class SiteModel(ClassifierMixin, BaseEstimator):
             for train_part, test_part in folds:
                 train = np.ones(len(X), bool)
                 train[site_rows[test_part]] = False
+                train = self._rows(candidate, train, site)
+                if candidate[0] == FIT_FREE:
+                    p[test_part] = Z[site_rows[test_part], 0]
+                    continue
+                if len(set(y[train])) < 2:
+                    break
                 p[test_part] = self._model(candidate).fit(Z[train], y[train], logisticregression__sample_weight=
                                                           weights[train]).predict_proba(Z[site_rows[test_part]])[:, 1]
             oof[candidate] = p
-            self.cv_auc_[candidate] = float(roc_auc_score(y[site_rows], p)) if len(set(y[site_rows])) == 2 else np.nan
+            ok = np.isfinite(p).all() and len(set(y[site_rows])) == 2
+            self.cv_auc_[candidate] = float(roc_auc_score(y[site_rows], p)) if ok else np.nan
         self.choice_ = max(self.cv_auc_, key=lambda c: (np.nan_to_num(self.cv_auc_[c], nan=-1), -self._candidates().index(c)))
         self.oof_ = oof[self.choice_]
         Z = self._inputs(X, self.choice_[0])
-        self.estimator_ = self._model(self.choice_).fit(Z, y, logisticregression__sample_weight=weights)
+        rows = self._rows(self.choice_, np.ones(len(X), bool), site)
+        self.estimator_ = None if self.choice_[0] == FIT_FREE else \
+            self._model(self.choice_).fit(Z[rows], y[rows], logisticregression__sample_weight=weights[rows])
         self.classes_ = np.array([0, 1])
         return self
 
@@ -108,11 +127,15 @@ class SiteModel(ClassifierMixin, BaseEstimator):
         return clone(make_pipeline(StandardScaler(), LogisticRegression(C=candidate[1], max_iter=2000)))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
+        check_is_fitted(self, "choice_")
         X = np.asarray(X, dtype=np.float64)
         if not len(X):
             return np.zeros((0, 2))
-        return self.estimator_.predict_proba(self._inputs(X, self.choice_[0]))
+        Z = self._inputs(X, self.choice_[0])
+        if self.estimator_ is None:  # the share of lung involved itself
+            p = np.clip(Z[:, 0], 0, 1)
+            return np.column_stack([1 - p, p])
+        return self.estimator_.predict_proba(Z)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
