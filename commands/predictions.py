@@ -31,8 +31,11 @@ max_slices_option = click.option("--max-slices", type=click.IntRange(1), default
               help="Where the heatmap PNGs go.  [default: heatmaps/ beside --out]")
 @explain_method_option
 @click.option("--lesion-maps", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-              help="A model with a lesion head: write each image's <stem>_lesion.png (pixel = probability of lesion "
-                   "x 255) and <stem>_lungs.png at the image's size into DIR (in the image's subfolder).")
+              help="A model with a lesion head: write each image's <stem>_lesion.png (the binary lesion, 0 / 255, "
+                   "whose share of the lungs is lesion_fraction), <stem>_lesion_prob.png (probability x 255) and "
+                   "<stem>_lungs.png (right lung 255, left 128) at the image's size into DIR (in the image's "
+                   "subfolder); with --studies, also a NIfTI label volume per DICOM study (1 right lung, 2 left lung, "
+                   "3 lesion) with the series' geometry.")
 @model_crop_option
 @site_option
 @click.option("--studies", is_flag=True,
@@ -52,12 +55,11 @@ def predict(folder, model, out, explain, explain_dir, explain_method, lesion_map
     in the `error` column.
     """
     if studies:
-        refuse_together("--studies", {"--crop": "crop", "--explain": "explain", "--explain-dir": "explain_dir",
-                                      "--lesion-maps": "lesion_maps"})
+        refuse_together("--studies", {"--crop": "crop", "--explain": "explain", "--explain-dir": "explain_dir"})
         from classifiers.workflows.studies import predict_studies_and_write
 
         report = predict_studies_and_write(model, folder, out=out, site=site, max_slices=max_slices,
-                                           keep_identifiers=keep_identifiers)
+                                           keep_identifiers=keep_identifiers, lesion_maps=lesion_maps)
         finish(report.summary(), report.failures)
         return
     if max_slices or keep_identifiers:

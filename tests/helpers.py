@@ -230,6 +230,7 @@ def write_slice(path, study, series, z, *, number=1, lungs=True, sop=CT, image_t
         ds.ImageOrientationPatient = list(orientation)
         ds.ImagePositionPatient = [0.0, 0.0, float(z)]
         ds.SliceThickness, ds.ConvolutionKernel = thickness, kernel
+        ds.PixelSpacing = [0.7, 0.8]  # rows, columns (mm)
         hu = chest(lungs=lungs, seed=number)
         ds.Rows, ds.Columns = hu.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -1,5 +1,6 @@
 """The lesion branch: lung masks, hypercolumns, lesion data checks, the head, lesion maps."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +136,17 @@ def test_predict_writes_lesion_fraction_and_maps_at_the_images_size(lesion_model
     assert all(0.1 < float(r["lung_fraction"]) < 0.6 for r in rows)  # two lungs of a synthetic slice
     lesion = Image.open(maps / "p0_z000_lesion.png")
     assert lesion.size == (96, 96) and lesion.mode == "L"
-    assert set(np.unique(np.asarray(Image.open(maps / "p0_z000_lungs.png")))) <= {0, 255}
+    lungs = np.asarray(Image.open(maps / "p0_z000_lungs.png"))
+    assert set(np.unique(lungs)) == {0, 128, 255}  # the right lung (the image's left) 255, the left 128
+    assert lungs[:, :40][lungs[:, :40] > 0].min() == 255 and lungs[:, 56:][lungs[:, 56:] > 0].max() == 128
+    for row in rows:  # the binary map is what the number came from
+        stem = Path(row["path"]).stem
+        binary = np.asarray(Image.open(maps / f"{stem}_lesion.png")) > 0
+        inside = np.asarray(Image.open(maps / f"{stem}_lungs.png")) > 0
+        assert set(np.unique(np.asarray(Image.open(maps / f"{stem}_lesion.png")))) <= {0, 255}
+        assert not (binary & ~inside).any()
+        assert abs(binary.sum() / inside.sum() - float(row["lesion_fraction"])) < 1e-3
+        assert Image.open(maps / f"{stem}_lesion_prob.png").size == (96, 96)
     assert rows[0]["lesion_map"].endswith("p0_z000_lesion.png")
     again = run("predict", lesions / "slices", "--model", model, "--features-dir", root / "features", "--out", out)
     assert again.exit_code == 0 and list(csv.DictReader(open(out)))[0]["lesion_fraction"] == rows[0]["lesion_fraction"]
@@ -156,6 +167,54 @@ def test_the_finding_is_given_where_the_covid_answer_is_not_assessable(lesion_mo
     assert all(r["finding"] in ("opacities", "clear", "uncertain") for r in rows)
     finding = json.loads(model.with_suffix(".json").read_text())["answers"]["finding"]
     assert finding["n_slices"] == 18 and finding["n_infected"] == 9 and len(finding["oof"]) == 18
+
+
+@pytest.mark.slow
+def test_a_dicom_study_gets_its_severity_and_a_nifti_label_volume_without_identity(lesion_model, tmp_path):
+    import nibabel as nib
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from classifiers.presentation.label_volumes import series_affine
+    from tests.helpers import write_series
+
+    root, _, _, model = lesion_model
+    study = tmp_path / "archive" / "ward" / "case-1"
+    paths = write_series(study, generate_uid(), n=5, z0=20.0, step=-2.5)  # file order runs head to feet
+    out, maps = tmp_path / "out" / "slices.csv", tmp_path / "maps"
+    result = run("predict", tmp_path / "archive", "--studies", "--model", model, "--features-dir",
+                 root / "features", "--out", out, "--lesion-maps", maps)
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader(open(out.with_name("studies.csv"))))
+    assert row["severity_score"] != "" and 0 <= int(row["severity_score"]) <= 30 and row["zone_scores"]
+    assert 0 <= float(row["opacity_percent"]) <= 100
+    (volume,) = maps.glob("*.nii.gz")
+    assert "PID98765" not in str(volume) and volume.name == "ward__case-1.nii.gz"
+    image = nib.load(str(volume))
+    header = image.header
+    for field in ("descrip", "aux_file", "intent_name"):
+        assert b"PID98765" not in header[field].tobytes() and b"SECRET" not in header[field].tobytes()
+    ordered = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))  # feet to head
+    assert np.allclose(image.affine, series_affine([pydicom.dcmread(p) for p in ordered]))
+    data = np.asarray(image.dataobj)
+    assert data.shape == (64, 64, 5) and set(np.unique(data)) <= {0, 1, 2, 3} and {1, 2} <= set(np.unique(data))
+    assert image.affine[2, 2] == pytest.approx(2.5)  # the series' order, whatever the files' names
+
+
+@pytest.mark.slow
+def test_lesion_data_without_lung_masks_keeps_the_classical_lungs_and_says_so(workspace, tmp_path):
+    root, data, _ = workspace
+    lesions = make_lesion_data(tmp_path / "no-lungs")
+    rows = list(csv.reader(open(lesions / "manifest.csv")))
+    column = rows[0].index("lung_mask")
+    with open(lesions / "manifest.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([r[:column] + r[column + 1:] for r in rows])
+    result = run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features", "--model",
+                 tmp_path / "m.joblib", "--cv-folds", "3", "--lesion-data", lesions, "--lesion-input", 64,
+                 "--lesion-grid", 8, "--lesion-heads", "logreg")
+    assert result.exit_code == 0, result.output
+    assert "lung head: none (no lung masks of two or more patients in the lesion data: the classical lung mask " \
+           "is used)" in result.output
 
 
 def test_bad_masks_stop_fit_before_anything_is_written(workspace, tmp_path):

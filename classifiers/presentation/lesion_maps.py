@@ -13,15 +13,22 @@ LESION_COLOUR = np.array([255, 64, 0], np.float32)   # lesion: orange-red
 LUNG_COLOUR = np.array([40, 200, 255], np.float32)   # the lung outline: cyan
 
 
-def map_files(lesion_map, out_dir: str | Path, stem: str) -> tuple[Path, Path]:
-    """``<stem>_lesion.png`` (pixel = probability x 255) and ``<stem>_lungs.png`` (0 / 255), at the
-    slice's own size, in ``out_dir``."""
+LUNG_VALUES = {1: 255, 2: 128}   # the lungs PNG: the patient's right lung 255, the left 128, elsewhere 0
+
+
+def map_files(lesion_map, out_dir: str | Path, stem: str) -> tuple[Path, Path, Path]:
+    """At the slice's own size, in ``out_dir``: ``<stem>_lesion.png``, the binary lesion (0 / 255) whose
+    share of the lungs is lesion_fraction; ``<stem>_lesion_prob.png``, the lesion head's probability x
+    255; ``<stem>_lungs.png``, the lungs (right 255, left 128)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lesion, lungs = out_dir / f"{stem}_lesion.png", out_dir / f"{stem}_lungs.png"
-    Image.fromarray(np.round(np.clip(lesion_map.probability, 0, 1) * 255).astype(np.uint8), "L").save(lesion)
-    Image.fromarray(lesion_map.lungs.astype(np.uint8) * 255, "L").save(lungs)
-    return lesion, lungs
+    lesion, prob, lungs = (out_dir / f"{stem}_{what}.png" for what in ("lesion", "lesion_prob", "lungs"))
+    Image.fromarray(lesion_map.lesion.astype(np.uint8) * 255, "L").save(lesion)
+    Image.fromarray(np.round(np.clip(lesion_map.probability, 0, 1) * 255).astype(np.uint8), "L").save(prob)
+    sides = lesion_map.sides
+    Image.fromarray(np.select([sides == k for k in LUNG_VALUES], list(LUNG_VALUES.values()), 0).astype(np.uint8),
+                    "L").save(lungs)
+    return lesion, prob, lungs
 
 
 def involved(lesion_map) -> str:

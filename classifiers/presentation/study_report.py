@@ -39,7 +39,9 @@ class StudyStrip:
 
 def _value(f: record.RecordField, value: Any) -> str:
     if f.kind is float:
-        share = f.name in ("lesion_burden",) or f.name.endswith("_fraction")
+        if f.name.startswith("opacity_"):
+            return f"{value:.1f}%"
+        share = f.name in ("lesion_burden",) or f.name.endswith(("_fraction", "_share"))
         return f"{100 * value:.1f}%" if share else f"{value:.3f}"
     if f.kind is bool:
         return "yes" if value else "no"

@@ -45,7 +45,7 @@ SLICE = RecordSchema("slice", (
     RecordField("error", str, "Why the file could not be scored (unreadable, not an image, ...)."),
     RecordField("heatmap", str, "The PNG written by --explain for this image.", optional=True, api=False,
                 path=True),
-    RecordField("lesion_map", str, "The lesion map written by --lesion-maps (pixel = probability x 255).",
+    RecordField("lesion_map", str, "The binary lesion map written by --lesion-maps (0 / 255; its probabilities and lungs beside it).",
                 optional=True, api=False, path=True),
 ))
 
@@ -72,6 +72,16 @@ STUDY = RecordSchema("study", (
                 choices=LABELS),
     RecordField("lesion_burden", float, "The lesion's share of the lung volume over the scored slices (models "
                 "with a lesion head).", digits=4, computed=True),
+    RecordField("opacity_percent", float, "The percentage of the lungs' volume with opacity (the lesion), over the "
+                "scored slices (models with a lesion head).", digits=2, get=lambda r: _severity(r, "opacity_percent")),
+    RecordField("opacity_right", float, "The same of the right lung.", digits=2,
+                get=lambda r: _severity(r, "opacity_right")),
+    RecordField("opacity_left", float, "The same of the left lung.", digits=2, get=lambda r: _severity(r, "opacity_left")),
+    RecordField("severity_score", int, "The CT severity score, 0-30: each lung's upper, middle and lower zone (along "
+                "its extent in the series) scored 0-5 by its percentage of opacity (0 none, 1 under 5, 2 to 25, 3 to "
+                "50, 4 to 75, 5 above) and summed.", get=lambda r: _severity(r, "severity_score")),
+    RecordField("zone_scores", str, "Each zone's score, right lung then left, upper to lower.",
+                get=lambda r: None if r.severity is None else r.severity.zone_text()),
     RecordField("top_slices", str, "The highest-scoring slices: number (p_covid).", get=lambda r: r.top_slices(),
                 api=False),  # the API lists them with their pictures
     RecordField("top_lesion_slices", str, "The slices with the largest share of lung involved: number (share).",
@@ -90,6 +100,10 @@ _USE = (
     RecordField("used", bool, "Whether the slice was scored."),
     RecordField("note", str, "Why a slice was not scored (outside the lungs, not sampled, another series)."),
 )
+
+
+def _severity(result, name: str):
+    return None if result.severity is None else getattr(result.severity, name)
 
 
 def answer_counts(rows, error_rate: float | None) -> str:

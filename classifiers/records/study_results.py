@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .prediction_record import STUDY, PredictionRow
+from .severity import Severity, severity
 
 TOP_SLICES = 3
 
@@ -53,6 +54,15 @@ class StudyResult(STUDY.row_class("StudyFields", (("study", None), ("rows", ()))
         summaries = [r.lesion for _, r in self.scored if r.lesion is not None]
         lung = sum(s.lung_fraction for s in summaries)
         return sum(s.lesion_area for s in summaries) / lung if summaries and lung > 0 else None
+
+    @property
+    def severity(self) -> Severity | None:
+        """The study's percentages of opacity and CT severity score (severity.py; models with a lesion
+        head). DICOM and NIfTI series run feet to head; a folder of images is taken head first."""
+        summaries = [r.lesion for _, r in self.scored if r.lesion is not None]
+        if not summaries:
+            return None
+        return severity([s.areas() for s in summaries], superior_first=self.study.kind == "images")
 
     def top_lesion(self, n: int = TOP_SLICES) -> list[tuple[int, PredictionRow]]:
         """The ``n`` slices with the largest share of lung involved."""

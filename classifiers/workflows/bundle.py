@@ -26,7 +26,7 @@ from ..records.model_card import MANIFEST_FORMAT, ModelCard
 
 DEFAULT_MODELS_DIR = Path("models")
 PARTS = ("estimator", "harmonizer", "ood", "thresholds", "study_thresholds", "source_test", "finding", "lesion_head",
-         "site_model")
+         "site_model", "lung_head")
 
 
 def manifest_path(model_path: str | Path) -> Path:
@@ -42,7 +42,8 @@ class ModelBundle:
     (estimators/risk_control.py); ``source_test``: the two-sample test of sets of images
     (estimators/source_test.py); ``finding``: the lesion finding's thresholds; ``lesion_head``: the
     per-location lesion classifier (estimators/lesion_head.py); ``site_model``: what calibrate
-    learned of a site (estimators/site_model.py). Parts a model lacks are None
+    learned of a site (estimators/site_model.py); ``lung_head``: the lungs as radiologists draw them
+(workflows/lesions/lungs.py). Parts a model lacks are None
     (workflows/answer_policy.py says what is then not given)."""
 
     estimator: Any
@@ -56,6 +57,7 @@ class ModelBundle:
     finding: Any = None
     lesion_head: Any = None
     site_model: Any = None
+    lung_head: Any = None
 
     def __post_init__(self) -> None:
         if self.harmonizer is None:  # models of formats 2 and 3 saved None

@@ -131,7 +131,7 @@ def write_lesion_maps(model: LoadedModel, rows: list[PredictionRow], root: str |
             except ValueError:
                 where = Path()
             try:
-                lesion, _ = map_files(model.lesions.lesion_map(row.path), Path(out_dir) / where, Path(row.path).stem)
+                lesion, _, _ = map_files(model.lesions.lesion_map(row.path), Path(out_dir) / where, Path(row.path).stem)
                 row.lesion_map = str(lesion)
             except (ImageDecodeError, OSError):
                 pass  # its row already carries the reason it could not be scored

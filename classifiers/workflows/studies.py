@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from feature_extractor.errors import ModelBundleError
 from feature_extractor.imaging.dataset import LABEL_NAMES, Record, printable_path
 from feature_extractor.imaging.studies import Redactor, find_studies, slices_to_score
 
@@ -135,11 +136,47 @@ def write_study_csvs(report: StudyPredictionReport, out: str | Path, studies_out
 
 def predict_studies_and_write(model: LoadedModel, folder: str | Path, *, out: str | Path = "predictions.csv",
                               studies_out: str | Path | None = None, site: str | None = None,
-                              max_slices: int | None = None, keep_identifiers: bool = False) -> StudyPredictionReport:
-    """predict --studies: the slice CSV at ``out`` and studies.csv beside it (or at ``studies_out``)."""
+                              max_slices: int | None = None, keep_identifiers: bool = False,
+                              lesion_maps: str | Path | None = None) -> StudyPredictionReport:
+    """predict --studies: the slice CSV at ``out`` and studies.csv beside it (or at ``studies_out``);
+    ``lesion_maps``: a folder for each study's maps (write_study_maps)."""
+    if lesion_maps is not None and model.lesions is None:
+        raise ModelBundleError(f"--lesion-maps: {model.path} has no lesion head; fit it with --lesion-data DIR")
     report = predict_studies(model, folder, site, max_slices, keep_identifiers)
+    if lesion_maps is not None:
+        write_study_maps(model, report, lesion_maps)
     write_study_csvs(report, out, studies_out or Path(out).with_name("studies.csv"))
     return report
+
+
+def write_study_maps(model: LoadedModel, report: StudyPredictionReport, out_dir: str | Path) -> None:
+    """Each study's scored slices' maps (``<study>/<slice number>_lesion.png`` and the others of
+    presentation/lesion_maps.map_files) and, for a DICOM study, its NIfTI label volume
+    ``<study>.nii.gz`` (presentation/label_volumes.py); names redacted unless identifiers are kept."""
+    import pydicom
+
+    from ..presentation.label_volumes import label_slice, write_label_volume
+    from ..presentation.lesion_maps import map_files
+
+    out_dir = Path(out_dir)
+    scored = sum(len(r.scored) for r in report.results)
+    with model.context.progress("lesion maps   ", scored) as progress:
+        for result in report.results:
+            if not result.scored:
+                continue
+            name = report.redact(result.study.name).replace("/", "__").replace("#", "-")
+            labels: list = [None] * len(result.study.slices)
+            for number, row in result.scored:
+                lesion_map = model.lesions.lesion_map(row.path)
+                lesion, _, _ = map_files(lesion_map, out_dir / name, f"{number:04d}")
+                row.lesion_map = str(lesion)
+                labels[number - 1] = label_slice(lesion_map)
+                progress(1)
+            if result.study.kind == "dicom":
+                headers = [pydicom.dcmread(p, stop_before_pixels=True, force=True) for p in result.study.slices]
+                uid = result.study.identifiers.get("study_uid", "") if report.keep_identifiers else ""
+                write_label_volume(out_dir / f"{name}.nii.gz", labels, headers,
+                                   f"study {uid}" if uid else "")
 
 
 def study_report_to_html(model: LoadedModel, folder: str | Path, *, out: str | Path = "studies.html",

@@ -37,6 +37,7 @@ from .features import FeatureSelection, feature_matrix, resolve_sources
 from .lesions.maps import LesionMapper
 from .lesions.summary import CLASSIFIER_SUMMARY
 from .answer_policy import fit_answer_parts
+from .lesions.lungs import train_lung_head
 from .lesions.training import finding_calibration, train_lesion_head
 from .model import extract_features
 
@@ -177,14 +178,15 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
     groups = np.array([r.group for r in records])
     record_sources = [r.source for r in records]
     backbones = [s.manifest_entry() for s in sources]
-    head, lesion_record, lesion_columns = None, None, None
+    head, lung_head, lesion_record, lesion_columns = None, None, None, None
     blocks = feature_blocks(backbones, settings.lesion_features)
     with joblib_engine(context.engine):  # the grouped-CV fits on every core (with --engine ray: over Ray)
         if lesions is not None:
             spec = lesion_dense_spec([s.spec for s in sources], lesion_settings)
             head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
+            lung_head, lesion_record["lung_head"] = train_lung_head(lesions, spec, context, lesion_settings.seed)
             if settings.lesion_features:
-                mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context)
+                mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context, lung_head)
                 lesion_columns, lesion_areas = lesion_matrix(mapper, records)
                 lesion_record["classifier_features"] = list(CLASSIFIER_SUMMARY)
         trained = train_estimator(X, y, groups, record_sources, blocks, settings, lesion_columns)
@@ -200,7 +202,7 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
     finding = None
     if head is not None:  # the finding's thresholds: out-of-fold slice scores of the lesion data
         finding, answers_record["finding"] = finding_calibration(head, FeatureSpec.from_record(lesion_record["dense"]),
-                                                                 lesions, context, delta)
+                                                                 lesions, context, delta, lung_head)
         if finding is not None:
             answers_record["finding"]["thresholds"] = finding.describe(error_rate)["groups"]["all"]
     grouping = "patient" if dataset.has_patients else "image"
@@ -225,7 +227,7 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
         lesion=lesion_record)
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
     return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, thresholds, study_thresholds,
-                                   source_test, finding, head))
+                                   source_test, finding, head, lung_head=lung_head))
 
 
 def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
@@ -325,6 +327,11 @@ def fit_summary(bundle: ModelBundle) -> list[str]:
         lines.append(f"lesion head: {h['classifier']} on {c.lesion['training_cells']['n']} lung cells of "
                      f"{c.lesion['data']['n_with_masks']} slices ({c.lesion['data']['patients']} patients), out-of-fold "
                      f"cell Dice {h['cv_cell_dice']:.3f} at probability {h['threshold']:.2f}")
+        lung = c.lesion.get("lung_head") or {}
+        lines.append(f"lung head: {lung['head']['classifier']} on {lung['training_cells']['n']} cells of "
+                     f"{lung['n_slices']} slices ({lung['patients']} patients) with radiologists' lung masks, "
+                     f"out-of-fold cell Dice {lung['head']['cv_cell_dice']:.3f}" if "head" in lung else
+                     f"lung head: none ({lung.get('missing', 'a model fitted before lung heads')})")
     choice = c.threshold_choice
     if choice["rule"] != "default":
         lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "

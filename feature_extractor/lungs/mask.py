@@ -34,7 +34,7 @@ from .crop import disk
 
 # Part of the lesion maps' identity (hypercolumns.DENSE_VERSION covers it): a change to the
 # algorithm below must bump it.
-LUNG_MASK_VERSION = 1
+LUNG_MASK_VERSION = 2  # 2: the learned lungs (classifiers/workflows/lesions/lungs.py) stand beside this mask
 
 _WORK_SIDE = 256
 _MIN_PART = 0.002        # a lung part covers at least 0.2% of the image

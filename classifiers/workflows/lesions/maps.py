@@ -26,6 +26,7 @@ from feature_extractor.imaging.dataset import Record, with_keys
 from feature_extractor.run_context import RunContext, worker_threads
 
 from ...estimators.lesion_head import LesionHead
+from .lungs import lung_grid, lungs_from_grid
 from .summary import SUMMARY, LesionMap, LesionSummary, lesion_map_of
 
 LESION_CACHE_DIR = "lesion-maps"
@@ -56,8 +57,10 @@ def head_sha256(head: LesionHead) -> str:
 class LesionMapper:
     """A model's lesion head applied to slices: summaries through the cache, full maps on demand."""
 
-    def __init__(self, head: LesionHead, spec: FeatureSpec, context: RunContext | None = None):
+    def __init__(self, head: LesionHead, spec: FeatureSpec, context: RunContext | None = None,
+                 lung_head: LesionHead | None = None):
         self.head = head
+        self.lung_head = lung_head  # lungs.py: the lungs as radiologists draw them (None: the classical mask)
         self.spec = spec
         self.context = context or RunContext()
         self.extractor = HypercolumnExtractor(spec, self.context)
@@ -71,21 +74,36 @@ class LesionMapper:
     def grid(self) -> int:
         return int(self.spec.grid)
 
+    @property
+    def grids(self) -> int:
+        """Grids a cache row holds: the lesion's, and the lungs' with a lung head."""
+        return 1 if self.lung_head is None else 2
+
+    def _from_row(self, dense: DenseSlice, row: np.ndarray) -> LesionMap:
+        g2 = self.grid ** 2
+        cells = row[len(SUMMARY):len(SUMMARY) + g2].reshape(self.grid, self.grid)
+        lung = row[len(SUMMARY) + g2:len(SUMMARY) + 2 * g2].reshape(self.grid, self.grid) if self.grids == 2 else None
+        return self.full_map(dense, cells, lung)
+
     def cache(self) -> FeatureCache:
         if self._cache is None:
-            identity = LesionMapIdentity(self.extractor.resolved_spec, head_sha256(self.head))
+            heads = head_sha256(self.head) + ("" if self.lung_head is None else "+" + head_sha256(self.lung_head))
+            identity = LesionMapIdentity(self.extractor.resolved_spec, heads)
             folder = Path(self.context.features_dir) / LESION_CACHE_DIR
             path = folder / identity.cache_file_name()
             self._cache = FeatureCache(path) if path.exists() else FeatureCache.create(
-                folder, identity, len(SUMMARY) + self.grid ** 2, {"what": "lesion summaries and probability grids"})
+                folder, identity, len(SUMMARY) + self.grids * self.grid ** 2,
+                {"what": "lesion summaries and probability grids (lesion, then lungs)"})
         return self._cache
 
     def probabilities(self, grid_features: np.ndarray) -> np.ndarray:
         g = grid_features.shape[0]
         return self.head.predict_proba(grid_features.reshape(-1, grid_features.shape[-1]))[:, 1].reshape(g, g)
 
-    def full_map(self, dense: DenseSlice, cell_probability: np.ndarray) -> LesionMap:
-        return lesion_map_of(dense, cell_probability, self.threshold)
+    def full_map(self, dense: DenseSlice, cell_probability: np.ndarray, lung_grid: np.ndarray | None = None) -> LesionMap:
+        """A slice's full-size map from its grids (``lung_grid``: the lung head's, None: the classical lungs)."""
+        lungs = None if lung_grid is None else lungs_from_grid(lung_grid, dense, float(self.lung_head.threshold_))
+        return lesion_map_of(dense, cell_probability, self.threshold, lungs)
 
     def summaries(self, records: Sequence[Record]) -> dict[str, LesionSummary | str]:
         """path -> summary (or why the slice could not be read), computing only the slices the
@@ -141,8 +159,10 @@ class LesionMapper:
     def _summary_row(self, dense: DenseSlice, grid_features: np.ndarray) -> np.ndarray:
         """A slice's cache row: its summary and its grid of cell probabilities."""
         probability = self.probabilities(grid_features)
-        summary = self.full_map(dense, probability).summary
-        return np.concatenate([summary.vector(), probability.ravel().astype(np.float32)])
+        lungs = None if self.lung_head is None else lung_grid(self.lung_head, grid_features, dense)
+        summary = self.full_map(dense, probability, lungs).summary
+        return np.concatenate([summary.vector(), probability.ravel().astype(np.float32)]
+                              + ([] if lungs is None else [lungs.ravel().astype(np.float32)]))
 
     def cached_map(self, path: str, key: str | None = None) -> LesionMap | None:
         """The lesion map of a slice whose grid is cached (no CNN: safe beside a running batch);
@@ -153,8 +173,7 @@ class LesionMapper:
         cache = self.cache()
         if key not in cache.present([key]):
             return None
-        grid = cache.read([key])[0][len(SUMMARY):].reshape(self.grid, self.grid)
-        return self.full_map(read_dense(path), grid)
+        return self._from_row(read_dense(path), cache.read([key])[0])
 
     def lesion_map(self, path: str) -> LesionMap:
         """The full-size lesion map of one slice, from its cached grid when there is one (else the
@@ -165,15 +184,14 @@ class LesionMapper:
         cache = self.cache()
         key = sha256_file(path)
         if key in cache.present([key]):
-            grid = cache.read([key])[0][len(SUMMARY):].reshape(self.grid, self.grid)
-        else:
-            grid = self.probabilities(self.extractor.grids([dense], np.float32)[0])
-        return self.full_map(dense, grid)
+            return self._from_row(dense, cache.read([key])[0])
+        return self._from_row(dense, self._summary_row(dense, self.extractor.grids([dense], np.float32)[0]))
 
 
 def mapper_for(bundle, context: RunContext | None = None) -> LesionMapper | None:
     """The lesion mapper of a model bundle (None without a lesion head)."""
     if bundle.lesion_head is None or bundle.card.lesion is None:
         return None
-    return LesionMapper(bundle.lesion_head, FeatureSpec.from_record(bundle.card.lesion["dense"]), context)
+    return LesionMapper(bundle.lesion_head, FeatureSpec.from_record(bundle.card.lesion["dense"]), context,
+                        getattr(bundle, "lung_head", None))
 

@@ -9,11 +9,12 @@ import numpy as np
 
 from feature_extractor.dense.slices import DenseSlice
 from feature_extractor.imaging.decode import resize_map
+from feature_extractor.lungs.sides import LEFT, RIGHT, lung_sides
 
 from ...records.model_card import N_LESION_COLUMNS
 
 SUMMARY = ("lesion_fraction", "lesion_p_max", "lesion_p_mean", "lesion_left", "lesion_right",
-           "lesion_peripheral", "lung_fraction", "lesion_area", "lung_status")
+           "lesion_peripheral", "lung_fraction", "lesion_area", "lung_status", "lung_right_area", "lung_left_area")
 LUNG_STATUS = {0.0: None, 1.0: "lung mask: fallback to the lung crop's segmentation", 2.0: "no lung found"}
 # The summaries that join a COVID classifier's features (fit --lesion-features): the disease,
 # not how much lung the slice shows (slice position is a confound).
@@ -27,12 +28,21 @@ class LesionSummary:
     lesion_fraction: float | None
     lesion_p_max: float
     lesion_p_mean: float | None
-    lesion_left: float | None
-    lesion_right: float | None
+    lesion_left: float | None       # the lesion's share of the patient's left lung (the image's right)
+    lesion_right: float | None      # of the patient's right lung (the image's left)
     lesion_peripheral: float | None
     lung_fraction: float
     lesion_area: float
     lung_status: float = 0.0   # LUNG_STATUS: the lung mask found, a fallback, or none
+    lung_right_area: float = 0.0   # the right lung's share of the slice
+    lung_left_area: float = 0.0
+
+    def areas(self):
+        """Per lung, lung and lesion areas (shares of the slice): for a study's severity."""
+        from ...records.severity import SliceAreas
+
+        return SliceAreas(self.lung_right_area, self.lung_left_area, (self.lesion_right or 0.0) * self.lung_right_area,
+                          (self.lesion_left or 0.0) * self.lung_left_area)
 
     @property
     def lung_note(self) -> str | None:
@@ -63,7 +73,13 @@ class LesionMap:
 
     @property
     def lesion(self) -> np.ndarray:
+        """The binary lesion the summary's numbers come from."""
         return (self.probability >= self.threshold) & self.lungs
+
+    @property
+    def sides(self) -> np.ndarray:
+        """The lungs as RIGHT (1), LEFT (2) or none (0) (feature_extractor/lungs/sides.py)."""
+        return lung_sides(self.lungs)
 
 
 def summarize(probability: np.ndarray, lungs: np.ndarray, threshold: float, fallback: bool = False) -> LesionSummary:
@@ -76,23 +92,28 @@ def summarize(probability: np.ndarray, lungs: np.ndarray, threshold: float, fall
     area = lungs.size
     if n_lung == 0:
         return LesionSummary(None, float(probability.max(initial=0.0)), None, None, None, None, 0.0, 0.0, 2.0)
-    cols = np.flatnonzero(lungs.any(axis=0))
-    middle = (cols[0] + cols[-1] + 1) // 2  # between the lungs
-    sides = []
-    for part in (slice(0, middle), slice(middle, None)):
-        lung_side = lungs[:, part]
-        sides.append(float(lesion[:, part].sum() / lung_side.sum()) if lung_side.any() else None)
+    labels = lung_sides(lungs)
+    share, lung_area = {}, {}
+    for side in (RIGHT, LEFT):
+        mine = labels == side
+        lung_area[side] = float(mine.sum() / area)
+        share[side] = float((lesion & mine).sum() / mine.sum()) if mine.any() else None
     depth = ndi.distance_transform_edt(lungs)
     rim = lungs & (depth <= np.percentile(depth[lungs], 33))  # the outer third of the lung
     n_lesion = int(lesion.sum())
     return LesionSummary(n_lesion / n_lung, float(probability[lungs].max()), float(probability[lungs].mean()),
-                         sides[0], sides[1], float((lesion & rim).sum() / n_lesion) if n_lesion else 0.0,
-                         n_lung / area, n_lesion / area, 1.0 if fallback else 0.0)
+                         share[LEFT], share[RIGHT], float((lesion & rim).sum() / n_lesion) if n_lesion else 0.0,
+                         n_lung / area, n_lesion / area, 1.0 if fallback else 0.0, lung_area[RIGHT], lung_area[LEFT])
 
 
-def lesion_map_of(dense: DenseSlice, cell_probability: np.ndarray, threshold: float) -> LesionMap:
-    """A slice's full-size lesion map from its grid of cell probabilities (bilinear upsampling)."""
+def lesion_map_of(dense: DenseSlice, cell_probability: np.ndarray, threshold: float,
+                  lungs: np.ndarray | None = None) -> LesionMap:
+    """A slice's full-size lesion map from its grid of cell probabilities (bilinear upsampling);
+    ``lungs``: its lung mask (default: the classical one of ``dense``; lungs.py learns a better one)."""
     probability = np.clip(resize_map(cell_probability.astype(np.float32), dense.shape), 0.0, 1.0)
-    lungs = dense.lungs.mask
-    return LesionMap(probability, lungs, threshold, summarize(probability, lungs, threshold, dense.lungs.note is not None),
-                     dense.grey)
+    fallback = dense.lungs.note is not None
+    if lungs is None:
+        lungs = dense.lungs.mask
+    else:
+        fallback = fallback and not lungs.any()
+    return LesionMap(probability, lungs, threshold, summarize(probability, lungs, threshold, fallback), dense.grey)

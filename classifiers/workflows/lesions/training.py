@@ -86,13 +86,14 @@ def train_lesion_head(data: LesionData, spec: FeatureSpec, settings: LesionSetti
 
 
 def finding_calibration(head: LesionHead, spec: FeatureSpec, data: LesionData, context: RunContext,
-                        delta: float) -> tuple[SelectiveThresholds | None, dict]:
+                        delta: float, lung_head: LesionHead | None = None) -> tuple[SelectiveThresholds | None, dict]:
     """The finding's answer thresholds, on out-of-fold slice scores: each labeled slice of ``data``
     mapped by the fold's head that did not see its patient (the final head for slices it never
     trained on), inside the product's own lung mask, as predict maps it; its score is its share of
     lung involved. Also the record of that calibration (patients as numbers, no names)."""
     from sklearn.metrics import roc_auc_score
 
+    from .lungs import lung_grid, lungs_from_grid
     from .summary import lesion_map_of
 
     labeled = [s for s in data.slices if s.infected is not None]
@@ -106,7 +107,9 @@ def finding_calibration(head: LesionHead, spec: FeatureSpec, data: LesionData, c
         s = by_path[path]
         g = grid.shape[0]
         cells = head.predict_proba_out_of_fold(grid.reshape(-1, grid.shape[-1]), s.group)[:, 1].reshape(g, g)
-        summary = lesion_map_of(item, cells, float(head.threshold_)).summary
+        lungs = None if lung_head is None else \
+            lungs_from_grid(lung_grid(lung_head, grid, item, s.group), item, float(lung_head.threshold_))
+        summary = lesion_map_of(item, cells, float(head.threshold_), lungs).summary
         if summary.lesion_fraction is None or summary.lung_note is not None:
             continue  # no lungs found: no finding to calibrate
         for name, values in candidates.items():
