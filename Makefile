@@ -32,7 +32,7 @@ FEATURES := --pooling multiscale --tta flip
 # (training data only), never by a held-out source's results.
 DEMO_FIT := --clf stack --base svm,logreg --harmonize none $(LESION_DATA)
 
-.PHONY: venv test test-fast demo bench-lesions bench-abstain bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv docs test test-fast demo bench-lesions bench-abstain bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ $(VENV)/.installed-ray: $(VENV)/.installed
 
 test: $(VENV)/.installed-ray
 	$(BIN)/python -m pytest
+
+# The docs site (docs/, mkdocs-material), built strictly: a broken link fails.
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The fast tests run on every core (pytest-xdist): each worker builds its own fixtures in its own temporary folders.
 test-fast: $(VENV)/.installed-ray

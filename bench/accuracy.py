@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, REPO, bench_parser, machine, markdown_table, publish
+from common import MODELS, bench_parser, machine, markdown_table, publish
 
 from classifiers.estimators.registry import CLASSIFIERS, STACK  # noqa: E402
 from classifiers.workflows.evaluate import evaluate_model  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> int:
         f"Features: pooling `{args.pooling}`, TTA `{args.tta}` (chosen by grouped CV in "
         "bench/feature_variants.py).", "",
         *lines, "", END])
-    publish(section, "Accuracy", args.out, REPO / "README.md")  # README shows the same table
+    publish(section, "Accuracy", args.out)
     return 0
 
 

@@ -10,7 +10,7 @@ every labeled image of the held-out source (95% patient-bootstrap CIs); the MosM
 model is also scored on COVID-CT's official test split alone. The last columns are the
 both-source model on COVID-CT's official test split and its grouped CV AUC. No choice looks
 at a held-out source's labels.
-Prints a table and writes it into BENCHMARKS.md and README.md (generalization markers).
+Prints a table and writes it into BENCHMARKS.md (generalization markers).
 
     .venv/bin/python bench/generalization.py        # or: make bench-generalization
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import available, ci  # noqa: E402
-from common import REPO, SHARED, bench_parser, publish, table_section
+from common import SHARED, bench_parser, publish, table_section
 
 from classifiers.estimators.registry import STACK  # noqa: E402
 from classifiers.records.metrics import bootstrap_metrics  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> int:
         "only\": the model trained on MosMed alone, scored on COVID-CT's official test split; \"mosmed alone\": "
         "that model's patient-grouped CV AUC on MosMed. The last columns: "
         "the model fitted on both sources, on COVID-CT's official test split, and its grouped CV AUC."), header, rows)
-    publish(section, "Generalization across sources (leave one source out)", args.out, REPO / "README.md")
+    publish(section, "Generalization across sources (leave one source out)", args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np  # noqa: E402
 from accuracy import ci, offline_weights_and_data  # noqa: E402
-from common import REPO, SHARED, bench_parser, machine, markdown_table, publish
+from common import SHARED, bench_parser, machine, markdown_table, publish
 
 from classifiers.estimators.registry import STACK, get_classifier  # noqa: E402
 from classifiers.records.metrics import bootstrap_metrics  # noqa: E402
@@ -151,7 +151,7 @@ def main() -> int:
              "framing, text, arrows, body, bed) reveals the label.",
              "", END]
     section = "\n".join(lines)
-    publish(section, "Lung-field crop (--crop lungs)", args.out, REPO / "README.md")  # README shows the same table
+    publish(section, "Lung-field crop (--crop lungs)", args.out)
     return 0
 
 

@@ -10,7 +10,7 @@ at the 99% quantile of out-of-fold training scores) is fitted on the training pa
 - the other source, when the detector saw one source only;
 - 30 pictures that are not CT slices (photo crops, radiograph-like drawings, noise; made by
   tests/helpers.py:non_ct_pictures); target all.
-Writes the table into BENCHMARKS.md and README.md (ood markers).
+Writes the table into BENCHMARKS.md (ood markers).
 
     .venv/bin/python bench/ood.py        # or: make bench-ood
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import available  # noqa: E402
-from common import REPO, SHARED, bench_parser, publish, table_section
+from common import SHARED, bench_parser, publish, table_section
 
 from classifiers.estimators.ood import NearestNeighborOOD  # noqa: E402
 from classifiers.workflows.model import extract_features  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> int:
         "Non-CT pictures: 30 made by "
         "`tests/helpers.py:non_ct_pictures` (photo crops, radiograph-like drawings, noise). "
         "Features: multiscale pooling + flip TTA."), header, rows)
-    publish(section, "Out-of-distribution flag", args.out, REPO / "README.md")
+    publish(section, "Out-of-distribution flag", args.out)
     return 0
 
 

@@ -8,7 +8,7 @@ is fitted on the other source (as `evaluate --cv-by source`), then `calibrate` i
 on k labeled patients of the held-out source (random patients, both classes at least twice;
 several draws) and scored on the rest of that source: AUC, sensitivity and specificity at the
 recalibrated threshold. k = 0: the model as trained, scored on the same rest.
-Writes the table into BENCHMARKS.md and README.md (recalibration markers).
+Writes the table into BENCHMARKS.md (recalibration markers).
 
     .venv/bin/python bench/recalibration.py        # or: make bench-recalibration
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import available  # noqa: E402
-from common import REPO, SHARED, bench_parser, publish, table_section
+from common import SHARED, bench_parser, publish, table_section
 from sklearn.metrics import roc_auc_score
 
 from classifiers.estimators.recalibration import recalibrate  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> int:
         "(sigmoid calibration around the frozen model, threshold at the sample's COVID share) on k labeled "
         f"patients of the held-out source, {args.draws} random draws per k; scored on the rest of that source. "
         "Median over draws and the range."), header, rows)
-    publish(section, "Site recalibration with few labels", args.out, REPO / "README.md")
+    publish(section, "Site recalibration with few labels", args.out)
     return 0
 
 
