@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import MODELS, REPO, SHARED, bench_parser, markdown_table, publish, table_section
+from common import MODELS, REPO, SHARED, bench_parser, publish, table_section
 
 from classifiers.estimators.lesion_head import LesionHead  # noqa: E402
 from classifiers.records.metrics import bootstrap_metrics  # noqa: E402
@@ -157,6 +157,8 @@ def main() -> int:
     extra_dense = dense_pass(extractor, list(extra.slices), settings.cells_per_slice, rng)[0] if extra else {}
     patients = list(dict.fromkeys(s.patient for s in data.slices))
     scores, lopo_rows, lung_rows2, severity_rows = [], [], [], []
+    all_counts, all_lesion, percent_gaps, zone_tally = np.zeros(6), 0, [], np.zeros(3)
+    scores_before: list = []
     for patient in patients:
         lung_train = [s for s in data.slices if s.patient != patient]
         lung_head = LesionHead(("logreg",), 3, settings.seed).fit(
@@ -189,6 +191,8 @@ def main() -> int:
             expert_areas.append(SliceAreas(*(float((sides == k).mean()) for k in (1, 2)),
                                            *(float((lesion & (sides == k)).mean()) for k in (1, 2))))
         n_lesion = sum(int((slice_masks(s, dense[s.path][2].shape).infection).sum()) for s in held)
+        all_counts += counts
+        all_lesion += n_lesion
         lung_rows2.append((patient, str(len(held)), f3(2 * counts[0] / counts[2]), f3(2 * counts[1] / counts[3]),
                            f"{100 * counts[4] / max(n_lesion, 1):.0f}%", f"{100 * counts[5] / max(n_lesion, 1):.0f}%",
                            f3(agreement(before)["pixel_dice"]), f3(agreement(mine)["pixel_dice"])))
@@ -197,16 +201,26 @@ def main() -> int:
         same = sum(ours.scores[z] == theirs.scores[z] for z in ours.scores if theirs.scores[z] is not None)
         within = sum(abs((ours.scores[z] or 0) - theirs.scores[z]) <= 1 for z in ours.scores if theirs.scores[z] is not None)
         n_zones = sum(theirs.scores[z] is not None for z in ours.scores)
+        percent_gaps.append(abs(ours.opacity_percent - theirs.opacity_percent))
+        zone_tally += (same, within, n_zones)
         severity_rows.append((patient, f"{ours.opacity_percent:.1f}%", f"{theirs.opacity_percent:.1f}%",
                               str(ours.severity_score), str(theirs.severity_score), f"{same} of {n_zones}",
                               f"{within} of {n_zones}"))
         print(" | ".join(severity_rows[-1]), flush=True)
         scores += mine
+        scores_before += before
         m = agreement(mine)
         lopo_rows.append((patient, str(len(held)), str(m["n_infected"]), f3(m["pixel_dice"]), f3(m["slice_auc"]),
                           f3(m["slice_auc_lung_share_only"]), f3(m["spearman_fraction"]), head.choice_,
                           f"{head.threshold_:.2f}"))
         print(" | ".join(lopo_rows[-1]), flush=True)
+    pooled_before, pooled_after = agreement(scores_before), agreement(scores)
+    lung_rows2.append(("pooled", str(len(scores)), f3(2 * all_counts[0] / all_counts[2]),
+                       f3(2 * all_counts[1] / all_counts[3]), f"{100 * all_counts[4] / max(all_lesion, 1):.0f}%",
+                       f"{100 * all_counts[5] / max(all_lesion, 1):.0f}%", f3(pooled_before["pixel_dice"]),
+                       f3(pooled_after["pixel_dice"])))
+    severity_rows.append(("all volumes", f"median gap {np.median(percent_gaps):.1f} points", "", "", "",
+                          f"{zone_tally[0] / zone_tally[2]:.0%}", f"{zone_tally[1] / zone_tally[2]:.0%}"))
     sections.append(("lungs-lopo", "Lungs: leave one patient out",
                      "lesion-slices, each patient held out in turn: the classical lung mask (before) and the learned "
                      "lungs (after: the lung head trained on the other five patients' lung masks, joined by the "
@@ -303,15 +317,6 @@ def main() -> int:
     for marker, heading, text, header, rows in sections:
         section = table_section(marker, "lesions.py", "bench-lesions", text, header, rows)
         publish(section, heading, args.out)
-    headline = "\n".join(["<!-- lesions-headline:start -->", "",
-                          *markdown_table(("held-out patient", "slices", "infected", "pixel Dice", "slice AUC",
-                                           "lung share only AUC", "Spearman", "head chosen", "threshold"), lopo_rows[-1:]),
-                          "", *(markdown_table(("study", "slices in the lungs", "lesion burden", "within-study slice AUC",
-                                                "lung share only", "infected slices"), study_rows) if study_rows else []),
-                          "", *(markdown_table(("configuration", "held out: covid-ct AUC", "held out: mosmed-slices AUC",
-                                                "COVID-CT test split AUC"), image_rows) if image_rows else []),
-                          "", "<!-- lesions-headline:end -->"])
-    publish(headline, "Lesions: headline", args.out)
     return 0
 
 
