@@ -32,7 +32,7 @@ FEATURES := --pooling multiscale --tta flip
 # (training data only), never by a held-out source's results.
 DEMO_FIT := --clf stack --base svm,logreg --harmonize none $(LESION_DATA)
 
-.PHONY: venv docs test test-fast demo bench-lesions bench-abstain bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput clean
+.PHONY: venv docs test test-fast demo bench-lesions bench-abstain bench-generalization bench-ood bench-recalibration bench-adaptation bench-cache-scale bench-scaleout bench-studies bench-serve-load bench-accuracy bench-variants bench-crop bench-pipeline bench-throughput bench-cold-start clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -140,6 +140,9 @@ bench-crop: venv
 
 bench-pipeline: venv
 	$(BIN)/python bench/pipeline.py
+
+bench-cold-start: venv
+	$(BIN)/python bench/cold_start.py
 
 bench-throughput: venv
 	$(BIN)/python bench/throughput.py

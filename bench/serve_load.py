@@ -2,7 +2,11 @@
 """A bounded load test of `serve` on loopback: 20 clients x 10 requests, one slice each.
 
 Half the requests send slices whose features are cached (COVID-CT images), half send new
-ones (COVID-CT images with one pixel changed: new bytes, new key, a CNN run). The server is
+ones (COVID-CT images with one pixel changed: new bytes, new key, a CNN run); then a second
+load of new slices only, whose rate is set beside extract's rate for new slices of the same
+network and the runtime's raw forward rate, all measured in this run. Each response's
+Server-Timing header says where its time went (save, queue, cnn, score, pictures); the rest
+of the client's latency is HTTP, multipart parsing and JSON. The server is
 `cli.py serve` in its own process with one MobileNetV2 logistic-regression model (both sources,
 multiscale + flip; fitted here from the cached features when bench/out/models has none) and a
 fresh feature cache; the clients are threads of this process
@@ -71,6 +75,42 @@ def new_slice(path: Path, i: int) -> bytes:
     return buffer.getvalue()
 
 
+def stages_of(response) -> dict[str, float]:
+    """The Server-Timing header's stages, in seconds."""
+    header = response.headers.get("server-timing", "")
+    return {k: float(v) / 1000 for k, v in (part.split(";dur=") for part in header.split(", ") if ";dur=" in part)}
+
+
+def offline_rates(features_root: str, images: list[Path], n: int) -> tuple[float, float]:
+    """extract's rate for n new slices (fresh caches, decoding included) of the served model's networks,
+    and the runtime's raw forward rate (preprocessed batches of 32), in slices/s."""
+    from classifiers.workflows.model import load_model
+    from feature_extractor.imaging.dataset import Record, with_keys
+    from feature_extractor.run_context import RunContext
+
+    folder = Path(tempfile.mkdtemp(dir=features_root))
+    for i in range(n):
+        (folder / f"x{i}.png").write_bytes(new_slice(images[i % len(images)], 100_000 + i))
+    model = load_model(MODEL, RunContext(Path(tempfile.mkdtemp(dir=features_root)), offline=True, batch_size=32))
+    records = with_keys([Record(str(p)) for p in sorted(folder.glob("*.png"))])
+    model.features(records[:32])  # the runtime's session started, as in the warm server
+    start = time.perf_counter()
+    model.features(records[32:])
+    extract_rate = (len(records) - 32) / (time.perf_counter() - start)
+    forward_rates = []
+    for ex in model.extractors:
+        run = ex.forward()
+        x = ex.preprocess(np.zeros((32, *ex.spec.input_size, 3), np.uint8))
+        run(x)
+        start = time.perf_counter()
+        for _ in range(5):
+            run(x)
+            if ex.spec.tta == "flip":
+                run(x[:, :, ::-1, :].copy())
+        forward_rates.append(5 * 32 / (time.perf_counter() - start))
+    return extract_rate, 1 / sum(1 / r for r in forward_rates)
+
+
 def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--clients", type=int, default=20)
@@ -111,15 +151,21 @@ def main() -> int:
     n = args.clients * args.requests
     fresh = [new_slice(images[i % len(images)], i) for i in range(n // 2)]
 
-    def one(i: int):
-        data = cached[i % len(cached)] if i % 2 == 0 else fresh[i // 2]
+    only_new = [new_slice(images[i % len(images)], 50_000 + i) for i in range(n)]
+
+    def one(i: int, data: bytes | None = None):
+        is_cached = data is None and i % 2 == 0
+        if data is None:
+            data = cached[i % len(cached)] if is_cached else fresh[i // 2]
         start = time.perf_counter()
+        stages = {}
         try:
             response = httpx.post(url, files=[("files", (f"s{i}.png", data, "image/png"))], timeout=600)
             ok = response.status_code == 200 and response.json()["images"][0]["error"] is None
+            stages = stages_of(response)
         except httpx.HTTPError:
             ok = False
-        return i % 2 == 0, time.perf_counter() - start, ok
+        return is_cached, time.perf_counter() - start, ok, stages
 
     sampler.start()
     start = time.perf_counter()
@@ -128,15 +174,34 @@ def main() -> int:
     wall = time.perf_counter() - start
     stop.set()
     sampler.join()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        new_only = list(pool.map(lambda i: one(i, only_new[i]), range(n)))
+    new_wall = time.perf_counter() - start
     server.terminate()
     server.wait(timeout=60)
+    extract_rate, forward_rate = offline_rates(str(REPO / "bench" / "out"), images, 4 * 32 + 32)
 
     rows = []
     for name, keep in (("cached slices", True), ("new slices", False), ("all", None)):
-        latency = np.array([t for c, t, _ in results if keep is None or c == keep])
-        errors = sum(1 for c, _, ok in results if (keep is None or c == keep) and not ok)
+        latency = np.array([t for c, t, _, _ in results if keep is None or c == keep])
+        errors = sum(1 for c, _, ok, _ in results if (keep is None or c == keep) and not ok)
         rows.append((name, str(len(latency)), f"{np.median(latency):.2f}", f"{np.percentile(latency, 95):.2f}",
                      str(errors)))
+    latency = np.array([t for _, t, _, _ in new_only])
+    rows.append((f"new slices only (second load): {n / new_wall:.1f} slices/s", str(n), f"{np.median(latency):.2f}",
+                 f"{np.percentile(latency, 95):.2f}", str(sum(1 for *_, ok, _ in new_only if not ok))))
+    profile = []
+    for name, part in (("cached slices (first load)", [r for r in results if r[0]]),
+                       ("new slices (first load)", [r for r in results if not r[0]]),
+                       ("new slices only (second load)", new_only)):
+        per = {k: np.array([r[3].get(k, 0.0) for r in part]) for k in ("save", "queue", "cnn", "score", "pictures")}
+        client = np.array([r[1] for r in part])
+        total = np.array([r[3].get("total", 0.0) for r in part])
+        per["HTTP, multipart, JSON"] = client - total
+        mean = client.mean()
+        profile.append((name, f"{1000 * mean:.0f}", *(f"{1000 * v.mean():.0f} ({v.mean() / mean:.0%})"
+                                                      for v in per.values())))
     rss = [m for _, m in memory]
     third = len(rss) // 3
     text = (f"{args.clients} clients x {args.requests} requests of one PNG slice each on loopback (`cli.py serve` "
@@ -150,6 +215,19 @@ def main() -> int:
     section = table_section("serve-load", "serve_load.py", "bench-serve-load", text,
                             ("requests", "n", "p50 latency s", "p95 latency s", "errors"), rows)
     publish(section, "Web service under load", args.out)
+    served = n / new_wall
+    text = (f"Where a request's time goes, from each response's Server-Timing header (mean ms per request, share "
+            f"of the client's latency): save (upload to disk), queue (waiting for a CNN batch), cnn (the batch's "
+            f"decoding and forward passes, shared by its requests), score (features from the cache, "
+            f"out-of-distribution check, source test, answer), pictures (thumbnail and maps for the page); the rest "
+            f"is HTTP, multipart parsing and JSON. Same run: served new slices {served:.1f}/s; extract's rate for "
+            f"new slices of the same network (decoding included, fresh caches, in-process) {extract_rate:.1f}/s; the "
+            f"runtime's raw forward rate (preprocessed batches of 32, flip TTA included) {forward_rate:.1f}/s. "
+            f"Served / extract = {served / extract_rate:.2f}; served / raw forward = {served / forward_rate:.2f}. "
+            "Target: served >= 0.50 of extract's rate.")
+    publish(table_section("serve-profile", "serve_load.py", "bench-serve-load", text,
+                          ("requests", "latency ms", "save", "queue", "cnn", "score", "pictures",
+                           "HTTP, multipart, JSON"), profile), "Web service: where a request's time goes", args.out)
     return 0
 
 

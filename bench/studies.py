@@ -146,10 +146,7 @@ def cost_table(args) -> str:
     rows = []
 
     def fresh_folder(warm: Path) -> Path:
-        folder = Path(tempfile.mkdtemp(dir=out))
-        if (warm / "runtime-models").exists():  # the runtime's model files, exported once per machine
-            shutil.copytree(warm / "runtime-models", folder / "runtime-models")
-        return folder
+        return Path(tempfile.mkdtemp(dir=out))  # the runtime's model files live in the user's cache
 
     def in_process(folder: Path, runtime: str, lesions: bool) -> tuple[float, int]:
         model = load_model(model_path, RunContext(folder, offline=True, runtime=runtime, weights_overrides=()))

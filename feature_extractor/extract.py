@@ -222,8 +222,7 @@ class FeatureExtractor:
             from .runtimes.inference import forward
 
             # The keras model only when the runtime's file must be exported: a cached export runs alone.
-            self._forward = forward(self.context.runtime, lambda: self.model, self.resolved_spec.identity(),
-                                    self.context.features_dir)
+            self._forward = forward(self.context.runtime, lambda: self.model, self.resolved_spec.identity())
         return self._forward
 
     def _run(self, todo: list[Record], cache: FeatureCache, progress, report: ExtractionReport

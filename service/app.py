@@ -10,9 +10,10 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 from importlib import resources
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,6 +28,11 @@ from .uploads import UploadRejected
 log = logging.getLogger(__name__)
 API = "/api/v1"
 RESEARCH_ONLY = "Research use only: not a diagnostic device."
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """The W3C Server-Timing header of a request's stages (seconds in, milliseconds out)."""
+    return ", ".join(f"{stage};dur={1000 * seconds:.1f}" for stage, seconds in timings.items())
 
 
 def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
@@ -97,9 +103,17 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
         return fields_listing()
 
     @app.post(f"{API}/predict", dependencies=[Depends(authorized)], response_model=PredictResponse)
-    def predict(files: list[UploadFile] = File(..., description="PNG/JPEG/DICOM slices, or zips of DICOM studies"),
+    def predict(response: Response,
+                files: list[UploadFile] = File(..., description="PNG/JPEG/DICOM slices, or zips of DICOM studies"),
                 heatmaps: bool = Form(False, description="a heatmap per slice (top 3 per study); slower")) -> dict:
-        """Per slice: the same fields as predictions.csv; per zipped study: those of studies.csv."""
-        return service.predict(files, heatmaps)
+        """Per slice: the same fields as predictions.csv; per zipped study: those of studies.csv. The
+        Server-Timing header says where the request's time went (save, queue, cnn, score, pictures,
+        studies, total; milliseconds)."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        answer = service.predict(files, heatmaps, timings)
+        timings["total"] = time.perf_counter() - start
+        response.headers["Server-Timing"] = server_timing(timings)
+        return answer
 
     return app

@@ -35,18 +35,26 @@ class DynamicBatcher(Generic[T, R]):
         self._thread = threading.Thread(target=self._loop, name="cnn-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, items: Sequence[T]) -> list[R]:
-        """Run ``items`` in the next batch; returns their results (raises the batch's exception)."""
+    def submit(self, items: Sequence[T], timings: dict[str, float] | None = None) -> list[R]:
+        """Run ``items`` in the next batch; returns their results (raises the batch's exception).
+        ``timings`` gets the seconds spent waiting for the batch (``queue``) and in its call (``cnn``)."""
         items = list(items)
         if not items:
             return []
+        submitted = time.perf_counter()
         future: Future = Future()
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
             self._queue.append((items, future))
             self._cond.notify()
-        return future.result()
+        try:
+            return future.result()
+        finally:
+            if timings is not None and getattr(future, "call", None):
+                began, ended = future.call
+                timings["queue"] = timings.get("queue", 0.0) + began - submitted
+                timings["cnn"] = timings.get("cnn", 0.0) + ended - began
 
     def close(self) -> None:
         with self._cond:
@@ -81,6 +89,7 @@ class DynamicBatcher(Generic[T, R]):
             if not taken:
                 return
             flat = [item for items, _ in taken for item in items]
+            began = time.perf_counter()
             try:
                 with self.lock:
                     results = list(self.run(flat))
@@ -90,8 +99,10 @@ class DynamicBatcher(Generic[T, R]):
                 for _, future in taken:
                     future.set_exception(exc)
                 continue
+            ended = time.perf_counter()
             self.batches.append(len(flat))
             start = 0
             for items, future in taken:
+                future.call = (began, ended)  # when the call that served it ran (the request's timings)
                 future.set_result(results[start:start + len(items)])
                 start += len(items)

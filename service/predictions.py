@@ -13,9 +13,12 @@ scores, so it scores everything in the batcher's thread.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 from classifiers.records import prediction_record as record
 from classifiers.records.study_results import StudySlice
@@ -33,6 +36,17 @@ from .uploads import CHUNK, UploadRejected, extract_zip, private_folder, safe_na
 
 ZIP_MAGIC = b"PK\x03\x04"
 SERVICE_DECODE_BYTES = 64 * 2**20  # decoded uploads kept for the backbones of the same request
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+    """Add the block's seconds to ``timings[stage]`` (the response's Server-Timing header)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 class PredictionService:
@@ -85,16 +99,19 @@ class PredictionService:
         }
 
     # -- a request ------------------------------------------------------------------------
-    def predict(self, files, heatmaps: bool) -> dict:
+    def predict(self, files, heatmaps: bool, timings: dict[str, float] | None = None) -> dict:
+        """The response of one request; ``timings`` gets the seconds of each stage (save, queue, cnn,
+        score, pictures, studies)."""
         settings = self.settings
         if len(files) > settings.max_files:
             raise UploadRejected(413, f"too many files: {len(files)} in one request, at most {settings.max_files}")
         with private_folder() as folder:
-            slices, studies = self._save(files, folder)
+            with timed(timings, "save"):
+                slices, studies = self._save(files, folder)
             redact = Redactor() if settings.keep_identifiers else redactor_for([str(p) for _, p in slices])
             try:
-                images = self._slices(slices, redact, heatmaps)
-                with self.lock:
+                images = self._slices(slices, redact, heatmaps, timings)
+                with timed(timings, "studies"), self.lock:
                     found = [self._study(name, path, heatmaps) for name, path in studies]
                 return {"model": self.model.path.name, "threshold": self.model.threshold,
                         "error_rate": self.model.error_rate, "research_use_only": True,
@@ -142,24 +159,28 @@ class PredictionService:
         return slice_panels(self.model, path, side=256, explainer=self._explainer_for() if heatmap else None,
                             site=site, key=key, cnn=self.lock).pictures()
 
-    def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool) -> list[dict]:
+    def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool,
+                timings: dict[str, float] | None = None) -> list[dict]:
         if not slices:
             return []
         # The request's slices are one set for the source test: its own "source", whatever batch they join.
         request = f"upload-{uuid.uuid4().hex[:12]}"
         records = with_keys([Record(str(p), source=request) for _, p in slices])
         if self.model.harmonizer.active:
-            rows = dict(zip([r.path for r in records], self.batcher.submit(records)))
+            rows = dict(zip([r.path for r in records], self.batcher.submit(records, timings)))
         else:  # new slices through the CNN's batcher; then the whole request scored here, from the caches
-            new = [r for r in records if not r.error and not self._cached(r)]
-            self.batcher.submit(new)
-            rows = {row.path: row for row in predict_records(self.model, records).rows}
+            with timed(timings, "score"):
+                new = [r for r in records if not r.error and not self._cached(r)]
+            self.batcher.submit(new, timings)
+            with timed(timings, "score"):
+                rows = {row.path: row for row in predict_records(self.model, records).rows}
         out = []
         for (name, _), r in zip(slices, records):
             row = rows[r.path]
             item = {"name": redact(name), **record.SLICE.as_json(row)}
             if row.error is None:
-                item.update(self._pictures(row.path, row.site, heatmaps, r.key))
+                with timed(timings, "pictures"):
+                    item.update(self._pictures(row.path, row.site, heatmaps, r.key))
             out.append(item)
         return out
 

@@ -20,6 +20,7 @@ def _isolated_env(monkeypatch, tmp_path):
     """No test downloads weights or reads the user's keras cache or data."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv("COVIDCT_OFFLINE", "1")
+    monkeypatch.setenv("COVIDCT_CACHE", str(tmp_path / "user_cache"))  # never the user's own cache
     # Keras itself runs the CNNs of the tests: exporting every small test model to ONNX would cost
     # seconds each; tests/test_runtimes.py checks the runtimes against it.
     monkeypatch.setenv("COVIDCT_RUNTIME", "tensorflow")

@@ -34,7 +34,8 @@ def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
     other = FeatureExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime))
     if grid is None:
         np.testing.assert_allclose(other.features_of(images), reference, atol=1e-4)
-        assert list((tmp_path / "rt" / "runtime-models").glob("*.onnx"))  # exported once, cached by content
+        assert list((tmp_path / "user_cache" / "runtime-models").glob("*.onnx"))  # exported once, cached by content
+        assert not (tmp_path / "rt" / "runtime-models").exists()  # never into a features folder
     else:
         from feature_extractor.dense.hypercolumns import HypercolumnExtractor
 
@@ -75,6 +76,24 @@ def test_a_cached_export_runs_without_building_the_keras_model(tmp_path):
     exporting = FeatureExtractor(spec, RunContext(tmp_path / "f", runtime="onnxruntime"))
     expected = exporting.forward()(x)
     assert exporting._model is not None  # exported: built once
-    cached = FeatureExtractor(spec, RunContext(tmp_path / "f", runtime="onnxruntime"))
+    # Another features folder: the export is the user's, made once per machine.
+    cached = FeatureExtractor(spec, RunContext(tmp_path / "other-features", runtime="onnxruntime"))
     np.testing.assert_array_equal(cached.forward()(x), expected)
     assert cached._model is None  # the cached file ran alone
+
+
+def test_the_runtime_cache_follows_the_environment_and_fails_in_one_line(tmp_path, monkeypatch):
+    from feature_extractor.errors import SettingsError
+    from feature_extractor.runtimes.inference import runtime_models_dir, user_cache_dir
+
+    assert runtime_models_dir() == tmp_path / "user_cache" / "runtime-models"  # $COVIDCT_CACHE (conftest)
+    monkeypatch.delenv("COVIDCT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert user_cache_dir() == tmp_path / "xdg" / "covidct"  # the platform's cache folder
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("COVIDCT_CACHE", str(blocker))
+    with pytest.raises(SettingsError, match="set COVIDCT_CACHE to a writable folder") as caught:
+        runtime_models_dir()
+    assert "\n" not in str(caught.value)

@@ -204,6 +204,10 @@ def test_new_slices_of_concurrent_requests_share_cnn_batches_and_a_bad_file_fail
         assert images[0]["name"] == f"n{i}.png" and images[0]["p_covid"] is not None and images[0]["error"] is None
         assert len(images) == 1 + i % 2 and all(im["error"] and im["p_covid"] is None for im in images[1:])
     assert max(app.state.service.batcher.batches) > 1  # requests' new slices ran together
+    for r in responses:  # where each request's time went, for the load bench
+        stages = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+        assert {"save", "queue", "cnn", "score", "pictures", "total"} <= set(stages)
+        assert float(stages["total"]) >= float(stages["cnn"]) + float(stages["score"]) > 0
 
 
 def test_a_zipped_study_with_heatmaps_is_answered(open_server, tmp_path):

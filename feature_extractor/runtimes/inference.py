@@ -3,8 +3,10 @@ TensorFlow (keras itself) or OpenVINO.
 
 The keras model (pooled or dense) is exported to ONNX once (keras' own exporter, tf2onnx) and
 the file is cached by content: its name is a hash of the spec's identity (backbone, weights
-SHA-256, input size, pooling, precision, grid) and the exporter's versions, in
-``<features-dir>/runtime-models/``. ONNX Runtime runs that file; OpenVINO compiles it. Features
+SHA-256, input size, pooling, precision, grid) and the exporter's versions, in the user's cache
+(``$COVIDCT_CACHE/runtime-models/``, else the platform's cache folder, e.g.
+``~/.cache/covidct/runtime-models``): exported once per machine, whatever the features folder.
+ONNX Runtime runs that file; OpenVINO compiles it. Features
 match TensorFlow's to 1e-4 (tests/test_runtimes.py, where the runtime is installed); the feature
 cache does not depend on the runtime, as it does not on the Keras backend. Measured on 2 cores
 (BENCHMARKS "CPU runtimes"): ONNX Runtime 1.9-2.2x TensorFlow's speed for the pooled and the
@@ -69,6 +71,32 @@ def runtime_device(name: str) -> str:
 
 _MODELS_DIR = "runtime-models"
 _EXPORT_LOCK = threading.Lock()
+CACHE_ENV = "COVIDCT_CACHE"
+
+
+def user_cache_dir() -> Path:
+    """The tool's per-user cache: ``$COVIDCT_CACHE``, else the platform's cache folder (platformdirs:
+    ``~/.cache/covidct`` on Linux, ``~/Library/Caches/covidct`` on macOS, ``%LOCALAPPDATA%`` on Windows)."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("covidct", appauthor=False))
+
+
+def runtime_models_dir() -> Path:
+    """Where exported runtime model files live (created when missing); one clear error when it
+    cannot be written."""
+    folder = user_cache_dir() / _MODELS_DIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        raise SettingsError(f"cannot use {folder} for the runtime's model files ({exc.strerror or exc}): set "
+                            f"{CACHE_ENV} to a writable folder, or use --runtime tensorflow") from None
+    return folder
 
 
 class RuntimeMissingError(SettingsError):
@@ -94,21 +122,19 @@ def check_runtime(name: str) -> None:
                                       "(or --runtime tensorflow)") from None
 
 
-def exported_onnx(build_model: Callable[[], Any], identity: dict, folder: str | Path) -> Path:
+def exported_onnx(build_model: Callable[[], Any], identity: dict) -> Path:
     """The keras model that ``build_model`` returns as an ONNX file, exported once per identity
-    (cached by content); ``build_model`` is only called when the file is not there yet: a cached
-    export needs no keras model."""
+    into the user's cache (by content); ``build_model`` is only called when the file is not there
+    yet: a cached export needs no keras model."""
     from importlib.metadata import version
 
     # The exporters' versions from their package metadata: importing them would start TensorFlow.
     digest = hashlib.sha256(json.dumps({"model": identity, "keras": version("keras"),
                                         "tf2onnx": version("tf2onnx")}, sort_keys=True).encode()).hexdigest()
-    folder = Path(folder) / _MODELS_DIR
-    path = folder / f"{identity.get('backbone', 'model')}-{digest[:16]}.onnx"
+    path = runtime_models_dir() / f"{identity.get('backbone', 'model')}-{digest[:16]}.onnx"
     with _EXPORT_LOCK:
         if not path.exists():
             model = build_model()
-            folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             shape = (1, *model.input_shape[1:])
             model(np.zeros(shape, np.float32))  # keras exports models that have been called
@@ -132,15 +158,14 @@ def quiet_export() -> Iterator[None]:
         yield
 
 
-def forward(name: str, build_model: Callable[[], Any], identity: dict, folder: str | Path
-            ) -> Callable[[np.ndarray], np.ndarray]:
+def forward(name: str, build_model: Callable[[], Any], identity: dict) -> Callable[[np.ndarray], np.ndarray]:
     """The forward pass (preprocessed float32 batch in, outputs out) on ``name`` of the keras model
     that ``build_model`` returns, called only when it is needed."""
     check_runtime(name)
     if name == TENSORFLOW:
         model = build_model()
         return lambda x: np.asarray(model.predict_on_batch(x))
-    path = exported_onnx(build_model, identity, folder)
+    path = exported_onnx(build_model, identity)
     threads = os.cpu_count() or 1
     if name == ONNXRUNTIME:
         import onnxruntime as ort
