@@ -36,10 +36,10 @@ def fitted(path: Path, features_dir: str, lesions: bool) -> Path:
         return path
     cmd = [sys.executable, str(REPO / "cli.py"), "fit", "--clf", "logreg", "-b", "mobilenetv2", "--weights",
            f"mobilenetv2={MOBILENETV2}", "--pooling", "multiscale", "--tta", "flip", "--data",
-           str(DATA / "covid-ct"), "--features-dir", features_dir, "--model", str(path), "--offline"]
+           str(DATA / "covid-ct"), "--features-dir", features_dir, "--model", str(path)]
     if lesions:
         cmd += ["--lesion-data", str(DATA / "lesion-slices")]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "COVIDCT_OFFLINE": "1"})
     return path
 
 
@@ -65,6 +65,8 @@ def cold_predict(model: Path, image: Path, user_cache: Path) -> tuple[float, flo
 def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--demo-model", type=Path, default=REPO / "models" / "demo.joblib",
+                        help="make demo's model (or one of its configuration, e.g. bench/abstain.py's)")
     args = parser.parse_args()
     if not MOBILENETV2.is_file() or not (DATA / "covid-ct").is_dir():
         print(f"skipped: needs {MOBILENETV2} and {DATA / 'covid-ct'}")
@@ -74,8 +76,8 @@ def main() -> int:
     models = [("MobileNetV2 logistic regression, no lesion head", fitted(out / "cold-logreg.joblib", str(args.features_dir), False)),
               ("MobileNetV2 logistic regression with the lesion head",
                fitted(out / "cold-logreg-lesions.joblib", str(args.features_dir), True))]
-    if (REPO / "models" / "demo.joblib").exists():
-        models.append(("make demo's stack (MobileNetV2 + MobileNet) with the lesion head", REPO / "models" / "demo.joblib"))
+    if args.demo_model.exists():
+        models.append(("make demo's stack (MobileNetV2 + MobileNet) with the lesion head", args.demo_model))
     image = sorted((DATA / "covid-ct" / "CT_COVID").glob("*.png"))[0]
     rows = []
     for name, model in models:
