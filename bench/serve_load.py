@@ -9,8 +9,8 @@ Server-Timing header says where its time went (save, queue, cnn, score, pictures
 of the client's latency is HTTP, multipart parsing and JSON. The server is
 `cli.py serve` in its own process with one MobileNetV2 logistic-regression model (both sources,
 multiscale + flip; fitted here from the cached features when bench/out/models has none) and a
-fresh feature cache; the clients are threads of this process
-with httpx. Latency p50/p95, throughput, errors, and the server's resident memory sampled
+fresh feature cache; the clients are threads of this process, each with its keep-alive httpx
+client (one per request would spend ~20 ms of these cores' CPU on each). Latency p50/p95, throughput, errors, and the server's resident memory sampled
 through the run (start, thirds, peak) go into BENCHMARKS.md (serve-load markers).
 
     .venv/bin/python bench/serve_load.py [--clients 20] [--requests 10]
@@ -153,6 +153,13 @@ def main() -> int:
 
     only_new = [new_slice(images[i % len(images)], 50_000 + i) for i in range(n)]
 
+    clients = threading.local()  # one keep-alive client per client thread, as a real client holds one
+
+    def http() -> httpx.Client:
+        if not hasattr(clients, "http"):
+            clients.http = httpx.Client(timeout=600)  # making one costs ~20 ms of CPU (its SSL context)
+        return clients.http
+
     def one(i: int, data: bytes | None = None):
         is_cached = data is None and i % 2 == 0
         if data is None:
@@ -160,7 +167,7 @@ def main() -> int:
         start = time.perf_counter()
         stages = {}
         try:
-            response = httpx.post(url, files=[("files", (f"s{i}.png", data, "image/png"))], timeout=600)
+            response = http().post(url, files=[("files", (f"s{i}.png", data, "image/png"))])
             ok = response.status_code == 200 and response.json()["images"][0]["error"] is None
             stages = stages_of(response)
         except httpx.HTTPError:
@@ -195,7 +202,7 @@ def main() -> int:
     for name, part in (("cached slices (first load)", [r for r in results if r[0]]),
                        ("new slices (first load)", [r for r in results if not r[0]]),
                        ("new slices only (second load)", new_only)):
-        per = {k: np.array([r[3].get(k, 0.0) for r in part]) for k in ("save", "queue", "cnn", "score", "pictures")}
+        per = {k: np.array([r[3].get(k, 0.0) for r in part]) for k in ("save", "decode", "queue", "cnn", "score", "pictures")}
         client = np.array([r[1] for r in part])
         total = np.array([r[3].get("total", 0.0) for r in part])
         per["HTTP, multipart, JSON"] = client - total
@@ -217,8 +224,9 @@ def main() -> int:
     publish(section, "Web service under load", args.out)
     served = n / new_wall
     text = (f"Where a request's time goes, from each response's Server-Timing header (mean ms per request, share "
-            f"of the client's latency): save (upload to disk), queue (waiting for a CNN batch), cnn (the batch's "
-            f"decoding and forward passes, shared by its requests), score (features from the cache, "
+            f"of the client's latency): save (upload to disk), decode (new uploads decoded in the request's "
+            f"thread while the CNN runs another batch), queue (waiting for a CNN batch), cnn (the batch: resizing, "
+            f"forward passes and, for a request of new slices only, its scoring; shared by its requests), score (features from the cache, "
             f"out-of-distribution check, source test, answer), pictures (thumbnail and maps for the page); the rest "
             f"is HTTP, multipart parsing and JSON. Same run: served new slices {served:.1f}/s; extract's rate for "
             f"new slices of the same network (decoding included, fresh caches, in-process) {extract_rate:.1f}/s; the "
@@ -226,7 +234,7 @@ def main() -> int:
             f"Served / extract = {served / extract_rate:.2f}; served / raw forward = {served / forward_rate:.2f}. "
             "Target: served >= 0.50 of extract's rate.")
     publish(table_section("serve-profile", "serve_load.py", "bench-serve-load", text,
-                          ("requests", "latency ms", "save", "queue", "cnn", "score", "pictures",
+                          ("requests", "latency ms", "save", "decode", "queue", "cnn", "score", "pictures",
                            "HTTP, multipart, JSON"), profile), "Web service: where a request's time goes", args.out)
     return 0
 

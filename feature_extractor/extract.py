@@ -92,6 +92,8 @@ class FeatureExtractor:
         self._model = None
         self._weights: ResolvedWeights | None = None
         self._forward = None
+        self._cache: FeatureCache | None = None  # found once: a service opens it for every request
+        self._compaction_checked = False
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -144,14 +146,18 @@ class FeatureExtractor:
         return int(self.model.output_shape[-1])
 
     def open_cache(self) -> FeatureCache:
+        if self._cache is not None and self._cache.path.exists():
+            return self._cache
         spec = self.resolved_spec
         existing = find_cache(self.context.features_dir, spec)
         if existing is not None:  # no model needed to know its width
+            self._cache = existing
             return existing
         provenance = {"command": command_line()}
         if spec.weights.source == NONE:
             provenance["warning"] = NONE_WARNING
-        return FeatureCache.create(self.context.features_dir, spec, self.feature_dim, provenance)
+        self._cache = FeatureCache.create(self.context.features_dir, spec, self.feature_dim, provenance)
+        return self._cache
 
     def extract(self, records: Sequence[Record]) -> ExtractionReport:
         """Make sure every readable record has features in the cache."""
@@ -162,7 +168,8 @@ class FeatureExtractor:
         todo, report.n_cached = _split_cached(records, cache)
         n_unreadable = sum(1 for r in records if r.error)
         with self.context.progress(f"{self.spec.backbone:<14}", len(records)) as progress:
-            if todo or cache.needs_compaction():
+            # Nothing new: small segments left by a killed writer are merged on the first call only.
+            if todo or (not self._compaction_checked and cache.needs_compaction()):
                 with cache.lock():  # one writer per cache; a second extract waits here
                     todo, report.n_cached = _split_cached(records, cache)
                     progress(report.n_cached + n_unreadable)
@@ -175,6 +182,7 @@ class FeatureExtractor:
                     cache.compact()  # this run's small segments into one; bounded, never the whole cache
             else:
                 progress(report.n_cached + n_unreadable)
+        self._compaction_checked = True
         report.failed = {r.path: r.error for r in report.records if r.error}
         report.seconds = time.perf_counter() - start
         return report

@@ -107,7 +107,7 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
                 files: list[UploadFile] = File(..., description="PNG/JPEG/DICOM slices, or zips of DICOM studies"),
                 heatmaps: bool = Form(False, description="a heatmap per slice (top 3 per study); slower")) -> dict:
         """Per slice: the same fields as predictions.csv; per zipped study: those of studies.csv. The
-        Server-Timing header says where the request's time went (save, queue, cnn, score, pictures,
+        Server-Timing header says where the request's time went (save, decode, queue, cnn, score, pictures,
         studies, total; milliseconds)."""
         timings: dict[str, float] = {}
         start = time.perf_counter()

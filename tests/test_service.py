@@ -206,7 +206,7 @@ def test_new_slices_of_concurrent_requests_share_cnn_batches_and_a_bad_file_fail
     assert max(app.state.service.batcher.batches) > 1  # requests' new slices ran together
     for r in responses:  # where each request's time went, for the load bench
         stages = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
-        assert {"save", "queue", "cnn", "score", "pictures", "total"} <= set(stages)
+        assert {"save", "decode", "queue", "cnn", "score", "pictures", "total"} <= set(stages)
         assert float(stages["total"]) >= float(stages["cnn"]) + float(stages["score"]) > 0
 
 

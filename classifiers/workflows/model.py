@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport, FeatureExtractor
 from feature_extractor.imaging.dataset import Record
@@ -65,7 +64,7 @@ def extract_features(extractors: Sequence[FeatureExtractor], records: Sequence[R
         records = report.records  # keys filled in once
         for path, reason in report.failed.items():
             errors.setdefault(path, reason)
-        caches.append(FeatureCache(report.cache_path))
+        caches.append(extractor.open_cache())  # the object extract used: its attributes read once
     good = [r for r in records if r.path not in errors]
     X = feature_matrix(good, caches) if good else np.zeros((0, 0), np.float32)
     return ModelFeatures(records, errors, good, X, reports)

@@ -140,8 +140,8 @@ class FeatureCache:
         attrs = self.attrs
         return FeatureSpec.from_record(attrs, int(attrs.get("format_version", 1)))
 
-    @property
-    def feature_dim(self) -> int:
+    @cached_property
+    def feature_dim(self) -> int:  # fixed when the file is made: read once (a request reads it twice)
         return int(self.attrs["feature_dim"])
 
     def _indexed(self, query: Callable[[KeyIndex], T]) -> T:
