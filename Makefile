@@ -48,8 +48,14 @@ $(VENV)/.installed-ray: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[test,ray,serve]"
 	touch $@
 
+# The suite runs on every core (pytest-xdist), a test module per worker (its module fixtures built
+# once), each worker single-threaded: workers already fill the cores, and TensorFlow's and BLAS's own
+# threads on top of them cost a quarter of the time in contention.
+ONE_THREAD = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
+PYTEST = $(ONE_THREAD) $(BIN)/python -m pytest -n auto --dist loadscope
+
 test: $(VENV)/.installed-ray
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # The docs site (docs/, mkdocs-material), built strictly: a broken link fails.
 $(VENV)/.installed-docs: $(VENV)/.installed
@@ -59,9 +65,9 @@ $(VENV)/.installed-docs: $(VENV)/.installed
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# The fast tests run on every core (pytest-xdist): each worker builds its own fixtures in its own temporary folders.
+# Each worker builds its own session fixtures in its own temporary folders.
 test-fast: $(VENV)/.installed-ray
-	$(BIN)/python -m pytest -m "not slow" -n auto
+	$(PYTEST) -m "not slow"
 
 demo: venv
 	@echo "== data: $(DATA) $(SECOND_SOURCE)"
