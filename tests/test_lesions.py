@@ -165,6 +165,9 @@ def test_the_finding_is_given_where_the_covid_answer_is_not_assessable(lesion_mo
     rows = list(csv.DictReader(open(out)))
     assert {r["answer"] for r in rows} == {"not assessable"} and "unlike every source" in rows[0]["answer_note"]
     assert all(r["finding"] in ("opacities", "clear", "uncertain") for r in rows)
+    counts = {f: sum(r["finding"] == f for r in rows) for f in ("opacities", "clear", "uncertain")}
+    assert (f"lesion finding: {counts['opacities']} opacities, {counts['clear']} clear, "
+            f"{counts['uncertain']} uncertain, 0 not assessable") in result.output  # the summary says it too
     finding = json.loads(model.with_suffix(".json").read_text())["answers"]["finding"]
     assert finding["n_slices"] == 18 and finding["n_infected"] == 9 and len(finding["oof"]) == 18
 

@@ -114,6 +114,12 @@ def answer_counts(rows, error_rate: float | None) -> str:
     return ", ".join(f"{answered.count(a)} {a}" for a in ANSWERS) + f" (error rate {error_rate:g})"
 
 
+def finding_counts(rows) -> str | None:
+    """'2 opacities, 0 clear, 1 uncertain, 0 not assessable' for rows with a lesion finding (None: none has)."""
+    found = [r.finding for r in rows if getattr(r, "finding", None)]
+    return ", ".join(f"{found.count(f)} {f}" for f in FINDINGS) if found else None
+
+
 # One image's prediction: SLICE's stored fields, and what the model uses but does not report:
 # ``site`` (whose feature statistics standardized it, harmonized models) and ``lesion`` (its
 # LesionSummary, models with a lesion head).

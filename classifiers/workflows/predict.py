@@ -55,6 +55,8 @@ class PredictionReport:
                      f"{self.n_failed} could not be read (model {self.model_path})")
         lines.append(f"  P(COVID) >= threshold {self.threshold:.3f} (the label column): {self.n_covid} COVID, "
                      f"{n_ok - self.n_covid} NonCOVID")
+        if findings := record.finding_counts(self.rows):  # the lesion head's: it transfers to a new hospital
+            lines.append(f"  lesion finding: {findings}")
         lines += [f"site {site}: {note}" for site, note in self.site_notes.items()]
         if any(r.ood_score is not None for r in self.rows):
             lines.append(f"{self.n_out_of_distribution} of {n_ok} images look unlike the model's training "

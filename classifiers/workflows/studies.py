@@ -62,6 +62,8 @@ class StudyPredictionReport:
                  f"{self.aggregation} of slice probabilities)",
                  f"  P(COVID) >= threshold {self.threshold:.3f} (the label column): {n_covid} COVID, "
                  f"{n_scored - n_covid} NonCOVID"]
+        if findings := record.finding_counts(self.results):  # the lesion head's: it transfers to a new hospital
+            lines.append(f"  lesion finding: {findings}")
         for result in self.results:
             for warning in result.study.warnings:
                 lines.append(f"  warning: {result.study.name}: {warning}")
