@@ -74,8 +74,6 @@ class PredictionService:
 
     def _cached(self, record: Record) -> bool:
         """Whether every feature the model reads of this slice is cached (no CNN needed)."""
-        if self.model.harmonizer.active:
-            return False
         try:
             if not all(record.key in ex.open_cache().present([record.key]) for ex in self.model.extractors):
                 return False
@@ -166,19 +164,19 @@ class PredictionService:
         # The request's slices are one set for the source test: its own "source", whatever batch they join.
         request = f"upload-{uuid.uuid4().hex[:12]}"
         records = with_keys([Record(str(p), source=request) for _, p in slices])
-        if self.model.harmonizer.active:
-            rows = dict(zip([r.path for r in records], self.batcher.submit(records, timings)))
+        if self.model.harmonizer.active:  # it learns a batch's statistics: the whole request goes to the batch
+            new = records
         else:
             with timed(timings, "score"):
                 new = [r for r in records if not r.error and not self._cached(r)]
-            with timed(timings, "decode"):  # here, while the CNN runs another batch; the batch reads the memo
-                self._decode_ahead(new)
-            if len(new) == len(records):  # all new: the batch scores them as it runs the CNN
-                rows = {row.path: row for row in self.batcher.submit(new, timings)}
-            else:  # new slices into the caches through the batcher; then the whole request scored here
-                self.batcher.submit(new, timings)
-                with timed(timings, "score"):
-                    rows = {row.path: row for row in predict_records(self.model, records).rows}
+        with timed(timings, "decode"):  # here, while the CNN runs another batch; the batch reads the memo
+            self._decode_ahead(new)
+        if len(new) == len(records):  # all new: the batch scores them as it runs the CNN
+            rows = {row.path: row for row in self.batcher.submit(new, timings)}
+        else:  # new slices into the caches through the batcher; then the whole request scored here
+            self.batcher.submit(new, timings)
+            with timed(timings, "score"):
+                rows = {row.path: row for row in predict_records(self.model, records).rows}
         out = []
         for (name, _), r in zip(slices, records):
             row = rows[r.path]
