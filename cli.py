@@ -18,7 +18,7 @@ from commands.features import backbones, extract
 from commands.predictions import evaluate, predict, report
 from commands.serving import serve
 from commands.training import calibrate, fit
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 from feature_extractor.library_warnings import counted_warnings
 
 

@@ -31,6 +31,7 @@ from common import MODELS, REPO, SHARED, bench_parser, publish, table_section
 from classifiers.estimators.risk_control import POOLED, SelectiveThresholds  # noqa: E402
 from classifiers.estimators.site_model import SiteModel  # noqa: E402
 from classifiers.estimators.source_test import SourceTest  # noqa: E402
+from classifiers.records.lesion_summary import lesion_columns  # noqa: E402
 from classifiers.records.metrics import roc_auc  # noqa: E402
 from classifiers.records.selective import selective_metrics  # noqa: E402
 from classifiers.settings import AnswerSettings, FitSettings, LesionSettings  # noqa: E402
@@ -42,11 +43,11 @@ from classifiers.workflows.model import load_model  # noqa: E402
 from classifiers.workflows.predict import predict_folder  # noqa: E402
 from classifiers.workflows.studies import predict_studies  # noqa: E402
 from classifiers.workflows.train import fit_model, training_records  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import Record, load_datasets  # noqa: E402
 from feature_extractor.imaging.studies import find_studies, slices_to_score  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice  # noqa: E402
 
 WEIGHTS = {"mobilenetv2": MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5",
@@ -123,15 +124,15 @@ def learning_curve(model, sources, context, seed: int = 0) -> list[tuple[str, ..
     dataset = load_datasets(sources)
     records = [r for r in dataset.records if r.label is not None]
     feats = model.features(records)
-    summaries = model.lesions.summaries(feats.good)
-    lesion = np.stack([summaries[r.path].classifier_features() for r in feats.good])
-    fraction = np.array([summaries[r.path].lesion_fraction or 0.0 for r in feats.good])
+    summaries = model.lesions.summaries(feats.readable)
+    lesion = lesion_columns(summaries, [r.path for r in feats.readable])
+    fraction = np.array([summaries[r.path].lesion_fraction or 0.0 for r in feats.readable])
     X = np.hstack([feats.raw, lesion])
-    y = np.array([r.label for r in feats.good])
-    src = np.array([r.source for r in feats.good], dtype=object)
-    grp = np.array([r.group for r in feats.good], dtype=object)
+    y = np.array([r.label for r in feats.readable])
+    src = np.array([r.source for r in feats.readable], dtype=object)
+    grp = np.array([r.group for r in feats.readable], dtype=object)
     train_keys = {r.path for r in training_records(dataset)[0]}
-    trainable = np.array([r.path in train_keys for r in feats.good])
+    trainable = np.array([r.path in train_keys for r in feats.readable])
     rows = []
     for held in dataset.sources:
         mine = src == held
@@ -168,10 +169,10 @@ def source_test_rows(model, sources, studies, seed: int = 0) -> list[tuple[str, 
     dataset = load_datasets(sources)
     records = [r for r in dataset.records if r.label is not None]
     feats = model.features(records)
-    src = np.array([r.source for r in feats.good], dtype=object)
-    grp = np.array([r.group for r in feats.good], dtype=object)
+    src = np.array([r.source for r in feats.readable], dtype=object)
+    grp = np.array([r.group for r in feats.readable], dtype=object)
     train_keys = {r.path for r in training_records(dataset)[0]}
-    trainable = np.array([r.path in train_keys for r in feats.good])
+    trainable = np.array([r.path in train_keys for r in feats.readable])
     rows = []
     for held in dataset.sources:  # the refit's test knows only the other source's training images
         known = trainable & (src != held)
@@ -182,7 +183,7 @@ def source_test_rows(model, sources, studies, seed: int = 0) -> list[tuple[str, 
         rows.append((f"held out: {held} (a test that knows {', '.join(sorted(set(src[known])))})", "20", "100",
                      f"{np.mean(flagged):.0%}", ">= 99%"))
     test = model.bundle.source_test
-    split = np.flatnonzero(np.array([r.split == "test" for r in feats.good]))
+    split = np.flatnonzero(np.array([r.split == "test" for r in feats.readable]))
     for n in (20, 50, 100):
         flagged = [not test.test(feats.raw[np.random.default_rng(i).choice(split, n, replace=False)])["exchangeable"]
                    for i in range(100)]

@@ -26,7 +26,7 @@ from feature_extractor.backbones import get_backbone  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import SETTING, FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import Dataset, load_dataset  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice, imagenet_file  # noqa: E402
 
 OFFLINE_WEIGHTS = {  # backbone -> weights we can load without internet

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Feature cache at scale, with synthetic rows: what an append, a random read and a full key
 listing cost as the cache grows (append-only segments + SQLite key index, feature_extractor/
-cache.py).
+cache/).
 
 For each size N: a cache of N rows (64 float32 features, random SHA-256-like keys) is built,
 then, each in a fresh process (so peak RSS is the step's own): append 10k rows in 10 batches

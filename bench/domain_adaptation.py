@@ -84,7 +84,7 @@ def main() -> int:
                 if make is None:  # ours: each site by its own statistics, then the plain pipeline
                     h = SiteStandardizer().fit(X[train], source[train])
                     model = pipelines()["none"]().fit(h.transform(X[train], source[train]), y[train])
-                    p = model.predict_proba(h.add_site(held, X[test]).transform(X[test], source[test]))[:, 1]
+                    p = model.predict_proba(h.with_site(held, X[test]).transform(X[test], source[test]))[:, 1]
                 elif name == "none":
                     p = make().fit(X[train], y[train]).predict_proba(X[test])[:, 1]
                 else:  # skada: the target's rows unlabeled (-1), negative sample_domain

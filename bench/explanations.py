@@ -20,8 +20,8 @@ from common import REPO, SHARED, machine, markdown_table, publish
 
 from classifiers.workflows.explain import ModelExplainer  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.imaging.dataset import load_dataset  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
 
 START, END = "<!-- explain:start -->", "<!-- explain:end -->"
 MODELS = REPO / "bench" / "out" / "models"

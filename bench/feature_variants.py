@@ -28,10 +28,10 @@ from classifiers.estimators.search import GroupedSearchCV  # noqa: E402
 from classifiers.estimators.stacking import StackedEnsemble  # noqa: E402
 from classifiers.workflows.features import feature_matrix, select_cache  # noqa: E402
 from classifiers.workflows.train import training_records  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import load_dataset, with_keys  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
 
 VARIANTS = [("avg", "none"), ("avgmax", "none"), ("multiscale", "none"), ("avg", "flip"),
             ("multiscale", "flip")]

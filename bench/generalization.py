@@ -35,7 +35,7 @@ from classifiers.workflows.train import fit_model  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import load_datasets  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 
 FEATURES = {"pooling": "multiscale", "tta": "flip"}
 SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")

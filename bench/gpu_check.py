@@ -32,10 +32,10 @@ REFERENCE = REPO / "bench" / "out" / "gpu_reference.npz"
 
 def run(backbone: str, records, batch_size: int) -> tuple[dict[str, np.ndarray], float, str]:
     """Features by key, seconds, and the device, for one fresh extraction."""
+    from covidct_core.run_context import RunContext
     from feature_extractor.cache.feature_cache import FeatureCache
     from feature_extractor.extract import FeatureExtractor
     from feature_extractor.feature_spec import FeatureSpec
-    from feature_extractor.run_context import RunContext
     from feature_extractor.weights import parse_choice
 
     spec = FeatureSpec(backbone, parse_choice(str(WEIGHTS[backbone])), pooling="multiscale", tta="flip")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Lesion maps against radiologists, and what they bring to COVID screening.
 
-1. The lung mask (feature_extractor/lung_mask.py) against the radiologists' lung masks of
+1. The lung mask (feature_extractor/lungs/mask.py) against the radiologists' lung masks of
    lesion-slices: pooled Dice, per patient, slices with lung (>= 1% of the image) left without
    a mask; the lung crop's segmentation (lung_crop.lung_field) beside it.
 2. Leave one patient out on lesion-slices: the lesion head (the product's whole procedure:
@@ -56,7 +56,7 @@ from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import Record, load_datasets  # noqa: E402
 from feature_extractor.lungs.crop import lung_field  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.weights import WeightsChoice  # noqa: E402
 
 WEIGHTS = {"mobilenetv2": MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5",

@@ -36,7 +36,7 @@ from feature_extractor.feature_spec import SETTING, FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import load_datasets, with_keys  # noqa: E402
 from feature_extractor.imaging.decode import prepare_image, resize_rgb  # noqa: E402
 from feature_extractor.lungs.crop import lung_field  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 
 START, END = "<!-- crop:start -->", "<!-- crop:end -->"
 CROPS = SETTING["crop"].choices

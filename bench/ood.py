@@ -26,10 +26,10 @@ from common import SHARED, bench_parser, publish, table_section
 
 from classifiers.estimators.ood import NearestNeighborOOD  # noqa: E402
 from classifiers.workflows.model import extract_features  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import load_datasets, load_unlabeled, with_keys  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
 from tests.helpers import non_ct_pictures  # noqa: E402
 
 FEATURES = {"pooling": "multiscale", "tta": "flip"}

@@ -28,7 +28,7 @@ from classifiers.workflows.features import FeatureSelection  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
 from classifiers.settings import FitSettings  # noqa: E402
 from classifiers.workflows.train import fit_model  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 
 FEATURES = {"pooling": "multiscale", "tta": "flip", "crop": "none"}
 SOURCES = (SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices")

@@ -48,8 +48,8 @@ class Timeline:
 
 
 def run(records, spec, folder: Path, engine) -> tuple[float, float, str]:
+    from covidct_core.run_context import RunContext
     from feature_extractor.extract import FeatureExtractor
-    from feature_extractor.run_context import RunContext
 
     timeline = Timeline()
     context = RunContext(folder, batch_size=32, offline=True, progress=timeline, engine=engine)
@@ -99,9 +99,9 @@ def main() -> int:
 
     import ray
 
+    from covidct_core.run_settings import EngineSettings
     from feature_extractor.feature_spec import FeatureSpec
     from feature_extractor.imaging.dataset import load_datasets
-    from feature_extractor.runtimes.engine import EngineSettings
     from feature_extractor.weights import parse_choice
 
     cores = os.cpu_count() or 1

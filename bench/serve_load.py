@@ -39,7 +39,7 @@ def fitted_model(args) -> None:
     from classifiers.workflows.features import FeatureSelection
     from classifiers.settings import FitSettings
     from classifiers.workflows.train import fit_model
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
 
     selection = FeatureSelection.from_options(("mobilenetv2",), (), pooling="multiscale", tta="flip", crop="none")
     fit_model([SHARED / "data" / "covid-ct", SHARED / "data" / "mosmed-slices"], fit=FitSettings("logreg"),
@@ -86,7 +86,7 @@ def offline_rates(features_root: str, images: list[Path], n: int) -> tuple[float
     and the runtime's raw forward rate (preprocessed batches of 32), in slices/s."""
     from classifiers.workflows.model import load_model
     from feature_extractor.imaging.dataset import Record, with_keys
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
 
     folder = Path(tempfile.mkdtemp(dir=features_root))
     for i in range(n):

@@ -31,7 +31,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from classifiers.workflows.model import load_model
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
     from service.app import build_app
     from service.settings import ServeSettings
 

@@ -43,7 +43,7 @@ def fit_shipped(args) -> Path:
     from classifiers.workflows.features import FeatureSelection
     from classifiers.settings import FitSettings
     from classifiers.workflows.train import fit_model
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
 
     selection = FeatureSelection.from_options(("mobilenetv2", "mobilenet"), (), pooling="multiscale", tta="flip",
                                               crop="none")
@@ -60,7 +60,7 @@ def labels() -> dict[str, tuple[str, int]]:
 def score(model_path: Path, features_dir: Path, max_slices: int | None = None):
     from classifiers.workflows.model import load_model
     from classifiers.workflows.studies import predict_studies
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
 
     model = load_model(model_path, RunContext(features_dir, offline=True))
     site = "batch" if model.card.harmonization.method != "none" else None
@@ -98,7 +98,7 @@ def compare_windows(args, truth, scan) -> list[tuple[str, ...]]:
     from feature_extractor.feature_spec import FeatureSpec, parse_window
     from feature_extractor.imaging.dataset import Record
     from feature_extractor.imaging.studies import slices_to_score
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
     from feature_extractor.weights import parse_choice
 
     slices = {s.name.split("/")[-1]: slices_to_score(s)[0] for s in scan.studies}
@@ -134,8 +134,8 @@ def cost_table(args) -> str:
     from classifiers.workflows.studies import predict_studies
     from feature_extractor.imaging.decode import DECODED
     from feature_extractor.imaging.studies import find_studies
-    from feature_extractor.run_context import RunContext
-    from feature_extractor.runtimes.inference import RUNTIMES, check_runtime
+    from covidct_core.run_context import RunContext
+    from covidct_core.run_settings import RUNTIMES, check_runtime
 
     model_path = Path(args.model)
     if not model_path.exists():

@@ -24,7 +24,7 @@ from feature_extractor.backbones import get_backbone, preprocess_function  # noq
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import Record, load_dataset  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 
 BACKBONES = ("vgg16", "resnet50", "densenet121", "efficientnetb0", "mobilenetv2")
 START, END = "<!-- throughput:start -->", "<!-- throughput:end -->"
@@ -138,7 +138,7 @@ def runtimes_table(records: list[Record], repeats: int) -> tuple[list[tuple[str,
     from accuracy import OFFLINE_WEIGHTS
 
     from feature_extractor.dense.hypercolumns import HypercolumnExtractor
-    from feature_extractor.runtimes.inference import RUNTIMES, check_runtime
+    from covidct_core.run_settings import RUNTIMES, check_runtime
 
     installed = []
     for runtime in RUNTIMES:

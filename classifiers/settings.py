@@ -1,5 +1,5 @@
 """How a model is trained and how it answers: the settings objects of fit, of the lesion head and
-of the answers, each field declared once with its constraints (feature_extractor/settings_schema.py).
+of the answers, each field declared once with its constraints (covidct_core/settings_schema.py).
 
 The declarations make the command-line options (``settings_options``) and the validation; the
 model card records each object (``record()``) and every refit (evaluate --cv, leave one source
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from covidct_core.settings_schema import Settings, setting
 from feature_extractor.dense.slices import DENSE_GRID, DENSE_INPUT
-from feature_extractor.settings_schema import Settings, setting
 
 from .estimators.balance import BALANCES
-from .estimators.options import DEFAULT_CONFIDENCE, DEFAULT_ERROR_RATE, HARMONIZATIONS, LESION_HEADS
+from .estimators.options import (CALIBRATION_METHODS, DEFAULT_CONFIDENCE, DEFAULT_ERROR_RATE, HARMONIZATIONS,
+                                 LESION_HEADS)
 
 
 def _classifiers() -> tuple[str, ...]:
@@ -34,6 +35,11 @@ def _default_base() -> tuple[str, ...]:
     return DEFAULT_BASE
 
 
+def _target_sensitivity(help: str):
+    """The decision threshold's target COVID recall (fit, calibrate): one declaration of its range."""
+    return setting(None, help, kind=float, low=0, high=1, low_open=True, optional=True)
+
+
 @dataclass(frozen=True)
 class FitSettings(Settings):
     """How fit trains the COVID classifier (each field's help says what it does)."""
@@ -45,9 +51,9 @@ class FitSettings(Settings):
     cv_folds: int = setting(5, "Patient-grouped CV folds for tuning (fewer when a class has fewer patients).",
                             kind=int, low=2, high=20)
     seed: int = setting(0, "Random seed of the folds and the estimators.", kind=int)
-    target_sensitivity: float | None = setting(
-        None, "Pick the decision threshold on out-of-fold training predictions to reach this COVID recall "
-              "(e.g. 0.95). Default threshold: 0.5.", kind=float, low=0, high=1, low_open=True, optional=True)
+    target_sensitivity: float | None = _target_sensitivity(
+        "Pick the decision threshold on out-of-fold training predictions to reach this COVID recall (e.g. 0.95). "
+        "Default threshold: 0.5.")
     balance: str | None = setting(
         None, "Sample weights: source = every source and both classes inside it weigh the same, so 'which source' "
               "carries no label; class = both classes weigh the same; none.  [default: source with several "
@@ -101,3 +107,16 @@ class AnswerSettings(Settings):
     def delta(self, model_default: float = 1 - DEFAULT_CONFIDENCE) -> float:
         """One minus the confidence in use: this one's, else ``model_default``."""
         return model_default if self.confidence is None else 1 - self.confidence
+
+
+@dataclass(frozen=True)
+class CalibrateSettings(Settings):
+    """How calibrate teaches a model a site (workflows/calibrate.py)."""
+
+    method: str = setting(
+        CALIBRATION_METHODS[0], "site: learn the site (a model on the training sources and the site's sample, image "
+                                "features and lesion summaries, chosen by the site's patient-grouped out-of-fold AUC); "
+                                "sigmoid (Platt) or isotonic: only recalibrate the frozen model's probabilities and "
+                                "threshold.", choices=CALIBRATION_METHODS)
+    target_sensitivity: float | None = _target_sensitivity(
+        "Threshold reaching this COVID recall on the sample (--method sigmoid|isotonic).  [default: balanced errors]")

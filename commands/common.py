@@ -13,15 +13,13 @@ import click
 
 from classifiers.records.explanation import METHODS as EXPLAIN_METHODS
 from classifiers.settings import AnswerSettings
+from covidct_core.run_context import RunContext
+from covidct_core.run_settings import EngineSettings
+from covidct_core.settings_schema import schema, settings_options
 from feature_extractor.feature_spec import SETTING, SETTINGS
-from feature_extractor.run_context import RunContext
-from feature_extractor.runtimes.engine import ENGINES, LOCAL, EngineSettings
-from feature_extractor.runtimes.inference import RUNTIMES, default_runtime
-from feature_extractor.settings_schema import settings_options
 
 EXIT_ERROR, EXIT_PARTIAL = 1, 3
 DEFAULT_DATA = "data/COVID-CT"
-EXTRACTING = "feature extraction of images not cached: decoding in tasks, the CNN in an actor pool"
 
 
 def default_data() -> str:
@@ -38,11 +36,10 @@ def progress_bar(label: str, total: int) -> Iterator:
         yield bar.update
 
 
-def run_context(features_dir: Path, batch_size: int = 32, offline: bool | None = None,
+def run_context(features_dir: Path, batch_size: int = RunContext.batch_size, offline: bool | None = None,
                 weights: tuple[str, ...] = (), engine: EngineSettings | None = None,
                 runtime: str | None = None) -> RunContext:
-    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings(),
-                      runtime or default_runtime())
+    return RunContext(features_dir, batch_size, offline, weights, progress_bar, engine or EngineSettings(), runtime)
 
 
 def report_failures(failed: dict[str, str], limit: int = 10) -> None:
@@ -101,16 +98,7 @@ weights_option = click.option(
     "--weights", "weights", multiple=True, metavar="imagenet|none|FILE|NAME=FILE",
     help="Weights: imagenet (default; keras' download and cache in $KERAS_HOME/models), none "
          "(random init, tests only), FILE for one backbone, or NAME=FILE per backbone. Repeatable.")
-batch_option = click.option("--batch-size", type=click.IntRange(1, 4096), default=32,
-                            show_default=True, help="Images per forward pass.")
-offline_option = click.option("--offline", is_flag=True, default=None,
-                              help="Never download weights (also: COVIDCT_OFFLINE=1).")
-runtime_option = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default=lambda: default_runtime(), show_default="onnxruntime, "
-    "tensorflow where an NVIDIA GPU is visible, or $COVIDCT_RUNTIME",
-    help="What runs the CNN: onnxruntime (on the CPU, about 2x TensorFlow's speed there), tensorflow (keras itself, "
-         "also on a GPU) or openvino (pip install -e \".[openvino]\"); the same features to 1e-4; the model is "
-         "exported to ONNX once and cached under the features folder.")
+batch_option, offline_option, runtime_option = (s.click_option() for s in schema(RunContext))
 model_crop_option = click.option(
     "--crop", type=click.Choice(SETTING["crop"].valid_choices()), default=None,
     help="Check that the model was trained with this crop (the model's own crop is always used).")
@@ -135,37 +123,16 @@ explain_method_option = click.option(
          "lesion head (probability of lesion in the lungs, share of lung involved).")
 
 
-def engine_options(what: str):
-    """--engine, --workers, --gpus-per-worker, --ray-address, handed to the command as one
-    ``engine`` (EngineSettings). ``what``: what the workers do, for the help."""
-    def decorate(command):
-        @functools.wraps(command)
-        def with_engine(*args, engine, workers, gpus_per_worker, ray_address, **kwargs):
-            return command(*args, engine=EngineSettings(engine, workers, gpus_per_worker or 0.0, ray_address),
-                           **kwargs)
-        options = [
-            click.option("--engine", type=click.Choice(ENGINES), default=LOCAL, show_default=True,
-                         help=f"ray: {what} on a Ray cluster (pip install -e \".[ray]\"); the same results as "
-                              "local. Images and weights must be readable at the same paths on every node."),
-            click.option("--workers", type=click.IntRange(1), default=None,
-                         help="With --engine ray: CNN actors (extraction) or parallel fits (tuning).  "
-                              "[default: one per GPU share with --gpus-per-worker, else 1 actor; all CPUs for fits]"),
-            click.option("--gpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
-                         help="With --engine ray: GPUs each CNN actor reserves (fractions share one GPU)."),
-            click.option("--ray-address", default=None, metavar="ADDRESS",
-                         help="With --engine ray: an existing cluster (auto, ray://head:10001).  "
-                              "[default: start a local Ray for this command]"),
-        ]
-        for option in reversed(options):
-            with_engine = option(with_engine)
-        return with_engine
-    return decorate
+def engine_options(command):
+    """--engine, --workers, --gpus-per-worker, --ray-address (EngineSettings), handed to the command as one
+    ``engine``."""
+    return settings_options(EngineSettings, "engine")(command)
 
 
-def model_options(engine: str | None = None, load: bool = True):
+def model_options(engine: bool = False, load: bool = True):
     """The options of every command that uses a saved model: --model, --features-dir, --weights
     (where the model's weights are now), --batch-size, --offline, --runtime, the answer settings
-    (--error-rate), and with ``engine`` (what its workers do) the engine options. The command gets
+    (--error-rate), and with ``engine`` the engine options. The command gets
     ``model``, the model loaded once (hash-checked); with ``load`` False it gets ``model_path``,
     ``context`` and ``answers`` to load it itself after its own checks."""
     def decorate(command):
@@ -190,5 +157,5 @@ def model_options(engine: str | None = None, load: bool = True):
         for option in reversed(options):
             with_model = option(with_model)
         with_model = settings_options(AnswerSettings, "answers")(with_model)
-        return engine_options(engine)(with_model) if engine else with_model
+        return engine_options(with_model) if engine else with_model
     return decorate

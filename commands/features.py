@@ -29,7 +29,7 @@ def backbones() -> None:
 @offline_option
 @runtime_option
 @lesion_data_option
-@engine_options("decoding in tasks, the CNN in an actor pool")
+@engine_options
 def extract(backbone_names, data, weights, features_dir, batch_size, offline, runtime, lesion_data, engine,
             **settings) -> None:
     """Extract CNN features of every image under --data into the feature cache.

@@ -9,7 +9,7 @@ import click
 from classifiers.records import prediction_record as record
 from feature_extractor.imaging.dataset import SPLITS
 
-from .common import (EXTRACTING, bootstrap_option, data_option, explain_method_option, finish, lesion_data_option,
+from .common import (bootstrap_option, data_option, explain_method_option, finish, lesion_data_option,
                      model_crop_option, model_options, refuse_together, site_option)
 
 max_slices_option = click.option("--max-slices", type=click.IntRange(1), default=None,
@@ -19,7 +19,7 @@ max_slices_option = click.option("--max-slices", type=click.IntRange(1), default
 
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@model_options(EXTRACTING)
+@model_options(engine=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
               show_default=True, help=f"CSV with columns {record.SLICE.help_line()} (one row per file; "
                                       "--studies: one per slice, and studies.csv beside it).")
@@ -72,7 +72,7 @@ def predict(folder, model, out, explain, explain_dir, explain_method, lesion_map
 
 
 @click.command()
-@model_options(EXTRACTING)
+@model_options(engine=True)
 @data_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Split to evaluate when the data has the official split (other data: all images).")
@@ -137,7 +137,7 @@ def evaluate(model, data, split, report_dir, cv_folds, cv_by, n_boot, crop, site
 
 
 @click.command()
-@model_options(EXTRACTING)
+@model_options(engine=True)
 @data_option
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
               help="Split to report when the data has the official split.")

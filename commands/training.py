@@ -5,12 +5,21 @@ from pathlib import Path
 
 import click
 
-from classifiers.estimators.options import CALIBRATION_METHODS, DEFAULT_ERROR_RATE
-from classifiers.settings import AnswerSettings, FitSettings, LesionSettings
-from feature_extractor.settings_schema import settings_options
+from classifiers.estimators.options import DEFAULT_ERROR_RATE
+from classifiers.settings import AnswerSettings, CalibrateSettings, FitSettings, LesionSettings
+from covidct_core.settings_schema import settings_options
 
-from .common import data_option, engine_options, feature_settings, features_option, finish, lesion_data_option, \
-    model_options, refuse_together, run_context
+from .common import (
+    data_option,
+    engine_options,
+    feature_settings,
+    features_option,
+    finish,
+    lesion_data_option,
+    model_options,
+    refuse_together,
+    run_context,
+)
 
 
 @click.command()
@@ -31,7 +40,7 @@ from .common import data_option, engine_options, feature_settings, features_opti
 @lesion_data_option
 @settings_options(LesionSettings, "lesion")
 @settings_options(AnswerSettings, "answers", {"error_rate": DEFAULT_ERROR_RATE})
-@engine_options("the grouped-CV fits of tuning (joblib's Ray backend)")
+@engine_options
 def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, lesion_data, lesion, answers,
         engine, **settings) -> None:
     """Train a classifier on cached features of the training images (train+val split).
@@ -40,8 +49,9 @@ def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, 
     With --lesion-data, a lesion head is trained on radiologists' infection masks and saved with
     the model: predict then gives each slice's share of lung involved and its lesion map.
     """
+    from classifiers.presentation.fit_summary import fit_summary
     from classifiers.workflows.features import FeatureSelection
-    from classifiers.workflows.train import fit_model, fit_summary
+    from classifiers.workflows.train import fit_model
 
     if weights and not backbone_names:
         raise click.BadParameter("name the backbones with --backbone when using --weights",
@@ -53,7 +63,7 @@ def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, 
     bundle = fit_model(data, fit=fit, selection=FeatureSelection.from_options(backbone_names, weights, **settings),
                        context=run_context(features_dir, engine=engine), model_path=model_path, adapt_to=adapt_to,
                        lesion_data=lesion_data, lesion=lesion, answers=answers)
-    finish(fit_summary(bundle))
+    finish(fit_summary(bundle.card, bundle.path))
 
 
 @click.command()
@@ -63,18 +73,12 @@ def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, 
                    "sample is enough (e.g. 25 patients).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The new model.  [default: <model>-<site>.joblib beside --model]")
-@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="site", show_default=True,
-              help="site: learn the site (a model on the training sources and the site's sample, image features and "
-                   "lesion summaries, chosen by the site's patient-grouped out-of-fold AUC); sigmoid (Platt) or "
-                   "isotonic: only recalibrate the frozen model's probabilities and threshold.")
-@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Threshold reaching this COVID recall on the sample.  [default: balanced errors]")
-def calibrate(model, data, out, method, target_sensitivity) -> None:
+@settings_options(CalibrateSettings, "settings")
+def calibrate(model, data, out, settings) -> None:
     """Teach a model a new site from a few of its labeled patients: it learns the site beside its
     training sources (or, with --method sigmoid|isotonic, only recalibrates), the site's answer
     thresholds come from its out-of-fold scores, and its sets of images become a known source.
     Writes a new model."""
     from classifiers.workflows.calibrate import calibrate_model, calibrate_summary
 
-    finish(calibrate_summary(calibrate_model(model, data, out=out, method=method,
-                                             target_sensitivity=target_sensitivity)))
+    finish(calibrate_summary(calibrate_model(model, data, out=out, settings=settings)))

@@ -2,11 +2,12 @@
 
 Importing this package does not import TensorFlow; only building a backbone does.
 """
+from covidct_core.errors import CovidCTError
+from covidct_core.run_context import RunContext
+
 from .backbones import BACKBONES, BackboneSpec, get_backbone
-from .errors import CovidCTError
 from .feature_spec import FeatureSpec
 from .imaging.dataset import Dataset, Record, load_dataset, load_unlabeled
-from .run_context import RunContext
 from .weights import WeightsChoice, parse_weights_options
 
 __all__ = ["BACKBONES", "BackboneSpec", "CovidCTError", "Dataset", "FeatureSpec", "Record", "RunContext",

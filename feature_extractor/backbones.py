@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UnknownBackboneError
+from covidct_core.errors import UnknownBackboneError
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def dense_model(keras: Any, model: Any, spec: BackboneSpec, grid: int) -> Any:
     """The backbone's dense-layer outputs (BackboneSpec.dense_layers) brought to one grid (average
     pooling when a layer's side is a multiple of it, bilinear resampling otherwise) and stacked
     along the channels: (grid, grid, sum of the layers' channels) per image."""
-    from .errors import SettingsError
+    from covidct_core.errors import SettingsError
 
     if not spec.dense_layers:
         dense = ", ".join(sorted(n for n, s in BACKBONES.items() if s.dense_layers))

@@ -14,15 +14,17 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from covidct_core.errors import ModelBundleError, SettingsError
+from covidct_core.provenance import command_line
+from covidct_core.run_context import RunContext, worker_threads
+from covidct_core.run_settings import TENSORFLOW
+
 from .backbones import preprocess_function
 from .cache.feature_cache import FeatureCache, find_cache
-from .errors import ModelBundleError, SettingsError
 from .feature_spec import FeatureSpec, crop_version
 from .imaging.dataset import DICOM_SUFFIXES, Dataset, Record, load_datasets, with_keys
 from .imaging.decode import ImageDecodeError, PreparedImage, prepare_file
-from .provenance import command_line
-from .run_context import RunContext, worker_threads
-from .runtimes.inference import TENSORFLOW, runtime_device
+from .runtimes.inference import runtime_device
 from .weights import NONE, NONE_WARNING, ResolvedWeights, build_with_weights, resolve_weights
 
 
@@ -258,11 +260,11 @@ class FeatureExtractor:
                 loaded = [f.result() for f in pending]
                 if i + 1 < len(batches):  # decode the next batch while the CNN runs
                     pending = [pool.submit(load, r) for r in batches[i + 1]]
-                good = [(r, a) for r, a in zip(batch, loaded) if isinstance(a, np.ndarray)]
+                readable = [(r, a) for r, a in zip(batch, loaded) if isinstance(a, np.ndarray)]
                 failed.update({r.key: a for r, a in zip(batch, loaded) if isinstance(a, str)})
-                if good:
-                    feats = self.features_of(np.stack([a for _, a in good]), eager=len(batches) == 1)
-                    cache.append([r.key for r, _ in good], feats)
+                if readable:
+                    feats = self.features_of(np.stack([a for _, a in readable]), eager=len(batches) == 1)
+                    cache.append([r.key for r, _ in readable], feats)
                 progress(len(batch))
         return failed
 

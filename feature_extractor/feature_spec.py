@@ -15,7 +15,7 @@ Every value has one spelling, the command line's, in the cache, the manifest and
 ``--precision bf16`` is stored and shown as ``bf16``, a window as ``LEVEL,WIDTH`` text. Caches
 written in format 1 spelled some values otherwise; ``from_record`` reads them (``_from_format_1``).
 
-Adding a setting: a field of FeatureSpec and an entry of SETTINGS here (the option of extract
+Adding a setting: a field of FeatureSpec declared with ``setting()`` (SETTINGS, the option of extract
 and the filter of fit follow from it), then its use where images become features.
 """
 from __future__ import annotations
@@ -25,14 +25,15 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from covidct_core.errors import SettingsError
+from covidct_core.settings_schema import Setting, schema, setting
+
 from .backbones import BackboneSpec, get_backbone
 from .dense.slices import DENSE_VERSION
-from .errors import SettingsError
 from .imaging.decode import LUNG_WINDOW
 from .lungs.body import BODY_CROP_VERSION
 from .lungs.crop import LUNG_CROP_VERSION
 from .lungs.mask import LUNG_MASK_VERSION
-from .settings_schema import Setting
 from .weights import IMAGENET, WeightsChoice, parse_choice, parse_weights_options
 
 FORMAT_VERSION = 2  # of cache attributes and manifest entries; 1: before FeatureSpec
@@ -62,26 +63,6 @@ def window_text(window: Sequence[float] | str) -> str:
     return "/".join(f"{window[i]:g},{window[i + 1]:g}" for i in range(0, len(window), 2))
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("pooling", "avg", "avg: global average of the last conv block; avgmax: average and max; "
-            "multiscale: average of the last activation at each of the last 3 resolutions.",
-            choices=("avg", "avgmax", "multiscale")),
-    Setting("tta", "none", "Test-time augmentation: flip = mean of image and mirror features.",
-            choices=("none", "flip"), label="TTA"),
-    Setting("precision", "fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed "
-            "(float16) for GPUs.", choices=("fp32", "bf16", "mixed")),
-    Setting("crop", "none", "lungs: crop each slice to its lung field and black out the rest (text, "
-            "arrows, bed), so the model cannot learn the image source; lungs-equalized: the same with the "
-            "lung field's histogram equalized (intensity standardization across sources); body: crop to "
-            "the body, padded square (a fixed field of view). Full image, with a warning, where nothing "
-            "is found.", choices=("none", "lungs", "lungs-equalized", "body")),
-    Setting("window", LUNG_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500); three windows "
-            "L,W/L,W/L,W make the three colour channels.",
-            metavar="LEVEL,WIDTH[/L,W/L,W]", parse=parse_window, text=window_text, label="DICOM window"),
-)
-SETTING = {s.name: s for s in SETTINGS}
-
-
 def crop_version(crop: str) -> int:
     """The version of the crop algorithm this code runs for ``crop`` (0: no crop)."""
     return {"lungs": LUNG_CROP_VERSION, "lungs-equalized": LUNG_CROP_VERSION, "body": BODY_CROP_VERSION}.get(crop, 0)
@@ -100,11 +81,22 @@ class FeatureSpec:
     weights: WeightsChoice = WeightsChoice(IMAGENET)
     weights_sha256: str | None = None
     input_size: tuple[int, int] | None = None
-    pooling: str = SETTING["pooling"].default
-    tta: str = SETTING["tta"].default
-    precision: str = SETTING["precision"].default
-    crop: str = SETTING["crop"].default
-    window: tuple[float, ...] = LUNG_WINDOW
+    pooling: str = setting("avg", "avg: global average of the last conv block; avgmax: average and max; "
+                                  "multiscale: average of the last activation at each of the last 3 resolutions.",
+                           choices=("avg", "avgmax", "multiscale"))
+    tta: str = setting("none", "Test-time augmentation: flip = mean of image and mirror features.",
+                       choices=("none", "flip"), label="TTA")
+    precision: str = setting("fp32", "Inference precision: bf16 for CPUs with AVX512-BF16/AMX, mixed (float16) for "
+                                     "GPUs.", choices=("fp32", "bf16", "mixed"))
+    crop: str = setting("none", "lungs: crop each slice to its lung field and black out the rest (text, arrows, bed), "
+                                "so the model cannot learn the image source; lungs-equalized: the same with the lung "
+                                "field's histogram equalized (intensity standardization across sources); body: crop to "
+                                "the body, padded square (a fixed field of view). Full image, with a warning, where "
+                                "nothing is found.", choices=("none", "lungs", "lungs-equalized", "body"))
+    window: tuple[float, ...] = setting(LUNG_WINDOW, "DICOM window in HU applied before the CNN (lungs: -600,1500); "
+                                                     "three windows L,W/L,W/L,W make the three colour channels.",
+                                        metavar="LEVEL,WIDTH[/L,W/L,W]", parse=parse_window, text=window_text,
+                                        label="DICOM window")
     crop_version: int | None = field(default=None)  # None: this code's version of ``crop``
     grid: int | None = None   # dense features on a grid x grid lattice; None: pooled features
 
@@ -115,8 +107,8 @@ class FeatureSpec:
         if isinstance(self.weights, str):
             put(self, "weights", parse_choice(self.weights))
         put(self, "input_size", tuple(int(v) for v in (self.input_size or spec.input_size)))
-        for setting in SETTINGS:
-            put(self, setting.name, setting.value(getattr(self, setting.name)))
+        for s in SETTINGS:
+            put(self, s.name, s.value(getattr(self, s.name)))
         put(self, "window", parse_window(window_text(self.window)))  # checked as if typed
         if self.crop_version is None:
             put(self, "crop_version", crop_version(self.crop))
@@ -237,6 +229,11 @@ class FeatureSpec:
             parts.append(f"hypercolumns on a {self.grid}x{self.grid} grid")
         return f"{self.backbone} ({', '.join(parts)})"
 
+
+# The settings that change the numbers, declared once as FeatureSpec's fields: extract's options and fit's
+# filters are made from them.
+SETTINGS: tuple[Setting, ...] = schema(FeatureSpec)
+SETTING = {s.name: s for s in SETTINGS}
 
 _FORMAT_1_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "mixed_float16": "mixed"}
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from covidct_core.errors import CovidCTError, WeightsUnavailableError
+from covidct_core.provenance import sha256_file
+
 from .backbones import BackboneSpec, get_backbone
-from .errors import CovidCTError, WeightsUnavailableError
-from .provenance import sha256_file
 
 IMAGENET, FILE, NONE = "imagenet", "file", "none"
 RANDOM_SEED = 0  # weights=none must give the same features every run, or the cache lies

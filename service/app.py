@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from importlib import resources
+from typing import Callable
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -41,8 +42,14 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
                   docs_url=None, redoc_url=None)
     service = PredictionService(model, settings, threading.RLock())  # reentrant: a study's pictures take it again
     app.state.service = service  # its batcher's record, for the load bench and tests
-    PredictResponse = response_models()
+    add_limits(app, settings)
+    add_pages(app)
+    add_api(app, service, bearer_check(settings))
+    return app
 
+
+def bearer_check(settings: ServeSettings) -> Callable[[Request], None]:
+    """The dependency every API route has: the bearer token, when the service has one."""
     def authorized(request: Request) -> None:
         if not settings.token:
             return
@@ -51,7 +58,11 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
             raise HTTPException(401, "missing or wrong token: send Authorization: Bearer <token>",
                                 headers={"WWW-Authenticate": "Bearer"})
+    return authorized
 
+
+def add_limits(app: FastAPI, settings: ServeSettings) -> None:
+    """Requests over the size limit get 413 before they are read; refused uploads their own status."""
     @app.middleware("http")
     async def limit_request_size(request: Request, call_next):
         length = request.headers.get("content-length")
@@ -64,6 +75,9 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
     async def rejected(request: Request, exc: UploadRejected):
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
+
+def add_pages(app: FastAPI) -> None:
+    """The page, its static files and the offline API docs (plain OpenAPI JSON without swagger-ui-bundle)."""
     static = resources.files("service") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     try:
@@ -71,7 +85,7 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
 
         app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
         docs_assets = True
-    except ImportError:  # docs then fall back to the plain OpenAPI JSON
+    except ImportError:
         docs_assets = False
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -88,9 +102,14 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/static/favicon.svg")
 
+
+def add_api(app: FastAPI, service: PredictionService, authorized: Callable[[Request], None]) -> None:
+    """The JSON API: health, the model card, the fields of an answer, and predict."""
+    PredictResponse = response_models()
+
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": model.path.name}
+        return {"status": "ok", "model": service.model.path.name}
 
     @app.get(f"{API}/model", dependencies=[Depends(authorized)])
     def model_card() -> dict:
@@ -115,5 +134,3 @@ def build_app(model: LoadedModel, settings: ServeSettings) -> FastAPI:
         timings["total"] = time.perf_counter() - start
         response.headers["Server-Timing"] = server_timing(timings)
         return answer
-
-    return app

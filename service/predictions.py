@@ -29,7 +29,7 @@ from classifiers.records.study_results import StudySlice
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
 from classifiers.workflows.studies import predict_studies
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 from feature_extractor.imaging.dataset import DICOM_SUFFIXES, Record, with_keys
 from feature_extractor.imaging.decode import ImageDecodeError, read_pixels, set_decode_budget
 from feature_extractor.imaging.studies import Redactor, redactor_for

@@ -3,7 +3,7 @@ one clear error."""
 from __future__ import annotations
 
 from classifiers.workflows.model import LoadedModel
-from feature_extractor.errors import SettingsError
+from covidct_core.errors import SettingsError
 
 from .settings import ServeSettings
 

@@ -10,7 +10,7 @@ from classifiers.records.selective import risk_coverage, selective_metrics, wron
 from classifiers.settings import AnswerSettings
 from classifiers.workflows.answer_policy import (AnswerParts, answer_images, answers_at, findings,
                                                  study_finding)
-from feature_extractor.errors import SettingsError, TrainingDataError
+from covidct_core.errors import SettingsError, TrainingDataError
 
 
 def scores(n, rng, separation=2.0):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from covidct_core.errors import CovidCTError, UnknownBackboneError, WeightsUnavailableError
 from feature_extractor.backbones import BACKBONES, get_backbone
-from feature_extractor.errors import CovidCTError, UnknownBackboneError, WeightsUnavailableError
 from feature_extractor.weights import (
     FILE,
     IMAGENET,

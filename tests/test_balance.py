@@ -6,7 +6,7 @@ from classifiers.estimators.balance import source_balance_weights
 from classifiers.estimators.registry import CLASSIFIERS, get_classifier
 from classifiers.estimators.search import GroupedSearchCV
 from classifiers.estimators.stacking import StackedEnsemble
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 
 def test_every_source_and_class_cell_weighs_the_same():

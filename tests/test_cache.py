@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
+from covidct_core.errors import FeatureCacheError
 from feature_extractor.cache.feature_cache import Compaction, FeatureCache, find_cache, list_caches, plan_merges
 from feature_extractor.cache.segments import new_segment_name, write_h5
-from feature_extractor.errors import FeatureCacheError
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.weights import WeightsChoice
 

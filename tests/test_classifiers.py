@@ -10,7 +10,7 @@ from classifiers.estimators.registry import CLASSIFIERS, get_classifier
 from classifiers.estimators.search import GroupedSearchCV, grouped_folds
 from classifiers.records.model_card import ModelCard
 from classifiers.workflows.bundle import ModelBundle, latest_model, load_bundle, save_bundle
-from feature_extractor.errors import CovidCTError, ModelBundleError
+from covidct_core.errors import CovidCTError, ModelBundleError
 
 
 def grouped_data(n_patients=30, per_patient=3, dim=20, seed=0):
@@ -165,7 +165,7 @@ def test_a_new_classifier_is_one_registry_entry(workspace, monkeypatch, tmp_path
 
     from classifiers.estimators.registry import ClassifierEntry
     from classifiers.workflows.train import FitSettings, fit_model
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
 
     entry = ClassifierEntry("knn", lambda random_state, y, class_weighted: KNeighborsClassifier(), {"n_neighbors": (3, 5)},
                             True, "k nearest neighbours")
@@ -196,7 +196,7 @@ def test_a_format_2_model_still_loads(tmp_path):
     harmonizer or OOD detector."""
     import joblib
 
-    from feature_extractor.provenance import sha256_file
+    from covidct_core.provenance import sha256_file
 
     bundle = fitted_bundle(tmp_path)
     joblib.dump(bundle.estimator, bundle.path)

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from feature_extractor.errors import DatasetError
-from feature_extractor.imaging.dataset import COVID, NONCOVID, list_image_files, load_dataset, load_unlabeled, with_keys
+from covidct_core.errors import DatasetError
+from feature_extractor.imaging.dataset import COVID_LABEL, NONCOVID_LABEL, list_image_files, load_dataset, load_unlabeled, with_keys
 from tests.helpers import ct_like, make_class_folders
 
 
@@ -13,14 +13,14 @@ def test_covidct_layout_reads_split_and_patients(covidct_layout):
     assert {r.split for r in ds.records} == {"train", "val", "test"}
     assert all(r.patient for r in ds.records)
     # COVID "Patient 1" and NonCOVID "crawled_patient_1" never merge
-    assert all(r.patient.startswith("covid/" if r.label == COVID else "noncovid/") for r in ds.records)
+    assert all(r.patient.startswith("covid/" if r.label == COVID_LABEL else "noncovid/") for r in ds.records)
     # the official split is patient-level: no patient in two splits
     splits_of = {}
     for r in ds.records:
         splits_of.setdefault(r.patient, set()).add(r.split)
     assert all(len(s) == 1 for s in splits_of.values())
     # CRLF split lists are parsed: every NonCOVID image has a split
-    assert all(r.split for r in ds.records if r.label == NONCOVID)
+    assert all(r.split for r in ds.records if r.label == NONCOVID_LABEL)
 
 
 def test_missing_split_file_is_a_clear_error(covidct_layout):

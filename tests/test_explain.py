@@ -14,8 +14,8 @@ from classifiers.estimators.registry import get_classifier
 from classifiers.presentation.heatmaps import explanation_filename
 from classifiers.workflows.explain import ModelExplainer, linear_head
 from classifiers.workflows.model import load_model
+from covidct_core.run_context import RunContext
 from feature_extractor.imaging.dataset import Record
-from feature_extractor.run_context import RunContext
 from tests.helpers import ct_like
 
 

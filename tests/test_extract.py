@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
+from covidct_core.run_context import RunContext
 from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import load_dataset, load_unlabeled
-from feature_extractor.run_context import RunContext
 
 SMALL = (64, 64)  # random-init tests need no full-size input
 

@@ -4,11 +4,11 @@ import dataclasses
 import pytest
 
 import cli
-from feature_extractor.errors import ModelBundleError, SettingsError
+from covidct_core.errors import ModelBundleError, SettingsError
+from covidct_core.run_context import RunContext
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import SETTINGS, FeatureSpec, specs_from_options
 from feature_extractor.lungs.crop import LUNG_CROP_VERSION
-from feature_extractor.run_context import RunContext
 from feature_extractor.weights import WeightsChoice
 
 OPTIONS = {"pooling": "multiscale", "tta": "flip", "precision": "bf16", "crop": "lungs", "window": "-500,1000"}

@@ -49,8 +49,10 @@ def test_a_new_site_is_learned_from_enough_unlabeled_images_only():
     with pytest.raises(HarmonizationError, match="no statistics of site 'b'; known: a"):
         h.transform(X[sites == "b"], sites[sites == "b"])
     with pytest.raises(HarmonizationError, match="5 readable images.*at least 20"):
-        h.add_site("b", X[sites == "b"][:5])
-    h.add_site("b", X[sites == "b"])
+        h.with_site("b", X[sites == "b"][:5])
+    learned = h.with_site("b", X[sites == "b"])
+    assert h.sites == ["a"]  # the fitted harmonizer is not changed: a copy knows the new site
+    h = learned
     assert h.sites == ["a", "b"] and h.n_images_["b"] == 60
     assert abs(h.transform(X[sites == "b"], sites[sites == "b"]).mean()) < 1e-9
 

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from covidct_core.run_context import RunContext
 from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import load_dataset
-from feature_extractor.run_context import RunContext
 from tests.conftest import MOBILENET025_KERAS_FILE, MOBILENETV2_FILE, SHARED, SHARED_DATA, SHARED_MOSMED, needs_shared
 from tests.helpers import non_ct_pictures
 

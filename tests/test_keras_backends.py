@@ -27,7 +27,7 @@ from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.imaging.dataset import load_unlabeled
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
-from feature_extractor.run_context import RunContext
+from covidct_core.run_context import RunContext
 from feature_extractor.weights import parse_choice
 
 weights, images, features_dir, out = sys.argv[1:5]
@@ -59,11 +59,11 @@ def test_features_match_tensorflow(backend, tmp_path):
     assert features.shape == reference.shape == (6, 2048)
     assert np.abs(features - reference).max() < 1e-4
     assert f"keras backend {backend}" in info["device"]
-    assert not info["tensorflow_imported"]  # no TensorFlow-only call outside keras_runtime.py
+    assert not info["tensorflow_imported"]  # no TensorFlow-only call outside runtimes/keras_backend.py
 
 
 def test_an_unknown_or_missing_backend_is_one_line(monkeypatch):
-    from feature_extractor.errors import CovidCTError
+    from covidct_core.errors import CovidCTError
     from feature_extractor.runtimes.keras_backend import backend_name
 
     monkeypatch.setenv("KERAS_BACKEND", "theano")

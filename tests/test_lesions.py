@@ -10,7 +10,7 @@ from PIL import Image
 import cli
 from classifiers.workflows.lesions.evaluate import SliceScore, agreement
 from feature_extractor.dense.lesion_data import check_masks, load_lesion_folder
-from feature_extractor.errors import DatasetError
+from covidct_core.errors import DatasetError
 from feature_extractor.lungs.mask import lung_mask, lung_mask_hu
 from tests.conftest import MOBILENETV2_FILE, SHARED, needs_shared
 from tests.helpers import lesion_slice, make_lesion_data
@@ -276,7 +276,7 @@ def test_a_head_trained_on_one_patient_finds_the_lesions_of_another(workspace, t
     from classifiers.workflows.lesions.training import train_lesion_head
     from feature_extractor.dense.lesion_data import LesionData
     from feature_extractor.feature_spec import FeatureSpec
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
     from feature_extractor.weights import WeightsChoice
 
     data = load_lesion_folder(LESION_SLICES)

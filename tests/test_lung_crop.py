@@ -99,7 +99,7 @@ def test_crop_is_part_of_the_cache_and_the_model(workspace, tmp_path):
     from classifiers.presentation.heatmaps import heat_on_slice
     from classifiers.workflows.explain import ModelExplainer
     from classifiers.workflows.model import load_model
-    from feature_extractor.run_context import RunContext
+    from covidct_core.run_context import RunContext
 
     slice_path = sorted((data / "CT_COVID").iterdir())[1]
     expl = ModelExplainer(load_model(model, RunContext(features))).explain(slice_path)

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covidct_core.errors import SettingsError
+from covidct_core.run_context import RunContext
+from covidct_core.run_settings import EngineError, EngineSettings
 from feature_extractor.cache.feature_cache import FeatureCache
-from feature_extractor.errors import SettingsError
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import load_unlabeled
-from feature_extractor.run_context import RunContext
-from feature_extractor.runtimes.engine import EngineError, EngineSettings, import_ray
+from feature_extractor.runtimes.engine import import_ray
 from feature_extractor.weights import parse_choice
 from tests.conftest import MOBILENETV2_FILE, SHARED_DATA, needs_shared
 from tests.helpers import make_class_folders

@@ -5,7 +5,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from classifiers.estimators.recalibration import recalibrate
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 
 def site(n, flip, rng):

@@ -4,11 +4,11 @@ import sys
 import numpy as np
 import pytest
 
+from covidct_core.run_context import RunContext
+from covidct_core.run_settings import RuntimeMissingError, check_runtime
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import load_unlabeled
-from feature_extractor.run_context import RunContext
-from feature_extractor.runtimes.inference import RuntimeMissingError, check_runtime
 from tests.helpers import make_class_folders
 
 
@@ -46,8 +46,8 @@ def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
 
 
 def test_onnx_runtime_is_the_default_under_tensorflow_keras(monkeypatch):
-    from feature_extractor.runtimes import inference as runtimes
-    from feature_extractor.runtimes.inference import default_runtime
+    from covidct_core import run_settings as runtimes
+    from covidct_core.run_settings import default_runtime
 
     monkeypatch.delenv("COVIDCT_RUNTIME", raising=False)
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
@@ -83,7 +83,7 @@ def test_a_cached_export_runs_without_building_the_keras_model(tmp_path):
 
 
 def test_the_runtime_cache_follows_the_environment_and_fails_in_one_line(tmp_path, monkeypatch):
-    from feature_extractor.errors import SettingsError
+    from covidct_core.errors import SettingsError
     from feature_extractor.runtimes.inference import runtime_models_dir, user_cache_dir
 
     assert runtime_models_dir() == tmp_path / "user_cache" / "runtime-models"  # $COVIDCT_CACHE (conftest)

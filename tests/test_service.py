@@ -18,8 +18,8 @@ uvicorn = pytest.importorskip("uvicorn", reason="the web service is the `serve` 
 httpx = pytest.importorskip("httpx", reason="the web service is the `serve` extra")
 
 from classifiers.workflows.model import load_model  # noqa: E402
-from feature_extractor.errors import SettingsError  # noqa: E402
-from feature_extractor.run_context import RunContext  # noqa: E402
+from covidct_core.errors import SettingsError  # noqa: E402
+from covidct_core.run_context import RunContext  # noqa: E402
 from service.app import build_app  # noqa: E402
 from service.settings import ServeSettings  # noqa: E402
 from tests.conftest import SHARED, needs_shared  # noqa: E402
@@ -168,7 +168,9 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path):
         ServeSettings(host="0.0.0.0")
     (tmp_path / "t").write_text("short")
     with pytest.raises(SettingsError, match="too short"):
-        ServeSettings.read_token(tmp_path / "t")
+        ServeSettings(token_file=str(tmp_path / "t"))
+    (tmp_path / "t").write_text(TOKEN)
+    assert ServeSettings(host="0.0.0.0", token_file=str(tmp_path / "t")).token == TOKEN
     assert ServeSettings(host="0.0.0.0", token=TOKEN).token == TOKEN
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 BALANCES = ("none", "class", "source")
 

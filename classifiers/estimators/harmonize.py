@@ -23,14 +23,16 @@ COVID); this is the method's known price.
 from __future__ import annotations
 
 import copy
+from numbers import Integral
 from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 
 from .options import HARMONIZATIONS
 
@@ -54,20 +56,21 @@ class SiteStandardizer(BaseEstimator):
     n_images_ : site name -> images its statistics came from.
     """
 
+    _parameter_constraints: dict = {"min_images": [Interval(Integral, 1, None, closed="left")]}
+
     def __init__(self, min_images: int = MIN_SITE_IMAGES):
         self.min_images = min_images
 
     def fit(self, X: np.ndarray, sites: Sequence[str]) -> "SiteStandardizer":
+        self._validate_params()
         sites = np.asarray(sites, dtype=object)
         self.scalers_, self.n_images_ = {}, {}
         for site in dict.fromkeys(sites):
-            self.add_site(str(site), X[sites == site])
+            self._learn_site(str(site), X[sites == site])
         return self
 
-    def add_site(self, site: str, X: np.ndarray) -> "SiteStandardizer":
-        """Learn (or relearn) one site's statistics from its unlabeled features."""
-        if not hasattr(self, "scalers_"):
-            self.scalers_, self.n_images_ = {}, {}
+    def _learn_site(self, site: str, X: np.ndarray) -> "SiteStandardizer":
+        """Learn (or relearn) one site's statistics from its unlabeled features (fit, with_site)."""
         if len(X) < self.min_images:
             raise HarmonizationError(
                 f"site {site!r} has {len(X)} readable images; standardizing its features needs at least "
@@ -102,7 +105,8 @@ class SiteStandardizer(BaseEstimator):
 
     def with_site(self, site: str, X: np.ndarray) -> "SiteStandardizer":
         """A copy that also knows ``site``, learned from its unlabeled features ``X``."""
-        return copy.deepcopy(self).add_site(site, X)
+        check_is_fitted(self, "scalers_")
+        return copy.deepcopy(self)._learn_site(site, X)
 
     def knows(self, site: str) -> bool:
         return site in getattr(self, "scalers_", {})
@@ -127,9 +131,6 @@ class NoHarmonization(BaseEstimator):
 
     def fit_transform(self, X: np.ndarray, sites: Sequence[str]) -> np.ndarray:
         return X
-
-    def add_site(self, site: str, X: np.ndarray) -> "NoHarmonization":
-        return self
 
     def with_site(self, site: str, X: np.ndarray) -> "NoHarmonization":
         return self

@@ -10,14 +10,16 @@ that maximises the out-of-fold cell Dice; then the winner is refit on every cell
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 from .options import LESION_HEADS
 
@@ -73,12 +75,17 @@ class LesionHead(ClassifierMixin, BaseEstimator):
     cv_dice_ : the out-of-fold cell Dice at that threshold.
     """
 
+    _parameter_constraints: dict = {
+        "candidates": [list, tuple], "cv": [Interval(Integral, 2, None, closed="left")], "random_state": ["random_state"],
+    }
+
     def __init__(self, candidates: Sequence[str] = DEFAULT_HEADS, cv: int = 3, random_state: int = 0):
         self.candidates = candidates
         self.cv = cv
         self.random_state = random_state
 
     def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> "LesionHead":
+        self._validate_params()
         from sklearn.isotonic import IsotonicRegression
         from sklearn.metrics import average_precision_score
         from sklearn.model_selection import GroupKFold

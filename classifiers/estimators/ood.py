@@ -22,15 +22,16 @@ this per-image cut-off one by one.
 from __future__ import annotations
 
 import weakref
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import normalize
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .search import grouped_folds
-
 
 _REFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # index -> (float64 rows, squared norms)
 _CHUNK_ROWS = 2048
@@ -72,6 +73,11 @@ class NearestNeighborOOD(BaseEstimator):
     oof_scores_ : the training images' out-of-fold scores.
     """
 
+    _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")], "quantile": [Interval(Real, 0, 1, closed="right")],
+        "cv": [Interval(Integral, 2, None, closed="left")], "random_state": ["random_state"],
+    }
+
     def __init__(self, n_neighbors: int = 5, quantile: float = 0.99, cv: int = 5, random_state: int = 0):
         self.n_neighbors = n_neighbors
         self.quantile = quantile
@@ -91,6 +97,7 @@ class NearestNeighborOOD(BaseEstimator):
             sources: np.ndarray | None = None) -> "NearestNeighborOOD":
         """``y``: labels (folds are stratified by them); ``groups``: patients. ``sources`` is accepted
         for the call signature of the other parts and not used."""
+        self._validate_params()
         oof = np.empty(len(X))
         for train, test in grouped_folds(y, groups, self.cv, self.random_state).split(X, y, groups):
             oof[test] = self._score(self._index(X[train]), X[test])

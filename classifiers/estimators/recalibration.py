@@ -16,10 +16,9 @@ import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 from .thresholds import threshold_for_sensitivity
-
 
 RECALIBRATIONS = ("sigmoid", "isotonic")
 
@@ -34,7 +33,7 @@ def out_of_fold_recalibrated(estimator, X: np.ndarray, y: np.ndarray, groups: np
                              n_splits: int = 5, random_state: int = 0) -> np.ndarray:
     """Each image's recalibrated probability from a calibration fitted without its patient
     (patient-grouped folds): scores exchangeable with a new image of the site, for the site's
-    conformal calibration."""
+    answer thresholds (Learn-then-Test)."""
     from .search import grouped_folds
 
     y = np.asarray(y, dtype=int)

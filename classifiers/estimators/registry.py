@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 
 if TYPE_CHECKING:  # scikit-learn is imported when an estimator is built: the CLI reads the names at start-up
     from sklearn.base import BaseEstimator

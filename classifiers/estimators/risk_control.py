@@ -18,13 +18,14 @@ a set of images recognised as one source (source_test.py) is answered with that 
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
+from numbers import Real
 from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 POOLED = "all"      # the thresholds of every calibration score, for a set whose source is not known
 MIN_PER_CLASS = 10  # fewer calibration scores of a class give no threshold of that class
@@ -75,11 +76,16 @@ class SelectiveThresholds(BaseEstimator):
     calibration_ : group -> (scores in [0, 1], labels); the pooled group is ``POOLED``.
     """
 
+    _parameter_constraints: dict = {"delta": [Interval(Real, 0, 1, closed="neither")]}
+
     def __init__(self, delta: float = 0.1):
         self.delta = delta
 
-    def fit(self, scores: Sequence[float], y: Sequence[int], groups: Sequence[str] | None = None
-            ) -> "SelectiveThresholds":
+    def fit(self, scores: Sequence[float], y: Sequence[int], groups: Sequence[str] | None = None,
+            score_name: str | None = None) -> "SelectiveThresholds":
+        """``groups``: each score's group (e.g. its source); ``score_name``: what the scores are (e.g. which
+        lesion summary a finding reads), kept as ``score_name_``."""
+        self._validate_params()
         scores, y = np.asarray(scores, dtype=float), np.asarray(y, dtype=int)
         if len(scores) == 0 or len(np.unique(y)) < 2:
             raise TrainingDataError("answer thresholds need calibration scores of both classes")
@@ -87,7 +93,7 @@ class SelectiveThresholds(BaseEstimator):
         groups = None if groups is None else np.asarray(groups, dtype=object)
         if groups is not None and len(set(groups)) > 1:  # one group's thresholds are the pooled ones
             self.calibration_.update({str(g): (scores[groups == g], y[groups == g]) for g in dict.fromkeys(groups)})
-        self._cache = {}
+        self.score_name_ = score_name
         return self
 
     def with_group(self, name: str, scores: Sequence[float], y: Sequence[int]) -> "SelectiveThresholds":
@@ -96,11 +102,10 @@ class SelectiveThresholds(BaseEstimator):
 
         other = copy.deepcopy(self)
         other.calibration_[name] = (np.asarray(scores, dtype=float), np.asarray(y, dtype=int))
-        other._cache = {}
         return other
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_cache"}  # thresholds are recomputed, not stored
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}  # thresholds are recomputed, not stored
 
     @property
     def groups(self) -> list[str]:
@@ -108,14 +113,15 @@ class SelectiveThresholds(BaseEstimator):
 
     def thresholds(self, error_rate: float, group: str = POOLED) -> tuple[float | None, float | None]:
         """(low, high): answer negative at or below ``low``, positive at or above ``high`` (None: never)."""
-        key = (float(error_rate), group if group in self.calibration_ else POOLED)
-        cache = self.__dict__.setdefault("_cache", {})
-        if key not in cache:
-            s, y = self.calibration_[key[1]]
+        # A memo of what the calibration data and the parameters give (set_params(delta=...) keys a new entry).
+        key = (float(self.delta), float(error_rate), group if group in self.calibration_ else POOLED)
+        memo = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            s, y = self.calibration_[key[2]]
             high = _mapie_threshold(s, y, error_rate, self.delta / 2)
             low = _mapie_threshold(1 - s, 1 - y, error_rate, self.delta / 2)
-            cache[key] = (None if low is None else 1 - low, high)
-        return cache[key]
+            memo[key] = (None if low is None else 1 - low, high)
+        return memo[key]
 
     def answer(self, scores: Sequence[float], error_rate: float, group: str = POOLED) -> np.ndarray:
         """1 (positive), 0 (negative) or -1 (no answer) per score."""
@@ -140,10 +146,3 @@ class SelectiveThresholds(BaseEstimator):
                 "groups": {g: {"n": self.counts(g), "thresholds_at_default_rate":
                                [None if t is None else round(t, 4) for t in self.thresholds(error_rate, g)]}
                            for g in self.groups}}
-
-
-@lru_cache(maxsize=1)
-def mapie_version() -> str:
-    from importlib.metadata import version
-
-    return version("mapie")

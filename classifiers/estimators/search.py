@@ -7,16 +7,18 @@ threshold, without any extra fits and without touching the test split.
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
+from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5,
@@ -94,6 +96,11 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         The labels, as ``best_estimator_`` has them.
     """
 
+    _parameter_constraints: dict = {
+        "estimator": [HasMethods(["fit", "predict_proba"])], "param_grid": [dict, None], "cv": ["cv_object"],
+        "random_state": ["random_state"], "n_jobs": [Integral, None],
+    }
+
     def __init__(self, estimator: BaseEstimator, param_grid: Mapping[str, Sequence] | None = None,
                  cv: int | Any = 5, random_state: int = 0, n_jobs: int | None = None):
         self.estimator = estimator
@@ -104,6 +111,7 @@ class GroupedSearchCV(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, groups=None, sample_weight=None) -> "GroupedSearchCV":
         """``sample_weight``: weights for every fit and for the held-out AUCs."""
+        self._validate_params()
         X, y = np.asarray(X), np.asarray(y)
         if set(np.unique(y)) != {0, 1}:
             raise TrainingDataError("training needs labeled images of both classes (COVID and NonCOVID)")

@@ -15,6 +15,7 @@ sources always in). Those out-of-fold scores then calibrate the site's answer th
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Sequence
 
 import numpy as np
@@ -25,9 +26,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 from .balance import source_balance_weights
 
@@ -55,6 +57,12 @@ class SiteModel(ClassifierMixin, BaseEstimator):
     P(COVID), in the order of its rows; estimator_ : the chosen logistic regression refit on all.
     """
 
+    _parameter_constraints: dict = {
+        "site": [str], "n_lesion": [Interval(Integral, 0, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left")], "cv": [Interval(Integral, 2, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
     def __init__(self, site: str, n_lesion: int = 0, n_components: int = 64, cv: int = 5, random_state: int = 0):
         self.site = site
         self.n_lesion = n_lesion
@@ -80,6 +88,7 @@ class SiteModel(ClassifierMixin, BaseEstimator):
         return train & site if candidate[0] == "the site's lesions" else train
 
     def fit(self, X: np.ndarray, y: np.ndarray, sources: Sequence[str], groups: Sequence[str]) -> "SiteModel":
+        self._validate_params()
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=int)
         sources, groups = np.asarray(sources, dtype=object), np.asarray(groups, dtype=object)
         site = sources == self.site

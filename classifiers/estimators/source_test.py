@@ -23,6 +23,7 @@ calibrated size are subsampled to it.
 """
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Sequence
 
 import numpy as np
@@ -31,9 +32,10 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 SIZES = (10, 20, 50, 100)
 
@@ -69,6 +71,13 @@ class SourceTest(BaseEstimator):
     source -> {size: cut-off}; calibration_ : source -> {size: (q_within, q_across)}.
     """
 
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "reference_size": [Interval(Integral, 1, None, closed="left")],
+        "draws": [Interval(Integral, 1, None, closed="left")], "min_set": [Interval(Integral, 2, None, closed="left")],
+        "margin": [Interval(Real, 0, None, closed="neither")], "random_state": ["random_state"],
+    }
+
     def __init__(self, n_components: int = 64, reference_size: int = 300, draws: int = 40, min_set: int = 10,
                  margin: float = 3.0, random_state: int = 0):
         self.n_components = n_components
@@ -81,6 +90,7 @@ class SourceTest(BaseEstimator):
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, X: np.ndarray, sources: Sequence[str], groups: Sequence[str]) -> "SourceTest":
         """``X``: the training images' raw features; ``sources`` and ``groups`` (patients): each image's."""
+        self._validate_params()
         X = np.asarray(X, dtype=np.float64)
         if len(X) < 2 * self.min_set:
             raise TrainingDataError(f"a source test needs at least {2 * self.min_set} training images; got {len(X)}")

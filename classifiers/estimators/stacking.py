@@ -19,11 +19,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
+from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from feature_extractor.errors import TrainingDataError
+from covidct_core.errors import TrainingDataError
 
 from .registry import DEFAULT_BASE, get_classifier
 from .search import GroupedSearchCV, fold_aucs, fold_splits, sample_weight_params
@@ -87,6 +88,12 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
         Mean and standard deviation over folds of the stack's held-out AUC.
     """
 
+    _parameter_constraints: dict = {
+        "estimators": [list, None], "blocks": [list, None],
+        "final_estimator": [HasMethods(["fit", "predict_proba"]), None], "final_param_grid": [dict, None],
+        "cv": ["cv_object"], "random_state": ["random_state"],
+    }
+
     def __init__(self, estimators: Sequence[tuple[str, BaseEstimator]] | None = None,
                  blocks: Sequence[tuple[str, int, int]] | None = None,
                  final_estimator: BaseEstimator | None = None,
@@ -114,6 +121,7 @@ class StackedEnsemble(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, groups=None, sample_weight=None) -> "StackedEnsemble":
         """``groups``: patient of each row (folds never split one); ``sample_weight``: weights
         for every base and final fit and every held-out AUC."""
+        self._validate_params()
         X, y = validate_data(self, X, y)
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)

@@ -14,10 +14,11 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from .options import DEFAULT_AGGREGATION
+
 AGGREGATIONS = ("mean", "max", "top3", "noisy_or")
 LESION_WEIGHTED = "lesion_weighted"  # needs each slice's lesion area
 _FLOOR = 0.01  # a slice without lesion keeps this weight
-DEFAULT_AGGREGATION = "mean"  # models fitted before aggregation was chosen
 
 
 def aggregate(p: Sequence[float], method: str = DEFAULT_AGGREGATION,

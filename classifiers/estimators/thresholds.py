@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 
 
 def threshold_for_sensitivity(y: np.ndarray, p: np.ndarray, target: float) -> dict[str, float]:

@@ -82,13 +82,13 @@ def overlay_rgb(expl: Explanation, max_side: int | None = 160) -> np.ndarray:
     return _blend(original, heat, _vmax(heat, expl.method))
 
 
-def render(expl: Explanation, out: str | Path, threshold: float = 0.5) -> Path:
-    """A PNG: the slice (with the crop box) beside the slice with the heatmap."""
+def render(expl: Explanation, out: str | Path, label: str, threshold: float) -> Path:
+    """A PNG: the slice (with the crop box) beside the slice with the heatmap; the title gives P(COVID)
+    and its ``label`` at the model's ``threshold`` (workflows/scoring.label_of)."""
     import matplotlib
 
     plt = pyplot()
     original, heat = heat_on_slice(expl)
-    label = "COVID" if expl.p_covid >= threshold else "NonCOVID"
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.8), dpi=110)
     left.imshow(original)
     if expl.prepared.crop is not None:

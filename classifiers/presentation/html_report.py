@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from feature_extractor.imaging.dataset import printable_path
-from feature_extractor.provenance import utc_now
+from covidct_core.provenance import utc_now
 
 from ..records import prediction_record as record
 from ..records.evaluation import CrossSourceReport, EvaluationReport
@@ -271,11 +271,11 @@ def _breakdown(first: str, rows: list[tuple[str, dict, int | None]]) -> str:
 
 # The slice record's fields the table shows as columns (the file, its error and the heatmap
 # have their own places); each column is its declaration's name, with its help as a tooltip.
-_OWN_PLACE = ("path", "error", "heatmap")
+_SHOWN_APART = ("path", "error", "heatmap")
 
 
 def _report_fields() -> list:
-    return [f for f in record.SLICE.fields if f.name not in _OWN_PLACE]
+    return [f for f in record.SLICE.fields if f.name not in _SHOWN_APART]
 
 
 _ANSWER_CLASS = {"COVID": "covid", "NonCOVID": "noncovid"}  # uncertain, not assessable: neutral

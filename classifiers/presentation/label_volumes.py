@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 LESION_LABEL = 3
-LABELS = {1: "right lung", 2: "left lung", LESION_LABEL: "lesion"}
+VOLUME_LABELS = {1: "right lung", 2: "left lung", LESION_LABEL: "lesion"}
 
 
 def series_affine(headers: Sequence) -> np.ndarray:

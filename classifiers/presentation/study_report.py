@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feature_extractor.provenance import utc_now
+from covidct_core.provenance import utc_now
 
 from ..records import prediction_record as record
 
@@ -24,7 +24,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;max-width:70em;color:#222}
 dl.fields dt{font-weight:600} dl.fields dd{margin:0}
 """
 # Shown in the heading or by the strip, not in the list of fields.
-_OWN_PLACE = ("study", "answer", "top_slices", "top_lesion_slices")
+_SHOWN_ON_THE_CARD = ("study", "answer", "top_slices", "top_lesion_slices")
 
 
 @dataclass
@@ -60,7 +60,7 @@ def render_studies(strips: list[StudyStrip], model: str, aggregation: str, thres
              f"<p>Model <code>{e(model)}</code>; a study's P(COVID) is the {e(aggregation)} of its slices' "
              f"probabilities (chosen at fit by patient-grouped CV); threshold {threshold:g}. Heatmaps: {e(method)}. "
              f"Written {e(utc_now())}.</p>"]
-    fields = [f for f in record.STUDY.api_fields() if f.name not in _OWN_PLACE]
+    fields = [f for f in record.STUDY.api_fields() if f.name not in _SHOWN_ON_THE_CARD]
     for strip in strips:
         result = strip.result
         answer = result.answer or result.label or ""

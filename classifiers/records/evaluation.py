@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_extractor.provenance import library_versions, utc_now
+from covidct_core.provenance import library_versions, utc_now
 
 from ..estimators.options import ANSWERS
 from .metrics import METRICS

@@ -23,15 +23,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from feature_extractor.errors import ModelBundleError
+from covidct_core.errors import ModelBundleError
 from feature_extractor.feature_spec import FeatureSpec
 
-from ..estimators.options import DEFAULT_ERROR_RATE
+from ..estimators.options import DEFAULT_AGGREGATION, DEFAULT_ERROR_RATE
 from ..settings import FitSettings
+from .lesion_summary import CLASSIFIER_SUMMARY
 
 MANIFEST_FORMAT = 5
 READABLE_FORMATS = (2, 3, 4, 5)
-DEFAULT_AGGREGATION = "mean"  # study aggregation of models fitted before it was chosen
 
 
 @dataclass(frozen=True)
@@ -125,10 +125,6 @@ class ModelCard:
     @property
     def cv_auc(self) -> float:
         return float(self.cv.get("auc", float("nan")))
-
-    @property
-    def has_lesion_head(self) -> bool:
-        return self.lesion is not None
 
     def public_backbones(self) -> list[dict]:
         """The backbone records without local paths (for reports and the API)."""
@@ -235,7 +231,6 @@ def estimator_record(estimator: Any) -> dict[str, Any]:
 
 
 LESION_BLOCK = "lesion"
-N_LESION_COLUMNS = 6  # workflows/lesions/summary.py CLASSIFIER_SUMMARY
 
 
 def feature_blocks(backbones: Sequence[Mapping[str, Any]], lesion: bool = False) -> list[tuple[str, int, int]]:
@@ -247,7 +242,7 @@ def feature_blocks(backbones: Sequence[Mapping[str, Any]], lesion: bool = False)
         out.append((b["backbone"], start, stop))
         start = stop
     if lesion:
-        out.append((LESION_BLOCK, start, start + N_LESION_COLUMNS))
+        out.append((LESION_BLOCK, start, start + len(CLASSIFIER_SUMMARY)))
     return out
 
 

@@ -12,10 +12,12 @@ studies.csv, the API's studies) and ``study_slice()`` (a study's slice: the slic
 """
 from __future__ import annotations
 
+from feature_extractor.imaging.dataset import COVID_LABEL, LABEL_NAMES, NONCOVID_LABEL
+
 from ..estimators.options import ANSWERS, FINDINGS
 from .fields import RecordField, RecordSchema
 
-LABELS = ("COVID", "NonCOVID")
+LABELS = (LABEL_NAMES[COVID_LABEL], LABEL_NAMES[NONCOVID_LABEL])  # the label column's values
 
 SLICE = RecordSchema("slice", (
     RecordField("path", str, "The image file.", path=True, api=False),  # the API gives the uploaded name
@@ -110,8 +112,21 @@ def answer_counts(rows, error_rate: float | None) -> str:
     """'3 COVID, 5 NonCOVID, 2 uncertain, 1 not assessable (error rate 0.1)' for rows with an answer."""
     answered = [r.answer for r in rows if getattr(r, "answer", None)]
     if not answered:
-        return "no answers (a model fitted before conformal answers: refit it, or calibrate it on a site's labels)"
+        return "no answers (a model fitted before the answer policy: refit it, or calibrate it on a site's labels)"
     return ", ".join(f"{answered.count(a)} {a}" for a in ANSWERS) + f" (error rate {error_rate:g})"
+
+
+def label_and_finding_lines(rows, threshold: float) -> list[str]:
+    """The summary lines every prediction report ends its counts with: the label column's counts at the
+    model's threshold and, where rows have one, the lesion finding's counts (rows: slices or studies;
+    those without a P(COVID) are left out)."""
+    labeled = [r.label for r in rows if getattr(r, "p_covid", None) is not None]
+    n_covid = labeled.count(LABELS[0])
+    lines = [f"  P(COVID) >= threshold {threshold:.3f} (the label column): {n_covid} COVID, "
+             f"{len(labeled) - n_covid} NonCOVID"]
+    if findings := finding_counts(rows):  # the lesion head's: it transfers to a new hospital
+        lines.append(f"  lesion finding: {findings}")
+    return lines
 
 
 def finding_counts(rows) -> str | None:

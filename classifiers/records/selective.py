@@ -11,9 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..estimators.options import ANSWERS
+from ..estimators.options import COVID, NONCOVID, NOT_ASSESSABLE, UNCERTAIN
 
-COVID, NONCOVID, UNCERTAIN, NOT_ASSESSABLE = ANSWERS
 CURVE_RATES = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 _NAMES = {1: "COVID", 0: "NonCOVID"}
 

@@ -30,12 +30,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..estimators.options import ANSWERS, FINDINGS
+from ..estimators.options import COVID, FINDINGS, NONCOVID, NOT_ASSESSABLE, UNCERTAIN
 from ..estimators.risk_control import POOLED
 
-COVID, NONCOVID, UNCERTAIN, NOT_ASSESSABLE = ANSWERS
-OPACITIES, CLEAR, UNCLEAR, NO_FINDING = FINDINGS
-MIN_LUNG_FRACTION = 0.02   # a slice whose lungs cover less of it has no finding (no lungs found)
+OPACITIES, CLEAR, FINDING_UNCERTAIN, FINDING_NOT_ASSESSABLE = FINDINGS
+MIN_LUNG_SHARE_OF_SLICE = 0.02   # a slice whose lungs cover less of it has no finding (no lungs found)
 
 
 @dataclass
@@ -59,7 +58,7 @@ class SetVerdict:
 
     n: int
     test: dict | None = None        # SourceTest.test, None when not tested
-    known: bool = True              # False: the model has no source test (nothing to check against)
+    checked: bool = True            # False: the model has no source test (nothing to check against)
 
     @property
     def source(self) -> str | None:
@@ -69,17 +68,17 @@ class SetVerdict:
         return min(self.test["exchangeable"], key=lambda s: self.test["statistics"][s] / self.test["cut_offs"][s])
 
     @property
-    def unknown(self) -> bool:
+    def unlike_known_sources(self) -> bool:
         """Tested and exchangeable with no known source."""
         return self.test is not None and not self.test["exchangeable"]
 
     def note(self) -> str:
         t = self.test
-        if not self.known:
+        if not self.checked:
             return "the model has no source test (refit it)"
         if t is None:
             return f"its source could not be checked (a set of {self.n} images; the source test needs 10 or more)"
-        if self.unknown:
+        if self.unlike_known_sources:
             return (f"not assessable: these {self.n} images as a set are unlike every source the model knows (nearest "
                     f"{t['nearest']}: two-sample MMD {t['ratio']:.1f}x its cut-off); calibrate on this site's labeled "
                     "images")
@@ -94,7 +93,7 @@ def set_verdicts(parts: AnswerParts, raw: np.ndarray, sets: Sequence[str]) -> di
     for name in dict.fromkeys(sets):
         rows = np.flatnonzero(sets == name)
         if parts.source_test is None:
-            out[name] = SetVerdict(len(rows), known=False)
+            out[name] = SetVerdict(len(rows), checked=False)
         else:
             out[name] = SetVerdict(len(rows), parts.source_test.test(raw[rows]))
     return out
@@ -129,7 +128,7 @@ def answer_images(parts: AnswerParts, p_covid: np.ndarray, raw: np.ndarray, sets
     site = None if parts.site_model is None else parts.site_model.site
     for name, verdict in verdicts.items():
         rows = np.flatnonzero(sets == name)
-        if verdict.unknown:
+        if verdict.unlike_known_sources:
             blocked[rows] = True
             for i in rows:
                 answers[i], notes[i] = NOT_ASSESSABLE, verdict.note()
@@ -143,7 +142,7 @@ def answer_images(parts: AnswerParts, p_covid: np.ndarray, raw: np.ndarray, sets
             (" and the site model" if site is not None and group == site else "")
         for i, code in zip(rows, coded):
             groups[i] = group
-            answers[i] = {1: COVID, 0: NONCOVID}.get(int(code), UNCERTAIN)
+            answers[i] = _answer_of(code)
             where = (f"P(COVID) between {by}' {_t(low)} and {_t(high)}" if code < 0
                      else f"answered by {by} ({_t(low)}, {_t(high)})")
             notes[i] = f"{where} at error rate {parts.error_rate:g}; {verdict.note()}"
@@ -167,8 +166,19 @@ def answers_at(parts: AnswerParts, answers: Answers, error_rate: float) -> list[
             out.append(None)
         else:
             code = int(parts.thresholds.answer([p], error_rate, group)[0])
-            out.append({1: COVID, 0: NONCOVID}.get(code, UNCERTAIN))
+            out.append(_answer_of(code))
     return out
+
+
+def _answer_of(code: int) -> str:
+    """A threshold's code (1 positive, 0 negative, -1 between: risk_control.SelectiveThresholds.answer) as an
+    answer."""
+    return {1: COVID, 0: NONCOVID}.get(int(code), UNCERTAIN)
+
+
+def _finding_of(code: int) -> str:
+    """The finding's threshold code as a finding."""
+    return {1: OPACITIES, 0: CLEAR}.get(int(code), FINDING_UNCERTAIN)
 
 
 def _t(value: float | None) -> str:
@@ -179,12 +189,12 @@ def findings(parts: AnswerParts, lesions: Sequence[Any]) -> list[str | None]:
     """Each slice's finding from its LesionSummary (None where the model has no finding calibration)."""
     if parts.finding is None:
         return [None] * len(lesions)
-    name = getattr(parts.finding, "score_name_", "lesion_fraction")
+    name = getattr(parts.finding, "score_name_", None) or "lesion_fraction"  # which LesionSummary value it reads
     scores = np.array([np.nan if s is None or getattr(s, name) is None else getattr(s, name) for s in lesions])
-    lungs = np.array([s is not None and s.lung_fraction >= MIN_LUNG_FRACTION and s.lung_note is None for s in lesions])
+    lungs = np.array([s is not None and s.lung_fraction >= MIN_LUNG_SHARE_OF_SLICE and s.lung_note is None for s in lesions])
     usable = lungs & np.isfinite(scores)
     coded = parts.finding.answer(np.nan_to_num(scores), parts.error_rate)
-    return [NO_FINDING if not ok else {1: OPACITIES, 0: CLEAR}.get(int(c), UNCLEAR) for ok, c in zip(usable, coded)]
+    return [FINDING_NOT_ASSESSABLE if not ok else _finding_of(c) for ok, c in zip(usable, coded)]
 
 
 def answer_study(parts: AnswerParts, p_covid: float, verdict: SetVerdict | None,
@@ -192,7 +202,7 @@ def answer_study(parts: AnswerParts, p_covid: float, verdict: SetVerdict | None,
     """A study's answer and the rule that decided: its slices as a set (the source test), most of its
     slices out of distribution, or the study thresholds (calibrated on training patients with several
     slices; a calibrated site's own where it has them)."""
-    if verdict is not None and verdict.unknown:
+    if verdict is not None and verdict.unlike_known_sources:
         return NOT_ASSESSABLE, verdict.note()
     if in_distribution is False:
         return NOT_ASSESSABLE, "not assessable: most of its scored slices are unlike the training images one by one"
@@ -205,7 +215,13 @@ def answer_study(parts: AnswerParts, p_covid: float, verdict: SetVerdict | None,
     rule = f"the study thresholds ({_t(low)}, {_t(high)}) at error rate {parts.error_rate:g}"
     note = f"{'P(COVID) between ' + rule if code < 0 else 'answered by ' + rule}; " + \
         (verdict.note() if verdict is not None else "its source could not be checked")
-    return {1: COVID, 0: NONCOVID}.get(code, UNCERTAIN), note
+    return _answer_of(code), note
+
+
+def study_in_distribution(slice_flags: Sequence[bool | None]) -> bool | None:
+    """A study is in distribution when at least half of its scored slices are (None: none was checked)."""
+    flags = [bool(f) for f in slice_flags if f is not None]
+    return (sum(flags) * 2 >= len(flags)) if flags else None
 
 
 def study_finding(slice_findings: Sequence[str | None], error_rate: float) -> tuple[str | None, float | None]:
@@ -215,15 +231,15 @@ def study_finding(slice_findings: Sequence[str | None], error_rate: float) -> tu
     known = [f for f in slice_findings if f is not None]
     if not known:
         return None, None
-    assessable = [f for f in known if f != NO_FINDING]
+    assessable = [f for f in known if f != FINDING_NOT_ASSESSABLE]
     if not assessable:
-        return NO_FINDING, None
+        return FINDING_NOT_ASSESSABLE, None
     share = sum(f == OPACITIES for f in assessable) / len(assessable)
     if share > error_rate:
         return OPACITIES, share
     if share == 0 and sum(f == CLEAR for f in assessable) * 2 >= len(assessable):
         return CLEAR, share
-    return UNCLEAR, share
+    return FINDING_UNCERTAIN, share
 
 
 def fit_answer_parts(oof: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: Sequence[str], raw: np.ndarray,
@@ -232,7 +248,7 @@ def fit_answer_parts(oof: np.ndarray, y: np.ndarray, groups: np.ndarray, sources
     """fit's answer parts from the training data: the slice thresholds per source on the patient-grouped
     out-of-fold P(COVID), the study thresholds on the training patients with several slices (None when
     too few), the source test on the raw features; and their record for the model card."""
-    from feature_extractor.errors import TrainingDataError
+    from covidct_core.errors import TrainingDataError
 
     from ..estimators.risk_control import SelectiveThresholds
     from ..estimators.source_test import SourceTest

@@ -18,8 +18,8 @@ from typing import Any
 
 import joblib
 
-from feature_extractor.errors import ModelBundleError
-from feature_extractor.provenance import sha256_file
+from covidct_core.errors import ModelBundleError
+from covidct_core.provenance import sha256_file
 
 from ..estimators.harmonize import NoHarmonization
 from ..records.model_card import MANIFEST_FORMAT, ModelCard

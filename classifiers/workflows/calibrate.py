@@ -11,32 +11,26 @@ the per-image check takes its images as seen. The original model is not changed.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
+from covidct_core.provenance import command_line, library_versions, utc_now
 from feature_extractor.imaging.dataset import load_datasets
-from feature_extractor.provenance import command_line, library_versions, utc_now
 
+from ..estimators.options import CALIBRATION_METHODS
 from ..estimators.recalibration import out_of_fold_recalibrated, recalibrate
 from ..estimators.site_model import SiteModel
 from ..estimators.study_aggregation import study_scores
-from ..records.model_card import Harmonization
+from ..records.model_card import Harmonization, ModelCard
+from ..settings import CalibrateSettings
 from .bundle import ModelBundle, save_bundle
 from .model import LoadedModel, ModelFeatures, extract_features
 from .train import data_fingerprint, training_records
 
-SITE = "site"
-METHODS = (SITE, "sigmoid", "isotonic")
-
-
-def _lesion_columns(model: LoadedModel, feats: ModelFeatures) -> np.ndarray:
-    summaries = model.lesions.summaries(feats.good)
-    bad = [p for p, s in summaries.items() if isinstance(s, str)]
-    if bad:
-        raise CovidCTError(f"{len(bad)} images cannot be read for lesion maps, e.g. {bad[0]}: {summaries[bad[0]]}")
-    return np.stack([summaries[r.path].classifier_features() for r in feats.good])
+SITE = CALIBRATION_METHODS[0]  # learn the site; the others recalibrate
 
 
 def learn_site(model: LoadedModel, site: str, feats: ModelFeatures, y: np.ndarray, groups: np.ndarray) -> SiteModel:
@@ -51,82 +45,127 @@ def learn_site(model: LoadedModel, site: str, feats: ModelFeatures, y: np.ndarra
     blocks = [train.raw, feats.raw]
     n_lesion = 0
     if model.lesions is not None:
-        blocks = [np.hstack([train.raw, _lesion_columns(model, train)]), np.hstack([feats.raw, _lesion_columns(model, feats)])]
+        blocks = [np.hstack([train.raw, model.lesions.columns(train.readable)]),
+                  np.hstack([feats.raw, model.lesions.columns(feats.readable)])]
         n_lesion = blocks[0].shape[1] - train.raw.shape[1]
     X = np.vstack(blocks)
-    y_all = np.r_[[r.label for r in train.good], y].astype(int)
-    sources = np.r_[np.array([r.source for r in train.good], dtype=object), np.full(len(y), site, dtype=object)]
-    groups_all = np.r_[np.array([r.group for r in train.good], dtype=object), np.asarray(groups, dtype=object)]
+    y_all = np.r_[[r.label for r in train.readable], y].astype(int)
+    sources = np.r_[np.array([r.source for r in train.readable], dtype=object), np.full(len(y), site, dtype=object)]
+    groups_all = np.r_[np.array([r.group for r in train.readable], dtype=object), np.asarray(groups, dtype=object)]
     return SiteModel(site, n_lesion).fit(X, y_all, sources, groups_all)
 
 
+@dataclass
+class SiteSample:
+    """The site's labeled sample: its name, features, labels and patients."""
+
+    site: str
+    feats: ModelFeatures
+    y: np.ndarray
+    groups: np.ndarray
+
+
+@dataclass
+class SiteFit:
+    """What calibrate learned of a site: the estimator (the model's, or recalibrated), its out-of-fold
+    scores on the sample, the site model (``--method site``), the card's changes and its record."""
+
+    estimator: object
+    oof: np.ndarray
+    site_model: SiteModel | None
+    changes: dict
+    how: dict
+
+
 def calibrate_model(model: LoadedModel, data: str | Path, *, out: str | Path | None = None,
-                    method: str = SITE, target_sensitivity: float | None = None) -> ModelBundle:
+                    settings: CalibrateSettings | None = None) -> ModelBundle:
     """Teach ``model`` the site of the labeled images in ``data`` (one source); save the result
     (default: <model>-<site>.joblib beside the model). See the module docstring."""
-    if method not in METHODS:
-        raise CovidCTError(f"unknown calibration method {method!r}; valid: {', '.join(METHODS)}")
+    settings = settings or CalibrateSettings()
+    if model.bundle.thresholds is None:
+        raise CovidCTError(f"{model.path} has no answer thresholds (fitted before the answer policy): refit it first")
+    sample = read_site_sample(model, data)
+    harmonizer = model.harmonizer.with_site(sample.site, sample.feats.raw)
+    fitted = fit_site(model, sample, harmonizer, settings)
+    parts = site_answer_parts(model, sample, fitted.oof)
+    card = calibrated_card(model, sample, data, harmonizer, parts, fitted)
+    out = Path(out) if out else model.path.with_name(f"{model.path.stem}-{sample.site}.joblib")
+    if out.resolve() == model.path.resolve():
+        raise CovidCTError("calibrate writes a new model; give --out another path than --model")
+    return save_bundle(dataclasses.replace(model.bundle, estimator=fitted.estimator, card=card, path=out,
+                                           harmonizer=harmonizer, site_model=fitted.site_model, **parts))
+
+
+def read_site_sample(model: LoadedModel, data: str | Path) -> SiteSample:
+    """The labeled images of one site, through the model's feature caches."""
     dataset = load_datasets([data])
     if len(dataset.sources) != 1:
         raise CovidCTError(f"calibrate takes one site; {data} holds {len(dataset.sources)} sources")
-    (site,) = dataset.sources
-    if model.bundle.thresholds is None:
-        raise CovidCTError(f"{model.path} has no answer thresholds (fitted before the answer policy): refit it first")
     records = [r for r in dataset.records if r.label is not None]
     feats = extract_features(model.extractors, records)
-    if not feats.good:
+    if not feats.readable:
         raise CovidCTError(f"none of the {len(records)} images in {data} could be read")
-    y = np.array([r.label for r in feats.good], dtype=int)
-    groups = np.array([r.group for r in feats.good])
-    card, bundle = model.card, model.bundle
-    # The site seen through its own images' statistics (a harmonized model), kept in the new model.
-    harmonizer = model.harmonizer.with_site(site, feats.raw)
-    changes, site_model, estimator = {}, None, bundle.estimator
-    if method == SITE:
-        site_model = learn_site(model, site, feats, y, groups)
-        oof = site_model.oof_
-        changes["threshold"], changes["threshold_choice"] = 0.5, {"threshold": 0.5, "rule": "default (the site model)"}
-        how = {"method": "a site model learned beside the training sources", **site_model.describe()}
-    else:
-        X = harmonizer.transform(feats.raw, [site] * len(y))
-        if card.lesion_columns:  # the lesion summaries the classifier reads
-            X = np.hstack([X, _lesion_columns(model, feats)])
-        result = recalibrate(bundle.estimator, X, y, method, target_sensitivity)
-        estimator, oof = result.estimator, out_of_fold_recalibrated(bundle.estimator, X, y, groups, method)
-        changes["threshold"], changes["threshold_choice"] = result.threshold["threshold"], result.threshold
-        how = {"method": f"CalibratedClassifierCV({method}) around the frozen model"}
-    thresholds = bundle.thresholds.with_group(site, oof, y)
-    study_p, study_y = study_scores(oof, y, groups, card.aggregation)
+    return SiteSample(dataset.sources[0], feats, np.array([r.label for r in feats.readable], dtype=int),
+                      np.array([r.group for r in feats.readable]))
+
+
+def fit_site(model: LoadedModel, sample: SiteSample, harmonizer, settings: CalibrateSettings) -> SiteFit:
+    """The site model (``--method site``) or the frozen model recalibrated on the site's sample."""
+    if settings.method == SITE:
+        site_model = learn_site(model, sample.site, sample.feats, sample.y, sample.groups)
+        return SiteFit(model.bundle.estimator, site_model.oof_, site_model,
+                       {"threshold": 0.5, "threshold_choice": {"threshold": 0.5, "rule": "default (the site model)"}},
+                       {"method": "a site model learned beside the training sources", **site_model.describe()})
+    X = harmonizer.transform(sample.feats.raw, [sample.site] * len(sample.y))
+    if model.card.lesion_columns:  # the lesion summaries the classifier reads
+        X = np.hstack([X, model.lesions.columns(sample.feats.readable)])
+    result = recalibrate(model.bundle.estimator, X, sample.y, settings.method, settings.target_sensitivity)
+    oof = out_of_fold_recalibrated(model.bundle.estimator, X, sample.y, sample.groups, settings.method)
+    return SiteFit(result.estimator, oof, None,
+                   {"threshold": result.threshold["threshold"], "threshold_choice": result.threshold},
+                   {"method": f"CalibratedClassifierCV({settings.method}) around the frozen model"})
+
+
+def site_answer_parts(model: LoadedModel, sample: SiteSample, oof: np.ndarray) -> dict:
+    """The bundle's answer parts with the site added: its thresholds (slices, and studies when it has ten
+    patients of each class with several slices), a known source, images seen."""
+    bundle, site = model.bundle, sample.site
+    study_p, study_y = study_scores(oof, sample.y, sample.groups, model.card.aggregation)
     study_thresholds = bundle.study_thresholds
     if study_thresholds is not None and min(np.bincount(study_y, minlength=2)) >= 10:
         study_thresholds = study_thresholds.with_group(site, study_p, study_y)
-    source_test = bundle.source_test.with_source(site, feats.raw, groups) if bundle.source_test is not None else None
-    ood = bundle.ood.with_images(feats.raw) if bundle.ood is not None else None
-    n_covid = int(np.sum(y == 1))
-    sample = data_fingerprint(feats.good)
+    raw = sample.feats.raw
+    return {"thresholds": bundle.thresholds.with_group(site, oof, sample.y), "study_thresholds": study_thresholds,
+            "source_test": None if bundle.source_test is None else bundle.source_test.with_source(site, raw,
+                                                                                                   sample.groups),
+            "ood": None if bundle.ood is None else bundle.ood.with_images(raw)}
+
+
+def calibrated_card(model: LoadedModel, sample: SiteSample, data: str | Path, harmonizer, parts: dict,
+                    fitted: SiteFit) -> ModelCard:
+    """The model card with what calibrate changed and how (the site's sample described by counts and
+    fingerprint)."""
+    card, y, site = model.card, sample.y, sample.site
+    fingerprint = data_fingerprint(sample.feats.readable)
     harmonization = card.harmonization
     if harmonizer.active:
         harmonization = Harmonization(harmonization.method, tuple(
             s for s in harmonization.sites if s["name"] != site) + (
-            {"name": site, "role": "calibrate", "n_images": len(y), "fingerprint": sample},))
+            {"name": site, "role": "calibrate", "n_images": len(y), "fingerprint": fingerprint},))
     answers = dict(card.answers or {})
-    answers["slices"] = {**answers.get("slices", {}), **thresholds.describe(model.error_rate)}
-    if source_test is not None:
-        answers["source_test"] = source_test.describe()
-    new = card.with_changes(
+    answers["slices"] = {**answers.get("slices", {}), **parts["thresholds"].describe(model.error_rate)}
+    if parts["source_test"] is not None:
+        answers["source_test"] = parts["source_test"].describe()
+    n_covid = int(np.sum(y == 1))
+    return card.with_changes(
         created=utc_now(), command=command_line(), versions=library_versions(), answers=answers,
-        harmonization=harmonization, ood=ood.describe() if ood is not None else card.ood,
-        calibration={"from_model": str(model.path), "from_model_sha256": card.model_sha256, **how, "site": site,
+        harmonization=harmonization, ood=parts["ood"].describe() if parts["ood"] is not None else card.ood,
+        calibration={"from_model": str(model.path), "from_model_sha256": card.model_sha256, **fitted.how, "site": site,
                      "data": str(Path(data).resolve()), "n_images": len(y), "n_covid": n_covid,
-                     "n_noncovid": len(y) - n_covid, "n_patients": int(len(np.unique(groups))), "fingerprint": sample,
-                     "unreadable": len(feats.errors),
-                     "site_answers": "the site's thresholds on its patient-grouped out-of-fold scores"}, **changes)
-    out = Path(out) if out else model.path.with_name(f"{model.path.stem}-{site}.joblib")
-    if out.resolve() == model.path.resolve():
-        raise CovidCTError("calibrate writes a new model; give --out another path than --model")
-    return save_bundle(dataclasses.replace(bundle, estimator=estimator, card=new, path=out, harmonizer=harmonizer,
-                                           thresholds=thresholds, study_thresholds=study_thresholds,
-                                           source_test=source_test, ood=ood, site_model=site_model))
+                     "n_noncovid": len(y) - n_covid, "n_patients": int(len(np.unique(sample.groups))),
+                     "fingerprint": fingerprint, "unreadable": len(sample.feats.errors),
+                     "site_answers": "the site's thresholds on its patient-grouped out-of-fold scores"},
+        **fitted.changes)
 
 
 def calibrate_summary(bundle: ModelBundle) -> list[str]:

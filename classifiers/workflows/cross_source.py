@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.errors import CovidCTError, TrainingDataError
-from feature_extractor.imaging.dataset import LABEL_NAMES, load_datasets
+from covidct_core.errors import CovidCTError, TrainingDataError
+from feature_extractor.imaging.dataset import load_datasets
 from feature_extractor.runtimes.engine import joblib_engine
 
 from ..estimators.options import DEFAULT_CONFIDENCE
@@ -28,7 +28,7 @@ from ..records.metrics import bootstrap_metrics
 from ..records.selective import risk_coverage, selective_metrics, wrong_answers_caught
 from .answer_policy import AnswerParts, answer_images, answers_at
 from .model import LoadedModel
-from .scoring import prediction_rows
+from .scoring import label_of, prediction_rows
 from .train import TRAIN_SPLITS, train_estimator
 
 
@@ -40,14 +40,14 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     if len(dataset.sources) < 2:
         raise CovidCTError("--cv-by source needs two or more sources: pass --data once per source")
     feats = model.features([r for r in dataset.records if r.label is not None])
-    good = feats.good
+    readable = feats.readable
     X = feats.raw  # each refit harmonizes its own training sources
     lesion = feats.X[:, model.feature_dim:] if model.card.lesion_columns else None  # never harmonized
-    y = np.array([r.label for r in good], dtype=int)
-    groups = np.array([r.group for r in good])
-    sources = np.array([r.source for r in good], dtype=object)
+    y = np.array([r.label for r in readable], dtype=int)
+    groups = np.array([r.group for r in readable])
+    sources = np.array([r.source for r in readable], dtype=object)
     with_split = {s: dataset.source_has_split(s) for s in dataset.sources}
-    trainable = np.array([not with_split[r.source] or r.split in TRAIN_SPLITS for r in good])
+    trainable = np.array([not with_split[r.source] or r.split in TRAIN_SPLITS for r in readable])
     settings = model.card.refit_settings
     blocks = model.card.blocks
     one_class = [s for s in dataset.sources if len(set(y[sources == s])) < 2]
@@ -56,7 +56,7 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
     held_out = []
     with joblib_engine(model.context.engine):  # the refits' grouped-CV fits on every core
         for source in dataset.sources:
-            held = _refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings,
+            held = _refit_without(source, model, readable, X, lesion, y, groups, sources, trainable, settings,
                                   blocks, n_boot, seed)
             held.rows = prediction_rows(held.records, held.p, held.threshold, held.answers, held.notes,
                                         None if held.scores is None else (held.scores, held.in_distribution),
@@ -68,7 +68,7 @@ def leave_one_source_out(model: LoadedModel, data: Sequence[str | Path], n_boot:
                              feats.errors, model.error_rate)
 
 
-def _refit_without(source, model, good, X, lesion, y, groups, sources, trainable, settings, blocks, n_boot,
+def _refit_without(source, model, readable, X, lesion, y, groups, sources, trainable, settings, blocks, n_boot,
                    seed) -> HeldOutSource:
     """The configuration refit without ``source``, and its scores of that source."""
     test = sources == source
@@ -86,7 +86,7 @@ def _refit_without(source, model, good, X, lesion, y, groups, sources, trainable
         {"images": int(test.sum()), "COVID": int(np.sum(y[test] == 1)), "NonCOVID": int(np.sum(y[test] == 0)),
          "patients": int(len(np.unique(groups[test])))},
         threshold, bootstrap_metrics(y[test], p, groups[test], threshold, n_boot, seed), y[test], p,
-        [r for r, held in zip(good, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
+        [r for r, held in zip(readable, test) if held], float(trained.cv["auc"]), trained.estimator, X_test)
     _answer(held, trained, X[train], y[train], groups[train], sources[train], X[test], groups[test], model.error_rate,
             n_boot, seed, model.answers.delta(model.bundle.thresholds.delta if model.bundle.thresholds is not None
                                               else 1 - DEFAULT_CONFIDENCE))
@@ -113,7 +113,7 @@ def _answer(held: HeldOutSource, trained, X_train: np.ndarray, y_train: np.ndarr
                               held.in_distribution, scores)
     held.answers, held.notes, held.answers_per_image = answers.answer, answers.note, per_image.answer
     held.shift = answers.verdicts[held.source].test
-    labels = [LABEL_NAMES[int(p >= held.threshold)] for p in held.p]
+    labels = [label_of(p, held.threshold) for p in held.p]
     held.selective = selective_metrics(held.y, held.answers, groups_test, n_boot, seed)
     held.caught = wrong_answers_caught(held.y, labels, held.answers)
     held.risk_coverage = risk_coverage(held.y, lambda rate: answers_at(parts, answers, rate))

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import confusion_matrix
 
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 from feature_extractor.imaging.dataset import Dataset, Record, load_datasets
 
 from ..estimators.balance import sample_weights
@@ -61,14 +61,14 @@ def held_out_records(dataset: Dataset, split: str = "test") -> tuple[list[Record
     return records, "+".join(sorted(used, key=lambda k: k == "all"))
 
 
-def _refuse_training_images(model: LoadedModel, good: Sequence[Record]) -> None:
+def _refuse_training_images(model: LoadedModel, readable: Sequence[Record]) -> None:
     trained = model.card.training.source_fingerprints()
-    for source in dict.fromkeys(r.source for r in good):
-        name = trained.get(data_fingerprint([r for r in good if r.source == source]))
+    for source in dict.fromkeys(r.source for r in readable):
+        name = trained.get(data_fingerprint([r for r in readable if r.source == source]))
         if name is not None:
             raise CovidCTError(f"{source or 'these images'}: exactly the images the model was trained on "
                                f"({name}); evaluate on held-out data")
-    if data_fingerprint(good) in trained:
+    if data_fingerprint(readable) in trained:
         raise CovidCTError("these are exactly the images the model was trained on; evaluate on held-out data")
 
 
@@ -77,19 +77,19 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
                    site: str | None = None) -> EvaluationReport:
     """Metrics of ``model`` on the labeled images of one or more datasets: ``split`` of those
     with the official split, all images of the others. With several sources, each source's
-    metrics too. ``site``: see LoadedModel.assign_sites (harmonized models; no labels used)."""
+    metrics too. ``site``: see LoadedModel.site_harmonizer (harmonized models; no labels used)."""
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     dataset = load_datasets(paths)
     records, split = held_out_records(dataset, split)
     if not records:
         raise CovidCTError(f"no labeled images of split {split!r} in {'; '.join(map(str, paths))}")
     feats = model.features(records, site)
-    if not feats.good:
+    if not feats.readable:
         raise CovidCTError(f"none of the {len(records)} images could be read")
-    _refuse_training_images(model, feats.good)
-    fingerprint = data_fingerprint(feats.good)
-    y = np.array([r.label for r in feats.good], dtype=int)
-    groups = np.array([r.group for r in feats.good])
+    _refuse_training_images(model, feats.readable)
+    fingerprint = data_fingerprint(feats.readable)
+    y = np.array([r.label for r in feats.readable], dtype=int)
+    groups = np.array([r.group for r in feats.readable])
     scored = score(model, feats)
     rows = scored.rows
     p = np.array([r.p_covid for r in rows])
@@ -107,7 +107,7 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
     if rows and rows[0].answer is not None:
         report.selective = selective_metrics(y, [r.answer for r in rows], groups, n_boot, seed)
         report.risk_coverage = risk_coverage(y, lambda rate: answers_at(model.answer_parts, scored.answers, rate))
-    sources = np.array([r.source for r in feats.good])
+    sources = np.array([r.source for r in feats.readable])
     if len(set(sources)) > 1:
         for source in dict.fromkeys(sources):
             mine = sources == source
@@ -122,7 +122,7 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
     if cv_folds:
         training, splits = training_records(dataset)
         train_feats = model.features(training)
-        report.cv = {"splits": splits, **cross_validate_model(model, train_feats.good, train_feats.X,
+        report.cv = {"splits": splits, **cross_validate_model(model, train_feats.readable, train_feats.X,
                                                               cv_folds, seed)}
     return report
 

@@ -25,12 +25,13 @@ from typing import Sequence
 
 import numpy as np
 
-from feature_extractor.errors import CovidCTError
+from covidct_core.errors import CovidCTError
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.imaging.decode import ImageDecodeError, PreparedImage, resize_map, resize_rgb
 
 from ..records.explanation import METHODS, Explanation
 from .model import LoadedModel
+from .scoring import label_of
 
 
 
@@ -82,6 +83,7 @@ class ModelExplainer:
         self.canvas_size = self.extractors[0].input_size
         self.head = linear_head(self.estimator)
         self._site: str | None = None
+        self.harmonizer = model.harmonizer  # whose sites it explains as (explain_records: a run's batches too)
         if method == "gradcam" and self.head is None:
             raise CovidCTError(
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
@@ -116,7 +118,7 @@ class ModelExplainer:
     def use_site(self, site: str | None) -> None:
         """Explain as the model scores images of ``site`` (its scaler before the classifier)."""
         if site != self._site:
-            self.estimator = self.model.estimator_for_site(site)
+            self.estimator = self.model.estimator_for_site(site, self.harmonizer)
             self.head = linear_head(self.estimator)
             self._site = site
 
@@ -152,7 +154,7 @@ class ModelExplainer:
 
         lesion_map = self.model.lesions.lesion_map(path)
         feats = self.model.features([Record(path)], site)
-        if not feats.good:
+        if not feats.readable:
             raise ImageDecodeError(feats.errors.get(path, "cannot be scored"))
         p = score_features(self.model, feats)[0].p_covid
         original = np.repeat(np.clip(np.round(lesion_map.grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
@@ -236,12 +238,16 @@ def _map_model(ex: FeatureExtractor):
 
 
 def explain_records(explainer: ModelExplainer, paths: Sequence[str], out_dir: str | Path,
-                    root: str | Path | None = None, sites: dict[str, str | None] | None = None) -> dict[str, str]:
+                    root: str | Path | None = None, sites: dict[str, str | None] | None = None,
+                    harmonizer=None) -> dict[str, str]:
     """Write one heatmap PNG per readable image; returns path -> PNG path. ``sites``: each
-    image's site, for a harmonized model (PredictionRow.site)."""
+    image's site, for a harmonized model (PredictionRow.site), and ``harmonizer`` the one that scored
+    them (ModelFeatures.harmonizer)."""
     from ..presentation.heatmaps import explanation_filename, render
 
     out_dir = Path(out_dir)
+    if harmonizer is not None:
+        explainer.harmonizer, explainer._site = harmonizer, None
     written: dict[str, str] = {}
     threshold = explainer.model.threshold
     with explainer.model.context.progress("explain       ", len(paths)) as progress:
@@ -251,6 +257,7 @@ def explain_records(explainer: ModelExplainer, paths: Sequence[str], out_dir: st
             except (ImageDecodeError, OSError):
                 expl = None  # its prediction row already carries the reason
             if expl is not None:
-                written[path] = str(render(expl, out_dir / explanation_filename(path, root), threshold))
+                written[path] = str(render(expl, out_dir / explanation_filename(path, root),
+                                            label_of(expl.p_covid, threshold), threshold))
             progress(1)
     return written

@@ -8,9 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from covidct_core.errors import AmbiguousCacheError, FeatureCacheError
 from feature_extractor.backbones import get_backbone
 from feature_extractor.cache.feature_cache import FeatureCache, list_caches
-from feature_extractor.errors import AmbiguousCacheError, FeatureCacheError
 from feature_extractor.feature_spec import SETTING, SETTINGS, FeatureSpec
 from feature_extractor.imaging.dataset import Record
 from feature_extractor.weights import NONE, WeightsChoice, parse_weights_options, resolve_weights

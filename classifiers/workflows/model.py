@@ -10,16 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from feature_extractor.errors import ModelBundleError
+from covidct_core.errors import ModelBundleError
+from covidct_core.run_context import RunContext
 from feature_extractor.extract import ExtractionReport, FeatureExtractor
 from feature_extractor.imaging.dataset import Record
-from feature_extractor.run_context import RunContext
 from feature_extractor.weights import parse_weights_options
 
+from ..records.lesion_summary import lesion_columns
 from ..records.model_card import ModelCard
 from ..settings import AnswerSettings
 from .bundle import ModelBundle, latest_model, load_bundle
@@ -30,25 +31,26 @@ BATCH = "batch"  # --site batch: standardize by the statistics of the images of 
 
 @dataclass
 class ModelFeatures:
-    """Features of records for one model: rows of ``X`` follow ``good``. ``X`` is what the
+    """Features of records for one model: rows of ``X`` follow ``readable``. ``X`` is what the
     classifier reads: ``raw`` standardized by site when the model harmonizes (``sites``: each
     row's site; ``site_notes``: where each site's statistics came from)."""
 
     records: list[Record]          # with keys
     errors: dict[str, str]         # path -> reason, for files with no features
-    good: list[Record]
+    readable: list[Record]
     X: np.ndarray
     extractions: list[ExtractionReport]
     raw: np.ndarray | None = None
     sites: list[str | None] = field(default_factory=list)
     site_notes: dict[str, str] = field(default_factory=dict)
     lesions: dict = field(default_factory=dict)   # path -> LesionSummary, models with a lesion head
+    harmonizer: Any = None   # the model's harmonizer, knowing this run's batches too (None: no harmonization)
 
     def __post_init__(self) -> None:
         if self.raw is None:
             self.raw = self.X
         if not self.sites:
-            self.sites = [None] * len(self.good)
+            self.sites = [None] * len(self.readable)
 
 
 def extract_features(extractors: Sequence[FeatureExtractor], records: Sequence[Record]) -> ModelFeatures:
@@ -65,9 +67,9 @@ def extract_features(extractors: Sequence[FeatureExtractor], records: Sequence[R
         for path, reason in report.failed.items():
             errors.setdefault(path, reason)
         caches.append(extractor.open_cache())  # the object extract used: its attributes read once
-    good = [r for r in records if r.path not in errors]
-    X = feature_matrix(good, caches) if good else np.zeros((0, 0), np.float32)
-    return ModelFeatures(records, errors, good, X, reports)
+    readable = [r for r in records if r.path not in errors]
+    X = feature_matrix(readable, caches) if readable else np.zeros((0, 0), np.float32)
+    return ModelFeatures(records, errors, readable, X, reports)
 
 
 class LoadedModel:
@@ -140,40 +142,40 @@ class LoadedModel:
 
     def features(self, records: Sequence[Record], site: str | None = None) -> ModelFeatures:
         """Every backbone's features of ``records``, through the cache (new images run the CNN),
-        standardized by site when the model harmonizes (see ``assign_sites``)."""
+        standardized by site when the model harmonizes (see ``site_harmonizer``)."""
         if site is not None and not self.harmonizer.active:
             raise ModelBundleError(f"--site is for models fit with --harmonize; {self.path} standardizes no site")
         feats = extract_features(self.extractors, records)
-        if not feats.good:
+        if not feats.readable:
             feats.X = feats.raw = np.zeros((0, self.feature_dim), np.float32)
         if feats.X.shape[1] != self.feature_dim:
             raise ModelBundleError(f"features have {feats.X.shape[1]} columns, the model expects {self.feature_dim}")
-        if self.harmonizer.active and feats.good:
-            feats.sites, feats.site_notes = self.assign_sites(feats.good, feats.raw, site)
-        feats.X = self.harmonizer.transform(feats.raw, feats.sites)
-        if self.lesions is not None and feats.good:
-            summaries = self.lesions.summaries(feats.good)
+        feats.harmonizer = self.harmonizer
+        if self.harmonizer.active and feats.readable:
+            feats.harmonizer, feats.sites, feats.site_notes = self.site_harmonizer(feats.readable, feats.raw, site)
+        feats.X = feats.harmonizer.transform(feats.raw, feats.sites)
+        if self.lesions is not None and feats.readable:
+            summaries = self.lesions.summaries(feats.readable)
             unreadable = {p: s for p, s in summaries.items() if isinstance(s, str)}
             if unreadable:  # readable for the CNN but not for the lesion map: rare, e.g. a colour DICOM
                 feats.errors.update(unreadable)
-                keep = np.array([r.path not in unreadable for r in feats.good])
-                feats.good = [r for r, k in zip(feats.good, keep) if k]
+                keep = np.array([r.path not in unreadable for r in feats.readable])
+                feats.readable = [r for r, k in zip(feats.readable, keep) if k]
                 feats.X, feats.raw = feats.X[keep], feats.raw[keep]
                 feats.sites = [s for s, k in zip(feats.sites, keep) if k]
             feats.lesions = {p: s for p, s in summaries.items() if p not in unreadable}
         if self.card.lesion_columns:
-            lesion = np.stack([feats.lesions[r.path].classifier_features() for r in feats.good]) if feats.good \
-                else np.zeros((0, len(self.card.lesion_columns)), np.float32)
-            feats.X = np.hstack([feats.X, lesion])
+            feats.X = np.hstack([feats.X, lesion_columns(feats.lesions, [r.path for r in feats.readable])])
         return feats
 
-    def assign_sites(self, records: Sequence[Record], X: np.ndarray,
-                     site: str | None = None) -> tuple[list[str], dict[str, str]]:
-        """Which site's statistics standardize each record's features, learning those of a
-        batch when needed. ``site``: a site the model knows (all records), ``batch`` (each
-        source's images of this run, by their own statistics), or None: a record's own source
-        when the model knows it, else the site it was recalibrated on or its one --adapt-to site,
-        else its batch."""
+    def site_harmonizer(self, records: Sequence[Record], X: np.ndarray,
+                        site: str | None = None) -> tuple[Any, list[str], dict[str, str]]:
+        """Which site's statistics standardize each record's features: a copy of the model's harmonizer
+        that also knows this run's batches (the model's own is never changed), each record's site and
+        where each site's statistics came from. ``site``: a site the model knows (all records), ``batch``
+        (each source's images of this run, by their own statistics), or None: a record's own source when
+        the model knows it, else the site it was recalibrated on or its one --adapt-to site, else its
+        batch."""
         h = self.harmonizer
         known = self.card.harmonization
         adapted = known.site_names("calibrate")[-1:] or known.site_names("adapt-to")
@@ -191,22 +193,24 @@ class LoadedModel:
         for name in dict.fromkeys(names):
             rows = np.array([n == name for n in names])
             if name.startswith(BATCH):
-                h.add_site(name, X[rows])
+                h = h.with_site(name, X[rows])
                 notes[name] = f"standardized by the {int(rows.sum())} images' own statistics"
             else:
                 h.site_step(name)  # an unknown name fails here, with the known ones
                 notes[name] = f"standardized by the model's statistics of {name} ({h.n_images_[name]} images)"
-        return names, notes
+        return h, names, notes
 
-    def estimator_for_site(self, site: str | None = None):
-        """The classifier on raw features of ``site`` (its scaler in front when the model harmonizes)."""
-        if not self.harmonizer.active or site is None:
+    def estimator_for_site(self, site: str | None = None, harmonizer: Any = None):
+        """The classifier on raw features of ``site`` (its scaler in front when the model harmonizes);
+        ``harmonizer``: one that knows the site (ModelFeatures.harmonizer: a run's batch), else the model's."""
+        harmonizer = harmonizer or self.harmonizer
+        if not harmonizer.active or site is None:
             return self.bundle.estimator
         from sklearn.pipeline import Pipeline
 
         est = self.bundle.estimator
         steps = list(est.steps) if isinstance(est, Pipeline) else [("classifier", est)]
-        return Pipeline([("site", self.harmonizer.site_step(site))] + steps)
+        return Pipeline([("site", harmonizer.site_step(site))] + steps)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """P(COVID) of each row of ``X`` (the classifier's input: ModelFeatures.X)."""
@@ -229,11 +233,10 @@ class LoadedModel:
         n_lesion = getattr(self.bundle.site_model, "n_lesion", 0)
         if not n_lesion:
             return feats.raw[rows]
-        lesion = np.stack([feats.lesions[feats.good[i].path].classifier_features() for i in rows])
-        return np.hstack([feats.raw[rows], lesion])
+        return np.hstack([feats.raw[rows], lesion_columns(feats.lesions, [feats.readable[i].path for i in rows])])
 
     def ood_scores(self, feats: ModelFeatures) -> tuple[np.ndarray, np.ndarray] | None:
-        """(score, in_distribution) of each good record; None for a model without a detector."""
+        """(score, in_distribution) of each readable record; None for a model without a detector."""
         if self.ood is None:
             return None
         scores = self.ood.score_samples(feats.raw)
@@ -241,11 +244,10 @@ class LoadedModel:
 
 
 def clone_with_delta(thresholds, delta: float):
+    """A copy of fitted thresholds answering with another confidence (its ``delta`` parameter)."""
     import copy
 
-    other = copy.deepcopy(thresholds)
-    other.delta, other._cache = delta, {}
-    return other
+    return copy.deepcopy(thresholds).set_params(delta=delta)
 
 
 def load_model(model_path: str | Path | None = None, context: RunContext | None = None,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from feature_extractor.errors import ModelBundleError
+from covidct_core.errors import ModelBundleError
 from feature_extractor.extract import ExtractionReport
-from feature_extractor.imaging.dataset import LABEL_NAMES, Record, load_unlabeled
+from feature_extractor.imaging.dataset import Record, load_unlabeled
 
 from ..presentation.csv_files import write_csv
 from ..records import prediction_record as record
@@ -31,14 +32,11 @@ class PredictionReport:
     site_notes: dict[str, str] = field(default_factory=dict)
     error_rate: float | None = None
     verdicts: dict = field(default_factory=dict)   # set name -> the source test's SetVerdict (answer_policy.py)
+    harmonizer: Any = None                   # the one that standardized the images (their batches too)
 
     @property
     def n_failed(self) -> int:
         return sum(1 for r in self.rows if r.error)
-
-    @property
-    def n_covid(self) -> int:
-        return sum(1 for r in self.rows if r.label == LABEL_NAMES[1])
 
     @property
     def n_out_of_distribution(self) -> int:
@@ -53,10 +51,7 @@ class PredictionReport:
         lines = [f"wrote {self.explained}"] if self.explained else []
         lines.append(f"{len(self.rows)} files, answers: {record.answer_counts(self.rows, self.error_rate)}; "
                      f"{self.n_failed} could not be read (model {self.model_path})")
-        lines.append(f"  P(COVID) >= threshold {self.threshold:.3f} (the label column): {self.n_covid} COVID, "
-                     f"{n_ok - self.n_covid} NonCOVID")
-        if findings := record.finding_counts(self.rows):  # the lesion head's: it transfers to a new hospital
-            lines.append(f"  lesion finding: {findings}")
+        lines += record.label_and_finding_lines(self.rows, self.threshold)
         lines += [f"site {site}: {note}" for site, note in self.site_notes.items()]
         if any(r.ood_score is not None for r in self.rows):
             lines.append(f"{self.n_out_of_distribution} of {n_ok} images look unlike the model's training "
@@ -68,7 +63,7 @@ class PredictionReport:
 
 def predict_folder(model: LoadedModel, folder: str | Path, site: str | None = None) -> PredictionReport:
     """P(COVID), a label and the out-of-distribution flag for every image file under
-    ``folder``, recursively. ``site``: see LoadedModel.assign_sites (harmonized models)."""
+    ``folder``, recursively. ``site``: see LoadedModel.site_harmonizer (harmonized models)."""
     return predict_records(model, load_unlabeled(folder).records, site)
 
 
@@ -77,10 +72,11 @@ def predict_records(model: LoadedModel, records: list[Record], site: str | None 
     """predict_folder for given records (a study's slices; ``sets``: see score_features)."""
     feats = model.features(records, site)
     scored = score(model, feats, sets)
-    good = {row.path: row for row in scored.rows}
-    rows = [good.get(r.path) or PredictionRow(path=r.path, error=feats.errors[r.path]) for r in feats.records]
+    readable = {row.path: row for row in scored.rows}
+    rows = [readable.get(r.path) or PredictionRow(path=r.path, error=feats.errors[r.path]) for r in feats.records]
     return PredictionReport(rows, model.path, model.threshold, feats.extractions, site_notes=feats.site_notes,
-                            error_rate=model.error_rate, verdicts=scored.answers.verdicts)
+                            error_rate=model.error_rate, verdicts=scored.answers.verdicts,
+                            harmonizer=feats.harmonizer)
 
 
 def predict_and_write(model: LoadedModel, folder: str | Path, *, out: str | Path = "predictions.csv",
@@ -108,7 +104,7 @@ def predict_and_write(model: LoadedModel, folder: str | Path, *, out: str | Path
         explain_dir = Path(explain_dir) if explain_dir else Path(out).parent / "heatmaps"
         readable = [r for r in report.rows if not r.error]
         written = explain_records(explainer, [r.path for r in readable], explain_dir, folder,
-                                  {r.path: r.site for r in readable})
+                                  {r.path: r.site for r in readable}, report.harmonizer)
         for row in readable:
             row.heatmap = written.get(row.path)
         report.explained = f"{len(written)} {explain_method} heatmaps in {explain_dir}/"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from feature_extractor.errors import DatasetError
+from covidct_core.errors import DatasetError
 from feature_extractor.imaging.dataset import LABEL_NAMES, load_datasets
 
 from ..presentation.html_report import CaseRow, ReportContent, order_rows, plot_uris, write_html

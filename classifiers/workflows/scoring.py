@@ -15,24 +15,29 @@ from .answer_policy import Answers, answer_images, findings
 from .model import LoadedModel, ModelFeatures
 
 
+def label_of(p_covid: float, threshold: float) -> str:
+    """The ``label`` column: COVID where P(COVID) reaches the model's threshold, else NonCOVID."""
+    return LABEL_NAMES[int(p_covid >= threshold)]
+
+
 @dataclass
 class Scored:
-    rows: list[PredictionRow]     # in the order of feats.good
+    rows: list[PredictionRow]     # in the order of feats.readable
     answers: Answers
 
 
 def score(model: LoadedModel, feats: ModelFeatures, sets: dict[str, str] | None = None) -> Scored:
-    """The prediction of each readable record of ``feats`` (in the order of ``feats.good``), and the
+    """The prediction of each readable record of ``feats`` (in the order of ``feats.readable``), and the
     answer policy's account of it. ``sets``: path -> which set an image belongs to for the source
     test (a study); default: its source (none: the whole folder)."""
     parts = model.answer_parts
     ood = model.ood_scores(feats)
-    names = [(sets or {}).get(r.path, r.source or "") for r in feats.good]
+    names = [(sets or {}).get(r.path, r.source or "") for r in feats.readable]
     answers = answer_images(parts, model.predict_proba(feats.X), feats.raw, names,
                             None if ood is None else ood[1], None if ood is None else ood[0],
                             lambda rows: model.site_inputs(feats, rows))
-    finding = findings(parts, [feats.lesions.get(r.path) for r in feats.good])
-    rows = prediction_rows(feats.good, answers.p_covid, model.threshold, answers.answer, answers.note, ood,
+    finding = findings(parts, [feats.lesions.get(r.path) for r in feats.readable])
+    rows = prediction_rows(feats.readable, answers.p_covid, model.threshold, answers.answer, answers.note, ood,
                            feats.lesions, feats.sites, finding)
     return Scored(rows, answers)
 
@@ -52,7 +57,7 @@ def prediction_rows(records: Sequence[Record], p_covid: Sequence[float], thresho
     its site and its finding."""
     rows = []
     for i, (r, p) in enumerate(zip(records, p_covid)):
-        row = PredictionRow(path=r.path, p_covid=float(p), label=LABEL_NAMES[int(p >= threshold)],
+        row = PredictionRow(path=r.path, p_covid=float(p), label=label_of(p, threshold),
                             answer=None if answers is None else answers[i],
                             answer_note=None if notes is None else notes[i],
                             site=None if sites is None else sites[i], finding=None if finding is None else finding[i])

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feature_extractor.errors import ModelBundleError
-from feature_extractor.imaging.dataset import LABEL_NAMES, Record, printable_path
+from covidct_core.errors import ModelBundleError
+from feature_extractor.imaging.dataset import Record, printable_path
 from feature_extractor.imaging.studies import Redactor, find_studies, slices_to_score
 
 from ..estimators.study_aggregation import aggregate
@@ -22,7 +22,8 @@ from ..records import prediction_record as record
 from ..records.study_results import StudyResult, StudySlice
 from .model import LoadedModel
 from .predict import predict_records
-from .answer_policy import answer_study, study_finding
+from .scoring import label_of
+from .answer_policy import answer_study, study_finding, study_in_distribution
 
 IDENTIFIER_COLUMNS = ("study_uid", "series_uid")
 
@@ -55,15 +56,11 @@ class StudyPredictionReport:
         return len(self.failures)
 
     def summary(self) -> list[str]:
-        n_covid = sum(1 for r in self.results if r.label == LABEL_NAMES[1])
         n_scored = sum(1 for r in self.results if r.p_covid is not None)
         lines = [f"{len(self.results)} studies, answers: {record.answer_counts(self.results, self.error_rate)}; "
                  f"{len(self.results) - n_scored} without a scored slice (model {self.model_path}, "
-                 f"{self.aggregation} of slice probabilities)",
-                 f"  P(COVID) >= threshold {self.threshold:.3f} (the label column): {n_covid} COVID, "
-                 f"{n_scored - n_covid} NonCOVID"]
-        if findings := record.finding_counts(self.results):  # the lesion head's: it transfers to a new hospital
-            lines.append(f"  lesion finding: {findings}")
+                 f"{self.aggregation} of slice probabilities)"]
+        lines += record.label_and_finding_lines(self.results, self.threshold)
         for result in self.results:
             for warning in result.study.warnings:
                 lines.append(f"  warning: {result.study.name}: {warning}")
@@ -98,9 +95,8 @@ def predict_studies(model: LoadedModel, folder: str | Path, site: str | None = N
         if scored:
             areas = [r.lesion.lesion_area if r.lesion is not None else 0.0 for _, r in scored]
             result.p_covid = aggregate([r.p_covid for _, r in scored], method, areas)
-            result.label = LABEL_NAMES[int(result.p_covid >= threshold)]
-            flags = [r.in_distribution for _, r in scored if r.in_distribution is not None]
-            result.in_distribution = (sum(flags) * 2 >= len(flags)) if flags else None
+            result.label = label_of(result.p_covid, threshold)
+            result.in_distribution = study_in_distribution([r.in_distribution for _, r in scored])
             result.answer, result.answer_note = answer_study(model.answer_parts, result.p_covid,
                                                              verdicts.get(study.name), result.in_distribution)
             result.finding, result.opacity_share = study_finding([r.finding for _, r in scored], model.error_rate)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_extractor.errors import DatasetError
+from covidct_core.errors import DatasetError
+from covidct_core.provenance import utc_now
 from feature_extractor.imaging.dataset import parse_label
-from feature_extractor.provenance import utc_now
 
 from ..records.metrics import METRICS, bootstrap_metrics
 from .model import LoadedModel

@@ -12,14 +12,14 @@ from typing import Sequence
 
 import numpy as np
 
+from covidct_core.errors import CovidCTError
+from covidct_core.provenance import command_line, fingerprint, library_versions, utc_now
+from covidct_core.run_context import RunContext
 from feature_extractor.dense.hypercolumns import dense_spec
-from feature_extractor.dense.lesion_data import check_masks, load_lesion_data
-from feature_extractor.errors import CovidCTError
+from feature_extractor.dense.lesion_data import LesionData, check_masks, load_lesion_data
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
-from feature_extractor.provenance import command_line, fingerprint, library_versions, utc_now
-from feature_extractor.run_context import RunContext
 from feature_extractor.runtimes.engine import joblib_engine
 from feature_extractor.weights import NONE, NONE_WARNING
 
@@ -30,14 +30,14 @@ from ..estimators.registry import STACK, get_classifier
 from ..estimators.stacking import FINAL_CS, StackedEnsemble
 from ..estimators.study_aggregation import choose_aggregation, study_scores
 from ..estimators.thresholds import threshold_for_sensitivity
+from ..records.lesion_summary import CLASSIFIER_SUMMARY, lesion_columns
 from ..records.model_card import Harmonization, ModelCard, TrainingData, estimator_record, feature_blocks
 from ..settings import AnswerSettings, FitSettings, LesionSettings
+from .answer_policy import fit_answer_parts
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
-from .lesions.maps import LesionMapper
-from .lesions.summary import CLASSIFIER_SUMMARY
-from .answer_policy import fit_answer_parts
 from .lesions.lungs import train_lung_head
+from .lesions.maps import LesionMapper
 from .lesions.training import finding_calibration, train_lesion_head
 from .model import extract_features
 
@@ -134,6 +134,50 @@ def train_estimator(X: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: S
     return TrainedEstimator(estimator, params, cv, oof, balance, threshold, harmonizer)
 
 
+@dataclass
+class TrainingSet:
+    """fit's training images (train+val) with their cached features, labels, patients and sources."""
+
+    paths: list[str]                # the --data folders
+    dataset: Dataset
+    records: list[Record]
+    splits: list[str]
+    X: np.ndarray                   # raw features, the backbones' blocks side by side
+    y: np.ndarray
+    groups: np.ndarray              # patients
+    sources: list[str | None]
+    backbones: list[dict]           # each backbone's manifest entry
+    specs: list[FeatureSpec]
+
+    @property
+    def grouping(self) -> str:
+        return "patient" if self.dataset.has_patients else "image"
+
+
+@dataclass
+class LesionParts:
+    """What fit learns from lesion data (none without it): the lesion and lung heads, their record, and
+    with --lesion-features each training image's lesion summaries and lesion area."""
+
+    head: object = None
+    lung_head: object = None
+    record: dict | None = None
+    columns: np.ndarray | None = None
+    areas: np.ndarray | None = None
+
+
+@dataclass
+class AnswerFit:
+    """The answer policy's fitted parts (answer_policy.py), the study aggregation, and their record."""
+
+    aggregation: dict
+    thresholds: object
+    study_thresholds: object
+    source_test: object
+    finding: object
+    record: dict
+
+
 def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
               selection: FeatureSelection | None = None, context: RunContext | None = None,
               model_path: str | Path | None = None, adapt_to: Sequence[str | Path] = (),
@@ -147,18 +191,49 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
     infection masks: a lesion head is trained on them (``lesion``: how; workflows/lesions/) and
     saved with the model; with ``fit.lesion_features`` its summaries of each image join the
     image features. ``answers``: the default error rate the model records (0.1 when not given)."""
-    settings = fit
-    answer_settings = answers or AnswerSettings()
-    error_rate = answer_settings.rate()
-    lesion_settings = lesion or LesionSettings()
-    if lesion_settings.seed is None:  # the lesion head's sampling and folds follow the fit's seed
-        lesion_settings = dataclasses.replace(lesion_settings, seed=settings.seed)
+    answers = answers or AnswerSettings()
     context = context or RunContext()
-    lesions = load_lesion_data(lesion_data) if lesion_data else None
-    if settings.lesion_features and lesions is None:
+    lesions = read_lesion_data(lesion_data, fit)
+    if adapt_to and fit.harmonize == "none":
+        raise HarmonizationError("--adapt-to needs a harmonization that uses the site's images: "
+                                 "add --harmonize standardize")
+    training = read_training_set(data, selection or FeatureSelection(), context)
+    with joblib_engine(context.engine):  # the grouped-CV fits on every core (with --engine ray: over Ray)
+        parts = train_lesion_parts(lesions, training, lesion_settings(lesion, fit.seed), fit.lesion_features, context)
+        trained = train_estimator(training.X, training.y, training.groups, training.sources,
+                                  feature_blocks(training.backbones, fit.lesion_features), fit, parts.columns)
+        harmonizer, adapted = adapt_sites(trained.harmonizer, adapt_to, training.specs, context)
+    ood = NearestNeighborOOD(random_state=fit.seed).fit(training.X, training.y, training.groups,
+                                                        np.array(training.sources, dtype=object))
+    answer_fit = fit_answers(trained, training, parts, lesions, answers, fit.seed, context)
+    card = training_card(fit, training, trained, harmonizer, adapted, ood, answer_fit, parts.record,
+                         answers.rate(), context)
+    path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{fit.clf}.joblib"
+    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, answer_fit.thresholds,
+                                   answer_fit.study_thresholds, answer_fit.source_test, answer_fit.finding, parts.head,
+                                   lung_head=parts.lung_head))
+
+
+def lesion_settings(lesion: LesionSettings | None, seed: int) -> LesionSettings:
+    """The lesion head's settings, its sampling and folds following the fit's seed unless given."""
+    lesion = lesion or LesionSettings()
+    return lesion if lesion.seed is not None else dataclasses.replace(lesion, seed=seed)
+
+
+def read_lesion_data(folders: Sequence[str | Path], fit: FitSettings) -> LesionData | None:
+    """The lesion data of ``folders`` with every mask checked against its slice (None without folders):
+    a mask that does not fit stops fit before anything runs."""
+    lesions = load_lesion_data(folders) if folders else None
+    if fit.lesion_features and lesions is None:
         raise CovidCTError("--lesion-features needs a lesion head: add --lesion-data DIR (slices with infection masks)")
     if lesions is not None:
-        check_masks(lesions)  # a mask that does not fit its slice stops fit before anything runs
+        check_masks(lesions)
+    return lesions
+
+
+def read_training_set(data: str | Path | Sequence[str | Path], selection: FeatureSelection,
+                      context: RunContext) -> TrainingSet:
+    """The training images of ``data`` and their features from the caches ``selection`` picks."""
     paths = [data] if isinstance(data, (str, Path)) else list(data)
     dataset = load_datasets(paths)
     records, splits = training_records(dataset)
@@ -169,65 +244,82 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
                            f"{unreadable[0].path}: {unreadable[0].error}")
     if not records:
         raise CovidCTError(f"no labeled training images in {data}")
-    if adapt_to and settings.harmonize == "none":
-        raise HarmonizationError("--adapt-to needs a harmonization that uses the site's images: "
-                                 "add --harmonize standardize")
-    sources = resolve_sources(records, selection or FeatureSelection(), context.features_dir)
-    X = feature_matrix(records, [s.cache for s in sources])
-    y = np.array([r.label for r in records], dtype=int)
-    groups = np.array([r.group for r in records])
-    record_sources = [r.source for r in records]
-    backbones = [s.manifest_entry() for s in sources]
-    head, lung_head, lesion_record, lesion_columns = None, None, None, None
-    blocks = feature_blocks(backbones, settings.lesion_features)
-    with joblib_engine(context.engine):  # the grouped-CV fits on every core (with --engine ray: over Ray)
-        if lesions is not None:
-            spec = lesion_dense_spec([s.spec for s in sources], lesion_settings)
-            head, lesion_record = train_lesion_head(lesions, spec, lesion_settings, context)
-            lung_head, lesion_record["lung_head"] = train_lung_head(lesions, spec, context, lesion_settings.seed)
-            if settings.lesion_features:
-                mapper = LesionMapper(head, FeatureSpec.from_record(lesion_record["dense"]), context, lung_head)
-                lesion_columns, lesion_areas = lesion_matrix(mapper, records)
-                lesion_record["classifier_features"] = list(CLASSIFIER_SUMMARY)
-        trained = train_estimator(X, y, groups, record_sources, blocks, settings, lesion_columns)
-        harmonizer = trained.harmonizer
-        adapted = [adapt_site(harmonizer, folder, [s.spec for s in sources], context) for folder in adapt_to]
-    ood = NearestNeighborOOD(random_state=settings.seed).fit(X, y, groups, np.array(record_sources, dtype=object))
-    areas = None if lesion_columns is None else lesion_areas
-    aggregation = choose_aggregation(trained.oof, y, groups, areas)
-    delta = answer_settings.delta()
-    thresholds, study_thresholds, source_test, answers_record = fit_answer_parts(
-        trained.oof, y, groups, record_sources, X, *study_scores(trained.oof, y, groups, aggregation["method"], areas),
-        delta, error_rate, settings.seed)
+    sources = resolve_sources(records, selection, context.features_dir)
+    return TrainingSet([str(p) for p in paths], dataset, records, splits,
+                       feature_matrix(records, [s.cache for s in sources]),
+                       np.array([r.label for r in records], dtype=int), np.array([r.group for r in records]),
+                       [r.source for r in records], [s.manifest_entry() for s in sources], [s.spec for s in sources])
+
+
+def train_lesion_parts(lesions: LesionData | None, training: TrainingSet, settings: LesionSettings,
+                       lesion_features: bool, context: RunContext) -> LesionParts:
+    """The lesion and lung heads trained on ``lesions`` (nothing without lesion data); with
+    ``lesion_features``, each training image's lesion summaries."""
+    if lesions is None:
+        return LesionParts()
+    spec = lesion_dense_spec(training.specs, settings)
+    head, record = train_lesion_head(lesions, spec, settings, context)
+    lung_head, record["lung_head"] = train_lung_head(lesions, spec, context, settings.seed)
+    parts = LesionParts(head, lung_head, record)
+    if lesion_features:
+        mapper = LesionMapper(head, FeatureSpec.from_record(record["dense"]), context, lung_head)
+        parts.columns, parts.areas = lesion_matrix(mapper, training.records)
+        record["classifier_features"] = list(CLASSIFIER_SUMMARY)
+    return parts
+
+
+def adapt_sites(harmonizer: Harmonizer, folders: Sequence[str | Path], specs: Sequence[FeatureSpec],
+                context: RunContext) -> tuple[Harmonizer, list[dict]]:
+    """The harmonizer that also knows each --adapt-to folder's site, and the records of those sites."""
+    records = []
+    for folder in folders:
+        harmonizer, record = adapt_site(harmonizer, folder, specs, context)
+        records.append(record)
+    return harmonizer, records
+
+
+def fit_answers(trained: TrainedEstimator, training: TrainingSet, parts: LesionParts, lesions: LesionData | None,
+                answers: AnswerSettings, seed: int, context: RunContext) -> AnswerFit:
+    """The study aggregation, the answer thresholds (slices, studies), the source test and the finding's
+    thresholds (out-of-fold slice scores of the lesion data), chosen on training data only."""
+    aggregation = choose_aggregation(trained.oof, training.y, training.groups, parts.areas)
+    error_rate, delta = answers.rate(), answers.delta()
+    study_p, study_y = study_scores(trained.oof, training.y, training.groups, aggregation["method"], parts.areas)
+    thresholds, study_thresholds, source_test, record = fit_answer_parts(
+        trained.oof, training.y, training.groups, training.sources, training.X, study_p, study_y, delta, error_rate,
+        seed)
     finding = None
-    if head is not None:  # the finding's thresholds: out-of-fold slice scores of the lesion data
-        finding, answers_record["finding"] = finding_calibration(head, FeatureSpec.from_record(lesion_record["dense"]),
-                                                                 lesions, context, delta, lung_head)
+    if parts.head is not None:
+        finding, record["finding"] = finding_calibration(parts.head, FeatureSpec.from_record(parts.record["dense"]),
+                                                         lesions, context, delta, parts.lung_head)
         if finding is not None:
-            answers_record["finding"]["thresholds"] = finding.describe(error_rate)["groups"]["all"]
-    grouping = "patient" if dataset.has_patients else "image"
-    training_sources = source_summaries(records)
-    card = ModelCard(
-        classifier=settings.clf, fit=settings, backbones=tuple(backbones), feature_dim=int(X.shape[1]),
+            record["finding"]["thresholds"] = finding.describe(error_rate)["groups"]["all"]
+    return AnswerFit(aggregation, thresholds, study_thresholds, source_test, finding, record)
+
+
+def training_card(fit: FitSettings, training: TrainingSet, trained: TrainedEstimator, harmonizer: Harmonizer,
+                  adapted: list[dict], ood: NearestNeighborOOD, answer_fit: AnswerFit, lesion_record: dict | None,
+                  error_rate: float, context: RunContext) -> ModelCard:
+    """The model card of a fit: what it was trained on and how, and what it learned."""
+    t = training
+    sources = source_summaries(t.records)
+    sites = [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
+             for s in sources] + adapted
+    return ModelCard(
+        classifier=fit.clf, fit=fit, backbones=tuple(t.backbones), feature_dim=int(t.X.shape[1]),
         training=TrainingData(
-            tuple(str(Path(p).resolve()) for p in paths), dataset.layout, tuple(splits), len(records),
-            int(np.sum(y == 1)), int(np.sum(y == 0)), int(len(np.unique(groups))), grouping,
-            data_fingerprint(records), tuple(training_sources)),
+            tuple(str(Path(p).resolve()) for p in t.paths), t.dataset.layout, tuple(t.splits), len(t.records),
+            int(np.sum(t.y == 1)), int(np.sum(t.y == 0)), int(len(np.unique(t.groups))), t.grouping,
+            data_fingerprint(t.records), tuple(sources)),
         threshold=trained.threshold["threshold"], threshold_choice=trained.threshold, balance=trained.balance,
-        harmonization=Harmonization(settings.harmonize, tuple(
-            [{"name": s["name"], "role": "training", "n_images": s["n_images"], "fingerprint": s["fingerprint"]}
-             for s in training_sources] + adapted) if harmonizer.active else ()),
-        ood=ood.describe(), study_aggregation=aggregation, params=trained.params,
-        estimator=estimator_record(trained.estimator),
-        answers=answers_record, error_rate=error_rate,
-        cv={"scheme": f"StratifiedGroupKFold(n_splits={settings.cv_folds}, shuffle=True, "
-                      f"random_state={settings.seed}) grouped by {grouping}", "scoring": "roc_auc", **trained.cv},
+        harmonization=Harmonization(fit.harmonize, tuple(sites) if harmonizer.active else ()),
+        ood=ood.describe(), study_aggregation=answer_fit.aggregation, params=trained.params,
+        estimator=estimator_record(trained.estimator), answers=answer_fit.record, error_rate=error_rate,
+        cv={"scheme": f"StratifiedGroupKFold(n_splits={fit.cv_folds}, shuffle=True, random_state={fit.seed}) "
+                      f"grouped by {t.grouping}", "scoring": "roc_auc", **trained.cv},
         engine=context.engine.record(), created=utc_now(), command=command_line(), versions=library_versions(),
-        warning=NONE_WARNING if any(b["weights_source"] == NONE for b in backbones) else None,
+        warning=NONE_WARNING if any(b["weights_source"] == NONE for b in t.backbones) else None,
         lesion=lesion_record)
-    path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{settings.clf}.joblib"
-    return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, thresholds, study_thresholds,
-                                   source_test, finding, head, lung_head=lung_head))
 
 
 def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
@@ -253,88 +345,20 @@ def lesion_matrix(mapper: LesionMapper, records: Sequence[Record]) -> tuple[np.n
     """The lesion summaries (CLASSIFIER_SUMMARY) of ``records``, one row each, and each one's
     lesion area (for the study aggregation)."""
     summaries = mapper.summaries(records)
-    bad = [(r.path, summaries[r.path]) for r in records if isinstance(summaries[r.path], str)]
-    if bad:
-        raise CovidCTError(f"{len(bad)} images cannot be read for lesion maps, e.g. {bad[0][0]}: {bad[0][1]}")
-    return (np.stack([summaries[r.path].classifier_features() for r in records]),
-            np.array([summaries[r.path].lesion_area for r in records]))
+    paths = [r.path for r in records]
+    return lesion_columns(summaries, paths), np.array([summaries[p].lesion_area for p in paths])
 
 
-def adapt_site(harmonizer, folder: str | Path, specs: Sequence, context: RunContext) -> dict:
-    """Learn the feature statistics of the unlabeled images in ``folder`` (fit --adapt-to) as
-    the site named after the folder; the manifest's record of it."""
+def adapt_site(harmonizer: Harmonizer, folder: str | Path, specs: Sequence[FeatureSpec],
+               context: RunContext) -> tuple[Harmonizer, dict]:
+    """The harmonizer that also knows the feature statistics of the unlabeled images in ``folder`` (fit
+    --adapt-to), as the site named after the folder; and the manifest's record of it."""
     site = Path(folder).resolve().name
     if site in harmonizer.sites:
         raise HarmonizationError(f"--adapt-to {folder}: a site called {site!r} is already known to this "
                                  "fit (a training source or another --adapt-to folder); rename the folder")
     feats = extract_features([FeatureExtractor(spec, context) for spec in specs], load_unlabeled(folder).records)
-    harmonizer.add_site(site, feats.raw)
-    return {"name": site, "role": "adapt-to", "data": str(Path(folder).resolve()), "n_images": len(feats.good),
-            "n_unreadable": len(feats.errors), "fingerprint": fingerprint(r.key for r in feats.good)}
-
-
-def answers_summary(card: ModelCard) -> list[str]:
-    """The answer policy's lines of fit's summary: thresholds, study thresholds, source test, finding."""
-    a = card.answers
-    if not a:
-        return ["answers: none (a model fitted before the answer policy: refit it)"]
-
-    def pair(t) -> str:
-        return "(" + ", ".join("none" if v is None else f"{v:.3f}" for v in t) + ")"
-    slices = a["slices"]["groups"]
-    lines = [f"answers at error rate {card.error_rate:g} with confidence {a['confidence']:g} (Learn-then-Test), "
-             "NonCOVID/COVID thresholds: " + ", ".join(f"{g} {pair(v['thresholds_at_default_rate'])}"
-                                                      for g, v in slices.items())]
-    studies = a["studies"]
-    lines.append("  studies: " + (studies if isinstance(studies, str) else
-                                  f"{pair(studies['groups']['all']['thresholds_at_default_rate'])} on "
-                                  f"{sum(studies['groups']['all']['n'].values())} training patients with several slices"))
-    lines.append(f"  source test: sets of {a['source_test']['min_set']} or more images against "
-                 f"{', '.join(a['source_test']['sources'])} (two-sample MMD)")
-    f = a.get("finding")
-    if f:
-        got = f.get("thresholds") or {}
-        lines.append(f"  finding: {f.get('missing') or 'clear/opacities thresholds ' + pair(got.get('thresholds_at_default_rate', (None, None)))} "
-                     f"on {f['n_slices']} lesion slices' out-of-fold {f.get('score', 'lesion_fraction')}"
-                     + (f" (AUC {f['oof_auc']:.3f})" if f.get("oof_auc") is not None else ""))
-    return lines
-
-
-def fit_summary(bundle: ModelBundle) -> list[str]:
-    """What fit reports: data, features, CV scores, threshold and the files written."""
-    c = bundle.card
-    t = c.training
-    lines = [f"trained {c.classifier} on {t.n_images} images ({t.n_covid} COVID, "
-             f"{t.n_noncovid} NonCOVID, {t.n_groups} {t.grouping} groups; splits: {'+'.join(t.splits)})"]
-    if len(t.sources) > 1:
-        lines += [f"  source {s['name']}: {s['n_images']} images ({s['n_covid']} COVID, {s['n_noncovid']} "
-                  f"NonCOVID; {'+'.join(s['splits'])})" for s in t.sources]
-    lines.append(f"features: {' + '.join(b['backbone'] for b in c.backbones)} ({c.feature_dim} dims, "
-                 f"crop {c.backbones[0]['crop']})")
-    for b in c.cv.get("base_models", []):
-        lines.append(f"  base {b['block']:<14} {b['classifier']:<8} CV AUC {b['cv_auc']:.3f} "
-                     f"+- {b['cv_auc_std']:.3f}  meta weight {b['meta_weight']:+.2f}")
-    params = "" if c.classifier == STACK else f" with {dict(c.params)}"
-    weighted = ", source-balanced weights" if c.balance == "source" else ""
-    lines.append(f"CV AUC {c.cv_auc:.3f} +- {c.cv['auc_std']:.3f}{params}{weighted}")
-    if c.harmonization.sites:
-        lines.append("features standardized per site: " + ", ".join(
-            f"{s['name']} ({s['role']}, {s['n_images']} images)" for s in c.harmonization.sites))
-    lines.append(f"out-of-distribution cut-off {c.ood['cut_off']:.4f} ({c.ood['cut_off_rule']})")
-    lines += answers_summary(c)
-    if c.lesion:
-        h = c.lesion["head"]
-        lines.append(f"lesion head: {h['classifier']} on {c.lesion['training_cells']['n']} lung cells of "
-                     f"{c.lesion['data']['n_with_masks']} slices ({c.lesion['data']['patients']} patients), out-of-fold "
-                     f"cell Dice {h['cv_cell_dice']:.3f} at probability {h['threshold']:.2f}")
-        lung = c.lesion.get("lung_head") or {}
-        lines.append(f"lung head: {lung['head']['classifier']} on {lung['training_cells']['n']} cells of "
-                     f"{lung['n_slices']} slices ({lung['patients']} patients) with radiologists' lung masks, "
-                     f"out-of-fold cell Dice {lung['head']['cv_cell_dice']:.3f}" if "head" in lung else
-                     f"lung head: none ({lung.get('missing', 'a model fitted before lung heads')})")
-    choice = c.threshold_choice
-    if choice["rule"] != "default":
-        lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
-                     f"{choice['oof_sensitivity']:.3f}, specificity {choice['oof_specificity']:.3f})")
-    lines.append(f"saved {bundle.path} and {bundle.path.with_suffix('.json')}")
-    return lines
+    harmonizer = harmonizer.with_site(site, feats.raw)
+    return harmonizer, {"name": site, "role": "adapt-to", "data": str(Path(folder).resolve()),
+                        "n_images": len(feats.readable), "n_unreadable": len(feats.errors),
+                        "fingerprint": fingerprint(r.key for r in feats.readable)}

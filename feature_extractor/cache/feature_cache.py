@@ -8,9 +8,9 @@ found again and a changed one is extracted anew. Caches of format 1 (named by an
 spelling of the identity) are found by their attributes and keep working.
 
 Growing without rewrites: rows land in immutable segment files (``<name>.h5.segments/``,
-cache_segments.py), each written to a temporary name and renamed, so a segment is there whole
+cache/segments.py), each written to a temporary name and renamed, so a segment is there whole
 or not at all and a kill -9 loses at most the batch in flight. A key index in SQLite
-(``<name>.h5.index.sqlite``, cache_index.py) finds rows without opening every segment; it is
+(``<name>.h5.index.sqlite``, cache/index.py) finds rows without opening every segment; it is
 derived from the segments and rebuilt when lost. An append costs its own rows whatever the
 cache's size. ``compact`` merges small segments into bigger ones, in bounded memory, and never
 touches big ones. Caches written before segments keep their rows in the head (read as the
@@ -40,9 +40,10 @@ from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 import h5py
 import numpy as np
 
-from ..errors import FeatureCacheError, SettingsError
+from covidct_core.errors import FeatureCacheError, SettingsError
+from covidct_core.provenance import library_versions, utc_now
+
 from ..feature_spec import FORMAT_VERSION, FeatureSpec
-from ..provenance import library_versions, utc_now
 from .index import IndexDamaged, KeyIndex
 from .segments import HEAD, SegmentFolder, SegmentWriter, new_segment_name, write_h5
 

@@ -17,10 +17,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from covidct_core.run_context import worker_threads
+
 from ..extract import FeatureExtractor
 from ..feature_spec import FeatureSpec
 from ..imaging.decode import ImageDecodeError
-from ..run_context import worker_threads
 from ..weights import NONE, build_with_weights
 from .slices import DENSE_GRID, DENSE_INPUT, DenseSlice, read_dense
 
@@ -85,8 +86,8 @@ class HypercolumnExtractor(FeatureExtractor):
                 loaded = [f.result() for f in pending]
                 if i + 1 < len(chunks):
                     pending = [pool.submit(load, p) for p in chunks[i + 1]]
-                good = [item for item in loaded if not isinstance(item, str)]
-                grids = iter(self.grids_of_inputs(np.stack([x for _, x in good]), dtype)) if good else iter(())
+                readable = [item for item in loaded if not isinstance(item, str)]
+                grids = iter(self.grids_of_inputs(np.stack([x for _, x in readable]), dtype)) if readable else iter(())
                 for path, item in zip(chunk, loaded):
                     yield (path, item, None) if isinstance(item, str) else (path, item[0], next(grids))
                 progress(len(chunk))

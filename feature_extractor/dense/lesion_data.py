@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DatasetError
-from ..provenance import fingerprint, sha256_file
+from covidct_core.errors import DatasetError
+from covidct_core.provenance import fingerprint, sha256_file
 
 MANIFESTS = ("manifest.csv", "slices.csv")
 MIN_INSIDE = 0.5          # a slice's marked lesion must lie mostly inside its marked lungs

@@ -23,12 +23,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..errors import DatasetError
-from ..provenance import sha256_file
+from covidct_core.errors import DatasetError
+from covidct_core.provenance import sha256_file
+
 from .decode import IMAGE_SUFFIXES
 
-COVID, NONCOVID = 1, 0
-LABEL_NAMES = {COVID: "COVID", NONCOVID: "NonCOVID"}
+COVID_LABEL, NONCOVID_LABEL = 1, 0
+LABEL_NAMES = {COVID_LABEL: "COVID", NONCOVID_LABEL: "NonCOVID"}
 SPLITS = ("train", "val", "test")
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 CANDIDATE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES
@@ -81,7 +82,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-_CLASS_DIRS = {"covid": COVID, "ctcovid": COVID, "noncovid": NONCOVID, "ctnoncovid": NONCOVID}
+_CLASS_DIRS = {"covid": COVID_LABEL, "ctcovid": COVID_LABEL, "noncovid": NONCOVID_LABEL, "ctnoncovid": NONCOVID_LABEL}
 
 
 def printable_path(path: str) -> str:
@@ -92,9 +93,9 @@ def printable_path(path: str) -> str:
 def parse_label(value: str) -> int:
     text = _norm(str(value))
     if text in ("1", "covid", "ctcovid", "positive", "pos", "true", "yes"):
-        return COVID
+        return COVID_LABEL
     if text in ("0", "noncovid", "ctnoncovid", "negative", "neg", "false", "no"):
-        return NONCOVID
+        return NONCOVID_LABEL
     raise DatasetError(f"unknown label {value!r}: use 1/COVID or 0/NonCOVID")
 
 
@@ -127,7 +128,7 @@ def list_image_files(folder: str | Path, suffixes: frozenset[str] = CANDIDATE_SU
 def _read_split_lists(split_dir: Path) -> dict[tuple[int, str], str]:
     """(label, file name) -> split, from Data-split/{COVID,NonCOVID}/{split}CT_*.txt."""
     result = {}
-    for label, sub, suffix in ((COVID, "COVID", "CT_COVID"), (NONCOVID, "NonCOVID", "CT_NonCOVID")):
+    for label, sub, suffix in ((COVID_LABEL, "COVID", "CT_COVID"), (NONCOVID_LABEL, "NonCOVID", "CT_NonCOVID")):
         for split in SPLITS:
             path = split_dir / sub / f"{split}{suffix}.txt"
             if not path.is_file():
@@ -142,8 +143,8 @@ def _read_patients(root: Path) -> dict[tuple[int, str], str]:
     """(label, file name) -> patient id from the MetaInfo CSVs, prefixed by class so that
     'Patient 1' of one table cannot merge with a patient of the other."""
     result = {}
-    sources = ((COVID, "COVID-CT-MetaInfo.csv", "File name", "Patient ID", "covid"),
-               (NONCOVID, "NonCOVID-CT-MetaInfo.csv", "image name", "patient id", "noncovid"))
+    sources = ((COVID_LABEL, "COVID-CT-MetaInfo.csv", "File name", "Patient ID", "covid"),
+               (NONCOVID_LABEL, "NonCOVID-CT-MetaInfo.csv", "image name", "patient id", "noncovid"))
     for label, fname, name_col, patient_col, prefix in sources:
         path = root / fname
         if not path.is_file():

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import CovidCTError
+from covidct_core.errors import CovidCTError
 
 if TYPE_CHECKING:
     from ..lungs.crop import SliceCrop

@@ -33,7 +33,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..run_context import worker_threads
+from covidct_core.run_context import worker_threads
+
 from .dataset import DICOM_SUFFIXES, list_image_files
 from .nifti import NIFTI_SUFFIXES, VolumeError, volume_slices
 
@@ -46,7 +47,7 @@ REDACTED = "[patient]"
 # A slice is "in the lungs" when aerated lung (-950..-400 HU inside the body) covers this
 # share of the body's cross-section (neck and abdomen slices: trachea or bowel gas, under 1% on
 # the shared studies; the lung bases 2-4%).
-MIN_LUNG_FRACTION = 0.02
+MIN_LUNG_SHARE_OF_BODY = 0.02
 
 
 @dataclass
@@ -202,64 +203,102 @@ def _salted(uid: str, salt: str) -> str:
     return hashlib.sha256((salt + uid).encode()).hexdigest()[:8]
 
 
+@dataclass
+class DicomScan:
+    """The DICOM headers under a folder, grouped: study UID -> series UID -> (path, header) of its CT
+    images; the files skipped (study UID -> path -> why), each study's folders, files that belong to no
+    study (path -> why), the folders of PNG/JPEG files, and the patient identifiers seen."""
+
+    by_study: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    skipped: dict = field(default_factory=lambda: defaultdict(dict))
+    study_folders: dict = field(default_factory=lambda: defaultdict(set))
+    unassigned: dict = field(default_factory=dict)
+    image_folders: dict = field(default_factory=lambda: defaultdict(list))
+    identifiers: list = field(default_factory=list)
+
+
 def find_studies(folder: str | Path) -> StudyScan:
     """Every study under ``folder`` (see the module docstring). Each study keeps its UIDs in
     ``identifiers`` for matching labels; writers leave them out unless asked to keep them."""
     folder = Path(folder)
-    files = list_image_files(folder)
-    salt = secrets.token_hex(8)  # per run: hashed names cannot be linked across runs
-    identifiers: list[str] = []
-    by_study: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    skipped: dict[str, dict[str, str]] = defaultdict(dict)  # study uid -> path -> reason
-    study_folders: dict[str, set[str]] = defaultdict(set)
-    unassigned: dict[str, str] = {}
-    image_folders: dict[str, list[str]] = defaultdict(list)
+    scan = scan_headers(list_image_files(folder))
+    redact = Redactor(scan.identifiers)
+    studies = dicom_studies(scan, folder, redact) + nifti_studies(folder, redact, scan.unassigned) + \
+        image_studies(scan.image_folders, folder, redact)
+    # A file whose header cannot be read is listed with the study of its folder, if one.
+    for path, reason in scan.unassigned.items():
+        owner = next((s for s in studies if any(os.path.dirname(p) == os.path.dirname(path) for p in s.slices)), None)
+        if owner is not None:
+            owner.errors[path] = reason
+    leftover = {p: r for p, r in scan.unassigned.items() if not any(p in s.errors for s in studies)}
+    studies.sort(key=lambda s: _natural_key(s.name))
+    return StudyScan(studies, redact, leftover)
+
+
+def scan_headers(files: Iterable[str]) -> DicomScan:
+    """The headers of the DICOM files among ``files`` (pixel data not read), grouped by study and series."""
+    scan = DicomScan()
     for path in files:
         if Path(path).suffix.lower() not in DICOM_SUFFIXES:
-            image_folders[os.path.dirname(path)].append(path)
+            scan.image_folders[os.path.dirname(path)].append(path)
             continue
         try:
             ds = _header(path)
         except Exception as exc:  # pydicom raises many kinds for damaged files
-            unassigned[path] = f"unreadable DICOM header: {str(exc).splitlines()[0][:200]}"
+            scan.unassigned[path] = f"unreadable DICOM header: {str(exc).splitlines()[0][:200]}"
             continue
-        identifiers += _identifier_values(ds)
+        scan.identifiers += _identifier_values(ds)
         study_uid = str(ds.get("StudyInstanceUID") or f"folder:{os.path.dirname(path)}")
-        study_folders[study_uid].add(os.path.dirname(path))
+        scan.study_folders[study_uid].add(os.path.dirname(path))
         reason = _is_ct_image(ds)
         if reason:
-            skipped[study_uid][path] = reason
+            scan.skipped[study_uid][path] = reason
             continue
-        by_study[study_uid][str(ds.get("SeriesInstanceUID") or "")].append((path, ds))
-    redact = Redactor(identifiers)
+        scan.by_study[study_uid][str(ds.get("SeriesInstanceUID") or "")].append((path, ds))
+    return scan
 
-    studies: list[Study] = []
-    uids = list(by_study) + [u for u in skipped if u not in by_study]
+
+def dicom_studies(scan: DicomScan, folder: Path, redact: Redactor) -> list[Study]:
+    """One study per StudyInstanceUID, named by its folder (a salted hash beside it when several
+    studies share a folder), with its chosen series' slices in order."""
+    salt = secrets.token_hex(8)  # per run: hashed names cannot be linked across runs
+    uids = list(scan.by_study) + [u for u in scan.skipped if u not in scan.by_study]
     folder_count: dict[str, int] = defaultdict(int)
     for uid in uids:
-        folder_count[_common_folder(study_folders[uid])] += 1
+        folder_count[_common_folder(scan.study_folders[uid])] += 1
+    studies = []
     for uid in uids:
-        where = _common_folder(study_folders[uid])
-        name = redact(_relative(where, folder))
-        if folder_count[where] > 1:
-            name += f"#{_salted(uid, salt)}"
-        series = by_study.get(uid, {})
-        n_files = sum(len(v) for v in series.values()) + len(skipped.get(uid, {}))
-        study = Study(name, "dicom", [], n_files=n_files, errors=dict(skipped.get(uid, {})))
+        where = _common_folder(scan.study_folders[uid])
+        name = redact(_relative(where, folder)) + (f"#{_salted(uid, salt)}" if folder_count[where] > 1 else "")
+        series = scan.by_study.get(uid, {})
+        n_files = sum(len(v) for v in series.values()) + len(scan.skipped.get(uid, {}))
+        study = Study(name, "dicom", [], n_files=n_files, errors=dict(scan.skipped.get(uid, {})))
         if series:
-            ranked = sorted(series.items(), key=lambda kv: _series_rank([ds for _, ds in kv[1]]), reverse=True)
-            chosen_uid, chosen = ranked[0]
-            for other_uid, other in ranked[1:]:
-                for path, _ in other:
-                    study.errors[path] = "another series of the study was used"
-            study.series = _series_description([ds for _, ds in chosen], n_files)
-            study.slices = _order(chosen, study.warnings)
-            if len(ranked) > 1:
-                study.warnings.append(f"{len(ranked)} image series; used {study.series}")
-            study.identifiers = {"study_uid": uid, "series_uid": chosen_uid}  # written only when kept
+            choose_series(study, uid, series)
         else:
             study.errors.setdefault("", "no CT image series in the study")
         studies.append(study)
+    return studies
+
+
+def choose_series(study: Study, uid: str, series: dict[str, list]) -> None:
+    """The study's series to score (see the module docstring), its slices ordered along the body; the
+    other series' files are listed as not used."""
+    ranked = sorted(series.items(), key=lambda kv: _series_rank([ds for _, ds in kv[1]]), reverse=True)
+    chosen_uid, chosen = ranked[0]
+    for _, other in ranked[1:]:
+        for path, _ in other:
+            study.errors[path] = "another series of the study was used"
+    study.series = _series_description([ds for _, ds in chosen], study.n_files)
+    study.slices = _order(chosen, study.warnings)
+    if len(ranked) > 1:
+        study.warnings.append(f"{len(ranked)} image series; used {study.series}")
+    study.identifiers = {"study_uid": uid, "series_uid": chosen_uid}  # written only when kept
+
+
+def nifti_studies(folder: Path, redact: Redactor, unassigned: dict[str, str]) -> list[Study]:
+    """One study per NIfTI volume; a volume that cannot be read goes to ``unassigned`` with why."""
+    studies = []
     for path in list_image_files(folder, NIFTI_SUFFIXES):
         try:
             slices, description, warnings = volume_slices(path)
@@ -268,18 +307,15 @@ def find_studies(folder: str | Path) -> StudyScan:
             continue
         name = re.sub(r"\.nii(\.gz)?$", "", _relative(path, folder), flags=re.I)
         studies.append(Study(redact(name), "nifti", slices, series=description, n_files=1, warnings=warnings))
-    for where, paths in sorted(image_folders.items()):
-        studies.append(Study(redact(_relative(where, folder)), "images",
-                             sorted(paths, key=lambda p: _natural_key(os.path.basename(p))),
-                             series=f"{len(paths)} image files", n_files=len(paths)))
-    # A file whose header cannot be read is listed with the study of its folder, if one.
-    for path, reason in unassigned.items():
-        owner = next((s for s in studies if any(os.path.dirname(p) == os.path.dirname(path) for p in s.slices)), None)
-        if owner is not None:
-            owner.errors[path] = reason
-    leftover = {p: r for p, r in unassigned.items() if not any(p in s.errors for s in studies)}
-    studies.sort(key=lambda s: _natural_key(s.name))
-    return StudyScan(studies, redact, leftover)
+    return studies
+
+
+def image_studies(image_folders: dict[str, list[str]], folder: Path, redact: Redactor) -> list[Study]:
+    """One study per folder of PNG/JPEG slices, in natural name order."""
+    return [Study(redact(_relative(where, folder)), "images",
+                  sorted(paths, key=lambda p: _natural_key(os.path.basename(p))),
+                  series=f"{len(paths)} image files", n_files=len(paths))
+            for where, paths in sorted(image_folders.items())]
 
 
 def _common_folder(folders: set[str]) -> str:
@@ -337,7 +373,7 @@ def slices_to_score(study: Study, max_slices: int | None = None) -> tuple[list[s
             log.debug("lung check of %s failed: %s", path, exc)
             return None
 
-    # Decoded once here (images.read_pixels keeps them for the extraction that follows), in
+    # Decoded once here (decode.read_pixels keeps them for the extraction that follows), in
     # threads sized from the cores.
     with ThreadPoolExecutor(worker_threads()) as pool:
         fractions = list(pool.map(check, study.slices))
@@ -346,7 +382,7 @@ def slices_to_score(study: Study, max_slices: int | None = None) -> tuple[list[s
         if fraction is None:
             in_lungs.append(path)
             continue
-        if fraction >= MIN_LUNG_FRACTION:
+        if fraction >= MIN_LUNG_SHARE_OF_BODY:
             in_lungs.append(path)
         else:
             not_used[path] = f"outside the lungs (aerated lung {fraction:.1%} of the body)"

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .crop import SliceCrop, disk, field_of_view, lung_mask
+from .crop import SEGMENTATION_SIDE, SliceCrop, disk, field_of_view, lung_mask
 
 # Part of the cache identity (FeatureSpec.crop_version): a change to the algorithm below must bump it.
 BODY_CROP_VERSION = 1
 
-_WORK_SIDE = 256
 _MIN_BODY = 0.1    # the body covers at least 10% of the image
-_MARGIN = 0.02     # bounding-box margin, as a fraction of the image side
+_BODY_MARGIN = 0.02     # bounding-box margin, as a fraction of the image side
 
 
 def body_mask(grey: np.ndarray) -> tuple[np.ndarray | None, str | None]:
@@ -54,7 +53,7 @@ def crop_body(rgb: np.ndarray) -> SliceCrop:
 
     h, w = rgb.shape[:2]
     grey = rgb.astype(np.float32).mean(axis=2)
-    scale = _WORK_SIDE / max(h, w)
+    scale = SEGMENTATION_SIDE / max(h, w)
     work = resize(grey, (max(8, round(h * scale)), max(8, round(w * scale))), anti_aliasing=True,
                   preserve_range=True)
     mask, reason = body_mask(work)
@@ -62,7 +61,7 @@ def crop_body(rgb: np.ndarray) -> SliceCrop:
         return SliceCrop(rgb, (0, 0, h, w), False, reason, "body")
     mask = resize(mask.astype(np.float32), (h, w), order=0) > 0.5
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    margin = round(_MARGIN * max(h, w))
+    margin = round(_BODY_MARGIN * max(h, w))
     top, bottom = max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin)
     left, right = max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin)
     region = np.where(mask[..., None], rgb, 0).astype(np.uint8)[top:bottom, left:right]

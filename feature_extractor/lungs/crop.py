@@ -22,7 +22,7 @@ import numpy as np
 # The lungs-equalized crop is this crop plus equalize_lungs: a change to either bumps it.
 LUNG_CROP_VERSION = 2
 
-_WORK_SIDE = 256           # segmentation resolution (longest side)
+SEGMENTATION_SIDE = 256           # segmentation resolution (longest side)
 _MIN_PART = 0.01           # a lung candidate covers at least 1% of the image
 _MAX_BORDER_CONTACT = 0.1  # dark parts touching more of the border are air around the body
 _MIN_LUNGS, _MAX_LUNGS = 0.03, 0.85  # plausible lung area, as a fraction of the image
@@ -31,7 +31,7 @@ _MARGIN = 0.04             # bounding-box margin, as a fraction of the image sid
 
 @dataclass(frozen=True)
 class SliceCrop:
-    """What a crop (lungs here, the body in body_crop.py) left of a slice."""
+    """What a crop (lungs here, the body in body.py) left of a slice."""
 
     image: np.ndarray                  # cropped, outside pixels black; or the input
     bbox: tuple[int, int, int, int]    # (top, left, bottom, right) in input pixels
@@ -132,7 +132,7 @@ def lung_field(rgb: np.ndarray) -> tuple[np.ndarray | None, str | None]:
 
     h, w = rgb.shape[:2]
     grey = rgb.astype(np.float32).mean(axis=2)
-    scale = _WORK_SIDE / max(h, w)
+    scale = SEGMENTATION_SIDE / max(h, w)
     work_shape = (max(8, round(h * scale)), max(8, round(w * scale)))
     mask, reason = lung_mask(resize(grey, work_shape, anti_aliasing=True, preserve_range=True))
     if mask is None:

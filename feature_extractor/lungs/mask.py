@@ -30,14 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..imaging.decode import window_grey
-from .crop import disk
+from .crop import SEGMENTATION_SIDE, disk
 
-# Part of the lesion maps' identity (hypercolumns.DENSE_VERSION covers it): a change to the
+# Part of the lesion maps' identity (slices.DENSE_VERSION covers it): a change to the
 # algorithm below must bump it.
 LUNG_MASK_VERSION = 2  # 2: the learned lungs (classifiers/workflows/lesions/lungs.py) stand beside this mask
 
-_WORK_SIDE = 256
-_MIN_PART = 0.002        # a lung part covers at least 0.2% of the image
+_MIN_LUNG_PART = 0.002        # a lung part covers at least 0.2% of the image
 _MAX_BORDER_SHARE = 0.35  # dark parts touching more of the image border are air around the body
 _TOWARDS_TISSUE = 0.8    # threshold between aerated lung and soft tissue (pass 2)
 _HU_ANCHORS = (-850.0, 40.0)  # aerated lung, soft tissue
@@ -75,7 +74,7 @@ def lung_mask(grey: np.ndarray, anchors: tuple[float, float] | None = None) -> L
     h, w = grey.shape
     if float(grey.max()) - float(grey.min()) < 1e-6:
         return LungMask(np.zeros((h, w), bool), "no lung found: blank image")
-    scale = _WORK_SIDE / max(h, w)
+    scale = SEGMENTATION_SIDE / max(h, w)
     work = resize(grey, (max(8, round(h * scale)), max(8, round(w * scale))), anti_aliasing=True,
                   preserve_range=True)
     mask, reason, anchors = _segment(work, anchors)
@@ -138,5 +137,5 @@ def _dark_parts(g: np.ndarray, threshold: float) -> tuple[np.ndarray, list[int]]
     contact = np.bincount(labels[edge], minlength=labels.max() + 1) / (2 * (h + w))
     areas = np.bincount(labels.ravel(), minlength=labels.max() + 1)
     parts = [p for p in range(1, labels.max() + 1)
-             if areas[p] >= _MIN_PART * h * w and contact[p] <= _MAX_BORDER_SHARE]
+             if areas[p] >= _MIN_LUNG_PART * h * w and contact[p] <= _MAX_BORDER_SHARE]
     return labels, parts

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-NONE, RIGHT, LEFT = 0, 1, 2   # the labels (also the NIfTI label volume's lung labels)
+OUTSIDE, RIGHT, LEFT = 0, 1, 2   # the labels (also the NIfTI label volume's lung labels)
 
 
 def lung_sides(mask: np.ndarray) -> np.ndarray:
-    """(H, W) uint8: RIGHT (the patient's right lung, image left), LEFT, or NONE."""
+    """(H, W) uint8: RIGHT (the patient's right lung, image left), LEFT, or OUTSIDE."""
     from scipy import ndimage as ndi
 
     mask = np.asarray(mask, dtype=bool)

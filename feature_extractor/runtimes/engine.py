@@ -1,4 +1,5 @@
-"""Where the work runs: this process (local) or a Ray cluster. One :class:`EngineSettings` per command.
+"""Where the work runs: this process (local) or a Ray cluster. One :class:`~covidct_core.run_settings.EngineSettings`
+per command.
 
 Nothing here changes a number: the ray engine computes the same features (same content keys,
 same cache) and fit chooses the same parameters as the local one. Ray is an optional extra
@@ -9,57 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
 from typing import Iterator
 
-from ..errors import SettingsError
+from covidct_core.run_settings import EngineError, EngineSettings
 
-ENGINES = ("local", "ray")
-LOCAL, RAY = ENGINES
 # Environment the Ray workers need to compute what this process would.
 _FORWARDED_ENV = ("KERAS_BACKEND", "KERAS_HOME", "COVIDCT_OFFLINE", "COVIDCT_RUNTIME", "TF_CPP_MIN_LOG_LEVEL")
-
-
-class EngineError(SettingsError):
-    """The engine asked for cannot run here (Ray missing, cluster unreachable)."""
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How work is spread.
-
-    Parameters
-    ----------
-    engine : "local" (this process; decoding in threads) or "ray".
-    workers : ray: CNN actors for extraction, parallel fits for tuning. Default: one actor per
-        GPU requested, else 1 actor; all of the cluster's CPUs for tuning.
-    gpus_per_worker : ray: GPUs each CNN actor reserves (Ray's ``num_gpus``; fractions share a GPU).
-    ray_address : ray: an existing cluster ("auto", "ray://host:10001"); default: start a local
-        Ray on this machine, stopped at the end of the command.
-    """
-
-    engine: str = LOCAL
-    workers: int | None = None
-    gpus_per_worker: float = 0.0
-    ray_address: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise SettingsError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-        if self.engine == LOCAL and (self.workers or self.gpus_per_worker or self.ray_address):
-            raise SettingsError("--workers, --gpus-per-worker and --ray-address need --engine ray")
-
-    @property
-    def is_ray(self) -> bool:
-        return self.engine == RAY
-
-    def record(self, workers: int | None = None) -> dict:
-        """For provenance: which engine, how many workers."""
-        out = {"engine": self.engine}
-        if self.is_ray:
-            out.update(workers=workers or self.workers, gpus_per_worker=self.gpus_per_worker,
-                       ray_address=self.ray_address or "local")
-        return out
 
 
 def import_ray():

@@ -16,7 +16,7 @@ this CPU it was faster but off by up to 1.5): so ONNX Runtime is the default
 NVIDIA GPU is visible, the default is keras itself, ``tensorflow``, which runs on the GPU). A
 cached export runs without building the keras model or importing TensorFlow. ONNX Runtime is
 installed with the package; OpenVINO is the ``openvino`` extra. A runtime whose library is
-missing is one clear error.
+missing is one clear error (the runtime names and that check: covidct_core/run_settings.py).
 """
 from __future__ import annotations
 
@@ -30,33 +30,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import SettingsError
-
-RUNTIMES = ("tensorflow", "onnxruntime", "openvino")
-TENSORFLOW, ONNXRUNTIME, OPENVINO = RUNTIMES
-
-
-def default_runtime() -> str:
-    """``$COVIDCT_RUNTIME``; else keras itself (``tensorflow``) under a non-TensorFlow Keras backend
-    or where an NVIDIA GPU is visible (ONNX Runtime runs on the CPU here); else ONNX Runtime."""
-    chosen = os.environ.get("COVIDCT_RUNTIME")
-    if chosen:
-        return chosen
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or nvidia_gpu_visible():
-        return TENSORFLOW
-    return ONNXRUNTIME
-
-
-def nvidia_gpu_visible() -> bool:
-    """Whether the NVIDIA driver lists a GPU that CUDA_VISIBLE_DEVICES does not hide (asked of the
-    driver's files, not of TensorFlow, which takes seconds to start)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    try:
-        return gpus.is_dir() and any(gpus.iterdir())
-    except OSError:
-        return False
+from covidct_core.errors import SettingsError
+from covidct_core.run_settings import ONNXRUNTIME, TENSORFLOW, check_runtime
 
 
 def runtime_device(name: str) -> str:
@@ -97,29 +72,6 @@ def runtime_models_dir() -> Path:
         raise SettingsError(f"cannot use {folder} for the runtime's model files ({exc.strerror or exc}): set "
                             f"{CACHE_ENV} to a writable folder, or use --runtime tensorflow") from None
     return folder
-
-
-class RuntimeMissingError(SettingsError):
-    """A runtime asked for whose library is not installed."""
-
-
-def check_runtime(name: str) -> None:
-    """One clear error for an unknown runtime or one whose library is missing."""
-    if name not in RUNTIMES:
-        raise SettingsError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
-    needs = {ONNXRUNTIME: (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx")),
-             OPENVINO: (("openvino", "openvino"), ("tf2onnx", "tf2onnx"))}.get(name, ())
-    install = {ONNXRUNTIME: "pip install -e .", OPENVINO: 'pip install -e ".[openvino]"'}.get(name)
-    import importlib.util
-
-    for module, package in needs:  # found, not imported: tf2onnx imports TensorFlow, which a fit on cached features never needs
-        try:
-            missing = importlib.util.find_spec(module) is None
-        except (ImportError, ValueError):
-            missing = True
-        if missing:
-            raise RuntimeMissingError(f"--runtime {name} needs {package}, which is not installed here: {install} "
-                                      "(or --runtime tensorflow)") from None
 
 
 def exported_onnx(build_model: Callable[[], Any], identity: dict) -> Path:

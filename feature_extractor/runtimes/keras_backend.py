@@ -14,7 +14,7 @@ import sys
 from functools import lru_cache
 from typing import Iterator
 
-from ..errors import CovidCTError
+from covidct_core.errors import CovidCTError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 

@@ -25,10 +25,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from covidct_core.run_context import Progress, RunContext
+
 from ..cache.feature_cache import FeatureCache
 from ..feature_spec import FeatureSpec
 from ..imaging.dataset import Record
-from ..run_context import Progress, RunContext
 from .engine import ray_session
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def actor_cpus(workers: int, cluster_cpus: float, gpus_per_worker: float = 0.0, 
     """CPUs each CNN actor reserves: one, or less when ``workers`` actors would leave no room for a
     decoding task (with every CPU held by an actor, the decoding tasks could never be scheduled
     and extraction would wait forever). EngineError when the cluster cannot hold them."""
-    from .engine import EngineError
+    from covidct_core.run_settings import EngineError
 
     if gpus_per_worker and workers * gpus_per_worker > cluster_gpus + 1e-9:
         raise EngineError(f"--workers {workers} x --gpus-per-worker {gpus_per_worker:g} needs "

@@ -21,12 +21,12 @@ from typing import Sequence
 
 import numpy as np
 
+from covidct_core.errors import CovidCTError, ModelBundleError
+from covidct_core.provenance import utc_now
 from feature_extractor.dense.lesion_data import LesionSlice, check_masks, load_lesion_data, slice_masks
-from feature_extractor.errors import CovidCTError, ModelBundleError
-from feature_extractor.provenance import utc_now
 
 from ..model import LoadedModel
-from .summary import LesionMap
+from ...records.lesion_summary import LesionMap
 
 MIN_LUNG_SHARE = 0.10   # slices for the slice AUC: lungs fill at least this share of the image
 MIN_LUNG_MASKED = 0.01  # a slice "with lung" for the count of missing lung masks

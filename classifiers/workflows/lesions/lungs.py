@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from covidct_core.run_context import RunContext
 from feature_extractor.dense.hypercolumns import HypercolumnExtractor
 from feature_extractor.dense.lesion_data import LesionData, slice_masks
 from feature_extractor.dense.slices import DenseSlice
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.decode import resize_map
-from feature_extractor.run_context import RunContext
 
 from ...estimators.lesion_head import LesionHead
 

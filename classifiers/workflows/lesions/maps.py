@@ -18,16 +18,17 @@ from typing import Sequence
 
 import numpy as np
 
+from covidct_core.run_context import RunContext, worker_threads
 from feature_extractor.cache.feature_cache import FeatureCache
 from feature_extractor.dense.hypercolumns import HypercolumnExtractor
 from feature_extractor.dense.slices import DenseSlice, read_dense
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import Record, with_keys
-from feature_extractor.run_context import RunContext, worker_threads
 
 from ...estimators.lesion_head import LesionHead
 from .lungs import lung_grid, lungs_from_grid
-from .summary import SUMMARY, LesionMap, LesionSummary, lesion_map_of
+from ...records.lesion_summary import SUMMARY, LesionMap, LesionSummary, lesion_columns
+from .summary import lesion_map_of
 
 LESION_CACHE_DIR = "lesion-maps"
 
@@ -156,6 +157,11 @@ class LesionMapper:
                 out[r.path] = LesionSummary.from_vector(v)
         return out
 
+    def columns(self, records: Sequence[Record]) -> np.ndarray:
+        """The classifier features of ``records``' lesion summaries, one row each (an error naming the first
+        slice that cannot be mapped)."""
+        return lesion_columns(self.summaries(records), [r.path for r in records])
+
     def _summary_row(self, dense: DenseSlice, grid_features: np.ndarray) -> np.ndarray:
         """A slice's cache row: its summary and its grid of cell probabilities."""
         probability = self.probabilities(grid_features)
@@ -167,7 +173,7 @@ class LesionMapper:
     def cached_map(self, path: str, key: str | None = None) -> LesionMap | None:
         """The lesion map of a slice whose grid is cached (no CNN: safe beside a running batch);
         None when it is not cached. ``key``: the file's SHA-256, when known. ImageDecodeError or OSError."""
-        from feature_extractor.provenance import sha256_file
+        from covidct_core.provenance import sha256_file
 
         key = key or sha256_file(path)
         cache = self.cache()
@@ -178,7 +184,7 @@ class LesionMapper:
     def lesion_map(self, path: str) -> LesionMap:
         """The full-size lesion map of one slice, from its cached grid when there is one (else the
         CNN runs); ImageDecodeError or OSError."""
-        from feature_extractor.provenance import sha256_file
+        from covidct_core.provenance import sha256_file
 
         dense = read_dense(path)
         cache = self.cache()

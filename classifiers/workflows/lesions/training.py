@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from covidct_core.errors import CovidCTError, TrainingDataError
+from covidct_core.run_context import RunContext
 from feature_extractor.dense.hypercolumns import HypercolumnExtractor
 from feature_extractor.dense.lesion_data import LesionData, check_masks, slice_masks
-from feature_extractor.errors import CovidCTError, TrainingDataError
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.decode import resize_map
-from feature_extractor.run_context import RunContext
 
 from ...estimators.lesion_head import LesionHead
 from ...estimators.risk_control import SelectiveThresholds
@@ -131,9 +131,7 @@ def finding_calibration(head: LesionHead, spec: FeatureSpec, data: LesionData, c
               "oof": [[src, numbers[g], int(label), round(float(score), 5)]
                       for src, g, label, score in zip(sources, groups, labels, scores)]}
     try:
-        thresholds = SelectiveThresholds(delta).fit(scores, y)
-        thresholds.score_name_ = chosen  # which LesionSummary value the finding reads
-        return thresholds, record
+        return SelectiveThresholds(delta).fit(scores, y, score_name=chosen), record
     except TrainingDataError as exc:
         record["missing"] = str(exc)
         return None, record

@@ -130,7 +130,9 @@ class Setting:
 
         default = self.default if default is dataclasses.MISSING else default
         if self.kind is bool and not self.many:
-            return click.option(self.flag, self.name, is_flag=True, default=bool(default), help=help_text or self.help)
+            # An optional flag stays None when not given: something else decides then (e.g. an environment variable).
+            flag_default = None if default is None and self.optional else bool(default)
+            return click.option(self.flag, self.name, is_flag=True, default=flag_default, help=help_text or self.help)
         shown = None if default is None else (self.spelled(default) if self.many or self.parse else default)
         if required is None:
             required = default is None and not self.optional  # e.g. fit --clf
