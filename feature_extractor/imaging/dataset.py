@@ -250,7 +250,7 @@ def load_dataset(path: str | Path, source: str | None = None) -> Dataset:
     with_split = (path / "Data-split").is_dir()
     dataset = _load_class_folders(path, class_dirs, with_split, source or path.resolve().name)
     if not dataset.records:
-        raise DatasetError(f"no image files found in {class_dirs[COVID]} or {class_dirs[NONCOVID]}")
+        raise DatasetError(f"no image files found in {class_dirs[COVID_LABEL]} or {class_dirs[NONCOVID_LABEL]}")
     return dataset
 
 
