@@ -47,7 +47,8 @@ from covidct_core.run_context import RunContext  # noqa: E402
 from feature_extractor.extract import FeatureExtractor  # noqa: E402
 from feature_extractor.feature_spec import FeatureSpec  # noqa: E402
 from feature_extractor.imaging.dataset import Record, load_datasets  # noqa: E402
-from feature_extractor.imaging.studies import find_studies, slices_to_score  # noqa: E402
+from feature_extractor.imaging.slice_choice import slices_to_score  # noqa: E402
+from feature_extractor.imaging.studies import find_studies  # noqa: E402
 from feature_extractor.weights import WeightsChoice  # noqa: E402
 
 WEIGHTS = {"mobilenetv2": MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5",
@@ -216,10 +217,10 @@ def headline_rows(cross, source_rows, evaluation, studies: Path, study_rows, cur
         rows.append(("The lesion finding on those slices at error rate 0.1 (opacities / clear / uncertain)",
                      f"answers {100 * f['coverage']:.0f}%, wrong among answered {f['error']:.2f} (target 0.10: missed)"
                      if f["error"] > 0.1 else f"answers {100 * f['coverage']:.0f}%, wrong among answered {f['error']:.2f}"))
-    burden = [(r[0], r[5]) for r in study_rows if r[1] == "0.1"]
-    if burden:
-        rows.append(("The hospital's studies: lesion burden (share of lung volume), every answer not assessable",
-                     ", ".join(f"{name} {b}" for name, b in burden)))
+    opacity = [(r[0], r[5]) for r in study_rows if r[1] == "0.1"]
+    if opacity:
+        rows.append(("The hospital's studies: opacity (percentage of the lungs' volume), every answer not assessable",
+                     ", ".join(f"{name} {b}" for name, b in opacity)))
     for held in dict.fromkeys(r[0] for r in curve):
         at = {r[1]: r[3].split()[0] for r in curve if r[0] == held}
         rows.append((f"{held} held out, after calibrate with 100 / 200 of its labeled patients (ROC AUC)",
@@ -291,7 +292,8 @@ def main() -> int:
             for result in report.results:
                 study_rows.append((result.study.name, f"{rate:g}", result.answer or "-", result.finding or "-",
                                    f"{result.opacity_share:.0%}" if result.opacity_share is not None else "-",
-                                   f"{100 * result.lesion_burden:.1f}%" if result.lesion_burden is not None else "-",
+                                   f"{result.severity.opacity_percent:.1f}%" if result.severity is not None
+                                   and result.severity.opacity_percent is not None else "-",
                                    f"{result.p_covid:.3f}" if result.p_covid is not None else "-"))
                 print(" | ".join(study_rows[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -347,8 +349,8 @@ def main() -> int:
             "abstain-studies", "abstain.py", "bench-abstain",
             "The three hospital studies (a hospital the model has not seen): the COVID answer, the study's finding "
             "(opacities when the share of its assessable slices with opacities exceeds the error rate), that share, "
-            "and the lesion burden (lesion's share of the lung volume).",
-            ("study", "error rate", "answer", "finding", "slices with opacities", "lesion burden", "P(COVID)"),
+            "and the opacity (the percentage of the lungs' volume with lesion).",
+            ("study", "error rate", "answer", "finding", "slices with opacities", "opacity", "P(COVID)"),
             study_rows), "Answer or abstain: hospital studies", *outs)
     publish(table_section(
         "finding", "abstain.py", "bench-abstain",

@@ -97,7 +97,7 @@ def compare_windows(args, truth, scan) -> list[tuple[str, ...]]:
     from feature_extractor.extract import FeatureExtractor
     from feature_extractor.feature_spec import FeatureSpec, parse_window
     from feature_extractor.imaging.dataset import Record
-    from feature_extractor.imaging.studies import slices_to_score
+    from feature_extractor.imaging.slice_choice import slices_to_score
     from covidct_core.run_context import RunContext
     from feature_extractor.weights import parse_choice
 
@@ -231,7 +231,8 @@ def main() -> int:
 
     # cost: the study path's per-slice part (headers, lung check) and per-scored-slice part
     # (extraction with two backbones on fresh caches, prediction), projected to 300 slices
-    from feature_extractor.imaging.studies import find_studies, slices_to_score
+    from feature_extractor.imaging.slice_choice import slices_to_score
+    from feature_extractor.imaging.studies import find_studies
 
     start = time.perf_counter()
     scan = find_studies(STUDIES)

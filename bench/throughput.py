@@ -125,10 +125,10 @@ def bf16_accuracy_check(data: Path, features_dir: Path) -> list[tuple[str, str, 
     return rows
 
 
-RUNTIME_MODELS = (  # what the product runs: the demo's pooled features and the lesion maps' dense ones
+RUNTIME_MODELS = (  # what the product runs: the demo's pooled features and the segmentation network's maps
     ("mobilenetv2 pooled (multiscale, 224 px)", "mobilenetv2", dict(pooling="multiscale")),
     ("mobilenet pooled (multiscale, 224 px)", "mobilenet", dict(pooling="multiscale")),
-    ("mobilenetv2 dense (hypercolumns, 448 px, 56x56 grid)", "mobilenetv2", dict(input_size=(448, 448), grid=56)),
+    ("mobilenetv2 segmentation maps (256 px, strides 4-32)", "mobilenetv2", dict(input_size=(256, 256), maps=True)),
 )
 
 
@@ -137,7 +137,7 @@ def runtimes_table(records: list[Record], repeats: int) -> tuple[list[tuple[str,
     real weights where the offline files are here), and the largest difference from TensorFlow."""
     from accuracy import OFFLINE_WEIGHTS
 
-    from feature_extractor.dense.hypercolumns import HypercolumnExtractor
+    from feature_extractor.segmentation.encoder import MapExtractor
     from covidct_core.run_settings import RUNTIMES, check_runtime
 
     installed = []
@@ -152,7 +152,7 @@ def runtimes_table(records: list[Record], repeats: int) -> tuple[list[tuple[str,
         choice = OFFLINE_WEIGHTS.get(name)
         weights = choice if choice is not None and Path(choice.path or "").is_file() else "none"
         spec = FeatureSpec(name, weights, **settings)
-        cls = HypercolumnExtractor if spec.grid else FeatureExtractor
+        cls = MapExtractor if spec.maps else FeatureExtractor
         size = spec.input_size
         images = np.stack([FeatureExtractor(FeatureSpec(name, "none", input_size=size)).load(r.path)[0]
                            for r in records[:32]])
@@ -162,7 +162,8 @@ def runtimes_table(records: list[Record], repeats: int) -> tuple[list[tuple[str,
                 ex = cls(spec, RunContext(tmp, runtime=runtime))
                 x = ex.preprocess(images)
                 run = ex.forward()
-                outputs[runtime] = np.asarray(run(x), np.float32)  # warm-up (and export, build)
+                out = run(x)  # warm-up (and export, build); the maps: their first
+                outputs[runtime] = np.asarray(out[0] if isinstance(out, list) else out, np.float32)
                 times = []
                 for _ in range(repeats):
                     start = time.perf_counter()

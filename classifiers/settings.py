@@ -1,4 +1,4 @@
-"""How a model is trained and how it answers: the settings objects of fit, of the lesion head and
+"""How a model is trained and how it answers: the settings objects of fit, of the segmentation network and
 of the answers, each field declared once with its constraints (covidct_core/settings_schema.py).
 
 The declarations make the command-line options (``settings_options``) and the validation; the
@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from covidct_core.settings_schema import Settings, setting
-from feature_extractor.dense.slices import DENSE_GRID, DENSE_INPUT
+from feature_extractor.segmentation.slices import SEG_SIDE
 
 from .estimators.balance import BALANCES
-from .estimators.options import (CALIBRATION_METHODS, DEFAULT_CONFIDENCE, DEFAULT_ERROR_RATE, HARMONIZATIONS,
-                                 LESION_HEADS)
+from .estimators.options import CALIBRATION_METHODS, DEFAULT_CONFIDENCE, DEFAULT_ERROR_RATE, HARMONIZATIONS
 
 
 def _classifiers() -> tuple[str, ...]:
@@ -68,21 +67,32 @@ class FitSettings(Settings):
 
 @dataclass(frozen=True)
 class LesionSettings(Settings):
-    """How the lesion head is trained (fit --lesion-data)."""
+    """How the lungs and lesion segmentation network is trained and read (fit --lesion-data): each field's
+    help says what it does (classifiers/estimators/segmenter.py, workflows/lesions/)."""
 
-    backbone: str | None = setting(None, "With --lesion-data: which of the model's backbones gives the dense "
-                                         "features.  [default: the first with hypercolumn layers]",
+    backbone: str | None = setting(None, "With --lesion-data: which of the model's backbones gives the segmentation "
+                                         "network its maps.  [default: the first with map layers]",
                                    optional=True, option="--lesion-backbone", metavar="NAME")
-    input_side: int = setting(DENSE_INPUT, "With --lesion-data: the dense features' input side in px.", kind=int,
-                              low=32, high=2048, option="--lesion-input")
-    grid: int = setting(DENSE_GRID, "With --lesion-data: the lesion map's grid (cells a side).", kind=int, low=4,
-                        high=512, option="--lesion-grid")
-    cells_per_slice: int = setting(200, "Lung cells drawn at random per training slice.", kind=int, low=1, cli=False)
-    heads: tuple[str, ...] = setting(LESION_HEADS, "With --lesion-data: the lesion head's candidates, chosen by "
-                                                   "patient-grouped CV.", many=True, choices=LESION_HEADS,
-                                     option="--lesion-heads", metavar="CLF,CLF,...")
-    cv_folds: int = setting(3, "Patient-grouped folds of the head's choice.", kind=int, low=2, cli=False)
-    seed: int | None = setting(None, "Sampling and folds (None: the fit's seed).", kind=int, optional=True, cli=False)
+    side: int = setting(SEG_SIDE, "With --lesion-data: the segmentation network's input side in px (a multiple of 32).",
+                        kind=int, low=64, high=1024, option="--lesion-side")
+    width: int = setting(32, "With --lesion-data: the decoder's channels at stride 4.", kind=int, low=8, high=256,
+                         option="--lesion-width")
+    epochs: int = setting(12, "With --lesion-data: the decoders' training epochs (the best of the second half kept "
+                              "by patient-grouped validation).", kind=int, low=1, high=500, option="--lesion-epochs")
+    members: int = setting(3, "With --lesion-data: decoders averaged, one per patient-grouped fold.", kind=int, low=1,
+                           high=20, option="--lesion-members")
+    output_stride: int = setting(4, "Where the decoder's last convolution runs (1, 2 or 4 px of the network's side).",
+                                 kind=int, choices=(1, 2, 4), cli=False)
+    views: int = setting(4, "Copies of each training slice the backbone sees: itself, its mirror, augmented ones.",
+                         kind=int, low=1, high=16, cli=False)
+    per_patient: int = setting(100, "At most this many slices of a patient per epoch.", kind=int, low=1, cli=False)
+    min_lesion_mm2: float = setting(20.0, "A lesion part smaller than this (mm², where the slice gives its pixel "
+                                          "spacing) does not count: not in the lesion, the shares or the severity.",
+                                    kind=float, low=0, option="--min-lesion-mm2")
+    min_lesion_px: float = setting(40.0, "The same in pixels of a 512 px slice, where the pixel spacing is unknown.",
+                                   kind=float, low=0, option="--min-lesion-px")
+    seed: int | None = setting(None, "The decoders' random starts and the augmentation (None: the fit's seed).",
+                               kind=int, optional=True, cli=False)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ explain_method_option = click.option(
     "--explain-method", type=click.Choice(EXPLAIN_METHODS), default=EXPLAIN_METHODS[0], show_default=True,
     help="occlusion: any classifier, the stack too (about 50 forward passes per image and backbone); "
          "gradcam: linear heads (logreg) only, one forward pass; lesion: the lesion map of a model with a "
-         "lesion head (probability of lesion in the lungs, share of lung involved).")
+         "segmentation network (probability of lesion in the lungs, share of lung involved).")
 
 
 def engine_options(command):

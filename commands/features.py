@@ -38,13 +38,13 @@ def extract(backbone_names, data, weights, features_dir, batch_size, offline, ru
     images: labels are needed only by the commands that use them (fit, evaluate). Images already
     cached (same bytes, same backbone, weights and settings) are not run again. Each setting
     (--pooling, --tta, --precision, --crop, --window) has its own cache. --lesion-data: check lesion
-    data (every mask against its slice) before fit trains a lesion head on it.
+    data (every mask against its slice) before fit trains the segmentation network on it.
     """
     from feature_extractor.extract import DatasetExtraction
     from feature_extractor.feature_spec import specs_from_options
 
     if lesion_data:
-        from feature_extractor.dense.lesion_data import check_masks, load_lesion_data
+        from feature_extractor.segmentation.lesion_data import check_masks, load_lesion_data
 
         lesions = load_lesion_data(lesion_data)
         check_masks(lesions)

@@ -31,11 +31,15 @@ max_slices_option = click.option("--max-slices", type=click.IntRange(1), default
               help="Where the heatmap PNGs go.  [default: heatmaps/ beside --out]")
 @explain_method_option
 @click.option("--lesion-maps", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-              help="A model with a lesion head: write each image's <stem>_lesion.png (the binary lesion, 0 / 255, "
+              help="A model with a segmentation network: write each image's <stem>_lesion.png (the binary lesion, 0 / 255, "
                    "whose share of the lungs is lesion_fraction), <stem>_lesion_prob.png (probability x 255) and "
                    "<stem>_lungs.png (right lung 255, left 128) at the image's size into DIR (in the image's "
                    "subfolder); with --studies, also a NIfTI label volume per DICOM study (1 right lung, 2 left lung, "
                    "3 lesion) with the series' geometry.")
+@click.option("--seg", is_flag=True,
+              help="With --studies and --lesion-maps: also a DICOM Segmentation object (SEG) per DICOM study, "
+                   "<study>.seg.dcm: right lung, left lung and lesion over the series, for OHIF, 3D Slicer and "
+                   "PACS viewers.")
 @model_crop_option
 @site_option
 @click.option("--studies", is_flag=True,
@@ -47,8 +51,8 @@ max_slices_option = click.option("--max-slices", type=click.IntRange(1), default
 @click.option("--keep-identifiers", is_flag=True,
               help="With --studies: write study/series UIDs and file names as they are. Default: patient "
                    "name, ID and birth date from the headers are removed from every output.")
-def predict(folder, model, out, explain, explain_dir, explain_method, lesion_maps, crop, site, studies, max_slices,
-            keep_identifiers) -> None:
+def predict(folder, model, out, explain, explain_dir, explain_method, lesion_maps, seg, crop, site, studies,
+            max_slices, keep_identifiers) -> None:
     """Predict COVID probabilities for every image under FOLDER (recursively).
 
     Exit code 3 when some files could not be read: they still get a row, with the reason
@@ -58,12 +62,14 @@ def predict(folder, model, out, explain, explain_dir, explain_method, lesion_map
         refuse_together("--studies", {"--crop": "crop", "--explain": "explain", "--explain-dir": "explain_dir"})
         from classifiers.workflows.studies import predict_studies_and_write
 
+        if seg and lesion_maps is None:
+            raise click.UsageError("--seg needs --lesion-maps DIR: the SEG is written beside the maps")
         report = predict_studies_and_write(model, folder, out=out, site=site, max_slices=max_slices,
-                                           keep_identifiers=keep_identifiers, lesion_maps=lesion_maps)
+                                           keep_identifiers=keep_identifiers, lesion_maps=lesion_maps, seg=seg)
         finish(report.summary(), report.failures)
         return
-    if max_slices or keep_identifiers:
-        raise click.BadParameter("--max-slices and --keep-identifiers need --studies", param_hint="--studies")
+    if max_slices or keep_identifiers or seg:
+        raise click.BadParameter("--max-slices, --keep-identifiers and --seg need --studies", param_hint="--studies")
     from classifiers.workflows.predict import predict_and_write
 
     report = predict_and_write(model, folder, out=out, crop=crop, explain_method=explain_method if explain else None,
@@ -99,7 +105,7 @@ def evaluate(model, data, split, report_dir, cv_folds, cv_by, n_boot, crop, site
 
     Default: the official test split. With --data pointing at another labeled folder
     (COVID/ and NonCOVID/) or CSV manifest: all of its images (an external check). With
-    --lesion-data: the model's lesion head against radiologists' masks and slice labels.
+    --lesion-data: the model's lungs and lesion maps against radiologists' masks and slice labels.
     """
     if lesion_data:
         refuse_together("--lesion-data", {"--data": "data", "--split": "split", "--cv": "cv_folds",

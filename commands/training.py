@@ -7,7 +7,7 @@ import click
 
 from classifiers.estimators.options import DEFAULT_ERROR_RATE
 from classifiers.settings import AnswerSettings, CalibrateSettings, FitSettings, LesionSettings
-from covidct_core.settings_schema import settings_options
+from covidct_core.settings_schema import schema, settings_options
 
 from .common import (
     data_option,
@@ -46,8 +46,8 @@ def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, 
     """Train a classifier on cached features of the training images (train+val split).
 
     Hyperparameters are tuned by patient-grouped, stratified CV; the test split is never read.
-    With --lesion-data, a lesion head is trained on radiologists' infection masks and saved with
-    the model: predict then gives each slice's share of lung involved and its lesion map.
+    With --lesion-data, the lungs and lesion segmentation network is trained on radiologists' masks
+    and saved with the model: predict then gives each slice's lungs, lesion and share of lung involved.
     """
     from classifiers.presentation.fit_summary import fit_summary
     from classifiers.workflows.features import FeatureSelection
@@ -57,9 +57,8 @@ def fit(fit, backbone_names, data, features_dir, model_path, weights, adapt_to, 
         raise click.BadParameter("name the backbones with --backbone when using --weights",
                                  param_hint="--weights")
     if not lesion_data:
-        refuse_together("no --lesion-data", {"--lesion-features": "lesion_features", "--lesion-backbone":
-                                             "backbone", "--lesion-input": "input_side", "--lesion-grid": "grid",
-                                             "--lesion-heads": "heads"})
+        refuse_together("no --lesion-data", {s.flag: s.name for s in schema(LesionSettings) if s.cli} |
+                        {"--lesion-features": "lesion_features"})
     bundle = fit_model(data, fit=fit, selection=FeatureSelection.from_options(backbone_names, weights, **settings),
                        context=run_context(features_dir, engine=engine), model_path=model_path, adapt_to=adapt_to,
                        lesion_data=lesion_data, lesion=lesion, answers=answers)

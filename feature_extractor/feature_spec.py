@@ -3,8 +3,8 @@
 A FeatureSpec holds everything that changes the numbers a backbone gives for an image: the
 backbone, the identity of its weights (source and SHA-256), the input size, the pooling, the
 test-time augmentation, the precision, the lung crop with its algorithm's version, and the
-DICOM window. With a ``grid``, the spec is of dense features (hypercolumns.py): the backbone's
-declared intermediate layers on a grid x grid lattice, for lesion maps. This module alone
+DICOM window. With ``maps``, the spec is of the segmentation network's inputs (segmentation/): the
+backbone's declared map layers at strides 4 to 32 of a square slice. This module alone
 
 - builds the cache identity and the cache file name (``identity``, ``cache_file_name``);
 - writes and reads cache attributes and model-manifest entries (``to_record``, ``from_record``);
@@ -29,11 +29,10 @@ from covidct_core.errors import SettingsError
 from covidct_core.settings_schema import Setting, schema, setting
 
 from .backbones import BackboneSpec, get_backbone
-from .dense.slices import DENSE_VERSION
 from .imaging.decode import LUNG_WINDOW
 from .lungs.body import BODY_CROP_VERSION
 from .lungs.crop import LUNG_CROP_VERSION
-from .lungs.mask import LUNG_MASK_VERSION
+from .segmentation.slices import MAP_INPUT_VERSION
 from .weights import IMAGENET, WeightsChoice, parse_choice, parse_weights_options
 
 FORMAT_VERSION = 2  # of cache attributes and manifest entries; 1: before FeatureSpec
@@ -98,7 +97,7 @@ class FeatureSpec:
                                         metavar="LEVEL,WIDTH[/L,W/L,W]", parse=parse_window, text=window_text,
                                         label="DICOM window")
     crop_version: int | None = field(default=None)  # None: this code's version of ``crop``
-    grid: int | None = None   # dense features on a grid x grid lattice; None: pooled features
+    maps: bool = False   # the segmentation network's inputs (backbones.map_model); False: pooled features
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise once, here
@@ -112,10 +111,10 @@ class FeatureSpec:
         put(self, "window", parse_window(window_text(self.window)))  # checked as if typed
         if self.crop_version is None:
             put(self, "crop_version", crop_version(self.crop))
-        if self.grid is not None:
-            put(self, "grid", int(self.grid))
-            if self.grid < 1 or min(self.input_size) < self.grid:
-                raise SettingsError(f"grid {self.grid} does not fit an input of {self.input_size[0]} px")
+        put(self, "maps", bool(self.maps))
+        if self.maps and (self.input_size[0] != self.input_size[1] or self.input_size[0] % 32):
+            raise SettingsError(f"the segmentation network needs a square input whose side is a multiple of 32, "
+                                f"not {self.input_size[0]}x{self.input_size[1]}")
 
     # -- building -------------------------------------------------------------------------
     @classmethod
@@ -148,15 +147,14 @@ class FeatureSpec:
         """What a cache file and a model's features are identified by (JSON values)."""
         if self.weights_sha256 is None:
             raise SettingsError(f"{self.backbone}: the weights must be resolved (hashed) first")
-        dense = {}
-        if self.grid is not None:  # only dense specs carry these: pooled caches keep their names
-            dense = {"grid": self.grid, "dense_layers": list(self.backbone_spec.dense_layers),
-                     "dense_version": DENSE_VERSION, "lung_mask_version": LUNG_MASK_VERSION}
+        maps = {}
+        if self.maps:  # only map specs carry these: pooled caches keep their names
+            maps = {"map_layers": list(self.backbone_spec.map_layers), "map_input_version": MAP_INPUT_VERSION}
         return {"backbone": self.backbone, "weights_source": self.weights.source,
                 "weights_sha256": self.weights_sha256, "input_size": list(self.input_size),
                 "preprocessing": self.backbone_spec.preprocessing,
                 **{s.name: s.text(getattr(self, s.name)) for s in SETTINGS},
-                "crop_version": self.crop_version, **dense}
+                "crop_version": self.crop_version, **maps}
 
     def identity_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
@@ -200,11 +198,10 @@ class FeatureSpec:
                                 "older version")
         source = str(record["weights_source"])
         weights = WeightsChoice(source, str(record.get("weights_path") or "") or None)
-        grid = record.get("grid")
         return cls(str(record["backbone"]), weights, str(record["weights_sha256"]),
                    tuple(int(v) for v in record["input_size"]),
                    **{s.name: s.value(str(record[s.name])) for s in SETTINGS},
-                   crop_version=int(record["crop_version"]), grid=None if grid is None else int(grid))
+                   crop_version=int(record["crop_version"]), maps=bool(record.get("map_layers")))
 
     # -- descriptions -----------------------------------------------------------------------
     def describe(self) -> dict[str, str]:
@@ -215,8 +212,8 @@ class FeatureSpec:
         out.update({s.title: s.text(getattr(self, s.name)) for s in SETTINGS})
         if self.crop_version:
             out[SETTING["crop"].title] += f" (v{self.crop_version})"
-        if self.grid is not None:
-            out["dense grid"] = f"{self.grid}x{self.grid} of {', '.join(self.backbone_spec.dense_layers)}"
+        if self.maps:
+            out["segmentation maps"] = ", ".join(self.backbone_spec.map_layers)
         return out
 
     def summary(self) -> str:
@@ -225,8 +222,8 @@ class FeatureSpec:
         parts = [f"weights {self.weights.source}" + (f" {sha}" if sha else ""), "x".join(map(str, self.input_size))]
         parts += [f"{s.name} {s.text(getattr(self, s.name))}" for s in SETTINGS
                   if getattr(self, s.name) != s.default]
-        if self.grid is not None:
-            parts.append(f"hypercolumns on a {self.grid}x{self.grid} grid")
+        if self.maps:
+            parts.append("segmentation maps at strides 4-32")
         return f"{self.backbone} ({', '.join(parts)})"
 
 

@@ -162,9 +162,9 @@ def resolve_weights(backbone: str | BackboneSpec, choice: WeightsChoice,
 
 def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
                        input_size: tuple[int, int] | None = None, pooling: str = "avg",
-                       precision: str = "fp32", grid: int | None = None):
+                       precision: str = "fp32", maps: bool = False):
     """Build the backbone with its weights; returns (model, weights with sha256 filled in).
-    ``grid``: its dense features (backbones.dense_model) instead of pooled ones.
+    ``maps``: the segmentation network's inputs (backbones.map_model) instead of pooled features.
 
     Download failures and unusable files become WeightsUnavailableError with a fix.
     """
@@ -174,10 +174,10 @@ def build_with_weights(spec: BackboneSpec, weights: ResolvedWeights,
         from .runtimes.keras_backend import keras_module
 
         keras_module().utils.set_random_seed(RANDOM_SEED)
-        model = build_model(spec, None, input_size, pooling, precision, grid)
+        model = build_model(spec, None, input_size, pooling, precision, maps)
         return model, ResolvedWeights(NONE, None, _hash_model_weights(model))
     try:
-        model = build_model(spec, weights.keras_argument, input_size, pooling, precision, grid)
+        model = build_model(spec, weights.keras_argument, input_size, pooling, precision, maps)
     except CovidCTError:
         raise
     except Exception as exc:  # keras raises bare Exception for download failures

@@ -149,13 +149,12 @@ class PredictionService:
             self._explainer = ModelExplainer(self.model, self.settings.heatmap_method)
         return self._explainer
 
-    def _pictures(self, path: str, site: str | None, heatmap: bool, key: str | None = None) -> dict:
-        """The slice, its heatmap and its lesion map (workflows/panels.py); the CNN under the lock only
-        where it must run (a heatmap, a lesion map not cached)."""
+    def _pictures(self, path: str, site: str | None, heatmap: bool) -> dict:
+        """The slice, its heatmap and its lungs and lesion (workflows/panels.py); the networks under the lock."""
         from classifiers.workflows.panels import slice_panels
 
         return slice_panels(self.model, path, side=256, explainer=self._explainer_for() if heatmap else None,
-                            site=site, key=key, cnn=self.lock).pictures()
+                            site=site, cnn=self.lock).pictures()
 
     def _slices(self, slices: list[tuple[str, Path]], redact: Redactor, heatmaps: bool,
                 timings: dict[str, float] | None = None) -> list[dict]:
@@ -183,7 +182,7 @@ class PredictionService:
             item = {"name": redact(name), **record.SLICE.as_json(row)}
             if row.error is None:
                 with timed(timings, "pictures"):
-                    item.update(self._pictures(row.path, row.site, heatmaps, r.key))
+                    item.update(self._pictures(row.path, row.site, heatmaps))
             out.append(item)
         return out
 

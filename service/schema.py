@@ -14,8 +14,8 @@ PICTURE = "A JPEG data: URI"
 PICTURES = {
     "image": (Optional[str], Field(None, description=f"{PICTURE}: the slice.")),
     "heatmap": (Optional[str], Field(None, description=f"{PICTURE}: the slice with its heatmap.")),
-    "lesion": (Optional[str], Field(None, description=f"{PICTURE}: the lesion map over the slice (models with a "
-                                                      "lesion head).")),
+    "lesion": (Optional[str], Field(None, description=f"{PICTURE}: the lungs (outlined) and lesion over the "
+                                                      "slice (models with a segmentation network).")),
 }
 
 

@@ -100,7 +100,7 @@ def test_the_policy_blocks_unknown_sets_and_says_which_rule_decided():
 def test_findings_are_given_where_lungs_are_found_and_studies_count_them():
     class Summary:
         def __init__(self, fraction, lung=0.2, note=None):
-            self.lesion_fraction, self.lung_fraction, self.lung_note = fraction, lung, note
+            self.lesion_fraction, self.lung_share_of_slice, self.lung_note = fraction, lung, note
     rng = np.random.default_rng(4)
     share = np.r_[rng.uniform(0, 0.02, 200), rng.uniform(0.05, 0.5, 200)]
     parts = AnswerParts(0.1, finding=SelectiveThresholds().fit(share, np.r_[np.zeros(200), np.ones(200)]))

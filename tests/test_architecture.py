@@ -281,8 +281,8 @@ def test_docstrings_and_comments_name_what_exists():
 
 def test_the_name_check_finds_stale_names():
     names = Names(python_files(product_only=False))
-    assert names.missing("see cache_index.py and images.read_pixels; hypercolumns.DENSE_VERSION; "
+    assert names.missing("see cache_index.py and images.read_pixels; slices.DENSE_VERSION; "
                          "LoadedModel.assign_sites", {}) == [
         "file cache_index.py", "images.read_pixels (images is no module)",
-        "hypercolumns.DENSE_VERSION (not in hypercolumns)", "LoadedModel.assign_sites (no such attribute)"]
+        "slices.DENSE_VERSION (not in slices)", "LoadedModel.assign_sites (no such attribute)"]
     assert names.missing("feature_extractor/imaging/decode.py: decode.read_pixels, LoadedModel.features", {}) == []

@@ -104,7 +104,7 @@ def test_bundle_round_trip_and_hash(tmp_path):
     bundle = fitted_bundle(tmp_path)
     manifest = json.loads((tmp_path / "models" / "m.json").read_text())
     assert manifest["model_sha256"] and manifest["model_file"] == "m.joblib"
-    assert manifest["format_version"] == 5 and manifest["error_rate"] == 0.1
+    assert manifest["format_version"] == 6 and manifest["error_rate"] == 0.1
     loaded = load_bundle(bundle.path)
     assert loaded.card == bundle.card and loaded.card.classifier == "logreg"
     assert ModelCard.from_manifest(manifest).to_manifest() == manifest  # the reader and writer agree
@@ -131,7 +131,7 @@ def test_old_manifest_formats_load_through_the_one_reader(version):
     assert card.training.fingerprint == manifest["training"]["fingerprint"]
     assert card.refit_settings.balance == "class" and card.fit.balance is None
     written = card.to_manifest()
-    assert written["format_version"] == 5 and ModelCard.from_manifest(written) == card.with_changes(format_version=5)
+    assert written["format_version"] == 6 and ModelCard.from_manifest(written) == card.with_changes(format_version=6)
 
 
 def test_changed_model_file_is_refused(tmp_path):

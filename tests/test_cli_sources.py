@@ -156,7 +156,8 @@ def test_harmonized_fit_adapts_to_a_site_and_predict_flags_what_is_unlike_traini
     assert "of 3 images look unlike the model's training images" in result.output
     rows = list(csv.DictReader(open(out, newline="")))
     assert list(rows[0]) == ["path", "answer", "finding", "answer_note", "p_covid", "label", "ood_score",
-                             "in_distribution", "lesion_fraction", "lung_fraction", "error"]
+                             "in_distribution", "lesion_fraction", "lung_share_of_slice", "lesion_area_mm2",
+                             "error"]
     assert all(r["in_distribution"] in ("true", "false") and float(r["ood_score"]) >= 0 for r in rows)
     for args, message in [(["--site", "batch"], "3 readable images; standardizing its features needs at least 20"),
                           (["--site", "mars"],

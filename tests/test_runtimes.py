@@ -23,26 +23,28 @@ def test_a_missing_runtime_is_one_clear_error(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime, module", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
-@pytest.mark.parametrize("grid", [None, 8])
-def test_a_runtime_gives_tensorflows_features(runtime, module, grid, tmp_path):
+@pytest.mark.parametrize("maps", [False, True])
+def test_a_runtime_gives_tensorflows_features(runtime, module, maps, tmp_path):
     pytest.importorskip(module, reason=f"{runtime} is an optional extra")
     pytest.importorskip("tf2onnx", reason=f"{runtime} needs tf2onnx (its extra)")
     records = load_unlabeled(make_class_folders(tmp_path / "data", n_per_class=3, size=64)).records
-    spec = FeatureSpec("mobilenetv2", "none", input_size=(64, 64), pooling="multiscale", tta="flip", grid=grid)
+    spec = FeatureSpec("mobilenetv2", "none", input_size=(64, 64), pooling="multiscale", tta="flip", maps=maps)
     images = np.stack([FeatureExtractor(spec).load(r.path)[0] for r in records])
-    reference = FeatureExtractor(spec, RunContext(tmp_path / "tf")).features_of(images) if grid is None else None
+    reference = FeatureExtractor(spec, RunContext(tmp_path / "tf")).features_of(images) if not maps else None
     other = FeatureExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime))
-    if grid is None:
+    if not maps:
         np.testing.assert_allclose(other.features_of(images), reference, atol=1e-4)
         assert list((tmp_path / "user_cache" / "runtime-models").glob("*.onnx"))  # exported once, cached by content
         assert not (tmp_path / "rt" / "runtime-models").exists()  # never into a features folder
     else:
-        from feature_extractor.dense.hypercolumns import HypercolumnExtractor
+        from feature_extractor.segmentation.encoder import MapExtractor
 
         x = other.preprocess(images)
-        tf_out = np.asarray(HypercolumnExtractor(spec, RunContext(tmp_path / "tf")).model.predict_on_batch(x))
-        rt_out = HypercolumnExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime)).forward()(x)
-        np.testing.assert_allclose(rt_out, tf_out, atol=1e-4)
+        tf_out = MapExtractor(spec, RunContext(tmp_path / "tf", runtime="tensorflow")).maps_of_input(x, np.float32)
+        rt_out = MapExtractor(spec, RunContext(tmp_path / "rt", runtime=runtime)).maps_of_input(x, np.float32)
+        assert [m.shape[1] for m in rt_out] == [16, 8, 4, 2]  # strides 4 to 32 of 64 px, in order
+        for rt, tf in zip(rt_out, tf_out):
+            np.testing.assert_allclose(rt, tf, atol=1e-4)
 
 
 def test_onnx_runtime_is_the_default_under_tensorflow_keras(monkeypatch):

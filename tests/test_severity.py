@@ -1,11 +1,10 @@
 """Severity and the maps a user can check: zone scores at their boundaries, a study's severity,
-the lungs' sides, the learned lungs keeping a consolidation the classical mask leaves out, and the
-NIfTI label volume's geometry and privacy."""
+the lungs' sides of a radiologist's lung mask, and the NIfTI label volume's geometry."""
 import numpy as np
 import pytest
 
-from classifiers.presentation.label_volumes import series_affine
 from classifiers.records.severity import SliceAreas, severity, zone_score
+from feature_extractor.imaging.geometry import series_grid
 from feature_extractor.lungs.sides import LEFT, RIGHT, lung_sides
 
 
@@ -20,8 +19,8 @@ def test_a_studys_severity_sums_six_zones_along_each_lungs_extent():
     # lung 10% involved everywhere; the first slice has no lung.
     slices = [SliceAreas(0, 0, 0, 0)] + [SliceAreas(0.1, 0.1, 0.05 if i >= 6 else 0.0, 0.01) for i in range(9)]
     s = severity(slices, superior_first=True)
-    assert s.scores == {"right upper": 0, "right middle": 0, "right lower": 4, "left upper": 2, "left middle": 2,
-                        "left lower": 2}
+    assert s.scores == {"right upper third": 0, "right middle third": 0, "right lower third": 4,
+                        "left upper third": 2, "left middle third": 2, "left lower third": 2}
     assert s.severity_score == 10 and s.opacity_right == pytest.approx(100 * 0.15 / 0.9)
     assert s.opacity_percent == pytest.approx(100 * (0.15 + 0.09) / 1.8) and s.opacity_left == pytest.approx(10)
     feet_first = severity(list(reversed(slices)), superior_first=False)
@@ -39,33 +38,11 @@ def test_the_patients_right_lung_is_the_images_left_also_when_the_lungs_touch():
     assert (sides[10, 5:25] == RIGHT).all() and (sides[10, 35:55] == LEFT).all()
 
 
-def test_the_learned_lungs_keep_a_consolidation_touching_the_chest_wall():
-    """A slice whose right lung has a consolidation as bright as the chest wall against it: the classical
-    mask leaves it out; the learned lungs (the lung head's probabilities on the grid) keep it, and the
-    classical mask's sharp edge joins them where the two agree."""
-    from feature_extractor.dense.slices import DenseSlice
-    from feature_extractor.lungs.mask import lung_mask
-    from classifiers.workflows.lesions.lungs import lungs_from_grid
-    from tests.helpers import lesion_slice
-
-    img, lungs, _ = lesion_slice(3, False, size=96)
-    img = img.astype(np.float32)
-    yy, xx = np.mgrid[0:96, 0:96]
-    consolidation = lungs & (xx < 20) & (yy > 40) & (yy < 60)  # against the lateral chest wall
-    img[consolidation] = 225
-    dense = DenseSlice(img, lung_mask(img))
-    assert not dense.lungs.mask[consolidation].mean() > 0.5  # the classical mask leaves it out
-    grid = (lungs.reshape(12, 8, 12, 8).mean(axis=(1, 3)) > 0.5).astype(np.float32)  # the lung head's view
-    kept = lungs_from_grid(grid, dense, 0.5)
-    assert kept[consolidation].mean() > 0.75  # all but the edge of the grid's coarse cells
-    assert 2 * (kept & lungs).sum() / (kept.sum() + lungs.sum()) > 0.9
-
-
 def test_the_label_volumes_affine_is_the_series_geometry():
     from types import SimpleNamespace
 
     headers = [SimpleNamespace(ImageOrientationPatient=[1, 0, 0, 0, 1, 0], PixelSpacing=[0.7, 0.8],
                                ImagePositionPatient=[-100.0, -120.0, z], SliceThickness=2.5) for z in (10, 12.5, 15)]
-    affine = series_affine(headers)
+    affine = series_grid(headers).ras
     # voxel (i column, j row, k slice) -> LPS (-100 + 0.8 i, -120 + 0.7 j, 10 + 2.5 k) -> RAS flips x and y
     assert np.allclose(affine @ [2, 3, 1, 1], [100 - 1.6, 120 - 2.1, 12.5, 1])

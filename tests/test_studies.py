@@ -11,7 +11,8 @@ from pydicom.uid import generate_uid
 
 import cli
 from classifiers.estimators.study_aggregation import aggregate, choose_aggregation
-from feature_extractor.imaging.studies import find_studies, lung_fraction, slice_hu, slices_to_score
+from feature_extractor.imaging.slice_choice import lung_fraction, slice_hu, slices_to_score
+from feature_extractor.imaging.studies import find_studies
 from tests.conftest import SHARED, needs_shared
 from tests.helpers import SR, chest, write_series, write_slice
 

@@ -3,7 +3,6 @@
 
 HARMONIZATIONS = ("none", "standardize")   # estimators/harmonize.py
 CALIBRATION_METHODS = ("site", "sigmoid", "isotonic")  # workflows/calibrate.py: learn the site, or recalibrate
-LESION_HEADS = ("logreg", "sgd", "xgboost")     # estimators/lesion_head.py: the default candidates
 ANSWERS = ("COVID", "NonCOVID", "uncertain", "not assessable")  # workflows/answer_policy.py
 COVID, NONCOVID, UNCERTAIN, NOT_ASSESSABLE = ANSWERS
 FINDINGS = ("opacities", "clear", "uncertain", "not assessable")  # the lesion finding: answer_policy.py

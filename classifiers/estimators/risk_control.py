@@ -30,6 +30,7 @@ from covidct_core.errors import TrainingDataError
 POOLED = "all"      # the thresholds of every calibration score, for a set whose source is not known
 MIN_PER_CLASS = 10  # fewer calibration scores of a class give no threshold of that class
 FIRST, STEP = 20, 1.5  # thresholds tried: the calibration scores at ranks 20, 30, 45, ... (label-free)
+RATES_TRIED = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # where no threshold certifies the asked one
 
 
 def _mapie_threshold(score: np.ndarray, y: np.ndarray, error_rate: float, delta: float) -> float | None:
@@ -134,6 +135,16 @@ class SelectiveThresholds(BaseEstimator):
         pos = np.zeros(len(s), bool) if high is None else s >= high
         neg = np.zeros(len(s), bool) if low is None else s <= low
         return np.where(pos, 1, np.where(neg, 0, -1))
+
+    def smallest_rate(self, group: str = POOLED) -> tuple[float, float] | None:
+        """The smallest error rate of RATES_TRIED for which the group's calibration data certify a threshold,
+        and the share of its calibration scores answered there; None when none does."""
+        s, _ = self.calibration_.get(group, self.calibration_[POOLED])
+        for rate in RATES_TRIED:
+            low, high = self.thresholds(rate, group)
+            if low is not None or high is not None:
+                return rate, float(np.mean(self.answer(s, rate, group) >= 0))
+        return None
 
     def counts(self, group: str = POOLED) -> dict[str, int]:
         s, y = self.calibration_.get(group, self.calibration_[POOLED])

@@ -1,5 +1,5 @@
 """What fit prints: the model card of the model it saved, in a few lines (data, features, CV scores,
-the answer policy's thresholds, the lesion and lung heads, the files written)."""
+the answer policy's thresholds, the segmentation network, the files written)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -58,18 +58,25 @@ def fit_summary(c: ModelCard, path: Path) -> list[str]:
     lines.append(f"out-of-distribution cut-off {c.ood['cut_off']:.4f} ({c.ood['cut_off_rule']})")
     lines += answers_summary(c)
     if c.lesion:
-        h = c.lesion["head"]
-        lines.append(f"lesion head: {h['classifier']} on {c.lesion['training_cells']['n']} lung cells of "
-                     f"{c.lesion['data']['n_with_masks']} slices ({c.lesion['data']['patients']} patients), out-of-fold "
-                     f"cell Dice {h['cv_cell_dice']:.3f} at probability {h['threshold']:.2f}")
-        lung = c.lesion.get("lung_head") or {}
-        lines.append(f"lung head: {lung['head']['classifier']} on {lung['training_cells']['n']} cells of "
-                     f"{lung['n_slices']} slices ({lung['patients']} patients) with radiologists' lung masks, "
-                     f"out-of-fold cell Dice {lung['head']['cv_cell_dice']:.3f}" if "head" in lung else
-                     f"lung head: none ({lung.get('missing', 'a model fitted before lung heads')})")
+        lines += segmentation_lines(c.lesion)
     choice = c.threshold_choice
     if choice["rule"] != "default":
         lines.append(f"threshold {choice['threshold']:.3f} (out-of-fold sensitivity "
                      f"{choice['oof_sensitivity']:.3f}, specificity {choice['oof_specificity']:.3f})")
     lines.append(f"saved {path} and {path.with_suffix('.json')}")
+    return lines
+
+
+def segmentation_lines(lesion: dict) -> list[str]:
+    """The segmentation network's lines: what it was trained on, and its out-of-fold maps per source."""
+    s, d = lesion["segmenter"], lesion["data"]
+    lines = [f"lungs and lesion network: {s['members']} decoders on {lesion['maps']['backbone']}'s maps, trained on "
+             f"{d['n_with_masks']} slices ({d['patients']} patients; {d['n_with_lung_masks']} with lung masks) in "
+             f"{s['training_seconds'] / 60:.1f} min, lesion cut-off {s['lesion_threshold']:.2f}"]
+    for source, a in lesion.get("out_of_fold", {}).items():
+        parts = [f"lesion Dice {a['lesion_dice']:.3f}" if a["lesion_dice"] is not None else None,
+                 f"lung Dice {a['lung_dice']:.3f}" if a["lung_dice"] is not None else None,
+                 f"{a['lesion_inside_lungs']:.0%} of the lesion inside the lungs"
+                 if a["lesion_inside_lungs"] is not None else None]
+        lines.append(f"  out of fold on {source} ({a['slices']} slices): " + ", ".join(p for p in parts if p))
     return lines

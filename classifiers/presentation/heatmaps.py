@@ -104,7 +104,7 @@ def render(expl: Explanation, out: str | Path, label: str, threshold: float) -> 
     vmax = _vmax(heat, expl.method)
     right.imshow(_blend(original, heat, vmax))
     scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, vmax), "jet")
-    what = {"occlusion": "drop in P(COVID) when hidden", "lesion": "probability of lesion (lesion head)"}.get(
+    what = {"occlusion": "drop in P(COVID) when hidden", "lesion": "probability of lesion (segmentation network)"}.get(
         expl.method, "contribution to the logit vs the average training slice")
     fig.colorbar(scale, ax=right, fraction=0.046, pad=0.04).set_label(what, fontsize=8)
     peak = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0

@@ -42,7 +42,7 @@ class CaseRow:
     thumbnail: str | None = None   # data: URI
     heatmap: str | None = None     # data: URI
     note: str | None = None        # e.g. no lungs found for the crop, the held-out source
-    lesion_overlay: str | None = None  # data: URI: the lesion map over the slice (models with a lesion head)
+    lesion_overlay: str | None = None  # data: URI: the lesion map over the slice (models with a segmentation network)
     involved: str | None = None        # "12.3% of lung involved"
 
     @property
@@ -338,7 +338,7 @@ def _case_table(content: ReportContent) -> str:
                  "not the lungs." if n_heat else "No heatmaps: they explain the saved model, not the models refit "
                  "without each source." if content.cross_source else "No heatmaps were asked for (--heatmaps 0).")
     if lesions:
-        heat_note += (" Lesion maps: the lesion head's probability of lesion inside the lungs (orange; the lungs "
+        heat_note += (" Lesion maps: the segmentation network's probability of lesion inside its lungs (orange; the lungs "
                       "outlined in cyan), learned from radiologists' masks: check them against the slice. A lesion "
                       "is not COVID: other pneumonias have lesions too.")
     toggle = ("<label><input type=checkbox id=only-wrong> show misclassified only</label>" if labeled else "")

@@ -18,7 +18,7 @@ LUNG_VALUES = {1: 255, 2: 128}   # the lungs PNG: the patient's right lung 255, 
 
 def map_files(lesion_map, out_dir: str | Path, stem: str) -> tuple[Path, Path, Path]:
     """At the slice's own size, in ``out_dir``: ``<stem>_lesion.png``, the binary lesion (0 / 255) whose
-    share of the lungs is lesion_fraction; ``<stem>_lesion_prob.png``, the lesion head's probability x
+    share of the lungs is lesion_fraction; ``<stem>_lesion_prob.png``, the network's lesion probability x
     255; ``<stem>_lungs.png``, the lungs (right 255, left 128)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ class EvaluationReport:
     selective: dict | None = None        # coverage and error among answered (selective.py), with CIs
     risk_coverage: list | None = None    # the curve over error rates
     groups: np.ndarray | None = None
+    certification: list[str] = field(default_factory=list)   # why all of a source's answers are uncertain
 
     @property
     def p(self) -> np.ndarray:
@@ -80,7 +81,7 @@ class EvaluationReport:
                 f"{ci('error')} (n answered {s['error']['n']}); uncertain {s['uncertain']['value']:.1%}, not "
                 f"assessable {s['not_assessable']['value']:.1%}",
                 *[f"  true {c}: answered {ci('coverage_' + c)}, wrong among answered {ci('error_' + c)}"
-                  for c in ("COVID", "NonCOVID")]]
+                  for c in ("COVID", "NonCOVID")], *(f"  note: {note}" for note in self.certification)]
 
     def table(self) -> str:
         lines = self.answers_lines()

@@ -1,51 +1,61 @@
-"""What a lesion map says of a slice, as records: its summary (share of lung involved, left and right,
-peripheral, the lung's share of the slice: the numbers every prediction carries) and the map itself.
-Computed by classifiers/workflows/lesions/ (summary.py); a summary's ``classifier_features`` are what
-joins a COVID classifier's features (fit --lesion-features), through :func:`lesion_columns`."""
+"""What the segmentation network says of a slice, as records: its maps (:class:`SliceSegmentation`: the
+lungs by side, the lesion's probability and the lesion itself, at the slice's own pixels) and their
+summary (:class:`LesionSummary`: the numbers every prediction carries). Every quantity names its
+denominator: a share of the lungs, of one lung, of the lesion, of the slice, or an area in mm² (where the
+file gives its pixel spacing). Computed by classifiers/workflows/lesions/summary.py; a summary's
+``classifier_features`` are what joins a COVID classifier's features (fit --lesion-features), through
+:func:`lesion_columns`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from covidct_core.errors import CovidCTError
-from feature_extractor.lungs.sides import lung_sides
 
 from .severity import SliceAreas
 
 # The summaries that join a COVID classifier's features (fit --lesion-features): the disease,
 # not how much lung the slice shows (slice position is a confound).
-CLASSIFIER_SUMMARY = ("lesion_fraction", "lesion_p_max", "lesion_p_mean", "lesion_left", "lesion_right",
-                      "lesion_peripheral")
-SUMMARY = CLASSIFIER_SUMMARY + ("lung_fraction", "lesion_area", "lung_status", "lung_right_area", "lung_left_area")
-LUNG_STATUS = {0.0: None, 1.0: "lung mask: fallback to the lung crop's segmentation", 2.0: "no lung found"}
+CLASSIFIER_SUMMARY = ("lesion_fraction", "lesion_p_max", "lesion_p_mean", "lesion_share_right_lung",
+                      "lesion_share_left_lung", "lesion_share_peripheral")
+# Why a slice's lungs are as they are, when that is worth a note (the code is stored with the summary).
+LUNG_NOTES = {0.0: None,
+              1.0: "right and left from the image's side: the DICOM header gives no ImageOrientationPatient",
+              2.0: "no lung found"}
+SIDES_FROM_IMAGE, NO_LUNG = 1.0, 2.0
 
 
 @dataclass
 class LesionSummary:
-    """One slice's lesion measurements (SUMMARY); ``None`` values where the slice has no lung."""
+    """One slice's lungs and lesion in numbers; ``None`` where the slice has no lung (or no pixel spacing).
+    The lesion counts only its parts of at least the model's minimum area (LesionSettings)."""
 
-    lesion_fraction: float | None
-    lesion_p_max: float
-    lesion_p_mean: float | None
-    lesion_left: float | None       # the lesion's share of the patient's left lung (the image's right)
-    lesion_right: float | None      # of the patient's right lung (the image's left)
-    lesion_peripheral: float | None
-    lung_fraction: float
-    lesion_area: float
-    lung_status: float = 0.0   # LUNG_STATUS: the lung mask found, a fallback, or none
-    lung_right_area: float = 0.0   # the right lung's share of the slice
-    lung_left_area: float = 0.0
+    lesion_fraction: float | None          # the lesion's share of the lungs
+    lesion_p_max: float                    # the highest lesion probability inside the lungs
+    lesion_p_mean: float | None            # the mean lesion probability inside the lungs
+    lesion_share_right_lung: float | None  # the lesion's share of the patient's right lung
+    lesion_share_left_lung: float | None   # ... of the left lung
+    lesion_share_peripheral: float | None  # the share of the lesion in the lungs' outer third (by depth)
+    lung_share_of_slice: float             # the lungs' share of the slice
+    lesion_share_of_slice: float           # the lesion's share of the slice
+    lung_right_share_of_slice: float       # the right lung's share of the slice
+    lung_left_share_of_slice: float
+    lesion_area_mm2: float | None          # the lesion's area (the file's pixel spacing)
+    lung_area_mm2: float | None
+    lesion_parts: float                    # the lesion's separate parts (of at least the minimum area)
+    lung_status: float = 0.0               # LUNG_NOTES' code
 
-    def areas(self):
+    def areas(self) -> SliceAreas:
         """Per lung, lung and lesion areas (shares of the slice): for a study's severity."""
-        return SliceAreas(self.lung_right_area, self.lung_left_area, (self.lesion_right or 0.0) * self.lung_right_area,
-                          (self.lesion_left or 0.0) * self.lung_left_area)
+        return SliceAreas(self.lung_right_share_of_slice, self.lung_left_share_of_slice,
+                          (self.lesion_share_right_lung or 0.0) * self.lung_right_share_of_slice,
+                          (self.lesion_share_left_lung or 0.0) * self.lung_left_share_of_slice)
 
     @property
     def lung_note(self) -> str | None:
-        return LUNG_STATUS.get(self.lung_status)
+        return LUNG_NOTES.get(self.lung_status)
 
     def vector(self) -> np.ndarray:
         return np.array([np.nan if getattr(self, k) is None else getattr(self, k) for k in SUMMARY], np.float32)
@@ -60,25 +70,26 @@ class LesionSummary:
                         np.float32)
 
 
+SUMMARY = tuple(f.name for f in fields(LesionSummary))   # a cached summary's columns, in order
+
+
 @dataclass
-class LesionMap:
-    """A slice's lesion map at its own size: probability per pixel, its lungs and the lesion."""
+class SliceSegmentation:
+    """A slice's maps at its own pixels: ``sides`` (0 outside, RIGHT or LEFT: the patient's sides,
+    feature_extractor/lungs/sides.py), the lesion's ``probability`` and the ``lesion`` (at or above the
+    cut-off, inside the lungs, parts of at least the minimum area), ``grey`` (the slice in the lung window,
+    for pictures) and the ``summary`` of them."""
 
-    probability: np.ndarray   # (H, W) float32
-    lungs: np.ndarray         # (H, W) bool
+    sides: np.ndarray          # (H, W) uint8
+    probability: np.ndarray    # (H, W) float32
+    lesion: np.ndarray         # (H, W) bool
     threshold: float
+    grey: np.ndarray           # (H, W) float32 0-255
     summary: LesionSummary
-    grey: np.ndarray          # (H, W) the slice in the lung window, for pictures
 
     @property
-    def lesion(self) -> np.ndarray:
-        """The binary lesion the summary's numbers come from."""
-        return (self.probability >= self.threshold) & self.lungs
-
-    @property
-    def sides(self) -> np.ndarray:
-        """The lungs as RIGHT (1), LEFT (2) or none (0) (feature_extractor/lungs/sides.py)."""
-        return lung_sides(self.lungs)
+    def lungs(self) -> np.ndarray:
+        return self.sides > 0
 
 
 def lesion_columns(summaries: Mapping[str, "LesionSummary | str"], paths: Sequence[str]) -> np.ndarray:

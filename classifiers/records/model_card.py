@@ -3,13 +3,16 @@
 The manifest (``<model>.json`` beside the joblib file) says what made a model: each
 backbone's FeatureSpec record, the classifier and its settings, the training data and its
 fingerprints, the CV scores, the threshold, the site harmonization, the out-of-distribution
-detector, the study aggregation, the answer policy (thresholds, source test, finding), the lesion
-head, the site a model was calibrated on, the library
+detector, the study aggregation, the answer policy (thresholds, source test, finding), the lungs
+and lesion segmentation network, the site a model was calibrated on, the library
 versions and the SHA-256 of the model file. Every command reads it through
 :meth:`ModelCard.from_manifest`, which upgrades older formats first (the way FeatureSpec reads
 older caches), so no reader needs its own defaults for a key an old model lacks.
 
-Formats: 5 (since 2026-12-05: Learn-then-Test answers, the source test, the finding; format 4's
+Formats: 6 (since 2026-12-07: the segmentation network in place of format 5's lesion and lung heads,
+which are not read: a format-5 model gives no lesion evidence until refit, and one whose classifier
+read lesion summaries is refused with its fit command); 5 (since 2026-12-05: Learn-then-Test answers,
+the source test, the finding; format 4's
 conformal calibration is not read: its models give no answers until refit); 4 (since 2026-11-30:
 conformal calibration, lesion head, default error rate);
 3 (the joblib file holds the estimator, the site harmonizer and the OOD detector); 2 (the joblib
@@ -30,8 +33,8 @@ from ..estimators.options import DEFAULT_AGGREGATION, DEFAULT_ERROR_RATE
 from ..settings import FitSettings
 from .lesion_summary import CLASSIFIER_SUMMARY
 
-MANIFEST_FORMAT = 5
-READABLE_FORMATS = (2, 3, 4, 5)
+MANIFEST_FORMAT = 6
+READABLE_FORMATS = (2, 3, 4, 5, 6)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ class ModelCard:
     cv: Mapping[str, Any] = field(default_factory=dict)
     engine: Mapping[str, Any] = field(default_factory=lambda: {"engine": "local"})
     answers: Mapping[str, Any] | None = None     # the answer policy's record (thresholds, source test, finding)
-    lesion: Mapping[str, Any] | None = None      # the lesion head's record (workflows/lesions/training.py)
+    lesion: Mapping[str, Any] | None = None      # the segmentation network's record (workflows/lesions/training.py)
     error_rate: float = DEFAULT_ERROR_RATE
     calibration: Mapping[str, Any] | None = None  # set by calibrate: where the model came from
     created: str = ""
@@ -262,6 +265,15 @@ def _upgrade(m: dict) -> dict:
         m.pop("conformal", None)
         m.setdefault("answers", None)
         m["format_version"] = 5
+    if m["format_version"] == 5:  # the lesion and lung heads, replaced by the segmentation network
+        if m.get("lesion") and m.get("fit", {}).get("lesion_features"):
+            raise ModelBundleError("this model's classifier reads lesion summaries of the lesion head that this "
+                                   "version replaced by the segmentation network; refit it (its features are still "
+                                   f"cached): {_refit_command(m)}")
+        m["lesion"] = None
+        if m.get("answers"):
+            m["answers"].pop("finding", None)
+        m["format_version"] = 6
     m.setdefault("threshold", 0.5)
     m.setdefault("threshold_choice", {"threshold": m["threshold"], "rule": "default"})
     m.setdefault("balance", m.get("fit", {}).get("balance") or "class")

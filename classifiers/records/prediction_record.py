@@ -16,6 +16,7 @@ from feature_extractor.imaging.dataset import COVID_LABEL, LABEL_NAMES, NONCOVID
 
 from ..estimators.options import ANSWERS, FINDINGS
 from .fields import RecordField, RecordSchema
+from .severity import LUNGS, ZONES, zone_name
 
 LABELS = (LABEL_NAMES[COVID_LABEL], LABEL_NAMES[NONCOVID_LABEL])  # the label column's values
 
@@ -26,7 +27,7 @@ SLICE = RecordSchema("slice", (
                 "where the image, or its set, is unlike every source the model knows.", choices=ANSWERS),
     RecordField("finding", str, "The lesion finding, which transfers to new hospitals: opacities or clear where the "
                 "wrong share among such findings stays under --error-rate (from the share of lung involved); "
-                "uncertain between; not assessable where no lungs are found (models with a lesion head).",
+                "uncertain between; not assessable where no lungs are found (models with a segmentation network).",
                 choices=FINDINGS),
     RecordField("answer_note", str, "The rule that decided the answer: the source test's verdict on the image's set, "
                 "the thresholds used, or why it is not assessable."),
@@ -37,18 +38,21 @@ SLICE = RecordSchema("slice", (
                 "to its 5th nearest training image).", digits=5),
     RecordField("in_distribution", bool, "False: the image lies far from the training images; its "
                 "p_covid is not backed by the model's validation."),
-    RecordField("lesion_fraction", float, "Share of the lung the lesion head calls lesion (models with a lesion "
-                "head; empty without one or without lung in the slice).", digits=4),
-    RecordField("lung_fraction", float, "Share of the slice that is lung (the lung mask; models with a lesion "
-                "head). Slices near the apex and base show little lung: read lesion_fraction beside it.", digits=4,
-                get=lambda row: None if row.lesion is None else row.lesion.lung_fraction),
-    RecordField("lung_note", str, "How the lung mask was found when it was not the usual way (a fallback, or "
-                "no lung in the slice).", optional=True),
+    RecordField("lesion_fraction", float, "The lesion's share of the lungs: the segmentation network's lesion (its "
+                "parts of at least the minimum area) over its lungs (models with a segmentation network; empty without "
+                "one or without lung in the slice).", digits=4),
+    RecordField("lung_share_of_slice", float, "The lungs' share of the slice (models with a segmentation network). "
+                "Slices near the apex and base show little lung: read lesion_fraction beside it.", digits=4,
+                get=lambda row: None if row.lesion is None else row.lesion.lung_share_of_slice),
+    RecordField("lesion_area_mm2", float, "The lesion's area in mm² (where the file gives its pixel spacing).",
+                digits=1, get=lambda row: None if row.lesion is None else row.lesion.lesion_area_mm2),
+    RecordField("lung_note", str, "What to know about the slice's lungs: none found, or right and left taken from "
+                "the image's side.", optional=True),
     RecordField("error", str, "Why the file could not be scored (unreadable, not an image, ...)."),
     RecordField("heatmap", str, "The PNG written by --explain for this image.", optional=True, api=False,
                 path=True),
-    RecordField("lesion_map", str, "The binary lesion map written by --lesion-maps (0 / 255; its probabilities and lungs beside it).",
-                optional=True, api=False, path=True),
+    RecordField("lesion_map", str, "The binary lesion map written by --lesion-maps (0 / 255; its probabilities and "
+                "lungs beside it).", optional=True, api=False, path=True),
 ))
 
 STUDY = RecordSchema("study", (
@@ -72,22 +76,25 @@ STUDY = RecordSchema("study", (
                 "study aggregation."),
     RecordField("label", str, "COVID when the study's p_covid reaches the threshold, else NonCOVID.",
                 choices=LABELS),
-    RecordField("lesion_burden", float, "The lesion's share of the lung volume over the scored slices (models "
-                "with a lesion head).", digits=4, computed=True),
     RecordField("opacity_percent", float, "The percentage of the lungs' volume with opacity (the lesion), over the "
-                "scored slices (models with a lesion head).", digits=2, get=lambda r: _severity(r, "opacity_percent")),
+                "scored slices (models with a segmentation network).", digits=2,
+                get=lambda r: _severity(r, "opacity_percent")),
     RecordField("opacity_right", float, "The same of the right lung.", digits=2,
                 get=lambda r: _severity(r, "opacity_right")),
     RecordField("opacity_left", float, "The same of the left lung.", digits=2, get=lambda r: _severity(r, "opacity_left")),
-    RecordField("severity_score", int, "The CT severity score, 0-30: each lung's upper, middle and lower zone (along "
+    *(RecordField(f"opacity_{side}_{zone}_third", float, f"The percentage of opacity of the {side} lung's {zone} third "
+                  "(along its extent in the series).", digits=2,
+                  get=lambda r, name=zone_name(side, zone): None if r.severity is None else r.severity.zones[name])
+      for side in LUNGS for zone in ZONES),
+    RecordField("severity_score", int, "The CT severity score, 0-30: each lung's upper, middle and lower third (along "
                 "its extent in the series) scored 0-5 by its percentage of opacity (0 none, 1 under 5, 2 to 25, 3 to "
                 "50, 4 to 75, 5 above) and summed.", get=lambda r: _severity(r, "severity_score")),
-    RecordField("zone_scores", str, "Each zone's score, right lung then left, upper to lower.",
+    RecordField("zone_scores", str, "Each zone's score, right lung then left, upper to lower third.",
                 get=lambda r: None if r.severity is None else r.severity.zone_text()),
-    RecordField("top_slices", str, "The highest-scoring slices: number (p_covid).", get=lambda r: r.top_slices(),
-                api=False),  # the API lists them with their pictures
-    RecordField("top_lesion_slices", str, "The slices with the largest share of lung involved: number (share).",
-                get=lambda r: r.top_lesion_slices()),
+    RecordField("top_slices", str, "The highest-scoring slices: InstanceNumber (else place in the series), z in mm, "
+                "p_covid.", get=lambda r: r.top_slices(), api=False),  # the API lists them with their pictures
+    RecordField("top_lesion_slices", str, "The slices with the largest share of lung involved: InstanceNumber (else "
+                "place in the series), z in mm, share.", get=lambda r: r.top_lesion_slices()),
     RecordField("in_distribution", bool, "False when most scored slices lie far from the training images."),
     RecordField("warnings", list, "What to know about the series (spacing, orientation, other series).",
                 get=lambda r: r.study.warnings),
@@ -96,7 +103,10 @@ STUDY = RecordSchema("study", (
 
 _PLACE = (
     RecordField("study", str, "The study the slice belongs to."),
-    RecordField("slice", int, "The slice's position in its series (1 = first, along the body)."),
+    RecordField("slice", int, "The slice's place in its series as scored (1 = first, feet to head for DICOM)."),
+    RecordField("instance_number", int, "The slice's InstanceNumber: how a PACS numbers it (DICOM)."),
+    RecordField("slice_z_mm", float, "The slice's position along the body: the z of its ImagePositionPatient, mm "
+                "(DICOM).", digits=2),
 )
 _USE = (
     RecordField("used", bool, "Whether the slice was scored."),
@@ -124,7 +134,7 @@ def label_and_finding_lines(rows, threshold: float) -> list[str]:
     n_covid = labeled.count(LABELS[0])
     lines = [f"  P(COVID) >= threshold {threshold:.3f} (the label column): {n_covid} COVID, "
              f"{len(labeled) - n_covid} NonCOVID"]
-    if findings := finding_counts(rows):  # the lesion head's: it transfers to a new hospital
+    if findings := finding_counts(rows):  # the lesion evidence: it transfers to a new hospital
         lines.append(f"  lesion finding: {findings}")
     return lines
 
@@ -137,7 +147,7 @@ def finding_counts(rows) -> str | None:
 
 # One image's prediction: SLICE's stored fields, and what the model uses but does not report:
 # ``site`` (whose feature statistics standardized it, harmonized models) and ``lesion`` (its
-# LesionSummary, models with a lesion head).
+# LesionSummary, models with a segmentation network).
 PredictionRow = SLICE.row_class("PredictionRow", (("site", None), ("lesion", None)))
 
 

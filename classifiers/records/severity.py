@@ -1,6 +1,8 @@
 """A study's severity as radiologists score it (after CORADS-AI's CT severity score, Lessmann et
-al. 2020): each lung split into upper, middle and lower zones along its extent in the series; per
-zone the percentage of opacity and a 0-5 score, summed over the six zones to a 0-30 score.
+al. 2020): each lung split into its upper, middle and lower third along its extent in the series (thirds,
+not lobes: the lobes' fissures are not segmented); per zone the percentage of opacity and a 0-5 score,
+summed over the six zones to a 0-30 score. The lesion counts its parts of at least the model's minimum
+area only (workflows/lesions/summary.py), so a normal lung scores 0.
 
 Zone score: 0 none, 1 under 5%, 2 from 5 to 25%, 3 from 25 to 50%, 4 from 50 to 75%, 5 from 75%.
 Slices of a series are equally thick, so areas add up to volumes. Input: per scored slice, in
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-ZONES = ("upper", "middle", "lower")
+ZONES = ("upper", "middle", "lower")   # thirds of each lung's extent
 LUNGS = ("right", "left")
 BOUNDS = (5.0, 25.0, 50.0, 75.0)   # % of opacity where the score steps up (1 starts above 0)
 
@@ -40,12 +42,17 @@ class Severity:
     opacity_percent: float | None                      # the whole lungs
     opacity_right: float | None
     opacity_left: float | None
-    zones: dict[str, float | None]                     # "right upper" -> % of opacity
-    scores: dict[str, int | None]                      # "right upper" -> 0-5
+    zones: dict[str, float | None]                     # "right upper third" -> % of opacity
+    scores: dict[str, int | None]                      # "right upper third" -> 0-5
     severity_score: int | None                         # 0-30 (None without any lung)
 
     def zone_text(self) -> str:
         return "; ".join(f"{name} {s}" for name, s in self.scores.items() if s is not None)
+
+
+def zone_name(side: str, zone: str) -> str:
+    """'right upper third': how a zone is named in reports and the API."""
+    return f"{side} {zone} third"
 
 
 def _percent(lesion: float, lung: float) -> float | None:
@@ -68,8 +75,8 @@ def severity(slices: Sequence[SliceAreas], superior_first: bool = True) -> Sever
         for z, zone in enumerate(ZONES):
             part = [i for k, i in enumerate(lit) if k * len(ZONES) // max(len(lit), 1) == z] if lit else []
             lung = sum(mine[i][0] for i in part)
-            zones[f"{side} {zone}"] = _percent(sum(mine[i][1] for i in part), lung)
-            scores[f"{side} {zone}"] = zone_score(zones[f"{side} {zone}"])
+            zones[zone_name(side, zone)] = _percent(sum(mine[i][1] for i in part), lung)
+            scores[zone_name(side, zone)] = zone_score(zones[zone_name(side, zone)])
     known = [s for s in scores.values() if s is not None]
     return Severity(_percent(total_lesion, total_lung),
                     _percent(sum(s.lesion_right for s in rows), sum(s.lung_right for s in rows)),

@@ -20,6 +20,8 @@ class StudySlice:
     path: str
     prediction: PredictionRow | None
     note: str | None = None
+    instance_number: int | None = None
+    slice_z_mm: float | None = None
 
     @property
     def used(self) -> bool:
@@ -44,16 +46,15 @@ class StudyResult(STUDY.row_class("StudyFields", (("study", None), ("rows", ()))
         """The ``n`` highest-scoring slices, as (slice number, prediction)."""
         return sorted(self.scored, key=lambda ir: -ir[1].p_covid)[:n]
 
-    def top_slices(self) -> str:
-        return "; ".join(f"{i} ({r.p_covid:.2f})" for i, r in self.top())
+    def named(self, number: int) -> str:
+        """A slice as a PACS names it: '#118 z -286.1' (its InstanceNumber and position, where the file
+        gives them), else its place in the series."""
+        place = self.study.place(self.study.slices[number - 1])
+        name = f"#{place.instance_number}" if place.instance_number is not None else str(number)
+        return name + (f" z {place.z_mm:g}" if place.z_mm is not None else "")
 
-    @property
-    def lesion_burden(self) -> float | None:
-        """The lesion's share of the lung volume over the scored slices (a model with a lesion head;
-        slices of a series are equally thick, so areas add up to volumes)."""
-        summaries = [r.lesion for _, r in self.scored if r.lesion is not None]
-        lung = sum(s.lung_fraction for s in summaries)
-        return sum(s.lesion_area for s in summaries) / lung if summaries and lung > 0 else None
+    def top_slices(self) -> str:
+        return "; ".join(f"{self.named(i)} ({r.p_covid:.2f})" for i, r in self.top())
 
     @property
     def severity(self) -> Severity | None:
@@ -71,4 +72,4 @@ class StudyResult(STUDY.row_class("StudyFields", (("study", None), ("rows", ()))
 
     def top_lesion_slices(self) -> str | None:
         top = self.top_lesion()
-        return "; ".join(f"{i} ({100 * r.lesion_fraction:.0f}%)" for i, r in top) if top else None
+        return "; ".join(f"{self.named(i)} ({100 * r.lesion_fraction:.0f}%)" for i, r in top) if top else None

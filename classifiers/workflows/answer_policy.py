@@ -16,12 +16,12 @@ For each set of images (a folder, a source of evaluate, a study, a request's sli
    below the low one, ``uncertain`` between; chosen by Learn-then-Test so that the wrong share
    among answers stays under the error rate.
 
-The finding (from the lesion head, which transfers to new hospitals) is given wherever the
-slice is CT with lungs found, even where the COVID answer is not assessable: ``opacities``,
-``clear`` or ``uncertain`` by the finding's own Learn-then-Test thresholds on a slice score of the
-lesion head (the share of lung involved, or its highest probability inside the lungs: the one with
-the better out-of-fold AUC at fit), calibrated on the lesion data's slice labels (patient-grouped
-out-of-fold).
+The finding (from the segmentation network, whose evidence transfers to new hospitals) is given
+wherever the slice is CT with lungs found, even where the COVID answer is not assessable:
+``opacities``, ``clear`` or ``uncertain`` by the finding's own Learn-then-Test thresholds on a slice
+score of the network (the lesion's share of the lungs, or its highest probability inside them: the one
+with the better out-of-fold AUC at fit), calibrated on the lesion data's slice labels (each slice
+mapped by the decoder that did not see its patient).
 """
 from __future__ import annotations
 
@@ -170,6 +170,26 @@ def answers_at(parts: AnswerParts, answers: Answers, error_rate: float) -> list[
     return out
 
 
+def certification_notes(parts: AnswerParts, groups: Sequence[str | None], what: str = "images") -> list[str]:
+    """One line per thresholds' group used (a source, the pooled one) whose calibration data certify no
+    threshold at the error rate in use: every answer of it is then uncertain. The line gives the smallest rate
+    that does certify for that group, with the share of its calibration data answered there."""
+    if parts.thresholds is None:
+        return []
+    notes = []
+    for group in dict.fromkeys(g for g in groups if g is not None):
+        if parts.thresholds.thresholds(parts.error_rate, group) != (None, None):
+            continue
+        name = "the pooled sources" if group == POOLED else group
+        smallest = parts.thresholds.smallest_rate(group)
+        notes.append(f"no threshold certifies an error rate of {parts.error_rate:g} for {name} with this model's "
+                     f"calibration data, so its {what} are uncertain: "
+                     + (f"the smallest rate that does is {smallest[0]:g} (answering {smallest[1]:.0%} of its "
+                        f"calibration {what}; --error-rate {smallest[0]:g})" if smallest else
+                        "no rate up to 0.5 does") + ", or calibrate the model on more labelled patients")
+    return notes
+
+
 def _answer_of(code: int) -> str:
     """A threshold's code (1 positive, 0 negative, -1 between: risk_control.SelectiveThresholds.answer) as an
     answer."""
@@ -191,7 +211,8 @@ def findings(parts: AnswerParts, lesions: Sequence[Any]) -> list[str | None]:
         return [None] * len(lesions)
     name = getattr(parts.finding, "score_name_", None) or "lesion_fraction"  # which LesionSummary value it reads
     scores = np.array([np.nan if s is None or getattr(s, name) is None else getattr(s, name) for s in lesions])
-    lungs = np.array([s is not None and s.lung_fraction >= MIN_LUNG_SHARE_OF_SLICE and s.lung_note is None for s in lesions])
+    lungs = np.array([s is not None and s.lesion_fraction is not None and s.lung_share_of_slice >= MIN_LUNG_SHARE_OF_SLICE
+                      for s in lesions])
     usable = lungs & np.isfinite(scores)
     coded = parts.finding.answer(np.nan_to_num(scores), parts.error_rate)
     return [FINDING_NOT_ASSESSABLE if not ok else _finding_of(c) for ok, c in zip(usable, coded)]
@@ -209,13 +230,20 @@ def answer_study(parts: AnswerParts, p_covid: float, verdict: SetVerdict | None,
     if parts.study_thresholds is None:
         return (None, None) if parts.thresholds is None else \
             (UNCERTAIN, "no study-level answer: the model has too few training patients with several slices")
-    group = verdict.source if verdict is not None and verdict.source in parts.study_thresholds.groups else POOLED
+    group = study_group(parts, verdict)
     code = int(parts.study_thresholds.answer([p_covid], parts.error_rate, group)[0])
     low, high = parts.study_thresholds.thresholds(parts.error_rate, group)
     rule = f"the study thresholds ({_t(low)}, {_t(high)}) at error rate {parts.error_rate:g}"
     note = f"{'P(COVID) between ' + rule if code < 0 else 'answered by ' + rule}; " + \
         (verdict.note() if verdict is not None else "its source could not be checked")
     return _answer_of(code), note
+
+
+def study_group(parts: AnswerParts, verdict: SetVerdict | None) -> str:
+    """The study thresholds' group a study is answered with: its set's source where the model has that
+    source's study thresholds (a calibrated site), else the pooled ones."""
+    known = parts.study_thresholds.groups if parts.study_thresholds is not None else []
+    return verdict.source if verdict is not None and verdict.source in known else POOLED
 
 
 def study_in_distribution(slice_flags: Sequence[bool | None]) -> bool | None:

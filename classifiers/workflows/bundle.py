@@ -2,7 +2,7 @@
 
 The joblib file holds the fitted parts: the classifier, the site harmonizer, the
 out-of-distribution detector, the answer policy's parts (thresholds, source test, finding) and the
-lesion head, and after calibrate the site's model. The manifest
+lungs and lesion segmentation network's decoders, and after calibrate the site's model. The manifest
 (model_card.py) says what made them and holds the SHA-256 of the joblib file. joblib files
 are pickles and loading one runs code, so the hash is checked before anything is unpickled:
 load only models you trust.
@@ -25,8 +25,8 @@ from ..estimators.harmonize import NoHarmonization
 from ..records.model_card import MANIFEST_FORMAT, ModelCard
 
 DEFAULT_MODELS_DIR = Path("models")
-PARTS = ("estimator", "harmonizer", "ood", "thresholds", "study_thresholds", "source_test", "finding", "lesion_head",
-         "site_model", "lung_head")
+PARTS = ("estimator", "harmonizer", "ood", "thresholds", "study_thresholds", "source_test", "finding", "segmenter",
+         "site_model")
 
 
 def manifest_path(model_path: str | Path) -> Path:
@@ -40,10 +40,9 @@ class ModelBundle:
     ``ood``: the out-of-distribution detector or None; ``thresholds`` and ``study_thresholds``:
     the answers' Learn-then-Test thresholds of slices (per training source) and of studies
     (estimators/risk_control.py); ``source_test``: the two-sample test of sets of images
-    (estimators/source_test.py); ``finding``: the lesion finding's thresholds; ``lesion_head``: the
-    per-location lesion classifier (estimators/lesion_head.py); ``site_model``: what calibrate
-    learned of a site (estimators/site_model.py); ``lung_head``: the lungs as radiologists draw them
-(workflows/lesions/lungs.py). Parts a model lacks are None
+    (estimators/source_test.py); ``finding``: the lesion finding's thresholds; ``segmenter``: the
+    lungs and lesion segmentation network's trained decoders (estimators/segmenter.py); ``site_model``:
+    what calibrate learned of a site (estimators/site_model.py). Parts a model lacks are None
     (workflows/answer_policy.py says what is then not given)."""
 
     estimator: Any
@@ -55,9 +54,8 @@ class ModelBundle:
     study_thresholds: Any = None
     source_test: Any = None
     finding: Any = None
-    lesion_head: Any = None
+    segmenter: Any = None
     site_model: Any = None
-    lung_head: Any = None
 
     def __post_init__(self) -> None:
         if self.harmonizer is None:  # models of formats 2 and 3 saved None
@@ -116,7 +114,10 @@ def load_bundle(model_path: str | Path) -> ModelBundle:
     parts = joblib.load(model_path)
     if card.format_version == 2:  # the joblib file was the estimator alone
         parts = {"estimator": parts}
-    return ModelBundle(card=card, path=model_path, **{k: parts.get(k) for k in PARTS})
+    bundle = ModelBundle(card=card, path=model_path, **{k: parts.get(k) for k in PARTS})
+    if bundle.segmenter is None:  # the finding reads the segmentation network's maps (format 5: a lesion head's)
+        bundle.finding = None
+    return bundle
 
 
 def latest_model(models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:

@@ -26,7 +26,7 @@ from ..records.metrics import METRICS, binary_metrics, bootstrap_metrics, patien
 from ..records.selective import risk_coverage, selective_metrics
 from .cross_source import leave_one_source_out
 from .model import LoadedModel
-from .answer_policy import answers_at
+from .answer_policy import answers_at, certification_notes
 from .scoring import score
 from .train import data_fingerprint, records_of_splits, training_records
 
@@ -107,6 +107,7 @@ def evaluate_model(model: LoadedModel, data: str | Path | Sequence[str | Path], 
     if rows and rows[0].answer is not None:
         report.selective = selective_metrics(y, [r.answer for r in rows], groups, n_boot, seed)
         report.risk_coverage = risk_coverage(y, lambda rate: answers_at(model.answer_parts, scored.answers, rate))
+        report.certification = certification_notes(model.answer_parts, scored.answers.group)
     sources = np.array([r.source for r in feats.readable])
     if len(set(sources)) > 1:
         for source in dict.fromkeys(sources):

@@ -8,7 +8,7 @@ each patch covered. Grad-CAM needs a linear head (a scaler and a linear model, e
 ``--clf logreg``): the head's weights are folded into the backbone's graph and the class
 activation map is read from every pooled feature map, in one backward pass.
 
-The lesion map (``lesion``, models with a lesion head) is the explanation a radiologist can
+The lesion map (``lesion``, models with a segmentation network) is the explanation a radiologist can
 check: each pixel's probability of lesion from the head trained on radiologists' masks, inside
 the lungs, with the share of the lung involved. It explains what the slice shows, not how the
 COVID classifier weighed it.
@@ -89,8 +89,8 @@ class ModelExplainer:
                 f"Grad-CAM needs a linear head (e.g. --clf logreg); this model is "
                 f"{model.card.classifier!r}: use --explain-method occlusion")
         if method == "lesion" and model.lesions is None:
-            raise CovidCTError(f"--explain-method lesion needs a model with a lesion head; {model.path} has none "
-                               "(fit it with --lesion-data DIR)")
+            raise CovidCTError(f"--explain-method lesion needs a model with a segmentation network; {model.path} has "
+                               "none (fit it with --lesion-data DIR)")
         self._extra = np.zeros(len(model.card.lesion_columns), np.float32)  # the image's lesion summaries
         # Built now, so unsuitable pooling is refused before any prediction runs. Each comes
         # with the (start, stop) columns of its maps' features in the model's feature vector.
@@ -152,13 +152,13 @@ class ModelExplainer:
         from ..presentation.lesion_maps import heat, involved
         from .scoring import score_features
 
-        lesion_map = self.model.lesions.lesion_map(path)
+        segmentation = self.model.lesions.segment(path)
         feats = self.model.features([Record(path)], site)
         if not feats.readable:
             raise ImageDecodeError(feats.errors.get(path, "cannot be scored"))
         p = score_features(self.model, feats)[0].p_covid
-        original = np.repeat(np.clip(np.round(lesion_map.grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-        return Explanation(path, p, heat(lesion_map), "lesion", PreparedImage(original), involved(lesion_map))
+        original = np.repeat(np.clip(np.round(segmentation.grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        return Explanation(path, p, heat(segmentation), "lesion", PreparedImage(original), involved(segmentation))
 
     # -- occlusion sensitivity ------------------------------------------------------------
     def occlusion_windows(self) -> list[tuple[int, int, int, int]]:

@@ -17,7 +17,7 @@ import numpy as np
 from covidct_core.errors import ModelBundleError
 from covidct_core.run_context import RunContext
 from feature_extractor.extract import ExtractionReport, FeatureExtractor
-from feature_extractor.imaging.dataset import Record
+from feature_extractor.imaging.dataset import Record, with_keys
 from feature_extractor.weights import parse_weights_options
 
 from ..records.lesion_summary import lesion_columns
@@ -43,7 +43,7 @@ class ModelFeatures:
     raw: np.ndarray | None = None
     sites: list[str | None] = field(default_factory=list)
     site_notes: dict[str, str] = field(default_factory=dict)
-    lesions: dict = field(default_factory=dict)   # path -> LesionSummary, models with a lesion head
+    lesions: dict = field(default_factory=dict)   # path -> LesionSummary, models with a segmentation network
     harmonizer: Any = None   # the model's harmonizer, knowing this run's batches too (None: no harmonization)
 
     def __post_init__(self) -> None:
@@ -53,23 +53,35 @@ class ModelFeatures:
             self.sites = [None] * len(self.readable)
 
 
-def extract_features(extractors: Sequence[FeatureExtractor], records: Sequence[Record]) -> ModelFeatures:
-    """Every backbone's features of ``records``, through the cache (new images run the CNN)."""
+STREAM_CHUNK = 256   # images run through every network and cached before the next ones: memory stays flat
+
+
+def extract_features(extractors: Sequence[FeatureExtractor], records: Sequence[Record], mapper=None,
+                     on_map=None) -> ModelFeatures:
+    """Every backbone's features of ``records``, through the cache (new images run the CNN), and with a
+    ``mapper`` (workflows/lesions/maps.py) every readable image's lesion summary (``on_map``: called with
+    each image's maps, see LesionMapper.summaries). Images go through in chunks, each decoded once for
+    every network while its pixels are still in the decoded-pixels memo."""
     for extractor in extractors:  # every backbone's weights checked before any CNN runs
         extractor.weights
-    records = list(records)
-    errors: dict[str, str] = {}
-    caches, reports = [], []
-    for extractor in extractors:
-        report = extractor.extract(records)
-        reports.append(report)
-        records = report.records  # keys filled in once
-        for path, reason in report.failed.items():
-            errors.setdefault(path, reason)
-        caches.append(extractor.open_cache())  # the object extract used: its attributes read once
+    records = with_keys(records)  # keys computed once for every network
+    errors: dict[str, str] = {r.path: r.error for r in records if r.error}
+    reports, summaries = [], {}
+    for start in range(0, len(records), STREAM_CHUNK):
+        chunk = records[start:start + STREAM_CHUNK]
+        for extractor in extractors:
+            report = extractor.extract(chunk)
+            reports.append(report)
+            for path, reason in report.failed.items():
+                errors.setdefault(path, reason)
+        if mapper is not None:
+            summaries.update(mapper.summaries([r for r in chunk if r.path not in errors], on_map))
+    errors.update({p: s for p, s in summaries.items() if isinstance(s, str)})  # e.g. a colour DICOM: no lungs
+    caches = [extractor.open_cache() for extractor in extractors]  # the objects extract used: attributes read once
     readable = [r for r in records if r.path not in errors]
     X = feature_matrix(readable, caches) if readable else np.zeros((0, 0), np.float32)
-    return ModelFeatures(records, errors, readable, X, reports)
+    lesions = {p: s for p, s in summaries.items() if p not in errors}
+    return ModelFeatures(records, errors, readable, X, reports, lesions=lesions)
 
 
 class LoadedModel:
@@ -112,7 +124,7 @@ class LoadedModel:
 
     @cached_property
     def lesions(self):
-        """The lesion mapper (workflows/lesions/maps.py), None for a model without a lesion head."""
+        """The lesion mapper (workflows/lesions/maps.py), None for a model without a segmentation network."""
         from .lesions.maps import mapper_for
 
         return mapper_for(self.bundle, self.context)
@@ -140,12 +152,13 @@ class LoadedModel:
     def ood(self):
         return self.bundle.ood
 
-    def features(self, records: Sequence[Record], site: str | None = None) -> ModelFeatures:
+    def features(self, records: Sequence[Record], site: str | None = None, on_map=None) -> ModelFeatures:
         """Every backbone's features of ``records``, through the cache (new images run the CNN),
-        standardized by site when the model harmonizes (see ``site_harmonizer``)."""
+        standardized by site when the model harmonizes (see ``site_harmonizer``); with a segmentation
+        network, each image's lesion summary (``on_map``: see LesionMapper.summaries)."""
         if site is not None and not self.harmonizer.active:
             raise ModelBundleError(f"--site is for models fit with --harmonize; {self.path} standardizes no site")
-        feats = extract_features(self.extractors, records)
+        feats = extract_features(self.extractors, records, self.lesions, on_map)
         if not feats.readable:
             feats.X = feats.raw = np.zeros((0, self.feature_dim), np.float32)
         if feats.X.shape[1] != self.feature_dim:
@@ -154,16 +167,6 @@ class LoadedModel:
         if self.harmonizer.active and feats.readable:
             feats.harmonizer, feats.sites, feats.site_notes = self.site_harmonizer(feats.readable, feats.raw, site)
         feats.X = feats.harmonizer.transform(feats.raw, feats.sites)
-        if self.lesions is not None and feats.readable:
-            summaries = self.lesions.summaries(feats.readable)
-            unreadable = {p: s for p, s in summaries.items() if isinstance(s, str)}
-            if unreadable:  # readable for the CNN but not for the lesion map: rare, e.g. a colour DICOM
-                feats.errors.update(unreadable)
-                keep = np.array([r.path not in unreadable for r in feats.readable])
-                feats.readable = [r for r, k in zip(feats.readable, keep) if k]
-                feats.X, feats.raw = feats.X[keep], feats.raw[keep]
-                feats.sites = [s for s, k in zip(feats.sites, keep) if k]
-            feats.lesions = {p: s for p, s in summaries.items() if p not in unreadable}
         if self.card.lesion_columns:
             feats.X = np.hstack([feats.X, lesion_columns(feats.lesions, [r.path for r in feats.readable])])
         return feats

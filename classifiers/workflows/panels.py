@@ -31,12 +31,11 @@ class SlicePanels:
 
 
 def slice_panels(model: LoadedModel, path: str, *, side: int = THUMB_SIDE, overlay_side: int | None = None,
-                 explainer=None, site: str | None = None, key: str | None = None,
-                 cnn: ContextManager | None = None) -> SlicePanels:
+                 explainer=None, site: str | None = None, cnn: ContextManager | None = None) -> SlicePanels:
     """The slice at ``side`` px, its heatmap (with ``explainer``, a workflows/explain.ModelExplainer)
-    and its lesion map (models with a lesion head) at ``overlay_side`` (default: ``side``).
-    ``site``: the image's site (harmonized models); ``key``: its SHA-256 when known; ``cnn``: held
-    while the CNN runs (the web service shares one), not while cached lesion maps are read."""
+    and its lungs and lesion (models with a segmentation network) at ``overlay_side`` (default: ``side``).
+    ``site``: the image's site (harmonized models); ``cnn``: held while a network runs (the web service
+    shares one)."""
     overlay_side = overlay_side or side
     cnn = cnn or contextlib.nullcontext()
     try:
@@ -50,10 +49,8 @@ def slice_panels(model: LoadedModel, path: str, *, side: int = THUMB_SIDE, overl
         with cnn:
             panels.heatmap = data_uri(overlay_rgb(explainer.explain(path, prepared, site), overlay_side))
     if model.lesions is not None:
-        lesion_map = model.lesions.cached_map(path, key)
-        if lesion_map is None:  # not cached: the CNN runs
-            with cnn:
-                lesion_map = model.lesions.lesion_map(path)
-        panels.lesion = data_uri(overlay(lesion_map.grey, lesion_map, overlay_side))
-        panels.involved = involved(lesion_map)
+        with cnn:
+            segmentation = model.lesions.segment(path)
+        panels.lesion = data_uri(overlay(segmentation.grey, segmentation, overlay_side))
+        panels.involved = involved(segmentation)
     return panels

@@ -15,8 +15,7 @@ import numpy as np
 from covidct_core.errors import CovidCTError
 from covidct_core.provenance import command_line, fingerprint, library_versions, utc_now
 from covidct_core.run_context import RunContext
-from feature_extractor.dense.hypercolumns import dense_spec
-from feature_extractor.dense.lesion_data import LesionData, check_masks, load_lesion_data
+from feature_extractor.segmentation.lesion_data import LesionData, check_masks, load_lesion_data
 from feature_extractor.extract import FeatureExtractor
 from feature_extractor.feature_spec import FeatureSpec
 from feature_extractor.imaging.dataset import Dataset, Record, load_datasets, load_unlabeled, with_keys
@@ -36,9 +35,8 @@ from ..settings import AnswerSettings, FitSettings, LesionSettings
 from .answer_policy import fit_answer_parts
 from .bundle import DEFAULT_MODELS_DIR, ModelBundle, save_bundle
 from .features import FeatureSelection, feature_matrix, resolve_sources
-from .lesions.lungs import train_lung_head
 from .lesions.maps import LesionMapper
-from .lesions.training import finding_calibration, train_lesion_head
+from .lesions.training import SegmentationFit, finding_calibration, train_segmentation
 from .model import extract_features
 
 TRAIN_SPLITS = ("train", "val")
@@ -156,14 +154,21 @@ class TrainingSet:
 
 @dataclass
 class LesionParts:
-    """What fit learns from lesion data (none without it): the lesion and lung heads, their record, and
-    with --lesion-features each training image's lesion summaries and lesion area."""
+    """What fit learns from lesion data (none without it): the segmentation network (its training and
+    out-of-fold maps, workflows/lesions/training.py) and, with --lesion-features, each training image's
+    lesion summaries and lesion area."""
 
-    head: object = None
-    lung_head: object = None
-    record: dict | None = None
+    fit: SegmentationFit | None = None
     columns: np.ndarray | None = None
     areas: np.ndarray | None = None
+
+    @property
+    def segmenter(self):
+        return None if self.fit is None else self.fit.segmenter
+
+    @property
+    def record(self) -> dict | None:
+        return None if self.fit is None else self.fit.record
 
 
 @dataclass
@@ -188,8 +193,8 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
     is never read. ``adapt_to``: folders of unlabeled images of sites the model will be used
     on; with ``fit.harmonize``, each one's feature statistics are learned (its features are
     extracted if they are not cached). ``lesion_data``: folders of slices with radiologists'
-    infection masks: a lesion head is trained on them (``lesion``: how; workflows/lesions/) and
-    saved with the model; with ``fit.lesion_features`` its summaries of each image join the
+    infection (and lung) masks: the lungs and lesion segmentation network is trained on them (``lesion``:
+    how; workflows/lesions/) and saved with the model; with ``fit.lesion_features`` its summaries of each image join the
     image features. ``answers``: the default error rate the model records (0.1 when not given)."""
     answers = answers or AnswerSettings()
     context = context or RunContext()
@@ -210,12 +215,12 @@ def fit_model(data: str | Path | Sequence[str | Path], *, fit: FitSettings,
                          answers.rate(), context)
     path = Path(model_path) if model_path else DEFAULT_MODELS_DIR / f"{fit.clf}.joblib"
     return save_bundle(ModelBundle(trained.estimator, card, path, harmonizer, ood, answer_fit.thresholds,
-                                   answer_fit.study_thresholds, answer_fit.source_test, answer_fit.finding, parts.head,
-                                   lung_head=parts.lung_head))
+                                   answer_fit.study_thresholds, answer_fit.source_test, answer_fit.finding,
+                                   segmenter=parts.segmenter))
 
 
 def lesion_settings(lesion: LesionSettings | None, seed: int) -> LesionSettings:
-    """The lesion head's settings, its sampling and folds following the fit's seed unless given."""
+    """The segmentation network's settings, its random starts following the fit's seed unless given."""
     lesion = lesion or LesionSettings()
     return lesion if lesion.seed is not None else dataclasses.replace(lesion, seed=seed)
 
@@ -225,7 +230,7 @@ def read_lesion_data(folders: Sequence[str | Path], fit: FitSettings) -> LesionD
     a mask that does not fit stops fit before anything runs."""
     lesions = load_lesion_data(folders) if folders else None
     if fit.lesion_features and lesions is None:
-        raise CovidCTError("--lesion-features needs a lesion head: add --lesion-data DIR (slices with infection masks)")
+        raise CovidCTError("--lesion-features needs the segmentation network: add --lesion-data DIR (slices with infection masks)")
     if lesions is not None:
         check_masks(lesions)
     return lesions
@@ -253,18 +258,16 @@ def read_training_set(data: str | Path | Sequence[str | Path], selection: Featur
 
 def train_lesion_parts(lesions: LesionData | None, training: TrainingSet, settings: LesionSettings,
                        lesion_features: bool, context: RunContext) -> LesionParts:
-    """The lesion and lung heads trained on ``lesions`` (nothing without lesion data); with
+    """The segmentation network trained on ``lesions`` (nothing without lesion data); with
     ``lesion_features``, each training image's lesion summaries."""
     if lesions is None:
         return LesionParts()
-    spec = lesion_dense_spec(training.specs, settings)
-    head, record = train_lesion_head(lesions, spec, settings, context)
-    lung_head, record["lung_head"] = train_lung_head(lesions, spec, context, settings.seed)
-    parts = LesionParts(head, lung_head, record)
+    parts = LesionParts(train_segmentation(lesions, segmentation_backbone(training.specs, settings), settings,
+                                           context))
     if lesion_features:
-        mapper = LesionMapper(head, FeatureSpec.from_record(record["dense"]), context, lung_head)
+        mapper = LesionMapper(parts.segmenter, FeatureSpec.from_record(parts.record["maps"]), settings, context)
         parts.columns, parts.areas = lesion_matrix(mapper, training.records)
-        record["classifier_features"] = list(CLASSIFIER_SUMMARY)
+        parts.record["classifier_features"] = list(CLASSIFIER_SUMMARY)
     return parts
 
 
@@ -289,9 +292,8 @@ def fit_answers(trained: TrainedEstimator, training: TrainingSet, parts: LesionP
         trained.oof, training.y, training.groups, training.sources, training.X, study_p, study_y, delta, error_rate,
         seed)
     finding = None
-    if parts.head is not None:
-        finding, record["finding"] = finding_calibration(parts.head, FeatureSpec.from_record(parts.record["dense"]),
-                                                         lesions, context, delta, parts.lung_head)
+    if parts.fit is not None:
+        finding, record["finding"] = finding_calibration(parts.fit.out_of_fold, delta)
         if finding is not None:
             record["finding"]["thresholds"] = finding.describe(error_rate)["groups"]["all"]
     return AnswerFit(aggregation, thresholds, study_thresholds, source_test, finding, record)
@@ -322,23 +324,23 @@ def training_card(fit: FitSettings, training: TrainingSet, trained: TrainedEstim
         lesion=lesion_record)
 
 
-def lesion_dense_spec(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
-    """The dense features of the lesion head: of ``settings.backbone`` (default: the first of the
-    model's backbones that has hypercolumn layers), with that backbone's weights."""
+def segmentation_backbone(specs: Sequence[FeatureSpec], settings: LesionSettings) -> FeatureSpec:
+    """The backbone whose maps feed the segmentation network: ``settings.backbone`` (default: the first
+    of the model's backbones with map layers), with that backbone's weights."""
     from feature_extractor.backbones import BACKBONES, get_backbone
 
-    dense = [s for s in specs if s.backbone_spec.dense_layers]
+    able = [s for s in specs if s.backbone_spec.map_layers]
     if settings.backbone is not None:
         name = get_backbone(settings.backbone).name
-        dense = [s for s in specs if s.backbone == name]
-        if not dense:
-            raise CovidCTError(f"--lesion-backbone {name}: the lesion head uses one of the model's backbones "
+        able = [s for s in specs if s.backbone == name]
+        if not able:
+            raise CovidCTError(f"--lesion-backbone {name}: the segmentation network uses one of the model's backbones "
                                f"({', '.join(s.backbone for s in specs)}) with its weights")
-    if not dense:
-        able = ", ".join(sorted(n for n, b in BACKBONES.items() if b.dense_layers))
-        raise CovidCTError(f"none of the model's backbones ({', '.join(s.backbone for s in specs)}) has hypercolumn "
-                           f"layers declared; lesion maps work with {able}")
-    return dense_spec(dense[0], settings.input_side, settings.grid)
+    if not able:
+        names = ", ".join(sorted(n for n, b in BACKBONES.items() if b.map_layers))
+        raise CovidCTError(f"none of the model's backbones ({', '.join(s.backbone for s in specs)}) has segmentation "
+                           f"map layers declared; lung and lesion maps work with {names}")
+    return able[0]
 
 
 def lesion_matrix(mapper: LesionMapper, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +348,7 @@ def lesion_matrix(mapper: LesionMapper, records: Sequence[Record]) -> tuple[np.n
     lesion area (for the study aggregation)."""
     summaries = mapper.summaries(records)
     paths = [r.path for r in records]
-    return lesion_columns(summaries, paths), np.array([summaries[p].lesion_area for p in paths])
+    return lesion_columns(summaries, paths), np.array([summaries[p].lesion_share_of_slice for p in paths])
 
 
 def adapt_site(harmonizer: Harmonizer, folder: str | Path, specs: Sequence[FeatureSpec],

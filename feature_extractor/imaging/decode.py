@@ -48,6 +48,8 @@ class DicomPixels:
     intercept: float
     colour: bool             # a colour secondary capture: display values, no Hounsfield units
     inverted: bool           # MONOCHROME1
+    spacing_mm: tuple[float, float] | None = None       # PixelSpacing: between rows, between columns
+    row_direction: tuple[float, float, float] | None = None  # ImageOrientationPatient's first three: a row's way
 
     @property
     def values(self) -> np.ndarray:
@@ -79,7 +81,17 @@ def _read_dicom(data: bytes) -> DicomPixels:
         arr = arr[arr.shape[0] // 2]
     return DicomPixels(np.ascontiguousarray(arr), float(ds.get("RescaleSlope", 1) or 1),
                        float(ds.get("RescaleIntercept", 0) or 0), colour,
-                       str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1")
+                       str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1",
+                       _numbers(ds.get("PixelSpacing"), 2), _numbers(ds.get("ImageOrientationPatient"), 6, 3))
+
+
+def _numbers(value, n: int, keep: int | None = None) -> tuple[float, ...] | None:
+    """A multi-valued header number as floats (the first ``keep``), None when absent or malformed."""
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return numbers[:keep or n] if len(numbers) == n and all(np.isfinite(numbers)) else None
 
 
 def dicom_hu(data: bytes) -> np.ndarray:

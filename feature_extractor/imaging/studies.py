@@ -11,8 +11,8 @@ How a folder is read (``predict --studies``, ``evaluate --studies``):
 - A folder holding PNG/JPEG slices directly is one study (its files in natural name order).
 - A NIfTI volume (.nii, .nii.gz) is one study; its axial slices, feet to head
   (nifti.py), go through the DICOM path.
-- Slices outside the lungs are skipped at prediction time (:func:`lung_fraction` on HU), and
-  ``max_slices`` samples evenly among the rest.
+- Slices outside the lungs are skipped at prediction time (slice_choice.py), and ``max_slices``
+  samples evenly among the rest.
 
 Privacy: study names are the study's folder relative to the input folder (plus a salted
 hash of the StudyInstanceUID when several studies share a folder); UIDs, patient name, ID and
@@ -22,7 +22,6 @@ header identifiers from any text we write (file names often carry the patient ID
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import secrets
@@ -33,21 +32,13 @@ from typing import Iterable
 
 import numpy as np
 
-from covidct_core.run_context import worker_threads
-
 from .dataset import DICOM_SUFFIXES, list_image_files
 from .nifti import NIFTI_SUFFIXES, VolumeError, volume_slices
-
-log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = {"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1"}  # CT, enhanced CT
 _LUNG_KERNEL = re.compile(r"lung|^b[6-8]\d|^br[5-9]\d|^i[5-8]\d|^fc(5\d|8\d)|^y[ab]$|^l$", re.I)
 _IDENTIFIER_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")
 REDACTED = "[patient]"
-# A slice is "in the lungs" when aerated lung (-950..-400 HU inside the body) covers this
-# share of the body's cross-section (neck and abdomen slices: trachea or bowel gas, under 1% on
-# the shared studies; the lung bases 2-4%).
-MIN_LUNG_SHARE_OF_BODY = 0.02
 
 
 @dataclass
@@ -62,6 +53,32 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # path -> why it is not among the slices
     identifiers: dict[str, str] = field(default_factory=dict)  # UIDs: for matching, never written by default
+    places: dict[str, "SlicePlace"] = field(default_factory=dict)  # path -> where a PACS shows it (DICOM)
+
+    def place(self, path: str) -> "SlicePlace":
+        return self.places.get(path) or SlicePlace()
+
+
+@dataclass(frozen=True)
+class SlicePlace:
+    """How a PACS names a slice: its InstanceNumber and its position along the body (the z of its
+    ImagePositionPatient, mm); None where the file does not say (images, headers without them)."""
+
+    instance_number: int | None = None
+    z_mm: float | None = None
+
+    @classmethod
+    def of(cls, ds) -> "SlicePlace":
+        try:
+            number = int(ds.get("InstanceNumber")) if ds.get("InstanceNumber") not in (None, "") else None
+        except (TypeError, ValueError):
+            number = None
+        position = ds.get("ImagePositionPatient")
+        try:
+            z = round(float(position[2]), 2) if position is not None and len(position) == 3 else None
+        except (TypeError, ValueError):
+            z = None
+        return cls(number, z)
 
 
 class Redactor:
@@ -291,6 +308,7 @@ def choose_series(study: Study, uid: str, series: dict[str, list]) -> None:
             study.errors[path] = "another series of the study was used"
     study.series = _series_description([ds for _, ds in chosen], study.n_files)
     study.slices = _order(chosen, study.warnings)
+    study.places = {path: SlicePlace.of(ds) for path, ds in chosen}
     if len(ranked) > 1:
         study.warnings.append(f"{len(ranked)} image series; used {study.series}")
     study.identifiers = {"study_uid": uid, "series_uid": chosen_uid}  # written only when kept
@@ -325,71 +343,3 @@ def _common_folder(folders: set[str]) -> str:
 def _relative(path: str, root: Path) -> str:
     rel = os.path.relpath(path, root) if path else "."
     return root.name if rel == "." else rel
-
-
-def lung_fraction(hu: np.ndarray) -> float:
-    """Share of the body's cross-section that is aerated lung (-950..-400 HU).
-
-    The body: the largest connected region above -400 HU, holes filled (the lungs are holes
-    in it); air around the patient is outside it.
-    """
-    from scipy import ndimage as ndi
-
-    dense = hu > -400
-    labels, n = ndi.label(dense)
-    if n == 0:
-        return 0.0
-    sizes = np.bincount(labels.ravel())[1:]
-    body = ndi.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
-    area = int(body.sum())
-    if area == 0:
-        return 0.0
-    lung = body & (hu > -950) & (hu < -400)
-    lung = ndi.binary_opening(lung, iterations=2)  # speckle is not lung
-    return float(lung.sum()) / area
-
-
-def slice_hu(path: str) -> np.ndarray:
-    """HU of a DICOM slice; for an 8-bit image, HU estimated from the lung window it was
-    shown in (level -600, width 1500). Raises ImageDecodeError or OSError."""
-    from .decode import DicomPixels, read_pixels
-
-    pixels = read_pixels(path, Path(path).suffix.lower() in DICOM_SUFFIXES)
-    if isinstance(pixels, DicomPixels):
-        return pixels.hu()
-    grey = pixels.astype(np.float32).mean(axis=2)
-    return grey / 255.0 * 1500.0 - 1350.0
-
-
-def slices_to_score(study: Study, max_slices: int | None = None) -> tuple[list[str], dict[str, str]]:
-    """The slices of ``study`` inside the lungs, at most ``max_slices`` evenly spaced; and
-    path -> why each other slice is not scored."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def check(path: str) -> float | None:
-        try:
-            return lung_fraction(slice_hu(path))
-        except Exception as exc:  # scored anyway: extraction will report the real error
-            log.debug("lung check of %s failed: %s", path, exc)
-            return None
-
-    # Decoded once here (decode.read_pixels keeps them for the extraction that follows), in
-    # threads sized from the cores.
-    with ThreadPoolExecutor(worker_threads()) as pool:
-        fractions = list(pool.map(check, study.slices))
-    in_lungs, not_used = [], {}
-    for path, fraction in zip(study.slices, fractions):
-        if fraction is None:
-            in_lungs.append(path)
-            continue
-        if fraction >= MIN_LUNG_SHARE_OF_BODY:
-            in_lungs.append(path)
-        else:
-            not_used[path] = f"outside the lungs (aerated lung {fraction:.1%} of the body)"
-    if max_slices and len(in_lungs) > max_slices:
-        keep = set(np.unique(np.round(np.linspace(0, len(in_lungs) - 1, max_slices)).astype(int)))
-        for i, path in enumerate(in_lungs):
-            if i not in keep:
-                not_used[path] = f"not sampled (--max-slices {max_slices})"
-        in_lungs = [p for i, p in enumerate(in_lungs) if i in keep]
-    return in_lungs, not_used

@@ -110,13 +110,14 @@ def quiet_export() -> Iterator[None]:
         yield
 
 
-def forward(name: str, build_model: Callable[[], Any], identity: dict) -> Callable[[np.ndarray], np.ndarray]:
-    """The forward pass (preprocessed float32 batch in, outputs out) on ``name`` of the keras model
-    that ``build_model`` returns, called only when it is needed."""
+def forward(name: str, build_model: Callable[[], Any], identity: dict) -> Callable[[np.ndarray], Any]:
+    """The forward pass (preprocessed float32 batch in, outputs out: an array, or a list of arrays for a
+    model with several outputs) on ``name`` of the keras model that ``build_model`` returns, called only
+    when it is needed."""
     check_runtime(name)
     if name == TENSORFLOW:
         model = build_model()
-        return lambda x: np.asarray(model.predict_on_batch(x))
+        return lambda x: _outputs(model.predict_on_batch(x))
     path = exported_onnx(build_model, identity)
     threads = os.cpu_count() or 1
     if name == ONNXRUNTIME:
@@ -126,10 +127,18 @@ def forward(name: str, build_model: Callable[[], Any], identity: dict) -> Callab
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {input_name: np.ascontiguousarray(x, np.float32)})[0]
+        return lambda x: _outputs(session.run(None, {input_name: np.ascontiguousarray(x, np.float32)}))
     import openvino as ov
 
     # f32: on CPUs with bfloat16 (AVX512-BF16, AMX) OpenVINO would otherwise compute in bf16.
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                           "INFERENCE_PRECISION_HINT": "f32"})
-    return lambda x: np.asarray(compiled(np.ascontiguousarray(x, np.float32))[0])
+    return lambda x: _outputs([compiled(np.ascontiguousarray(x, np.float32))[o] for o in compiled.outputs])
+
+
+def _outputs(values: Any) -> Any:
+    """One output as an array, several as a list of arrays (in the model's order)."""
+    if isinstance(values, (list, tuple)):
+        arrays = [np.asarray(v) for v in values]
+        return arrays[0] if len(arrays) == 1 else arrays
+    return np.asarray(values)

@@ -1,2 +1,3 @@
-"""Lesion workflows: the lesion head's training and its maps of any slice (maps.py), and its
-agreement with radiologists (evaluate.py)."""
+"""Lung and lesion workflows: the segmentation network's training and the finding's calibration
+(training.py), its maps of any slice (maps.py, summary.py), and its agreement with radiologists
+(evaluate.py)."""

@@ -1,10 +1,10 @@
-"""evaluate --lesion-data: how a model's lesion head agrees with radiologists.
+"""evaluate --lesion-data: how a model's lungs and lesion maps agree with radiologists.
 
-Per folder of lesion data (feature_extractor/dense/lesion_data.py):
-- pixel Dice of the lesion (the head's call inside the product's own lung mask) against the
-  infection masks, pooled over slices and per patient;
-- the product's lung mask against the radiologists' lung masks: pooled Dice, and how many
-  slices with lung (>= 1% of the image) got no mask;
+Per folder of lesion data (feature_extractor/segmentation/lesion_data.py):
+- pixel Dice of the lesion (the segmentation network's, inside its lungs) against the infection masks,
+  pooled over slices and per patient;
+- its lungs against the radiologists' lung masks: pooled Dice, and how many slices with lung (>= 1% of
+  the image) got none;
 - slice AUC of the share of lung involved against the slice labels, among slices whose lungs
   fill at least 10% of the image; beside it the AUC of the lung's share alone, because how much
   lung a slice shows (its position) predicts infection on its own;
@@ -23,10 +23,10 @@ import numpy as np
 
 from covidct_core.errors import CovidCTError, ModelBundleError
 from covidct_core.provenance import utc_now
-from feature_extractor.dense.lesion_data import LesionSlice, check_masks, load_lesion_data, slice_masks
+from feature_extractor.segmentation.lesion_data import LesionSlice, check_masks, load_lesion_data, slice_masks
 
 from ..model import LoadedModel
-from ...records.lesion_summary import LesionMap
+from ...records.lesion_summary import SliceSegmentation
 
 MIN_LUNG_SHARE = 0.10   # slices for the slice AUC: lungs fill at least this share of the image
 MIN_LUNG_MASKED = 0.01  # a slice "with lung" for the count of missing lung masks
@@ -50,11 +50,11 @@ class SliceScore:
     summary: object = None          # the slice's LesionSummary (the finding reads it)
 
 
-def score_slice(s: LesionSlice, m: LesionMap) -> SliceScore:
-    """Compare one slice's lesion map with its masks and labels."""
+def score_slice(s: LesionSlice, m: SliceSegmentation) -> SliceScore:
+    """Compare one slice's maps with its masks and labels."""
     masks = slice_masks(s, m.lungs.shape)
     score = SliceScore(s.source, s.group, s.infected, s.infection_fraction,
-                       float(masks.lungs.mean()) if masks.lungs is not None else m.summary.lung_fraction,
+                       float(masks.lungs.mean()) if masks.lungs is not None else m.summary.lung_share_of_slice,
                        m.summary.lesion_fraction)
     if masks.infection is not None:
         lesion = m.lesion
@@ -144,21 +144,20 @@ class LesionEvaluation:
 
 
 def evaluate_lesions(model: LoadedModel, folders: Sequence[str | Path]) -> LesionEvaluation:
-    """The lesion head of ``model`` against the radiologists' masks and labels in ``folders``."""
+    """The lungs and lesion maps of ``model`` against the radiologists' masks and labels in ``folders``."""
     if model.lesions is None:
-        raise ModelBundleError(f"--lesion-data: {model.path} has no lesion head; fit it with --lesion-data DIR")
+        raise ModelBundleError(f"--lesion-data: {model.path} has no segmentation network; fit it with --lesion-data "
+                               "DIR")
     data = load_lesion_data(folders)
     check_masks(data)
     scores, failures = [], {}
-    with model.context.progress("lesion check  ", len(data.slices)) as progress:
-        for s in data.slices:
-            try:
-                lesion_map = model.lesions.lesion_map(s.path)
-                scores.append(score_slice(s, lesion_map))
-                scores[-1].summary = lesion_map.summary
-            except (OSError, CovidCTError) as exc:
-                failures[s.path] = str(exc)
-            progress(1)
+    for s, (_, segmentation) in zip(data.slices, model.lesions.segment_slices([s.path for s in data.slices],
+                                                                              "lesion check  ")):
+        if isinstance(segmentation, str):
+            failures[s.path] = segmentation
+            continue
+        scores.append(score_slice(s, segmentation))
+        scores[-1].summary = segmentation.summary
     if not scores:
         raise CovidCTError(f"none of the {len(data.slices)} lesion slices could be read")
     by_source = {src: agreement([s for s in scores if s.source == src]) for src in data.sources}
