@@ -13,7 +13,7 @@ SECOND_SOURCE ?= $(or $(COVIDCT_SECOND_SOURCE),$(wildcard ../shared/data/mosmed-
 SOURCES := --data $(DATA) $(if $(SECOND_SOURCE),--data $(SECOND_SOURCE))
 # Real hospital DICOM studies, when the shared copy is there: predicted as studies at the end.
 STUDIES ?= $(or $(COVIDCT_STUDIES),$(wildcard ../shared/data/dicom-studies))
-# Radiologists' lesion masks, when the shared copies are there: fit trains the lesion head on them.
+# Radiologists' lesion masks, when the shared copies are there: fit trains the segmentation network on them.
 LESIONS ?= $(or $(COVIDCT_LESIONS),$(wildcard ../shared/data/lesion-slices))
 LESIONS_EXTRA ?= $(wildcard ../shared/data/lesion-slices-sirm)
 LESION_DATA := $(if $(LESIONS),--lesion-data $(LESIONS)) $(if $(LESIONS_EXTRA),--lesion-data $(LESIONS_EXTRA))
@@ -75,7 +75,7 @@ demo: venv
 	$(CLI) extract $(BACKBONES) $(WEIGHTS) $(FEATURES) $(SOURCES)
 	@echo "== again: everything is cached, no CNN runs"
 	$(CLI) extract $(BACKBONES) $(WEIGHTS) $(FEATURES) $(SOURCES)
-	@echo "== fit on every source (source-balanced weights), tuned by patient-grouped CV; the lesion head on radiologists' masks"
+	@echo "== fit on every source (source-balanced weights), tuned by patient-grouped CV; the lungs and lesion network on radiologists' masks"
 	$(CLI) fit $(DEMO_FIT) $(SOURCES) $(BACKBONES) $(FEATURES) --model models/demo.joblib
 	@if [ -n "$(SECOND_SOURCE)" ]; then \
 		echo "== the headline: leave one source out (refit without each source, score it)"; \
@@ -89,12 +89,13 @@ demo: venv
 	@echo "== HTML report on COVID-CT's test split: heatmaps for the first 24 rows (mistakes first)"
 	$(CLI) report --model models/demo.joblib --data $(DATA) --out reports/demo-test.html --heatmaps 24
 	@if [ -n "$(STUDIES)" ] && [ -n "$(LESIONS)" ]; then \
-		echo "== the lesion head against the radiologists' slice labels of the hospital studies (never trained on them)"; \
+		echo "== the lesion finding against the radiologists' slice labels of the hospital studies (never trained on them)"; \
 		$(CLI) evaluate --model models/demo.joblib --lesion-data $(STUDIES) --report-dir reports/demo-lesions || exit 1; \
 	fi
 	@if [ -n "$(STUDIES)" ]; then \
-		echo "== whole hospital studies (JPEG Lossless DICOM): one answer per study, lesion burden, identifiers removed"; \
+		echo "== whole hospital studies (JPEG Lossless DICOM): one answer per study, opacity, severity, maps, NIfTI, SEG"; \
 		$(CLI) predict $(STUDIES) --studies --model models/demo.joblib --out reports/demo-studies/slices.csv \
+			$(if $(LESIONS),--lesion-maps reports/demo-studies/maps --seg) \
 			&& cat reports/demo-studies/studies.csv || exit 1; \
 	fi
 

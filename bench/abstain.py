@@ -3,7 +3,7 @@
 the lesion finding, and calibrate learning a site (workflows/answer_policy.py).
 
 The demo's configuration (a stack of svm and logreg on MobileNetV2 + MobileNet features,
-multiscale pooling, flip TTA, source-balanced weights, the lesion head on both lesion folders)
+multiscale pooling, flip TTA, source-balanced weights, the segmentation network on both lesion folders)
 fitted on both sources' training images, then:
 
 1. The source test: draws of 20 slices of a source held out (the test of a refit that knows only
@@ -211,7 +211,7 @@ def headline_rows(cross, source_rows, evaluation, studies: Path, study_rows, cur
     if evaluation is not None:
         m = evaluation.by_source[studies.name]
         f = m["finding"]["0.1"]
-        rows.append(("The lesion head on the unseen hospital's labelled slices (slice ROC AUC, never trained there)",
+        rows.append(("The lesion evidence on the unseen hospital's labelled slices (slice ROC AUC, never trained there)",
                      f"{m['slice_auc']:.2f} ({m['n_slice_auc']} slices; lung share alone "
                      f"{m['slice_auc_lung_share_only']:.2f})"))
         rows.append(("The lesion finding on those slices at error rate 0.1 (opacities / clear / uncertain)",
@@ -333,7 +333,7 @@ def main() -> int:
     publish(table_section(
         "abstain", "abstain.py", "bench-abstain",
         "The demo's model (stack of svm and logreg on MobileNetV2 + MobileNet, multiscale pooling, flip TTA, "
-        "source-balanced weights, both sources' training images, the lesion head) and its answers at each error rate "
+        "source-balanced weights, both sources' training images, the segmentation network) and its answers at each error rate "
         "(answer_policy.py). Coverage: share answered COVID or NonCOVID; error among answered: the wrong share of "
         "those; 95% patient-bootstrap CIs. \"before\": the class-conditional conformal answers of the previous "
         "version, recomputed on the same out-of-fold scores; \"after\": the Learn-then-Test thresholds (COVID-CT's "

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The README's screenshot of the service page: a slice with its heatmap and lesion map and a
-zipped DICOM study, answered by the demo's configuration with a lesion head (bench/lesions.py's
+zipped DICOM study, answered by the demo's configuration with its segmentation network (bench/lesions.py's
 model, else `make demo`'s; headless Chromium through Playwright). The images are the tests' synthetic phantoms, so
 no patient image of ../shared ends up in the repository; the page rightly answers "not
 assessable" for them.
@@ -18,14 +18,14 @@ import zipfile
 
 from common import REPO
 
-MODEL = REPO / "bench" / "out" / "models" / "lesions-demo-with-lesions.joblib"
+MODEL = REPO / "bench" / "out" / "models" / "lesions-shipped.joblib"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=REPO / "docs" / "serve.png")
     parser.add_argument("--model", default=MODEL if MODEL.exists() else REPO / "models" / "demo.joblib",
-                        help="the demo's configuration with a lesion head (bench/lesions.py's, else make demo's)")
+                        help="the demo's configuration with its segmentation network (bench/lesions.py's, else make demo's)")
     args = parser.parse_args()
     import uvicorn
     from playwright.sync_api import sync_playwright

@@ -75,7 +75,7 @@ class LesionSettings(Settings):
                                    optional=True, option="--lesion-backbone", metavar="NAME")
     side: int = setting(SEG_SIDE, "With --lesion-data: the segmentation network's input side in px (a multiple of 32).",
                         kind=int, low=64, high=1024, option="--lesion-side")
-    width: int = setting(32, "With --lesion-data: the decoder's channels at stride 4.", kind=int, low=8, high=256,
+    width: int = setting(16, "With --lesion-data: the decoder's channels at stride 4.", kind=int, low=8, high=256,
                          option="--lesion-width")
     epochs: int = setting(12, "With --lesion-data: the decoders' training epochs (the best of the second half kept "
                               "by patient-grouped validation).", kind=int, low=1, high=500, option="--lesion-epochs")

@@ -21,8 +21,10 @@ max_slices_option = click.option("--max-slices", type=click.IntRange(1), default
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @model_options(engine=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv",
-              show_default=True, help=f"CSV with columns {record.SLICE.help_line()} (one row per file; "
-                                      "--studies: one per slice, and studies.csv beside it).")
+              show_default=True, help=f"CSV with columns {record.SLICE.help_line()}, one row per file. With "
+                                      f"--studies: one row per slice, columns {record.study_slice().help_line()}; "
+                                      f"and studies.csv beside it, one row per study, columns "
+                                      f"{record.STUDY.help_line()}.")
 @click.option("--explain", is_flag=True,
               help="Also write one PNG per image: the slice with a heatmap of the regions that "
                    "raised P(COVID). Occlusion runs 50 variants per image through each backbone: "
@@ -35,7 +37,8 @@ max_slices_option = click.option("--max-slices", type=click.IntRange(1), default
                    "whose share of the lungs is lesion_fraction), <stem>_lesion_prob.png (probability x 255) and "
                    "<stem>_lungs.png (right lung 255, left 128) at the image's size into DIR (in the image's "
                    "subfolder); with --studies, also a NIfTI label volume per DICOM study (1 right lung, 2 left lung, "
-                   "3 lesion) with the series' geometry.")
+                   "3 lesion in the right lung, 4 in the left) with the series' geometry and its label tables "
+                   "(<study>.ctbl for 3D Slicer, <study>.itksnap.txt for ITK-SNAP).")
 @click.option("--seg", is_flag=True,
               help="With --studies and --lesion-maps: also a DICOM Segmentation object (SEG) per DICOM study, "
                    "<study>.seg.dcm: right lung, left lung and lesion over the series, for OHIF, 3D Slicer and "

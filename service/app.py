@@ -16,7 +16,7 @@ from typing import Callable
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from classifiers.workflows.model import LoadedModel
@@ -115,6 +115,15 @@ def add_api(app: FastAPI, service: PredictionService, authorized: Callable[[Requ
     def model_card() -> dict:
         """The model card: classifier, backbones, training sources, CV metrics, threshold, OOD, aggregation."""
         return service.model_card()
+
+    @app.get(f"{API}/files/{{token}}/{{name:path}}", dependencies=[Depends(authorized)], include_in_schema=True)
+    def download(token: str, name: str) -> FileResponse:
+        """A file a study's answer links to (its CSV rows, NIfTI label volume and tables, DICOM SEG), kept for the
+        last requests only."""
+        path = service.downloads.file(token, name)
+        if path is None:
+            raise HTTPException(404, "no such file (files are kept for the last 32 requests only)")
+        return FileResponse(path, filename=path.name)
 
     @app.get(f"{API}/fields", dependencies=[Depends(authorized)])
     def fields() -> dict:

@@ -24,7 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from classifiers.estimators.options import NOT_ASSESSABLE
 from classifiers.records import prediction_record as record
+from classifiers.records.severity import LUNGS, ZONES, zone_name
 from classifiers.records.study_results import StudySlice
 from classifiers.workflows.model import LoadedModel
 from classifiers.workflows.predict import predict_records
@@ -35,6 +37,7 @@ from feature_extractor.imaging.decode import ImageDecodeError, read_pixels, set_
 from feature_extractor.imaging.studies import Redactor, redactor_for
 
 from .batcher import DynamicBatcher
+from .downloads import DownloadStore
 from .settings import ServeSettings
 from .uploads import CHUNK, UploadRejected, extract_zip, private_folder, safe_name
 
@@ -59,6 +62,7 @@ class PredictionService:
         self.settings = settings
         self.lock = lock  # the CNN, one user at a time: the batcher, a heatmap, a study
         self._explainer = None
+        self.downloads = DownloadStore()
         set_decode_budget(SERVICE_DECODE_BYTES)  # an upload is read by its own request only
         with lock:  # the weights are resolved (and checked) once, before requests read the caches in parallel
             for extractor in model.extractors:
@@ -181,8 +185,9 @@ class PredictionService:
             row = rows[r.path]
             item = {"name": redact(name), **record.SLICE.as_json(row)}
             if row.error is None:
-                with timed(timings, "pictures"):
-                    item.update(self._pictures(row.path, row.site, heatmaps))
+                with timed(timings, "pictures"):  # a heatmap of P(COVID) only where the image is answered
+                    item.update(self._pictures(row.path, row.site, heatmaps and row.answer not in (None,
+                                                                                                   NOT_ASSESSABLE)))
             out.append(item)
         return out
 
@@ -197,17 +202,65 @@ class PredictionService:
                 pass
 
     def _study(self, name: str, folder: Path, heatmaps: bool) -> dict:
-        report = predict_studies(self.model, folder, keep_identifiers=self.settings.keep_identifiers)
-        redact = report.redact
-        top_slice = record.study_slice()
+        """A zip's studies: each one's card (answer, finding, severity and its zones, pictures, files to
+        download: its CSV rows and, with a segmentation network, its NIfTI label volume and DICOM SEG)."""
+        token, where = self.downloads.new_folder()
+        maps = where / "maps" if self.model.lesions is not None else None
+        report = predict_studies(self.model, folder, keep_identifiers=self.settings.keep_identifiers, lesion_maps=maps,
+                                 seg=maps is not None)
         studies = []
         for result in report.results:
-            s = result.study
-            shown = name if s.name == folder.name else f"{name}/{s.name}"  # names are relative to the zip
-            studies.append({
-                **record.STUDY.as_json(result), "study": redact(shown), "aggregation": report.aggregation,
-                "top_slices": [{**top_slice.as_json(StudySlice(redact(shown), i, r.path, r), redact),
-                                **self._pictures(r.path, r.site, heatmaps)} for i, r in result.top()],
-                "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)})
-        return {"upload": redact(name), "studies": studies,
+            shown = name if result.study.name == folder.name else f"{name}/{result.study.name}"  # relative to the zip
+            files = study_files(report, result, where)
+            studies.append({**self._study_card(result, report.redact(shown), heatmaps, report.redact),
+                            "aggregation": report.aggregation,
+                            "downloads": {what: self.downloads.url(token, path) for what, path in files.items()}})
+        return {"upload": report.redact(name), "studies": studies,
+                "notes": report.certification,
                 "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}
+
+    def _study_card(self, result, shown: str, heatmaps: bool, redact: Redactor) -> dict:
+        """The study's fields, the slices with the highest P(COVID) (a heatmap only where the study is answered),
+        the slices with the most lesion (lungs outlined by side, lesion filled), and its zones."""
+        slice_record = record.study_slice()
+        answered = result.answer not in (None, NOT_ASSESSABLE)
+
+        def slice_json(number, row):
+            place = result.study.place(row.path)
+            return slice_record.as_json(StudySlice(shown, number, row.path, row, None, place.instance_number,
+                                                   place.z_mm), redact)
+        top = [{**slice_json(i, r), **self._pictures(r.path, r.site, heatmaps and answered)} for i, r in result.top()]
+        lesion = [{**slice_json(i, r), **self._pictures(r.path, r.site, False)} for i, r in result.top_lesion()
+                  if self.model.lesions is not None]
+        return {**record.STUDY.as_json(result), "study": shown, "top_slices": top, "lesion_slices": lesion,
+                "zones": zone_table(result.severity),
+                "failed_slices": sum(1 for _, r, _ in result.rows if r is not None and r.error)}
+
+
+def zone_table(severity) -> list[dict]:
+    """The six zones of a study's severity: lung, third, percentage of opacity and score (empty without one)."""
+    if severity is None:
+        return []
+    return [{"lung": side, "zone": f"{zone} third", "opacity_percent": severity.zones[zone_name(side, zone)],
+             "score": severity.scores[zone_name(side, zone)]} for side in LUNGS for zone in ZONES]
+
+
+def study_files(report, result, where: Path) -> dict[str, Path]:
+    """The study's files under ``where``: its studies.csv row and its slices' rows, and the maps' volume outputs
+    (NIfTI label volume, its label tables, DICOM SEG) where they were written."""
+    from classifiers.presentation.csv_files import write_csv
+    from classifiers.workflows.studies import map_name, study_slices
+
+    name = map_name(report.redact, result.study)
+    slices = study_slices(result)
+    schema = record.study_slice()
+    files = {"csv": write_csv(where / f"{name}.csv", record.STUDY.csv_header([result]),
+                              record.STUDY.csv_rows([result])),
+             "slices_csv": write_csv(where / f"{name}_slices.csv", schema.csv_header(slices),
+                                     schema.csv_rows(slices, report.redact))}
+    for what, suffix in (("nifti", ".nii.gz"), ("slicer_colours", ".ctbl"), ("itksnap_labels", ".itksnap.txt"),
+                         ("seg", ".seg.dcm")):
+        path = where / "maps" / f"{name}{suffix}"
+        if path.is_file():
+            files[what] = path
+    return files

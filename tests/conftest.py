@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import make_class_folders, make_covidct_layout
+from tests.helpers import make_class_folders, make_covidct_layout, make_lesion_data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COVIDCT_SHARED", REPO.parent / "shared"))
@@ -13,6 +13,8 @@ SHARED_MOSMED = SHARED / "data" / "mosmed-slices"
 SHARED_MODELS = SHARED / "keras" / "models"
 MOBILENETV2_FILE = SHARED_MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5"
 MOBILENET025_KERAS_FILE = SHARED_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
+# A small, quick segmentation network: 64 px, narrow decoders, a few epochs (the bench proves the quality).
+QUICK = ("--lesion-side", 64, "--lesion-width", 8, "--lesion-epochs", 40, "--lesion-members", 2)
 
 
 @pytest.fixture(autouse=True)
@@ -67,3 +69,36 @@ def logreg_model(workspace) -> tuple[Path, Path]:
                                            str(root / "features"), "--model", str(path), "--cv-folds", "3"])
     assert result.exit_code == 0, result.output
     return root, path
+
+
+@pytest.fixture(scope="session")
+def lesion_model(workspace, tmp_path_factory):
+    """A logistic regression with a quick segmentation network on synthetic lesion slices: (workspace root,
+    its data, the lesion data, the model path)."""
+    import cli
+
+    root, data, _ = workspace
+    lesions = make_lesion_data(tmp_path_factory.mktemp("lesions") / "lesion-set")
+    model = root / "models" / "lesion.joblib"
+    result = CliRunner().invoke(cli.main, [str(a) for a in (
+        "fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features", "--model", model,
+        "--cv-folds", "3", "--lesion-data", lesions, *QUICK)])
+    assert result.exit_code == 0, result.output
+    return root, data, lesions, model
+
+
+@pytest.fixture(scope="session")
+def trained_network(tmp_path_factory):
+    """A network trained for a few epochs on synthetic slices (random-init backbone at 64 px): the decoders
+    learn the lungs and the opacities from the slice and the maps."""
+    from classifiers.settings import LesionSettings
+    from classifiers.workflows.lesions.training import train_segmentation
+    from covidct_core.run_context import RunContext
+    from feature_extractor.feature_spec import FeatureSpec
+    from feature_extractor.segmentation.lesion_data import load_lesion_folder
+
+    root = tmp_path_factory.mktemp("network")
+    data = load_lesion_folder(make_lesion_data(root / "les", patients=3, per_patient=6))
+    settings = LesionSettings(side=64, width=16, epochs=120, members=2, seed=0)
+    context = RunContext(root / "features", batch_size=32)
+    return train_segmentation(data, FeatureSpec("mobilenetv2", "none"), settings, context), settings, context

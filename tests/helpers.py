@@ -214,7 +214,7 @@ def chest(size=64, lungs=True, seed=0):
 
 
 def write_slice(path, study, series, z, *, number=1, lungs=True, sop=CT, image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
-                orientation=(1, 0, 0, 0, 1, 0), thickness=2.0, kernel="B70f", pixels=True):
+                orientation=(1, 0, 0, 0, 1, 0), thickness=2.0, kernel="B70f", pixels=True, frame_of_reference=None):
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -223,6 +223,7 @@ def write_slice(path, study, series, z, *, number=1, lungs=True, sop=CT, image_t
     ds.SOPClassUID, ds.SOPInstanceUID = sop, ds.file_meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "SECRET^PERSON", "PID98765", "19700101"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.FrameOfReferenceUID = frame_of_reference or generate_uid()
     ds.Modality = "CT" if sop == CT else "SR"
     ds.InstanceNumber = number
     if pixels:
@@ -244,5 +245,6 @@ def write_slice(path, study, series, z, *, number=1, lungs=True, sop=CT, image_t
 
 def write_series(folder, study, series=None, n=6, z0=0.0, step=2.0, prefix="PID98765", **kw):
     series = series or generate_uid()
+    frame = kw.pop("frame_of_reference", None) or generate_uid()
     return [write_slice(folder / f"{prefix}_{series[-4:]}_{i}.dcm", study, series, z0 + step * i,
-                        number=i + 1, **kw) for i in range(n)]
+                        number=i + 1, frame_of_reference=frame, **kw) for i in range(n)]

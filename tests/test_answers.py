@@ -8,8 +8,8 @@ from classifiers.estimators.risk_control import POOLED, SelectiveThresholds
 from classifiers.estimators.source_test import SourceTest
 from classifiers.records.selective import risk_coverage, selective_metrics, wrong_answers_caught
 from classifiers.settings import AnswerSettings
-from classifiers.workflows.answer_policy import (AnswerParts, answer_images, answers_at, findings,
-                                                 study_finding)
+from classifiers.workflows.answer_policy import (AnswerParts, answer_images, answers_at, certification_notes,
+                                                 findings, study_finding)
 from covidct_core.errors import SettingsError, TrainingDataError
 
 
@@ -128,3 +128,17 @@ def test_selective_metrics_and_the_curve():
                                             for c in t.answer(p, rate)])
     coverage = {c["error_rate"]: c["coverage"] for c in curve}
     assert 0 < coverage[0.1] <= coverage[0.3] <= coverage[0.5]  # a higher rate answers more
+
+
+def test_where_nothing_certifies_the_rate_one_line_gives_the_smallest_rate_that_does():
+    """A weak model on few calibration images certifies nothing at 0.1: the note names the group once, the
+    smallest rate that does certify and its coverage; at that rate there is no note."""
+    rng = np.random.default_rng(3)
+    p, y = scores(60, rng, separation=0.6)
+    thresholds = SelectiveThresholds().fit(p, y)
+    smallest = thresholds.smallest_rate()
+    assert thresholds.thresholds(0.1) == (None, None) and smallest is not None and smallest[0] > 0.1
+    notes = certification_notes(AnswerParts(0.1, thresholds), [POOLED] * 50)
+    assert len(notes) == 1 and f"the smallest rate that does is {smallest[0]:g}" in notes[0]
+    assert f"answering {smallest[1]:.0%}" in notes[0]
+    assert certification_notes(AnswerParts(smallest[0], thresholds), [POOLED] * 50) == []

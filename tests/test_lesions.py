@@ -14,12 +14,10 @@ import cli
 from classifiers.workflows.lesions.evaluate import SliceScore, agreement
 from covidct_core.errors import DatasetError
 from feature_extractor.segmentation.lesion_data import check_masks, load_lesion_folder
-from tests.conftest import MOBILENETV2_FILE, SHARED, needs_shared
+from tests.conftest import MOBILENETV2_FILE, QUICK, SHARED, needs_shared
 from tests.helpers import lesion_slice, make_lesion_data
 
 LESION_SLICES = SHARED / "data" / "lesion-slices"
-# Small and quick: a 64 px network, narrow decoders, a few epochs (the bench proves the quality).
-QUICK = ("--lesion-side", 64, "--lesion-width", 8, "--lesion-epochs", 6, "--lesion-members", 2)
 
 
 def run(*args):
@@ -126,22 +124,6 @@ def test_specks_below_the_minimum_area_do_not_count_and_a_normal_lung_scores_0()
     assert severity([kept.summary.areas()] * 3).severity_score > 0  # the specks alone would score
 
 
-@pytest.fixture(scope="module")
-def trained_network(tmp_path_factory):
-    """A network trained for a few epochs on synthetic slices (random-init backbone at 64 px): the decoders
-    learn the lungs and the opacities from the slice and the maps."""
-    from classifiers.settings import LesionSettings
-    from classifiers.workflows.lesions.training import train_segmentation
-    from covidct_core.run_context import RunContext
-    from feature_extractor.feature_spec import FeatureSpec
-
-    root = tmp_path_factory.mktemp("network")
-    data = load_lesion_folder(make_lesion_data(root / "les", patients=3, per_patient=6))
-    settings = LesionSettings(side=64, width=16, epochs=30, members=2, seed=0)
-    context = RunContext(root / "features", batch_size=32)
-    return train_segmentation(data, FeatureSpec("mobilenetv2", "none"), settings, context), settings, context
-
-
 @pytest.mark.slow
 def test_a_network_trained_for_a_few_epochs_finds_the_lungs_and_the_opacity(trained_network):
     fit, _, _ = trained_network
@@ -175,17 +157,6 @@ def test_the_runtime_gives_the_keras_maps_and_a_mirror_swaps_the_lungs(trained_n
     both = a.lungs & b.lungs[:, ::-1]
     assert both.sum() > 0.5 * lungs.sum()
     assert ((a.sides[both] != b.sides[:, ::-1][both]).mean()) > 0.9  # the same lung, the other label
-
-
-@pytest.fixture(scope="module")
-def lesion_model(workspace, tmp_path_factory):
-    root, data, _ = workspace
-    lesions = make_lesion_data(tmp_path_factory.mktemp("lesions") / "lesion-set")
-    model = root / "models" / "lesion.joblib"
-    result = run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features", "--model", model,
-                 "--cv-folds", "3", "--lesion-data", lesions, *QUICK)
-    assert result.exit_code == 0, result.output
-    return root, data, lesions, model
 
 
 def test_fit_with_lesion_data_saves_the_network_with_its_provenance(lesion_model):

@@ -101,7 +101,7 @@ class LungLesionSegmenter(BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")], "random_state": ["random_state"],
     }
 
-    def __init__(self, width: int = 32, output_stride: int = 4, epochs: int = 12, members: int = 3,
+    def __init__(self, width: int = 16, output_stride: int = 4, epochs: int = 12, members: int = 3,
                  per_patient: int = 100, batch_size: int = 16, learning_rate: float = 3e-3, random_state: int = 0):
         self.width = width
         self.output_stride = output_stride

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from covidct_core.errors import CovidCTError
 from feature_extractor.lungs.sides import LEFT, RIGHT
 
 from .label_volumes import LEFT_LESION, RIGHT_LESION
@@ -20,6 +21,10 @@ SEGMENTS = (("Right lung", ("91723000", "Anatomical Structure"), ("3341006", "Ri
             ("Left lung", ("91723000", "Anatomical Structure"), ("44029006", "Left lung")),
             ("Lesion", ("49755003", "Morphologically Abnormal Structure"), ("52988006", "Lesion")))
 LUNG = ("39607008", "Lung")
+
+
+class SegRefused(CovidCTError):
+    """A series a SEG cannot be made for (the message says why)."""
 
 
 def segment_masks(labels: np.ndarray) -> np.ndarray:
@@ -40,7 +45,9 @@ def write_seg(out: str | Path, sources: Sequence[str], labels: Sequence[np.ndarr
     from pydicom.uid import generate_uid
 
     kept = [(p, lab) for p, lab in zip(sources, labels) if lab is not None]
-    images = [pydicom.dcmread(p) for p, _ in kept]
+    images = [_with_type_2(pydicom.dcmread(p)) for p, _ in kept]
+    if any("FrameOfReferenceUID" not in ds for ds in images):
+        raise SegRefused("the series has no FrameOfReferenceUID, which a SEG must share with it")
     algorithm = hd.AlgorithmIdentificationSequence(name="covidct-features lungs and lesion network", version=version,
                                                    family=Code("123110", "DCM", "Artificial Intelligence"))
     descriptions = [hd.seg.SegmentDescription(
@@ -64,3 +71,16 @@ def _snomed(code: tuple[str, str]):
     from pydicom.sr.coding import Code
 
     return Code(value=code[0], scheme_designator="SCT", meaning=code[1])
+
+
+# The patient's and study's attributes a SEG copies from its series that DICOM lets be empty (type 2): a series
+# without one (an anonymiser removed it) gets it empty, as the standard allows, not made up.
+TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type_2(ds):
+    for keyword in TYPE_2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds

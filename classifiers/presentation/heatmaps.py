@@ -72,9 +72,12 @@ def _vmax(heat: np.ndarray, method: str) -> float:
     return max(peak, 0.02 if method == "occlusion" else 1e-12)
 
 
-def overlay_rgb(expl: Explanation, max_side: int | None = 160) -> np.ndarray:
-    """The slice with the heatmap blended in, scaled to ``max_side`` (None: full size)."""
+def overlay_rgb(expl: Explanation, max_side: int | None = 160, within: np.ndarray | None = None) -> np.ndarray:
+    """The slice with the heatmap blended in, scaled to ``max_side`` (None: full size); ``within``: a mask of
+    the slice (its lungs) outside which nothing is shown."""
     original, heat = heat_on_slice(expl)
+    if within is not None and within.shape == heat.shape:
+        heat = np.where(within, heat, np.nan)
     if max_side:
         scale = max_side / max(original.shape[:2])
         size = (max(1, round(original.shape[0] * scale)), max(1, round(original.shape[1] * scale)))

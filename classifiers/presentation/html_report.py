@@ -81,6 +81,7 @@ class ReportContent:
     plots: dict[str, str] = field(default_factory=dict)   # name -> data: URI
     explain_method: str | None = None
     cross_source: CrossSourceReport | None = None         # report --cv-by source
+    notes: list[str] = field(default_factory=list)        # why all of a source's answers are uncertain
 
     @property
     def failures(self) -> dict[str, str]:
@@ -378,7 +379,7 @@ def render_html(content: ReportContent) -> str:
             for name, uri in content.plots.items()) + "</div></section>")
     else:
         parts.append("<section id=metrics><h2>Performance</h2><p>Unlabeled data: no metrics, predictions "
-                     "only.</p></section>")
+                     "only.</p>" + "".join(f"<p class=note>note: {_e(n)}</p>" for n in content.notes) + "</section>")
     parts.append(_case_table(content))
     parts.append(_card(c, content.model_path, content))
     parts.append(f"<footer><p class=disclaimer>{DISCLAIMER}</p></footer>")

@@ -17,7 +17,7 @@ from feature_extractor.imaging.geometry import series_grid
 from feature_extractor.lungs.sides import LEFT, RIGHT
 
 RIGHT_LESION, LEFT_LESION = 3, 4
-VOLUME_LABELS = {RIGHT: ("right lung", (40, 200, 255)), LEFT: ("left lung", (60, 120, 255)),
+VOLUME_LABELS = {RIGHT: ("right lung", (40, 200, 255)), LEFT: ("left lung", (190, 120, 255)),
                  RIGHT_LESION: ("lesion, right lung", (255, 64, 0)), LEFT_LESION: ("lesion, left lung", (255, 160, 0))}
 NIFTI_SUFFIX = ".nii.gz"
 

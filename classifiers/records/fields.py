@@ -21,6 +21,8 @@ class RecordField:
     ``get``: how to read it from a row object (default: the attribute of its name). ``computed``:
     the row's class computes it (a property), so rows do not store it.
     ``path``: a file path (written as printable text, identifiers redacted in study outputs).
+    ``label``: how a person reads the field (the page, the HTML report), in words; ``unit`` and ``scale``:
+    how its number is shown there (a share scaled by 100 and shown as "%": one quantity, one spelling).
     """
 
     name: str
@@ -34,6 +36,9 @@ class RecordField:
     path: bool = False
     get: Callable[[Any], Any] | None = None
     computed: bool = False
+    label: str | None = None
+    unit: str = ""
+    scale: float = 1.0
 
     @property
     def stored(self) -> bool:
@@ -74,10 +79,27 @@ class RecordField:
             return Literal[self.choices] | None  # type: ignore[valid-type]
         return (list[str] if self.kind is list else self.kind) | None
 
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ")
+
+    def shown(self, value: Any) -> str:
+        """The value as a person reads it: 'Opacity, right lung: 3.4%' says '3.4%'."""
+        if value is None or value == "" or value == []:
+            return "–"
+        if self.kind is float:
+            number = float(value) * self.scale
+            return f"{number:.{1 if self.unit in ('%', 'mm²') else 3}f}{' ' if self.unit == 'mm²' else ''}{self.unit}"
+        if self.kind is bool:
+            return "yes" if value else "no"
+        if self.kind is list:
+            return "; ".join(map(str, value))
+        return f"{value}{self.unit}"
+
     def describe(self) -> dict[str, Any]:
         kind = {float: "number", int: "integer", str: "text", bool: "boolean", list: "list"}[self.kind]
-        return {"name": self.name, "type": kind, "help": self.help, **({"choices": list(self.choices)}
-                                                                        if self.choices else {})}
+        return {"name": self.name, "type": kind, "label": self.title, "unit": self.unit, "scale": self.scale,
+                "help": self.help, **({"choices": list(self.choices)} if self.choices else {})}
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,14 @@ def slice_panels(model: LoadedModel, path: str, *, side: int = THUMB_SIDE, overl
     panels = SlicePanels(image=data_uri(thumbnail(prepared.original, side)))
     if prepared.crop_fallback:
         panels.note = f"no {prepared.crop.kind} found ({prepared.crop_fallback}): full image used"
-    if explainer is not None:
-        with cnn:
-            panels.heatmap = data_uri(overlay_rgb(explainer.explain(path, prepared, site), overlay_side))
+    lungs = None
     if model.lesions is not None:
         with cnn:
             segmentation = model.lesions.segment(path)
         panels.lesion = data_uri(overlay(segmentation.grey, segmentation, overlay_side))
         panels.involved = involved(segmentation)
+        lungs = segmentation.lungs
+    if explainer is not None:  # confined to the lungs where the model finds them: what is outside is not evidence
+        with cnn:
+            panels.heatmap = data_uri(overlay_rgb(explainer.explain(path, prepared, site), overlay_side, lungs))
     return panels

@@ -47,12 +47,14 @@ def collect(model: LoadedModel, data: str | Path | Sequence[str | Path], split: 
         rows = [CaseRow(row, LABEL_NAMES[int(y)], truth[row.path].patient)
                 for row, y in zip(evaluation.rows, evaluation.y)]
         rows += [CaseRow(PredictionRow(path=path, error=reason)) for path, reason in evaluation.errors.items()]
+        notes = evaluation.certification
     else:
-        rows = [CaseRow(r) for r in predict_folder(model, paths[0]).rows]
+        predicted = predict_folder(model, paths[0])
+        rows, notes = [CaseRow(r) for r in predicted.rows], predicted.certification
     sites = {r.path: r.prediction.site for r in rows}
     rows = order_rows(rows, threshold)
     content = ReportContent(model.card, model.path, "; ".join(map(str, paths)), threshold, rows, evaluation,
-                            explain_method=explain_method if heatmaps else None)
+                            explain_method=explain_method if heatmaps else None, notes=notes)
     if evaluation is not None:
         content.plots = plot_uris(evaluation)
     _thumbnails(model, rows, explainer, heatmaps, sites)

@@ -183,6 +183,11 @@ def predict_studies_and_write(model: LoadedModel, folder: str | Path, *, out: st
     return report
 
 
+def map_name(redact: Redactor, study) -> str:
+    """The name of a study's map folder and volume files: its name, identifiers removed, folders flattened."""
+    return redact(study.name).replace("/", "__").replace("#", "-")
+
+
 class StudyMapWriter:
     """Each study's maps as its slices are mapped: ``<study>/<slice>_lesion.png`` and the others of
     presentation/lesion_maps.map_files (``<slice>``: the InstanceNumber, else the place in the series), and for
@@ -202,7 +207,7 @@ class StudyMapWriter:
         self._labels: dict[str, object] = {}
 
     def name(self, study) -> str:
-        return self.redact(study.name).replace("/", "__").replace("#", "-")
+        return map_name(self.redact, study)
 
     def start(self, study):
         """The ``on_map`` of one study's slices."""
@@ -239,10 +244,13 @@ class StudyMapWriter:
         if self.seg:
             from importlib.metadata import version
 
-            from ..presentation.dicom_seg import write_seg
+            from ..presentation.dicom_seg import SegRefused, write_seg
 
-            write_seg(self.out_dir / f"{self.name(study)}.seg.dcm", study.slices, labels, self.model.path.name,
-                      version("covidct-features"))
+            try:
+                write_seg(self.out_dir / f"{self.name(study)}.seg.dcm", study.slices, labels, self.model.path.name,
+                          version("covidct-features"))
+            except SegRefused as exc:
+                study.warnings.append(f"no DICOM SEG: {exc}")
 
 
 def study_report_to_html(model: LoadedModel, folder: str | Path, *, out: str | Path = "studies.html",

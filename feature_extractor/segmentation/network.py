@@ -28,8 +28,10 @@ def decoder(keras: Any, map_shapes: Sequence[tuple[int, int, int]], side: int, w
     layers = keras.layers
 
     def block(x, channels: int, kernel: int = 3):
+        # Batch statistics that follow training within a few hundred steps (keras' default, 0.99, lags them:
+        # the maps a short training run makes would then not be those it validated).
         x = layers.Conv2D(channels, kernel, padding="same", use_bias=False)(x)
-        return layers.ReLU()(layers.BatchNormalization()(x))
+        return layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
 
     maps = [keras.Input(shape, name=f"map_s{4 * 2 ** k}") for k, shape in enumerate(map_shapes)]
     image = keras.Input((side, side, 1), name="slice")
