@@ -185,9 +185,8 @@ class PredictionService:
             row = rows[r.path]
             item = {"name": redact(name), **record.SLICE.as_json(row)}
             if row.error is None:
-                with timed(timings, "pictures"):  # a heatmap of P(COVID) only where the image is answered
-                    item.update(self._pictures(row.path, row.site, heatmaps and row.answer not in (None,
-                                                                                                   NOT_ASSESSABLE)))
+                with timed(timings, "pictures"):  # a heatmap of P(COVID) only where the image is assessable
+                    item.update(self._pictures(row.path, row.site, heatmaps and row.answer != NOT_ASSESSABLE))
             out.append(item)
         return out
 
@@ -220,16 +219,16 @@ class PredictionService:
                 "error": None if studies else "no study found in the zip (no DICOM series or image folder)"}
 
     def _study_card(self, result, shown: str, heatmaps: bool, redact: Redactor) -> dict:
-        """The study's fields, the slices with the highest P(COVID) (a heatmap only where the study is answered),
+        """The study's fields, the slices with the highest P(COVID) (a heatmap only where the study is assessable),
         the slices with the most lesion (lungs outlined by side, lesion filled), and its zones."""
         slice_record = record.study_slice()
-        answered = result.answer not in (None, NOT_ASSESSABLE)
+        assessable = result.answer != NOT_ASSESSABLE  # what raised P(COVID) means nothing where it is withheld
 
         def slice_json(number, row):
             place = result.study.place(row.path)
             return slice_record.as_json(StudySlice(shown, number, row.path, row, None, place.instance_number,
                                                    place.z_mm), redact)
-        top = [{**slice_json(i, r), **self._pictures(r.path, r.site, heatmaps and answered)} for i, r in result.top()]
+        top = [{**slice_json(i, r), **self._pictures(r.path, r.site, heatmaps and assessable)} for i, r in result.top()]
         lesion = [{**slice_json(i, r), **self._pictures(r.path, r.site, False)} for i, r in result.top_lesion()
                   if self.model.lesions is not None]
         return {**record.STUDY.as_json(result), "study": shown, "top_slices": top, "lesion_slices": lesion,

@@ -17,6 +17,7 @@ pytest.importorskip("fastapi", reason="the web service is the `serve` extra")
 uvicorn = pytest.importorskip("uvicorn", reason="the web service is the `serve` extra")
 httpx = pytest.importorskip("httpx", reason="the web service is the `serve` extra")
 
+from classifiers.estimators.options import NOT_ASSESSABLE  # noqa: E402
 from classifiers.workflows.model import load_model  # noqa: E402
 from covidct_core.errors import SettingsError  # noqa: E402
 from covidct_core.run_context import RunContext  # noqa: E402
@@ -212,18 +213,29 @@ def test_new_slices_of_concurrent_requests_share_cnn_batches_and_a_bad_file_fail
         assert float(stages["total"]) >= float(stages["cnn"]) + float(stages["score"]) > 0
 
 
-def test_a_zipped_study_with_heatmaps_is_answered(open_server, tmp_path):
-    """A study's top slices get their heatmaps under the same CNN lock as the study itself."""
+def test_a_zipped_study_with_heatmaps_is_answered(open_server, model, monkeypatch, tmp_path):
+    """A study's top slices get their heatmaps under the same CNN lock as the study itself, and only
+    where the study can be assessed: one unlike the training images gets its slices without heatmaps."""
     from tests.helpers import write_series
 
-    paths = write_series(tmp_path / "ward-3", generate_uid(), n=6, prefix="slice")
-    members = [(f"ward-3/{p.name}", p.read_bytes()) for p in paths]
-    response = httpx.post(open_server + "/api/v1/predict", data={"heatmaps": "true"}, timeout=300,
-                          files=[("files", ("study.zip", zip_of(members), "application/zip"))])
-    assert response.status_code == 200, response.text
-    (study,) = response.json()["studies"][0]["studies"]
-    assert study["p_covid"] is not None and len(study["top_slices"]) == 3
-    assert all(t["heatmap"].startswith("data:image/jpeg") for t in study["top_slices"])
+    paths = write_series(tmp_path / "ward-3", generate_uid(), n=6, prefix="slice")  # unlike the training images
+    zipped = zip_of([(f"ward-3/{p.name}", p.read_bytes()) for p in paths])
+
+    def study():
+        response = httpx.post(open_server + "/api/v1/predict", data={"heatmaps": "true"}, timeout=300,
+                              files=[("files", ("study.zip", zipped, "application/zip"))])
+        assert response.status_code == 200, response.text
+        (found,) = response.json()["studies"][0]["studies"]
+        assert found["p_covid"] is not None and len(found["top_slices"]) == 3
+        return found
+
+    unlike = study()
+    assert unlike["answer"] == NOT_ASSESSABLE and "unlike the training images" in unlike["answer_note"]
+    assert all(t["heatmap"] is None and t["image"].startswith("data:image/") for t in unlike["top_slices"])
+    monkeypatch.setattr(model.bundle, "ood", None)  # a model without a detector assesses every study
+    assessed = study()
+    assert assessed["answer"] != NOT_ASSESSABLE
+    assert all(t["heatmap"].startswith("data:image/jpeg") for t in assessed["top_slices"])
 
 
 @pytest.mark.integration
@@ -354,6 +366,7 @@ def test_a_field_declared_once_reaches_the_csv_the_api_schema_the_report_and_the
             page.set_input_files("#files", str(folder / "a.png"))
             page.click("#send")
             page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=120_000)
+            page.click("article[aria-label='image a.png'] details summary")  # "All fields", closed at first
             assert page.inner_text("dd[data-field=declared_once]") == "seen"
             assert page.get_attribute("dt[title='A field only this test declares.']", "title")
             browser.close()

@@ -99,9 +99,9 @@
   }
 
   function studyCard(s, threshold) {
-    const answered = s.answer && s.answer !== "not assessable";
+    const assessable = s.answer !== "not assessable";  // a model without thresholds still shows P(COVID)
     const lesions = (s.lesion_slices || []).map((t) => `<figure><img class="lesion" src="${t.lesion || t.image || ""}" alt="lungs and lesion of ${esc(place(t))}"><figcaption>${esc(place(t))}: ${involved(t.lesion_fraction)}</figcaption></figure>`).join("");
-    const pcovid = answered ? (s.top_slices || []).map((t) => `<figure><img class="${t.heatmap ? "heatmap" : "slice"}" src="${t.heatmap || t.image || ""}" alt="${esc(place(t))}, P(COVID) ${fmt(t.p_covid)}"><figcaption>${esc(place(t))}: P(COVID) ${fmt(t.p_covid)}</figcaption></figure>`).join("") : "";
+    const pcovid = assessable ? (s.top_slices || []).map((t) => `<figure><img class="${t.heatmap ? "heatmap" : "slice"}" src="${t.heatmap || t.image || ""}" alt="${esc(place(t))}, P(COVID) ${fmt(t.p_covid)}"><figcaption>${esc(place(t))}: P(COVID) ${fmt(t.p_covid)}</figcaption></figure>`).join("") : "";
     return `<article class="card study" aria-label="study ${esc(s.study)}"><div class="summary"><h3>study ${esc(s.study)}</h3>`
       + (s.error ? `<p class="error">${esc(s.error)}</p>` : `<p class="headline">${verdict(s, threshold)}${ood(s.in_distribution)}</p>`
         + `<p class="headline">${labelled("study", s, "finding")} ${labelled("study", s, "severity_score")} ${labelled("study", s, "opacity_percent")}</p>`

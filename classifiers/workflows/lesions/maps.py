@@ -31,7 +31,7 @@ from feature_extractor.segmentation.slices import SegmentationSlice, read_segmen
 from ...estimators.segmenter import LungLesionSegmenter
 from ...records.lesion_summary import SUMMARY, LesionSummary, SliceSegmentation, lesion_columns
 from ...settings import LesionSettings
-from .summary import MinimumArea, segmentation_of
+from .summary import SEGMENTATION_VERSION, MinimumArea, segmentation_of
 
 LESION_CACHE_DIR = "lesion-maps"
 OnMap = Callable[[str, SliceSegmentation], None]
@@ -51,7 +51,7 @@ class LesionMapIdentity:
         return {"kind": "lesion summaries", "maps_identity": json.dumps(self.maps.identity(), sort_keys=True),
                 "decoders_sha256": self.decoders_sha256, "threshold": self.threshold,
                 "min_lesion_mm2": self.minimum.mm2, "min_lesion_px": self.minimum.px_at_512,
-                "summary": ",".join(SUMMARY)}
+                "summary": ",".join(SUMMARY), "segmentation_version": SEGMENTATION_VERSION}
 
     def cache_file_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.to_record(), sort_keys=True).encode()).hexdigest()[:12]

@@ -3,7 +3,9 @@
 out-of-fold maps and for every prediction alike.
 
 The lungs are the network's: where the two lungs are likelier than the outside, and where the lesion is
-called; their parts smaller than a fiftieth of the largest dropped, each lung's holes filled. Which image
+called; a part with little aerated lung of its own (under a fiftieth of the largest part's) is dropped, so a
+lesion called outside the lungs (the chest wall, an arm at the image's edge) is neither lung nor lesion; each
+lung's holes are filled. Which image
 side is the patient's right comes from the slice (its ImageOrientationPatient). The lesion is where its
 probability reaches the model's cut-off, its parts smaller than the minimum area dropped: a radiologist
 does not score a speck.
@@ -21,7 +23,10 @@ from feature_extractor.segmentation.slices import SegmentationSlice
 from ...records.lesion_summary import NO_LUNG, SIDES_FROM_IMAGE, LesionSummary, SliceSegmentation
 
 REFERENCE_SIDE = 512   # a slice side the minimum area in pixels refers to (scaled for other sizes)
-MIN_LUNG_PART = 0.02   # a lung part smaller than this share of the largest is dropped
+MIN_LUNG_PART = 0.02   # a lung part with less aerated lung than this share of the largest's is dropped
+# The version of how probabilities become lungs, lesion and numbers (part of the summary cache's identity):
+# bump it when segmentation_of or summarize changes what they give.
+SEGMENTATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,8 @@ def segmentation_of(s: SegmentationSlice, probabilities: np.ndarray, threshold: 
     probability = np.clip(full[..., LUNG_CHANNELS], 0.0, 1.0)
     # Lung where the two lungs together are likelier than the outside, or where the lesion is called: radiologists
     # draw the lungs with their lesions, and a consolidation as dense as the chest wall is a lesion in a lung.
-    lung = (full[..., 1] + full[..., 2] > full[..., 0]) | (probability >= threshold)
-    kept = _main_parts(lung)
+    aerated = full[..., 1] + full[..., 2] > full[..., 0]
+    kept = _main_parts(aerated | (probability >= threshold), aerated)
     is_left = full[..., 1] >= full[..., 2]   # the side: the likelier of the image-left and the image-right lung
     image_left, image_right = _filled(kept & is_left), _filled(kept & ~is_left)
     right_left = (RIGHT, LEFT) if s.right_on_image_left is not False else (LEFT, RIGHT)
@@ -58,15 +63,15 @@ def segmentation_of(s: SegmentationSlice, probabilities: np.ndarray, threshold: 
                                                                                       status))
 
 
-def _main_parts(mask: np.ndarray) -> np.ndarray:
-    """The mask's parts of at least MIN_LUNG_PART of the largest."""
+def _main_parts(mask: np.ndarray, aerated: np.ndarray) -> np.ndarray:
+    """The mask's parts holding at least MIN_LUNG_PART of the largest part's ``aerated`` pixels."""
     from scipy import ndimage as ndi
 
     labels, n = ndi.label(mask)
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    return np.isin(labels, np.flatnonzero(sizes >= MIN_LUNG_PART * sizes.max()) + 1)
+    sizes = np.bincount(labels[aerated], minlength=n + 1)[1:]
+    return np.isin(labels, np.flatnonzero(sizes >= max(MIN_LUNG_PART * sizes.max(), 1)) + 1)
 
 
 def _filled(mask: np.ndarray) -> np.ndarray:
