@@ -7,7 +7,7 @@
    pixels inside the lungs, slice AUC (slices whose lungs fill >= 10% of the image), Spearman of the
    lesion's share of the lungs; beside them the previous bench's figures (the cell heads, stop 31).
 2. The same for the recipe's candidates (one decoder instead of an ensemble, no augmentation), and the
-   shipped recipe from three random starts (its spread).
+   shipped recipe from --seeds random starts (3 by default: its spread).
 3. Severity per held-out volume against the radiologists' masks: zones equal, within one, opacity gap.
 4. The three hospital studies with the shipped model (the demo's features and settings, both lesion data
    sets): severity, opacity, finding; the finding and the slice AUC against the radiologists' 158 slice
@@ -315,9 +315,11 @@ def main() -> int:
          ("recipe", "lesion Dice pooled", "lowest per patient", "lung Dice", "lowest lesion inside", "slice AUC",
           "Spearman", "minutes"), candidates),
         ("lesions-seeds", "Lungs and lesions: random starts",
-         "The shipped recipe from three random starts (the decoders' initial weights, the folds and the augmentation), "
-         "leave one patient out. Target: the pooled lesion Dice varies by <= 0.03. Not bit-reproducible from one run "
-         "to the next either: TensorFlow's multi-threaded CPU kernels sum in varying order.",
+         f"The shipped recipe from {args.seeds} random start{'s' if args.seeds > 1 else ''} (the decoders' initial "
+         "weights, the folds and the augmentation), leave one patient out. Target over three: the pooled lesion Dice "
+         "varies by <= 0.03. Reproducibility: two runs of this bench on this machine gave the same per-patient Dice "
+         "to three decimals; TensorFlow's multi-threaded CPU kernels do not promise bit-identical sums, so another "
+         "machine or thread count may differ in the last digits.",
          ("start", "lesion Dice pooled", "lowest per patient", "lung Dice"), seeds),
         ("severity-lopo", "Severity: leave one patient out",
          "Each held-out patient's volume (its slices in order): the percentage of opacity and the CT severity score "

@@ -14,10 +14,8 @@ import cli
 from classifiers.workflows.lesions.evaluate import SliceScore, agreement
 from covidct_core.errors import DatasetError
 from feature_extractor.segmentation.lesion_data import check_masks, load_lesion_folder
-from tests.conftest import MOBILENETV2_FILE, QUICK, SHARED, needs_shared
+from tests.conftest import QUICK
 from tests.helpers import lesion_slice, make_lesion_data
-
-LESION_SLICES = SHARED / "data" / "lesion-slices"
 
 
 def run(*args):
@@ -304,30 +302,3 @@ def test_lesion_features_join_the_classifier_and_the_explanation(lesion_model, t
     gradcam = run("predict", data / "CT_COVID", "--model", model, "--features-dir", root / "features", "--out", out,
                   "--explain", "--explain-method", "gradcam", "--explain-dir", tmp_path / "cam")
     assert gradcam.exit_code == 0, gradcam.output
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-@needs_shared(LESION_SLICES, MOBILENETV2_FILE)
-def test_a_network_trained_on_two_patients_finds_the_lungs_and_lesions_of_a_third(tmp_path):
-    """Real patients of lesion-slices and the real MobileNetV2: trained on rp5 and rp8, measured on rp1."""
-    from classifiers.settings import LesionSettings
-    from classifiers.workflows.lesions.maps import LesionMapper
-    from classifiers.workflows.lesions.training import train_segmentation
-    from covidct_core.run_context import RunContext
-    from feature_extractor.feature_spec import FeatureSpec
-    from feature_extractor.segmentation.lesion_data import LesionData
-    from feature_extractor.weights import WeightsChoice
-
-    data = load_lesion_folder(LESION_SLICES)
-    train = LesionData(tuple(s for s in data.slices if s.patient in ("rp5", "rp8")), data.folders)
-    test = [s for s in data.slices if s.patient == "rp1"]
-    spec = FeatureSpec("mobilenetv2", WeightsChoice("file", str(MOBILENETV2_FILE)))
-    context = RunContext(tmp_path / "features", batch_size=16)
-    settings = LesionSettings(epochs=6, members=2, views=2, seed=0)
-    fit = train_segmentation(train, spec, settings, context)
-    mapper = LesionMapper(fit.segmenter, FeatureSpec.from_record(fit.record["maps"]), settings, context)
-    from classifiers.workflows.lesions.evaluate import score_slice
-
-    m = agreement([score_slice(s, seg) for s, (_, seg) in zip(test, mapper.segment_slices([s.path for s in test]))])
-    assert m["pixel_dice"] > 0.4 and m["lung_dice"] > 0.9 and m["lung_slices_without_mask"] == 0
