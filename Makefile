@@ -52,7 +52,7 @@ $(VENV)/.installed-ray: $(VENV)/.installed
 # once), each worker single-threaded: workers already fill the cores, and TensorFlow's and BLAS's own
 # threads on top of them cost a quarter of the time in contention.
 ONE_THREAD = OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
-PYTEST = $(ONE_THREAD) $(BIN)/python -m pytest -n auto --dist loadscope
+PYTEST = $(ONE_THREAD) $(BIN)/python -m pytest -n auto --dist worksteal
 
 test: $(VENV)/.installed-ray
 	$(PYTEST)

@@ -157,6 +157,7 @@ def test_the_runtime_gives_the_keras_maps_and_a_mirror_swaps_the_lungs(trained_n
     assert ((a.sides[both] != b.sides[:, ::-1][both]).mean()) > 0.9  # the same lung, the other label
 
 
+@pytest.mark.slow  # the fit trains the network (about 30 s)
 def test_fit_with_lesion_data_saves_the_network_with_its_provenance(lesion_model):
     from classifiers.workflows.bundle import load_bundle
 
