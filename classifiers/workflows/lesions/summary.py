@@ -5,10 +5,9 @@ out-of-fold maps and for every prediction alike.
 The lungs are the network's: where the two lungs are likelier than the outside, and where the lesion is
 called; a part with little aerated lung of its own (under a fiftieth of the largest part's) is dropped, so a
 lesion called outside the lungs (the chest wall, an arm at the image's edge) is neither lung nor lesion; each
-lung's holes are filled. Which image
-side is the patient's right comes from the slice (its ImageOrientationPatient). The lesion is where its
-probability reaches the model's cut-off, its parts smaller than the minimum area dropped: a radiologist
-does not score a speck.
+lung's holes are filled. Which image side is the patient's right comes from the slice (its
+ImageOrientationPatient). The lesion is where its probability reaches the model's cut-off, its parts
+smaller than the minimum area dropped: a radiologist does not score a speck.
 """
 from __future__ import annotations
 
