@@ -8,8 +8,8 @@ For each model: with the user's runtime cache already holding the exported netwo
 after the first on a machine), and with an empty one (the first run ever: the ONNX export
 included). Wall time (median of 3) and peak RSS of the process. Models, fitted here from the
 cached features when missing (bench/out/models): a MobileNetV2 logistic regression without and
-with the lesion head, and `make demo`'s model (a stack on MobileNetV2 + MobileNet with the
-lesion head) when models/demo.joblib exists.
+with the segmentation network, and `make demo`'s model (a stack on MobileNetV2 + MobileNet with the
+segmentation network) when models/demo.joblib exists.
 
     .venv/bin/python bench/cold_start.py [--features-dir features]     # or: make bench-cold-start
 """
@@ -31,7 +31,7 @@ DATA = SHARED / "data"
 
 
 def fitted(path: Path, features_dir: str, lesions: bool) -> Path:
-    """A MobileNetV2 (multiscale, flip) logistic regression on COVID-CT, with the lesion head or not."""
+    """A MobileNetV2 (multiscale, flip) logistic regression on COVID-CT, with the segmentation network or not."""
     if path.exists():
         return path
     cmd = [sys.executable, str(REPO / "cli.py"), "fit", "--clf", "logreg", "-b", "mobilenetv2", "--weights",
@@ -73,11 +73,13 @@ def main() -> int:
         return 0
     out = Path(args.models_dir)
     out.mkdir(parents=True, exist_ok=True)
-    models = [("MobileNetV2 logistic regression, no lesion head", fitted(out / "cold-logreg.joblib", str(args.features_dir), False)),
-              ("MobileNetV2 logistic regression with the lesion head",
-               fitted(out / "cold-logreg-lesions.joblib", str(args.features_dir), True))]
+    # The file names carry the model format: a bundle of an older format (format 5: the lesion head) is refitted.
+    models = [("MobileNetV2 logistic regression, no segmentation network",
+               fitted(out / "cold-logreg-f6.joblib", str(args.features_dir), False)),
+              ("MobileNetV2 logistic regression with the segmentation network",
+               fitted(out / "cold-logreg-lesions-f6.joblib", str(args.features_dir), True))]
     if args.demo_model.exists():
-        models.append(("make demo's stack (MobileNetV2 + MobileNet) with the lesion head", args.demo_model))
+        models.append(("make demo's stack (MobileNetV2 + MobileNet) with the segmentation network", args.demo_model))
     image = sorted((DATA / "covid-ct" / "CT_COVID").glob("*.png"))[0]
     rows = []
     for name, model in models:

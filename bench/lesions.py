@@ -6,7 +6,7 @@
    patient mapped at its own pixels by the ensemble: lesion Dice, lung Dice, the radiologists' lesion
    pixels inside the lungs, slice AUC (slices whose lungs fill >= 10% of the image), Spearman of the
    lesion's share of the lungs; beside them the previous bench's figures (the cell heads, stop 31).
-2. The same for the recipe's candidates (one decoder instead of an ensemble, no augmentation), and the
+2. The same for the recipe's candidates (two decoders instead of three, no augmentation), and the
    shipped recipe from --seeds random starts (3 by default: its spread).
 3. Severity per held-out volume against the radiologists' masks: zones equal, within one, opacity gap.
 4. The three hospital studies with the shipped model (the demo's features and settings, both lesion data
@@ -19,6 +19,10 @@ and the cut-off comes from the training patients' out-of-fold maps; the held-out
 labels are only scored.
 
     .venv/bin/python bench/lesions.py --features-dir <the demo's features>   # or: make bench-lesions
+
+Each leave-one-patient-out pass takes about 50 minutes on 2 cores; its seed or candidate row is saved in
+<models-dir>/lesions-bench.json with the settings, and --resume keeps the rows measured with the same settings
+and runs only the missing ones.
 """
 from __future__ import annotations
 
@@ -62,8 +66,8 @@ BEFORE = {"rp1": (0.769, 0.967, 0.91), "rp3": (0.164, 0.951, 0.30), "rp5": (0.56
           "pooled": (0.512, 0.953, 0.88)}
 BEFORE_AUC, BEFORE_SPEARMAN = 0.871, 0.644
 # The recipe's candidates: what differs from the shipped settings (classifiers/settings.LesionSettings).
-CANDIDATES = {"shipped": {}, "one decoder (no ensemble)": {"members": 1}, "no augmentation (the slice and its mirror)":
-              {"views": 2}}
+# One decoder is not a candidate: every training patient needs a member that did not see it (settings.members).
+CANDIDATES = {"shipped": {}, "two decoders": {"members": 2}, "no augmentation (the slice and its mirror)": {"views": 2}}
 
 
 def f3(v) -> str:
@@ -127,7 +131,8 @@ def lopo_rows(lopo: dict) -> list[tuple[str, ...]]:
         inside = pooled([o.inside for o in results])
         b = BEFORE[name]
         rows.append((name, str(len(results)), str(sum(o.slice.infected == 1 for o in results)),
-                     f"{b[0]:.3f} -> {f3(dice_of(results, 'lesion'))}", f"{b[1]:.3f} -> {f3(dice_of(results, 'lungs'))}",
+                     f"{b[0]:.3f} -> {f3(dice_of(results, 'lesion'))}",
+                     f"{b[1]:.3f} -> {f3(dice_of(results, 'lungs'))}",
                      f"{b[2]:.0%} -> {inside:.0%}" if inside is not None else "",
                      (f"{BEFORE_AUC:.3f} -> " if name == "pooled" else "") + f3(auc),
                      (f"{BEFORE_SPEARMAN:.3f} -> " if name == "pooled" else "") + f3(rho)))
@@ -271,32 +276,97 @@ def main() -> int:
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-hospital", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seed and candidate rows an earlier run of this bench measured with the same "
+                             "settings (<models-dir>/lesions-bench.json) and run only the missing ones")
     args = parser.parse_args()
     if not ((DATA / "lesion-slices").is_dir() and WEIGHTS["mobilenetv2"].is_file()):
         print(f"skipped: needs {DATA / 'lesion-slices'} and {WEIGHTS['mobilenetv2']}")
         return 0
     context = RunContext(args.features_dir, batch_size=32, offline=True)
-    data = load_lesion_data([DATA / "lesion-slices", DATA / "lesion-slices-sirm"])
-    masked = data.with_masks
+    masked = load_lesion_data([DATA / "lesion-slices", DATA / "lesion-slices-sirm"]).with_masks
     shipped = LesionSettings(seed=0)
-    views = {}
-    results, candidates = {}, []
-    for name in args.candidates:
-        settings = LesionSettings(**{**shipped.record(), **CANDIDATES[name]})
+    rows = Rows(Path(args.models_dir) / "lesions-bench.json", shipped, args.resume)
+    views: dict = {}
+
+    def lopo_of(settings: LesionSettings) -> dict:
         if settings.views not in views:
             views[settings.views] = the_views(masked, settings, context)
-        print(f"{name}:", flush=True)
-        results[name] = leave_one_patient_out(views[settings.views], masked, settings)
-        candidates.append(candidate_row(name, results[name]))
-    seeds = [("seed 0", *candidate_row("", results["shipped"])[1:4])]
-    for seed in range(1, args.seeds):
+        return leave_one_patient_out(views[settings.views], masked, settings)
+
+    shipped_lopo = None
+    for seed in (s for s in range(args.seeds) if f"seed {s}" not in rows.seeds):
         print(f"seed {seed}:", flush=True)
-        lopo = leave_one_patient_out(views[shipped.views], masked, LesionSettings(**{**shipped.record(), "seed": seed}))
-        seeds.append((f"seed {seed}", *candidate_row("", lopo)[1:4]))
-    spread = max(float(r[1]) for r in seeds) - min(float(r[1]) for r in seeds)
-    seeds.append(("spread (max - min)", f"{spread:.3f}", "", ""))
-    lopo = results["shipped"]
-    sections = [
+        lopo = lopo_of(LesionSettings(**{**shipped.record(), "seed": seed}))
+        rows.seeds[f"seed {seed}"] = candidate_row("", lopo)[1:4]
+        if seed == 0:
+            shipped_lopo, rows.candidates["shipped"] = lopo, candidate_row("shipped", lopo)[1:]
+        rows.save()
+    for name in (n for n in args.candidates if n not in rows.candidates):
+        print(f"{name}:", flush=True)
+        lopo = lopo_of(LesionSettings(**{**shipped.record(), **CANDIDATES[name]}))
+        shipped_lopo = lopo if name == "shipped" else shipped_lopo
+        rows.candidates[name] = candidate_row(name, lopo)[1:]
+        rows.save()
+    sections = recipe_sections(rows, args.seeds, args.candidates)
+    if shipped_lopo is not None:
+        sections += lopo_sections(shipped_lopo, shipped)
+    if not args.skip_hospital:
+        sections += hospital_sections(args, context, shipped)
+    for marker, heading, text, header, table in sections:
+        publish(table_section(marker, "lesions.py", "bench-lesions", text, header, table), heading, args.out)
+    return 0
+
+
+class Rows:
+    """The seed and candidate rows measured so far, saved after each leave-one-patient-out pass with the
+    settings they were measured with (a resumed run keeps only rows of the same settings)."""
+
+    def __init__(self, path: Path, shipped: LesionSettings, resume: bool):
+        self.path, self.settings = path, {k: v for k, v in shipped.record().items() if k != "seed"}
+        earlier = json.loads(path.read_text()) if resume and path.is_file() else {}
+        same = earlier.get("settings") == self.settings
+        if resume and earlier and not same:
+            print(f"not resumed: {path} was measured with other settings", flush=True)
+        self.seeds = dict(earlier.get("seeds", {})) if same else {}
+        self.candidates = dict(earlier.get("candidates", {})) if same else {}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"settings": self.settings, "seeds": self.seeds,
+                                         "candidates": self.candidates}, indent=1))
+
+
+def recipe_sections(rows: Rows, n_seeds: int, names: list[str]) -> list:
+    seeds = [(f"seed {s}", *rows.seeds[f"seed {s}"]) for s in range(n_seeds) if f"seed {s}" in rows.seeds]
+    pooled_dice = [float(r[1]) for r in seeds]
+    starts = len(seeds)
+    seeds += [("mean", f"{np.mean(pooled_dice):.3f}", f"{np.mean([float(r[2]) for r in seeds]):.3f}",
+               f"{np.mean([float(r[3]) for r in seeds]):.3f}"),
+              ("spread (max - min)", f"{max(pooled_dice) - min(pooled_dice):.3f}", "", "")]
+    candidates = [(n, *rows.candidates[n]) for n in names if n in rows.candidates]
+    rank = sorted(pooled_dice, reverse=True).index(pooled_dice[0]) + 1 if "seed 0" in rows.seeds else None
+    return [
+        ("lesions-recipes", "Lungs and lesions: the recipe's candidates",
+         "Leave one patient out as above, for each candidate recipe (what differs from the shipped one). Per patient "
+         "lesion Dice: the lowest of the five patients with more than one infected slice. Minutes: training per "
+         "held-out patient on this machine.",
+         ("recipe", "lesion Dice pooled", "lowest per patient", "lung Dice", "lowest lesion inside", "slice AUC",
+          "Spearman", "minutes"), candidates),
+        ("lesions-seeds", "Lungs and lesions: random starts",
+         f"The shipped recipe from {starts} random start{'s' if starts > 1 else ''} (the decoders' initial "
+         "weights, the folds and the augmentation), leave one patient out. Target over three: the pooled lesion Dice "
+         "varies by <= 0.03. Reproducibility: two runs of this bench on this machine gave the same per-patient Dice "
+         "to three decimals; TensorFlow's multi-threaded CPU kernels do not promise bit-identical sums, so another "
+         "machine or thread count may differ in the last digits. Rows may come from earlier runs of the same settings "
+         "(--resume)." + (f" Seed 0 is the start of the leave-one-patient-out, severity and candidates tables: number "
+                          f"{rank} of {starts} by pooled lesion Dice." if rank else ""),
+         ("start", "lesion Dice pooled", "lowest per patient", "lung Dice"), seeds),
+    ]
+
+
+def lopo_sections(lopo: dict, shipped: LesionSettings) -> list:
+    return [
         ("lesions-lopo", "Lungs and lesions: leave one patient out",
          f"lesion-slices (6 Radiopaedia patients, 709 slices), each patient held out in turn: the segmentation network "
          f"(shipped recipe: {shipped.members} decoders of width {shipped.width} by patient-grouped folds, "
@@ -308,19 +378,6 @@ def main() -> int:
          ">= 0.95; Spearman >= 0.85.",
          ("held-out patient", "slices", "infected", "lesion Dice", "lung Dice", "lesion inside the lungs",
           "slice AUC", "Spearman"), lopo_rows(lopo)),
-        ("lesions-recipes", "Lungs and lesions: the recipe's candidates",
-         "Leave one patient out as above, for each candidate recipe (what differs from the shipped one). Per patient "
-         "lesion Dice: the lowest of the five patients with more than one infected slice. Minutes: training per "
-         "held-out patient on this machine.",
-         ("recipe", "lesion Dice pooled", "lowest per patient", "lung Dice", "lowest lesion inside", "slice AUC",
-          "Spearman", "minutes"), candidates),
-        ("lesions-seeds", "Lungs and lesions: random starts",
-         f"The shipped recipe from {args.seeds} random start{'s' if args.seeds > 1 else ''} (the decoders' initial "
-         "weights, the folds and the augmentation), leave one patient out. Target over three: the pooled lesion Dice "
-         "varies by <= 0.03. Reproducibility: two runs of this bench on this machine gave the same per-patient Dice "
-         "to three decimals; TensorFlow's multi-threaded CPU kernels do not promise bit-identical sums, so another "
-         "machine or thread count may differ in the last digits.",
-         ("start", "lesion Dice pooled", "lowest per patient", "lung Dice"), seeds),
         ("severity-lopo", "Severity: leave one patient out",
          "Each held-out patient's volume (its slices in order): the percentage of opacity and the CT severity score "
          "(six zones: thirds of each lung, 0-5 each) from the network's maps and from the radiologists' masks. "
@@ -328,31 +385,29 @@ def main() -> int:
          ("volume", "opacity (network)", "opacity (radiologists)", "score (network)", "score (radiologists)",
           "zones equal", "zones within one"), severity_rows(lopo)),
     ]
-    if not args.skip_hospital:
-        model, fit_cost = shipped_model(args, context, shipped)
-        studies, labels = studies_rows(model, context)
-        sections += [
-            ("lesions-studies", "Lungs and lesions: hospital studies",
-             "The three COVID-CT-MD studies (JPEG Lossless DICOM, every third slice), predicted with the demo's "
-             "configuration and the shipped network trained on all of lesion-slices and lesion-slices-sirm. Targets: "
-             "the normal study scores 0 with opacity <= 0.2% and a finding of clear or uncertain; the COVID study's "
-             "opacity above the normal study's.",
-             ("study", "slices scored", "opacity", "severity", "zones", "finding", "slices with opacities"), studies),
-            ("lesions-labels", "Lungs and lesions: the hospital's slice labels",
-             "The finding and the lesion's share of the lungs against the radiologists' slice labels of P001, cap001 and "
-             "normal001 (158 slices; evaluate --lesion-data). Targets at 0.1: error among answered <= 0.10 with "
-             ">= 60% coverage; slice AUC >= 0.90.",
-             ("error rate", "coverage", "error among answered", "slice AUC (pooled)", "within each study"), labels),
-            ("lesions-cost", "Lungs and lesions: cost",
-             "A fresh process on a fresh features folder (the runtime's exports cached, as on any machine after its "
-             "first run), the shipped model, ONNX Runtime. Targets: a 300-slice study with maps and NIfTI <= 20 s; "
-             "peak memory <= 1.5 GB for 1,000 slices with or without --lesion-maps.",
-             ("what", "wall time", "per slice", "peak memory"), fit_cost + cost_rows(model, context, args)),
-        ]
-    for marker, heading, text, header, rows in sections:
-        publish(table_section(marker, "lesions.py", "bench-lesions", text, header, rows), heading, args.out)
-    (Path(args.models_dir) / "lesions-bench.json").write_text(json.dumps({"seeds": seeds, "candidates": candidates}))
-    return 0
+
+
+def hospital_sections(args, context: RunContext, shipped: LesionSettings) -> list:
+    model, fit_cost = shipped_model(args, context, shipped)
+    studies, labels = studies_rows(model, context)
+    return [
+        ("lesions-studies", "Lungs and lesions: hospital studies",
+         "The three COVID-CT-MD studies (JPEG Lossless DICOM, every third slice), predicted with the demo's "
+         "configuration and the shipped network trained on all of lesion-slices and lesion-slices-sirm. Targets: "
+         "the normal study scores 0 with opacity <= 0.2% and a finding of clear or uncertain; the COVID study's "
+         "opacity above the normal study's.",
+         ("study", "slices scored", "opacity", "severity", "zones", "finding", "slices with opacities"), studies),
+        ("lesions-labels", "Lungs and lesions: the hospital's slice labels",
+         "The finding and the lesion's share of the lungs against the radiologists' slice labels of P001, cap001 and "
+         "normal001 (158 slices; evaluate --lesion-data). Targets at 0.1: error among answered <= 0.10 with "
+         ">= 60% coverage; slice AUC >= 0.90.",
+         ("error rate", "coverage", "error among answered", "slice AUC (pooled)", "within each study"), labels),
+        ("lesions-cost", "Lungs and lesions: cost",
+         "A fresh process on a fresh features folder (the runtime's exports cached, as on any machine after its "
+         "first run), the shipped model, ONNX Runtime. Targets: a 300-slice study with maps and NIfTI <= 20 s; "
+         "peak memory <= 1.5 GB for 1,000 slices with or without --lesion-maps.",
+         ("what", "wall time", "per slice", "peak memory"), fit_cost + cost_rows(model, context, args)),
+    ]
 
 
 if __name__ == "__main__":

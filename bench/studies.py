@@ -126,7 +126,7 @@ def cost_table(args) -> str:
     fresh feature caches, per slice, projected to a 300-slice study: in a warm process (the web
     service: model loaded, the runtime's model file exported) and as a fresh `predict --studies`
     process (imports and model loading included); the model of `make demo`, with and without its
-    lesion head; on each runtime installed."""
+    segmentation network; on each runtime installed."""
     import shutil
     import subprocess
 
@@ -151,7 +151,7 @@ def cost_table(args) -> str:
     def in_process(folder: Path, runtime: str, lesions: bool) -> tuple[float, int]:
         model = load_model(model_path, RunContext(folder, offline=True, runtime=runtime, weights_overrides=()))
         if not lesions:
-            model.__dict__["lesions"] = None  # the same model without its lesion head
+            model.__dict__["lesions"] = None  # the same model without its segmentation network
         DECODED.entries.clear()
         DECODED.used = 0
         start = time.perf_counter()
@@ -170,7 +170,7 @@ def cost_table(args) -> str:
             seconds, used = in_process(folder, runtime, lesions)
             per_slice = seconds / n_slices
             cli = ["-", "-", "-"]
-            if lesions:  # the command line always uses the model's lesion head
+            if lesions:  # the command line always uses the model's segmentation network
                 folder_cli = fresh_folder(warm)
                 start = time.perf_counter()
                 subprocess.run([sys.executable, "cli.py", "predict", str(STUDIES), "--studies", "--model",
@@ -193,8 +193,8 @@ def cost_table(args) -> str:
         f"path (`predict --studies`: headers, lung check, extraction of both backbones, lesion maps, prediction, "
         f"answers) of the 3 shared studies ({n_slices} slices; those inside the lungs are scored) on fresh feature "
         "caches, each slice decoded once, projected to a 300-slice study. The model: `make demo`'s (the stack on "
-        "MobileNetV2 + MobileNet, multiscale, flip TTA), with and without its lesion head. Warm process: the model "
-        "loaded and the runtime's model files exported once (as in `serve`); fresh process: a `cli.py predict "
+        "MobileNetV2 + MobileNet, multiscale, flip TTA), with and without its segmentation network. Warm process: "
+        "the model loaded and the runtime's model files exported once (as in `serve`); fresh process: a `cli.py predict "
         "--studies` run, its imports and model loading (the fixed part) included. Target: <= 20 s for a 300-slice "
         "study with lesion maps.", "",
         *markdown_table(("model", "runtime", "slices", "scored", "warm ms per slice", "warm 300-slice study s",

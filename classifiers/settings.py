@@ -79,8 +79,10 @@ class LesionSettings(Settings):
                          option="--lesion-width")
     epochs: int = setting(12, "With --lesion-data: the decoders' training epochs (the best of the second half kept "
                               "by patient-grouped validation).", kind=int, low=1, high=500, option="--lesion-epochs")
-    members: int = setting(3, "With --lesion-data: decoders averaged, one per patient-grouped fold.", kind=int, low=1,
-                           high=20, option="--lesion-members")
+    members: int = setting(3, "With --lesion-data: decoders averaged, one per patient-grouped fold (at least 2: "
+                              "each training patient is mapped by a decoder that did not see it, for the lesion "
+                              "cut-off and the finding's thresholds).", kind=int, low=2, high=20,
+                           option="--lesion-members")
     output_stride: int = setting(4, "Where the decoder's last convolution runs (1, 2 or 4 px of the network's side).",
                                  kind=int, choices=(1, 2, 4), cli=False)
     views: int = setting(4, "Copies of each training slice the backbone sees: itself, its mirror, augmented ones.",

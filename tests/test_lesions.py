@@ -286,6 +286,19 @@ def test_lesion_options_are_refused_without_lesion_data(workspace, logreg_model,
     assert maps.exit_code == 1 and "has no segmentation network" in maps.output
 
 
+def test_one_decoder_is_refused_in_one_line(workspace, tmp_path):
+    """Every training patient needs a decoder that did not see it (the cut-off, the finding's thresholds)."""
+    root, data, _ = workspace
+    lesions = make_lesion_data(tmp_path / "lesions", patients=2, per_patient=2)
+    result = run("fit", "--clf", "logreg", "--data", data, "--features-dir", root / "features", "--model",
+                 tmp_path / "m.joblib", "--lesion-data", lesions, "--lesion-members", 1)
+    assert result.exit_code == 2 and "'--lesion-members': 1 is not in the range 2<=x<=20" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "m.joblib").exists()
+    from classifiers.estimators.segmenter import LungLesionSegmenter
+    with pytest.raises(ValueError, match="'members' parameter"):
+        LungLesionSegmenter(members=1).fit(None)
+
+
 @pytest.mark.slow
 def test_lesion_features_join_the_classifier_and_the_explanation(lesion_model, tmp_path):
     root, data, lesions, _ = lesion_model

@@ -81,7 +81,7 @@ class LungLesionSegmenter(BaseEstimator):
     width : the decoder's channels at stride 4 (network.decoder).
     output_stride : where its last convolution runs (1, 2 or 4).
     epochs : passes over the (capped) training slices; the best of the second half is kept.
-    members : folds, one decoder each (fewer when there are fewer patients).
+    members : folds, one decoder each, at least 2 (fewer when there are fewer patients).
     per_patient : at most this many slices of a patient per epoch.
     batch_size, learning_rate : Adam with cosine decay.
     random_state : each member's start is random_state * 100 + its fold.
@@ -95,7 +95,7 @@ class LungLesionSegmenter(BaseEstimator):
 
     _parameter_constraints: dict = {
         "width": [Interval(Integral, 8, None, closed="left")], "output_stride": [StrOptions({"1", "2", "4"}), Integral],
-        "epochs": [Interval(Integral, 1, None, closed="left")], "members": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")], "members": [Interval(Integral, 2, None, closed="left")],
         "per_patient": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")], "random_state": ["random_state"],
