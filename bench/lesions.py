@@ -139,13 +139,15 @@ def lopo_rows(lopo: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def candidate_row(name: str, lopo: dict) -> tuple[str, ...]:
+def recipe_measures(lopo: dict) -> tuple[str, ...]:
+    """A recipe's row (without its name): pooled and lowest lesion Dice, lung Dice, lowest share inside the
+    lungs, slice AUC, Spearman, training minutes per held-out patient; a seed's row is its first three."""
     results = everything(lopo)
     auc, rho = slice_auc_and_spearman(results)
     per_patient = [dice_of(lopo[p], "lesion") for p in PATIENTS if p != "rp6"]
     inside = [pooled([o.inside for o in lopo[p]]) for p in PATIENTS]
     minutes = np.mean([lopo[p + ":minutes"] for p in PATIENTS])
-    return (name, f3(dice_of(results, "lesion")), f3(min(per_patient)), f3(dice_of(results, "lungs")),
+    return (f3(dice_of(results, "lesion")), f3(min(per_patient)), f3(dice_of(results, "lungs")),
             f"{min(i for i in inside if i is not None):.0%}", f3(auc), f3(rho), f"{minutes:.1f}")
 
 
@@ -242,15 +244,16 @@ def main() -> int:
     for seed in (s for s in range(args.seeds) if f"seed {s}" not in rows.seeds):
         print(f"seed {seed}:", flush=True)
         lopo = lopo_of(LesionSettings(**{**shipped.record(), "seed": seed}))
-        rows.seeds[f"seed {seed}"] = candidate_row("", lopo)[1:4]
+        row = recipe_measures(lopo)
+        rows.seeds[f"seed {seed}"] = row[:3]
         if seed == 0:
-            shipped_lopo, rows.candidates["shipped"] = lopo, candidate_row("shipped", lopo)[1:]
+            shipped_lopo, rows.candidates["shipped"] = lopo, row
         rows.save()
     for name in (n for n in args.candidates if n not in rows.candidates):
         print(f"{name}:", flush=True)
         lopo = lopo_of(LesionSettings(**{**shipped.record(), **CANDIDATES[name]}))
         shipped_lopo = lopo if name == "shipped" else shipped_lopo
-        rows.candidates[name] = candidate_row(name, lopo)[1:]
+        rows.candidates[name] = recipe_measures(lopo)
         rows.save()
     sections = recipe_sections(rows, args.seeds, args.candidates)
     if shipped_lopo is not None:
