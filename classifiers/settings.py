@@ -88,6 +88,9 @@ class LesionSettings(Settings):
     views: int = setting(4, "Copies of each training slice the backbone sees: itself, its mirror, augmented ones.",
                          kind=int, low=1, high=16, cli=False)
     per_patient: int = setting(100, "At most this many slices of a patient per epoch.", kind=int, low=1, cli=False)
+    cut_off: str = setting("member", "Where the lesion's cut-off comes from: each member's own on its fold (member) or "
+                                     "one on the members' pooled out-of-fold maps (pooled).",
+                           choices=("member", "pooled"), cli=False)
     min_lesion_mm2: float = setting(20.0, "A lesion part smaller than this (mm², where the slice gives its pixel "
                                           "spacing) does not count: not in the lesion, the shares or the severity.",
                                     kind=float, low=0, option="--min-lesion-mm2")

@@ -127,7 +127,30 @@ def test_a_network_trained_for_a_few_epochs_finds_the_lungs_and_the_opacity(trai
     fit, _, _ = trained_network
     agreement = fit.record["out_of_fold"]["les"]
     assert agreement["lung_dice"] > 0.8 and agreement["lesion_dice"] > 0.2  # patients it never saw
-    assert fit.record["segmenter"]["members"] == 2 and 0.2 <= fit.segmenter.threshold_ <= 0.8
+    assert fit.record["segmenter"]["members"] == 2 and fit.segmenter.threshold_ == 0.5
+    assert all(0.2 <= v["threshold"] <= 0.8 for v in fit.record["segmenter"]["validation"])
+
+
+@pytest.mark.slow  # Keras
+def test_a_members_cut_off_is_folded_into_its_lesion_bias():
+    """A member cuts at 0.5 where it cut at its own cut-off, lungs untouched (estimators/segmenter.py)."""
+    import keras
+
+    from classifiers.estimators.segmenter import CUT, _with_cut
+    from feature_extractor.segmentation.network import decoder, probabilities
+
+    keras.utils.set_random_seed(1)
+    shapes = [(8, 8, 4), (4, 4, 4), (2, 2, 4), (1, 1, 4)]
+    net = decoder(keras, shapes, 32, 8, 4)
+    x = [np.random.default_rng(k).normal(size=(2, *s)).astype(np.float32) for k, s in enumerate(shapes)]
+    x.append(np.random.default_rng(9).normal(size=(2, 32, 32, 1)).astype(np.float32))
+    before = np.asarray(probabilities(keras, net(x)))
+    levels = np.unique(before[..., 3])
+    cut = float(levels[len(levels) // 3:][:2].mean())   # between two of its values: no pixel sits on it
+    net.set_weights(_with_cut(net.get_weights(), cut))
+    after = np.asarray(probabilities(keras, net(x)))
+    np.testing.assert_allclose(after[..., :3], before[..., :3], atol=1e-6)
+    np.testing.assert_array_equal(after[..., 3] >= CUT, before[..., 3] >= cut)
 
 
 @pytest.mark.slow
@@ -284,6 +307,30 @@ def test_lesion_options_are_refused_without_lesion_data(workspace, logreg_model,
     maps = run("predict", data / "CT_COVID", "--model", model, "--features-dir", root / "features",
                "--lesion-maps", tmp_path / "maps")
     assert maps.exit_code == 1 and "has no segmentation network" in maps.output
+
+
+@pytest.mark.slow  # Keras (the fits: about 30 s)
+def test_both_cut_off_rules_fit_and_a_member_cuts_at_its_own():
+    """cut_off="member": each member's own cut-off (recorded) is in its weights and the mean cuts at 0.5;
+    "pooled": one cut-off from the out-of-fold maps (estimators/segmenter.py)."""
+    from classifiers.estimators.segmenter import CUT, THRESHOLDS, LungLesionSegmenter, SegmentationData
+
+    rng = np.random.default_rng(0)
+    n, side = 6, 32
+    maps = [rng.normal(size=(n, side // s, side // s, 4)).astype(np.float16) for s in (4, 8, 16, 32)]
+    slices = rng.normal(size=(n, side, side)).astype(np.float16)
+    lungs = np.zeros((n, side, side), np.uint8)
+    lungs[:, 8:24, 4:14], lungs[:, 8:24, 18:28] = 1, 2
+    lesion = np.zeros((n, side, side), np.uint8)
+    lesion[:, 10:16, 6:12] = 1
+    data = SegmentationData(maps, slices, lungs, lesion, np.repeat(["a", "b", "c"], 2), np.ones(n, bool), 1)
+    for rule in ("member", "pooled"):
+        fitted = LungLesionSegmenter(width=8, epochs=2, members=3, batch_size=4, cut_off=rule).fit(data)
+        assert all(v["threshold"] in THRESHOLDS for v in fitted.validation_)
+        assert (fitted.threshold_ == CUT) if rule == "member" else (fitted.threshold_ in THRESHOLDS)
+        assert fitted.describe()["cut_off"] == rule
+    with pytest.raises(ValueError, match="'cut_off' parameter"):
+        LungLesionSegmenter(cut_off="median").fit(data)
 
 
 def test_one_decoder_is_refused_in_one_line(workspace, tmp_path):

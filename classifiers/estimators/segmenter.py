@@ -6,8 +6,14 @@ lesion Dice where the first scored 0.77), so the recipe is an ensemble by patien
 nnU-Net's five folds: each member trains on the other folds' patients from its own random start, keeps
 the epoch its own fold's patients score best (lesion Dice, lung Dice: early stopping by patient-grouped
 validation), and the ensemble averages the members' probabilities. Each training slice thus has a member
-that never saw its patient: its out-of-fold maps choose the lesion's cut-off (the best pooled Dice) and
-calibrate the finding (workflows/lesions/training.py).
+that never saw its patient: its out-of-fold maps calibrate the finding (workflows/lesions/training.py).
+
+The lesion's cut-off (``cut_off``): "pooled", the best Dice on the members' pooled out-of-fold maps,
+applied to their mean; or "member", each member's own (the best Dice on its fold's maps at the kept
+epoch, the Dice curve smoothed over neighbouring cut-offs: it is flat near its top) folded into its
+lesion bias, so every member and their mean cut at 0.5 (:data:`CUT`). Members of one fit differ in
+calibration (their best cut-offs 0.3 to 0.6) and the pooled argmax follows whichever dominates; the
+bench's random starts measure both rules (BENCHMARKS "Lungs and lesions: random starts").
 
 Loss: cross-entropy plus soft Dice (pooled over the batch) for the lungs (right and left) and for the
 lesion, the lungs' terms masked where a data set gives no lung masks; computed where the decoder's
@@ -32,7 +38,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from covidct_core.errors import TrainingDataError
 
-THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)   # the lesion cut-offs tried on out-of-fold maps
+THRESHOLDS = np.round(np.arange(0.2, 0.81, 0.05), 2)   # the lesion cut-offs tried on a member's fold
+CUT = 0.5   # every member's lesion probability, and the ensemble's, cuts here (its own cut-off folded in)
 
 
 @dataclass
@@ -84,12 +91,15 @@ class LungLesionSegmenter(BaseEstimator):
     members : folds, one decoder each, at least 2 (fewer when there are fewer patients).
     per_patient : at most this many slices of a patient per epoch.
     batch_size, learning_rate : Adam with cosine decay.
+    cut_off : "pooled" or "member": where the lesion's cut-off comes from (see the module docstring).
     random_state : each member's start is random_state * 100 + its fold.
 
     Attributes
     ----------
     members_ : each member's decoder weights; fold_of_group_ : patient -> the member that did not see it;
-    threshold_ : the lesion's cut-off; validation_ : each member's best epoch and its fold's Dice;
+    threshold_ : the lesion's cut-off on the members' mean (CUT where each member's own is in its bias);
+    validation_ : each member's best epoch, its cut-off and its fold's Dice; oof_lesion_dice_ : the
+    out-of-fold maps' pooled lesion Dice at the network's side;
     map_shapes_, side_ : what the decoders read; seconds_ : training time.
     """
 
@@ -99,10 +109,12 @@ class LungLesionSegmenter(BaseEstimator):
         "per_patient": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")], "random_state": ["random_state"],
+        "cut_off": [StrOptions({"pooled", "member"})],
     }
 
     def __init__(self, width: int = 16, output_stride: int = 4, epochs: int = 12, members: int = 3,
-                 per_patient: int = 100, batch_size: int = 16, learning_rate: float = 3e-3, random_state: int = 0):
+                 per_patient: int = 100, batch_size: int = 16, learning_rate: float = 3e-3, random_state: int = 0,
+                 cut_off: str = "member"):
         self.width = width
         self.output_stride = output_stride
         self.epochs = epochs
@@ -111,6 +123,7 @@ class LungLesionSegmenter(BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.random_state = random_state
+        self.cut_off = cut_off
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, data: SegmentationData) -> "LungLesionSegmenter":
@@ -130,7 +143,7 @@ class LungLesionSegmenter(BaseEstimator):
             probabilities = self._predict(data, data.rows(validate), [weights])
             oof.update(zip(validate, probabilities))
         self.fold_of_group_ = {g: k for k, held in enumerate(folds) for g in held}
-        self.threshold_ = self._threshold(data, oof)
+        self.threshold_, self.oof_lesion_dice_ = self._threshold(data, oof)
         self.seconds_ = time.perf_counter() - start
         return self
 
@@ -185,7 +198,7 @@ class LungLesionSegmenter(BaseEstimator):
                 if score["score"] > best["score"]:
                     best = {**score, "epoch": epoch + 1, "weights": [w.copy() for w in model.get_weights()]}
         weights = best.pop("weights")
-        return weights, best
+        return (_with_cut(weights, best["threshold"]) if self.cut_off == "member" else weights), best
 
     def _batches(self, data: SegmentationData, targets: tuple[np.ndarray, np.ndarray], train: np.ndarray,
                  rng: np.random.Generator):
@@ -203,24 +216,28 @@ class LungLesionSegmenter(BaseEstimator):
                    data.has_lungs[index])
 
     def _validation(self, data: SegmentationData, validate: np.ndarray, weights: list[np.ndarray]) -> dict:
-        """A member's score on its fold's slices (view 0): the lesion's Dice at its best cut-off (a lesion called
+        """A member's score on its fold's slices (view 0): the lesion's Dice at its cut-off (a lesion called
         is lung: workflows/lesions/summary.py), plus the lungs' Dice where lungs were drawn."""
         p = self._predict(data, data.rows(validate), [weights])
         lungs = p[..., 1:3].sum(-1) > p[..., 0]
         lesion = data.lesion[data.rows(validate)].astype(bool)
-        lesion_dice = max(dice(p[..., 3] >= t, lesion) for t in THRESHOLDS)
+        scores = np.array([dice(p[..., 3] >= t, lesion) for t in THRESHOLDS])
+        k = int(np.argmax(np.convolve(np.pad(scores, 1, mode="edge"), np.ones(3) / 3, mode="valid")))
         drawn = data.has_lungs[validate]
         lung_dice = dice(lungs[drawn], data.lungs[data.rows(validate[drawn])] > 0) if drawn.any() else None
-        return {"score": lesion_dice + (lung_dice or 0.0), "lesion_dice": lesion_dice, "lung_dice": lung_dice}
+        lesion_dice = float(scores[k] if self.cut_off == "member" else scores.max())
+        return {"score": lesion_dice + (lung_dice or 0.0), "lesion_dice": lesion_dice, "lung_dice": lung_dice,
+                "threshold": float(THRESHOLDS[k])}
 
-    def _threshold(self, data: SegmentationData, oof: dict) -> float:
-        """The lesion cut-off with the best pooled out-of-fold Dice (at the network's side)."""
+    def _threshold(self, data: SegmentationData, oof: dict) -> tuple[float, float]:
+        """The cut-off on the members' mean and the out-of-fold maps' pooled lesion Dice there (network side)."""
         index = np.array(sorted(oof))
         p = np.stack([oof[i] for i in index])
         lesion = data.lesion[data.rows(index)].astype(bool)
+        if self.cut_off == "member":
+            return CUT, dice(p[..., 3] >= CUT, lesion)
         scores = [dice(p[..., 3] >= t, lesion) for t in THRESHOLDS]
-        self.oof_lesion_dice_ = float(max(scores))
-        return float(THRESHOLDS[int(np.argmax(scores))])
+        return float(THRESHOLDS[int(np.argmax(scores))]), float(max(scores))
 
     # -- predicting ------------------------------------------------------------------------
     def _predict(self, data: SegmentationData, rows: np.ndarray, members: Sequence[list[np.ndarray]]) -> np.ndarray:
@@ -263,8 +280,20 @@ class LungLesionSegmenter(BaseEstimator):
                 "params": self.get_params(), "members": len(self.members_),
                 "ensemble": "patient-grouped folds, each member validated on its fold's patients (best epoch)",
                 "validation": [{k: v for k, v in r.items() if k != "score"} for r in self.validation_],
-                "lesion_threshold": self.threshold_, "oof_lesion_dice_at_network_side": self.oof_lesion_dice_,
+                "lesion_threshold": self.threshold_, "cut_off": self.cut_off,
+                "oof_lesion_dice_at_network_side": self.oof_lesion_dice_,
                 "training_seconds": round(self.seconds_, 1)}
+
+
+def _with_cut(weights: list[np.ndarray], cut: float) -> list[np.ndarray]:
+    """A member's weights with its lesion cut-off folded into the last layer's lesion bias: its probability
+    crosses CUT where it crossed ``cut``."""
+    weights = [w.copy() for w in weights]
+    bias = weights[-1]
+    if bias.shape != (4,):
+        raise RuntimeError(f"the decoder's last weights should be its 4 logits' bias, not {bias.shape}")
+    bias[3] += np.log(CUT / (1 - CUT)) - np.log(cut / (1 - cut))
+    return weights
 
 
 def _training_step(model, optimizer):

@@ -70,9 +70,13 @@ def fit_summary(c: ModelCard, path: Path) -> list[str]:
 def segmentation_lines(lesion: dict) -> list[str]:
     """The segmentation network's lines: what it was trained on, and its out-of-fold maps per source."""
     s, d = lesion["segmenter"], lesion["data"]
+    cut = f"lesion cut-off {s['lesion_threshold']:.2f}"
+    if s.get("cut_off") == "member":  # older cards: one pooled cut-off
+        cuts = ", ".join(str(round(v["threshold"], 2)) for v in s["validation"])
+        cut = f"lesion cut-offs {cuts} (each decoder's own)"
     lines = [f"lungs and lesion network: {s['members']} decoders on {lesion['maps']['backbone']}'s maps, trained on "
              f"{d['n_with_masks']} slices ({d['patients']} patients; {d['n_with_lung_masks']} with lung masks) in "
-             f"{s['training_seconds'] / 60:.1f} min, lesion cut-off {s['lesion_threshold']:.2f}"]
+             f"{s['training_seconds'] / 60:.1f} min, {cut}"]
     for source, a in lesion.get("out_of_fold", {}).items():
         parts = [f"lesion Dice {a['lesion_dice']:.3f}" if a["lesion_dice"] is not None else None,
                  f"lung Dice {a['lung_dice']:.3f}" if a["lung_dice"] is not None else None,

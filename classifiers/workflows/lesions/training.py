@@ -68,7 +68,8 @@ def train_segmentation(data: LesionData, spec: FeatureSpec, settings: LesionSett
     extractor = MapExtractor(map_spec(spec, settings.side), context)
     training = training_views(masked, extractor, settings)
     segmenter = LungLesionSegmenter(settings.width, settings.output_stride, settings.epochs, settings.members,
-                                    settings.per_patient, random_state=settings.seed).fit(training)
+                                    settings.per_patient, random_state=settings.seed,
+                                    cut_off=settings.cut_off).fit(training)
     oof = out_of_fold(segmenter, training, masked, settings)
     record = {"maps": extractor.resolved_spec.to_record(), "data": data.describe(), "segmenter": segmenter.describe(),
               "settings": settings.record(), "out_of_fold": agreement_record(oof), "notes": list(data.notes)}
