@@ -21,10 +21,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import MODELS, REPO, SHARED, bench_parser, publish, table_section
+from common import MODELS, REPO, SHARED, bench_parser, child_run, publish, table_section
 
 MOBILENETV2 = MODELS / "mobilenet_v2_1.0_224_imagenet_from_coral_tf2_ptq_no_top.h5"
 DATA = SHARED / "data"
@@ -49,17 +48,10 @@ def cold_predict(model: Path, image: Path, user_cache: Path) -> tuple[float, flo
     (work / "in").mkdir()
     shutil.copy(image, work / "in" / image.name)
     env = {**os.environ, "COVIDCT_CACHE": str(user_cache), "COVIDCT_OFFLINE": "1", "KERAS_HOME": str(SHARED / "keras")}
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "predict", str(work / "in"), "--model", str(model),
-                             "--features-dir", str(work / "features"), "--out", str(work / "p.csv")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"predict failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+    seconds, peak = child_run([sys.executable, str(REPO / "cli.py"), "predict", str(work / "in"), "--model", str(model),
+                               "--features-dir", str(work / "features"), "--out", str(work / "p.csv")], env=env)
     shutil.rmtree(work, ignore_errors=True)
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak
 
 
 def main() -> int:

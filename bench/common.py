@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +77,18 @@ def bench_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=REPO / "BENCHMARKS.md")
     parser.add_argument("--bootstrap", type=int, default=1000)
     return parser
+
+
+def child_run(cmd: list[str], **popen) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of ``cmd`` run as this process's child (os.wait4: that child's
+    own peak, not the largest of every child so far); exits with the child's stderr tail if it fails."""
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child cannot fill it and stall
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, **popen)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({code}): {err.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024

@@ -2,13 +2,11 @@
 processes on fresh features folders, wall time and peak memory (bench/lesions.py)."""
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import REPO, SHARED
+from common import REPO, SHARED, child_run
 
 DATA = SHARED / "data"
 
@@ -36,19 +34,12 @@ def cost_rows(path: Path) -> list[tuple[str, ...]]:
     return rows
 
 
-# Runs a command as its child and prints the child's peak resident memory (KiB): this process's own children's
-# peak would be the largest of every predict run so far.
-PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
-
-
 def run_predict(model: Path, folder: Path, features: Path, extra: list[str]) -> tuple[float, float]:
     """Wall seconds and peak memory (GB) of a predict in a fresh process."""
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK, sys.executable, str(REPO / "cli.py"), "predict", str(folder),
-                           "--model", str(model), "--features-dir", str(features), "--out", str(features / "p.csv"),
-                           "--offline", *extra], check=True, capture_output=True, text=True, cwd=REPO)
-    return time.perf_counter() - start, int(done.stdout.strip().splitlines()[-1]) / 2**20
+    seconds, peak = child_run([sys.executable, str(REPO / "cli.py"), "predict", str(folder), "--model", str(model),
+                               "--features-dir", str(features), "--out", str(features / "p.csv"), "--offline", *extra],
+                              cwd=REPO)
+    return seconds, peak / 1024
 
 
 def big_study(folder: Path, n: int) -> Path:
